@@ -1,0 +1,180 @@
+//! `fapi-host dev`: run the federation on fixed or free ports, with a reusable PKI and ready-made
+//! configuration files, until Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::pki::write_file;
+use crate::{Error, Federation, FederationConfig, Pki};
+
+/// Options of `fapi-host dev`. `Default`: `./fapi-dev`, 300 s tokens, free ports, faults off.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    /// Where the PKI, `fapi.toml` and `federation.json` live.
+    pub dir: PathBuf,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
+    /// AS mTLS (issuer) port; 0 = free.
+    pub as_port: u16,
+    /// Data provider port; 0 = free.
+    pub dp_port: u16,
+    /// Admin port; 0 = free.
+    pub admin_port: u16,
+    /// Enable per-request fault query parameters and `/echo`.
+    pub faults_enabled: bool,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        DevOptions {
+            dir: PathBuf::from("fapi-dev"),
+            token_ttl: Duration::from_secs(300),
+            as_port: 0,
+            dp_port: 0,
+            admin_port: 0,
+            faults_enabled: false,
+        }
+    }
+}
+
+/// Quote for a POSIX shell.
+fn sh(p: &str) -> String {
+    if p.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-:=".contains(&b))
+    {
+        p.to_owned()
+    } else {
+        format!("'{}'", p.replace('\'', r"'\''"))
+    }
+}
+
+/// Write `fapi.toml` and `federation.json` into `dir` (absolute); return the summary to print.
+pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Error> {
+    let config = fed.write_client_config_as(dir, "consumer", "fapi.toml")?;
+    let consumer = fed
+        .pki()
+        .client("consumer")
+        .ok_or_else(|| Error::UnknownClient("consumer".into()))?;
+    let path = |f: &str| dir.join(f).display().to_string();
+    let (key, cert, ca, cfg) = (
+        path("consumer.key"),
+        path("consumer.pem"),
+        path("ca.pem"),
+        config.display().to_string(),
+    );
+    let info = serde_json::json!({
+        "issuer_url": fed.issuer_url(),
+        "data_url": fed.data_url(),
+        "data_json_url": fed.data_json_url(),
+        "admin_url": fed.admin_url(),
+        "client_id": consumer.client_id,
+        "requested_scopes": "directory:software consumption:read",
+        "private_key": key,
+        "certificate": cert,
+        "ca_bundle": ca,
+        "config": cfg,
+    });
+    let pretty = serde_json::to_string_pretty(&info).unwrap_or_default();
+    write_file(&dir.join("federation.json"), &pretty, false)?;
+    let tls = format!(
+        "--cacert {} --cert {} --key {}",
+        sh(&ca),
+        sh(&cert),
+        sh(&key)
+    );
+    let summary = format!(
+        "fapi-host dev: local Open Energy-style federation running (Ctrl-C to stop)\n\
+         \n  issuer (AS, mTLS)  {issuer}\n  data (CSV)         {data}\n  data (JSON)        {json}\n  admin (HTTP)       {admin}\n\
+         \n  files in {dir}: ca.pem, consumer.pem, consumer.key, fapi.toml, federation.json\n\
+         \nFetch with fapi-host:\n  fapi-host --config {cfgq} fetch {data}\n\
+         \nOr with curl:\n  TOKEN=$(curl -sS {tls} -d grant_type=client_credentials -d client_id={client} \
+         --data-urlencode 'scope=directory:software consumption:read' {issuer}/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')\n  \
+         curl -sS {tls} -H \"Authorization: Bearer $TOKEN\" {data}\n",
+        issuer = fed.issuer_url(),
+        data = fed.data_url(),
+        json = fed.data_json_url(),
+        admin = fed.admin_url(),
+        dir = dir.display(),
+        cfgq = sh(&cfg),
+        client = consumer.client_id,
+    );
+    Ok(summary)
+}
+
+async fn wait_for_signal() -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(Error::Signal)?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.map_err(Error::Signal)?;
+    Ok(())
+}
+
+/// Generate-or-reuse the PKI in `opts.dir`, start the federation, write `fapi.toml` (consumer
+/// configuration) and `federation.json` (absolute paths), print where everything is with a ready
+/// `fapi-host` command and the two curl commands, then run until Ctrl-C or SIGTERM and shut down.
+pub async fn run_dev(opts: DevOptions) -> Result<(), Error> {
+    let dir = std::path::absolute(&opts.dir).map_err(|e| Error::io("resolve", &opts.dir, e))?;
+    let pki = Pki::load_or_generate(&dir)?;
+    let cfg = FederationConfig {
+        token_ttl: opts.token_ttl,
+        faults_enabled: opts.faults_enabled,
+        as_port: opts.as_port,
+        dp_port: opts.dp_port,
+        admin_port: opts.admin_port,
+        ..FederationConfig::default()
+    };
+    let fed = Federation::start(pki, cfg).await?;
+    let summary = write_dev_files(&fed, &dir)?;
+    println!("{summary}");
+    wait_for_signal().await?;
+    println!("fapi-host dev: shutting down");
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dev_files_are_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::load_or_generate(dir.path()).expect("pki");
+        let fed = Federation::start(pki, FederationConfig::default())
+            .await
+            .expect("start");
+        let summary = write_dev_files(&fed, dir.path()).expect("files");
+        let info: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("federation.json")).expect("read"),
+        )
+        .expect("json");
+        for k in [
+            "issuer_url",
+            "data_url",
+            "data_json_url",
+            "admin_url",
+            "client_id",
+            "requested_scopes",
+            "private_key",
+            "certificate",
+            "ca_bundle",
+            "config",
+        ] {
+            assert!(info.get(k).is_some(), "{k}");
+        }
+        assert_eq!(info["issuer_url"], fed.issuer_url());
+        assert!(Path::new(info["config"].as_str().expect("str")).is_absolute());
+        let toml = std::fs::read_to_string(dir.path().join("fapi.toml")).expect("toml");
+        assert!(toml.contains("private_key = \"consumer.key\""));
+        assert!(summary.contains(&format!("fetch {}", fed.data_url())));
+        assert!(summary.contains("curl"));
+        assert_eq!(sh("a b'c"), "'a b'\\''c'");
+    }
+}

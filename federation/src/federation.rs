@@ -1,0 +1,316 @@
+//! Starting, observing and stopping the whole federation: the two AS listeners, the data provider
+//! and the admin listener, all on 127.0.0.1 and on the current tokio runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use crate::auth_server::{self, AsListener, AsState};
+use crate::data_provider::{self, DpState};
+use crate::faults::{AsFault, DpFault};
+use crate::identity::ClientIdentity;
+use crate::introspection::Introspector;
+use crate::pki::{Pki, REGISTERED, write_file};
+use crate::state::{Counters, Shared};
+use crate::tls::{self, ServeOpts};
+use crate::{Error, admin};
+
+/// An authorization server elsewhere that the data provider should use instead of ours.
+#[derive(Clone, Debug)]
+pub struct ExternalIssuer {
+    /// Its issuer URL (discovery is fetched from `<issuer_url>/.well-known/openid-configuration`).
+    pub issuer_url: String,
+    /// PEM of the CA(s) that issued its server certificate and its clients' certificates.
+    pub ca_pem: String,
+    /// The identity the data provider introspects with (its `client_id` goes in the form body).
+    pub provider: ClientIdentity,
+}
+
+/// How to run the federation. `Default` gives the values documented on each field.
+#[derive(Clone, Debug)]
+pub struct FederationConfig {
+    /// Lifetime of issued tokens (`expires_in`). Default 300 s.
+    pub token_ttl: Duration,
+    /// Default false: fault query parameters are ignored and `/echo` answers 404.
+    pub faults_enabled: bool,
+    /// Port of the AS mTLS listener (the issuer). 0 = a free port (default).
+    pub as_port: u16,
+    /// Port of the AS plain TLS listener. 0 = a free port (default).
+    pub as_plain_port: u16,
+    /// Port of the data provider. 0 = a free port (default).
+    pub dp_port: u16,
+    /// Port of the admin listener (plain HTTP). 0 = a free port (default).
+    pub admin_port: u16,
+    /// Introspect at this AS instead of ours; ours is then not started. Default `None`.
+    pub external_issuer: Option<ExternalIssuer>,
+    /// Longest time the data provider reuses an introspection answer (never past `exp`). Default 60 s.
+    pub introspection_cache_ttl: Duration,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            token_ttl: Duration::from_secs(300),
+            faults_enabled: false,
+            as_port: 0,
+            as_plain_port: 0,
+            dp_port: 0,
+            admin_port: 0,
+            external_issuer: None,
+            introspection_cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A running federation. Dropping it stops every server (tasks aborted, listeners closed).
+#[derive(Debug)]
+pub struct Federation {
+    pki: Pki,
+    shared: Arc<Shared>,
+    issuer_url: String,
+    external_ca_pem: Option<String>,
+    data_origin: String,
+    admin_url: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+fn origin(listener: &tokio::net::TcpListener, scheme: &str) -> Result<String, Error> {
+    let port = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { port: 0, source })?
+        .port();
+    Ok(format!("{scheme}://127.0.0.1:{port}"))
+}
+
+impl Federation {
+    /// Start every server on the current tokio runtime and wait until the data provider has
+    /// discovered our AS.
+    pub async fn start(pki: Pki, cfg: FederationConfig) -> Result<Federation, Error> {
+        let shared = Arc::new(Shared::default());
+        let ca = pki.ca_der();
+        let (chain, key) = pki.server_chain()?;
+        let mut fed = Federation {
+            pki,
+            shared: shared.clone(),
+            issuer_url: String::new(),
+            external_ca_pem: None,
+            data_origin: String::new(),
+            admin_url: String::new(),
+            tasks: Vec::new(),
+        };
+        let as_opts = ServeOpts {
+            auto_date: true,
+            resettable: false,
+        };
+
+        // Authorization server, or the external one's details.
+        let mut trusted = vec![ca.clone()];
+        let (provider, redirect_origin) = match &cfg.external_issuer {
+            None => {
+                let plain = tls::bind(cfg.as_plain_port).await?;
+                let mtls = tls::bind(cfg.as_port).await?;
+                let st = Arc::new(AsState {
+                    issuer: origin(&mtls, "https")?,
+                    plain_origin: origin(&plain, "https")?,
+                    token_ttl: cfg.token_ttl,
+                    shared: shared.clone(),
+                });
+                fed.issuer_url = st.issuer.clone();
+                let plain_cfg = tls::server_config(chain.clone(), key.clone_key(), None)?;
+                let mtls_cfg = tls::server_config(chain.clone(), key.clone_key(), Some(&trusted))?;
+                let plain_router = auth_server::router(st.clone(), AsListener::Plain);
+                fed.tasks
+                    .push(tls::spawn_https(plain, plain_cfg, plain_router, as_opts));
+                let mtls_router = auth_server::router(st.clone(), AsListener::Mtls);
+                fed.tasks
+                    .push(tls::spawn_https(mtls, mtls_cfg, mtls_router, as_opts));
+                let provider = fed
+                    .pki
+                    .client("provider")
+                    .cloned()
+                    .ok_or_else(|| Error::UnknownClient("provider".into()))?;
+                (provider, st.plain_origin.clone())
+            }
+            Some(ext) => {
+                fed.issuer_url = ext.issuer_url.trim_end_matches('/').to_owned();
+                fed.external_ca_pem = Some(ext.ca_pem.clone());
+                for cert in CertificateDer::pem_slice_iter(ext.ca_pem.as_bytes()) {
+                    trusted.push(cert.map_err(|e| Error::pem("external CA", e))?);
+                }
+                (ext.provider.clone(), fed.issuer_url.clone())
+            }
+        };
+
+        // Data provider.
+        let dp = tls::bind(cfg.dp_port).await?;
+        fed.data_origin = origin(&dp, "https")?;
+        let introspector = Introspector {
+            issuer: fed.issuer_url.clone(),
+            http: tls::http_client(tls::client_config(&trusted, Some(&provider))?)?,
+            client_id: provider.client_id.clone(),
+            endpoint: OnceCell::new(),
+            cache_ttl: cfg.introspection_cache_ttl,
+            shared: shared.clone(),
+        };
+        let dp_state = Arc::new(DpState {
+            introspector,
+            shared: shared.clone(),
+            faults_enabled: cfg.faults_enabled,
+            default_redirect: format!("{redirect_origin}/elsewhere"),
+        });
+        let dp_cfg = tls::server_config(chain, key, Some(&trusted))?;
+        let dp_opts = ServeOpts {
+            auto_date: false,
+            resettable: true,
+        };
+        fed.tasks.push(tls::spawn_https(
+            dp,
+            dp_cfg,
+            data_provider::router(dp_state.clone()),
+            dp_opts,
+        ));
+
+        // Admin.
+        let admin_listener = tls::bind(cfg.admin_port).await?;
+        fed.admin_url = origin(&admin_listener, "http")?;
+        fed.tasks
+            .push(tls::spawn_http(admin_listener, admin::router(shared)));
+
+        if cfg.external_issuer.is_none() {
+            // Discover now, before a test can set a discovery fault meant for the client.
+            dp_state.introspector.endpoint().await?;
+        }
+        tracing::info!(issuer = %fed.issuer_url, data = %fed.data_origin, admin = %fed.admin_url, "federation started");
+        Ok(fed)
+    }
+
+    /// [`Pki::generate`] and [`FederationConfig::default`].
+    pub async fn start_default() -> Result<Federation, Error> {
+        Self::start(Pki::generate()?, FederationConfig::default()).await
+    }
+
+    /// The federation's PKI.
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// `https://127.0.0.1:<as_port>`: exactly what discovery's `issuer` says (the mTLS listener).
+    pub fn issuer_url(&self) -> String {
+        self.issuer_url.clone()
+    }
+
+    /// `https://127.0.0.1:<dp_port>`.
+    pub fn data_origin(&self) -> String {
+        self.data_origin.clone()
+    }
+
+    /// The CSV dataset: `data_origin() + "/consumption.csv"`.
+    pub fn data_url(&self) -> String {
+        format!("{}/consumption.csv", self.data_origin)
+    }
+
+    /// The JSON dataset: `data_origin() + "/consumption.json"`.
+    pub fn data_json_url(&self) -> String {
+        format!("{}/consumption.json", self.data_origin)
+    }
+
+    /// `http://127.0.0.1:<admin_port>`.
+    pub fn admin_url(&self) -> String {
+        self.admin_url.clone()
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.shared.counters.snapshot()
+    }
+
+    /// Set or clear the AS fault (works whatever `faults_enabled` says).
+    pub fn set_as_fault(&self, f: Option<AsFault>) {
+        self.shared.set_as_fault(f);
+    }
+
+    /// Set or clear the fault applied to every data provider request.
+    pub fn set_dp_fault(&self, f: Option<DpFault>) {
+        self.shared.set_dp_fault(f);
+    }
+
+    /// Revoke every token issued so far and empty the data provider's introspection cache.
+    pub fn revoke_all_tokens(&self) {
+        self.shared.revoke_all();
+    }
+
+    /// Write a ready client configuration for `client` ("consumer", "consumer-b", "limited",
+    /// "provider") to `dir/<client>.toml`, with `<client>.pem`, `<client>.key` (0600) and the CA
+    /// bundle beside it; paths in the file are relative to it. Returns the file's path.
+    pub fn write_client_config(&self, dir: &Path, client: &str) -> Result<PathBuf, Error> {
+        self.write_client_config_as(dir, client, &format!("{client}.toml"))
+    }
+
+    pub(crate) fn write_client_config_as(
+        &self,
+        dir: &Path,
+        client: &str,
+        file_name: &str,
+    ) -> Result<PathBuf, Error> {
+        let id = self
+            .pki
+            .client(client)
+            .ok_or_else(|| Error::UnknownClient(client.to_owned()))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let cert_file = format!("{client}.pem");
+        let key_file = format!("{client}.key");
+        write_file(&dir.join(&cert_file), &id.cert_pem, false)?;
+        write_file(&dir.join(&key_file), &id.key_pem, true)?;
+        let ca_file = match &self.external_ca_pem {
+            None => {
+                write_file(&dir.join("ca.pem"), self.pki.ca_pem(), false)?;
+                "ca.pem"
+            }
+            Some(ext) => {
+                let bundle = format!("{}\n{ext}", self.pki.ca_pem().trim_end());
+                write_file(&dir.join("ca-bundle.pem"), &bundle, false)?;
+                "ca-bundle.pem"
+            }
+        };
+        let scopes = REGISTERED
+            .iter()
+            .find(|(name, _, _)| *name == client)
+            .map_or("", |(_, _, s)| *s);
+        let s = |v: &str| serde_json::Value::from(v).to_string();
+        let toml = format!(
+            "# Written by fapi-federation for the local federation; paths are relative to this file.\n\
+             client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n\n\
+             [sandbox]\nallow = [{}]\n",
+            s(&id.client_id),
+            s(&self.issuer_url),
+            s(scopes),
+            s(&key_file),
+            s(&cert_file),
+            s(ca_file),
+            s(&format!("{}/", self.data_origin)),
+        );
+        let path = dir.join(file_name);
+        write_file(&path, &toml, false)?;
+        Ok(path)
+    }
+
+    /// Stop every server and wait until their tasks have ended.
+    pub async fn shutdown(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        tasks.iter().for_each(JoinHandle::abort);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

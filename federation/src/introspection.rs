@@ -1,0 +1,297 @@
+//! The data provider's side of token validation (Open Energy "Request validation"): it introspects
+//! bearer tokens at the AS over mTLS, caches the answers briefly, and checks `active`, `exp`, `iat`,
+//! `cnf.x5t#S256` and the scope. Errors map to RFC 6750 responses.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::Error;
+use crate::identity::thumbprint;
+use crate::state::{CachedIntrospection, Shared, now_secs, token_key, token_label};
+
+/// The scope every data provider resource requires.
+pub(crate) const REQUIRED_SCOPE: &str = "consumption:read";
+/// Allowed clock skew for `iat` in the future.
+const IAT_SKEW_SECS: u64 = 10;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Denial {
+    /// No client certificate or no credentials at all: bare 401.
+    NoCredentials,
+    /// 400 `invalid_request`.
+    InvalidRequest(&'static str),
+    /// 401 `invalid_token`.
+    InvalidToken(&'static str),
+    /// 403 `insufficient_scope`.
+    InsufficientScope,
+    /// The AS could not be asked: 503.
+    Unavailable,
+}
+
+impl IntoResponse for Denial {
+    fn into_response(self) -> Response {
+        let (status, challenge, body) = match self {
+            Denial::NoCredentials => (StatusCode::UNAUTHORIZED, "Bearer".to_owned(), Value::Null),
+            Denial::InvalidRequest(d) => (
+                StatusCode::BAD_REQUEST,
+                format!("Bearer error=\"invalid_request\", error_description=\"{d}\""),
+                json!({ "error": "invalid_request", "error_description": d }),
+            ),
+            Denial::InvalidToken(d) => (
+                StatusCode::UNAUTHORIZED,
+                format!("Bearer error=\"invalid_token\", error_description=\"{d}\""),
+                json!({ "error": "invalid_token", "error_description": d }),
+            ),
+            Denial::InsufficientScope => (
+                StatusCode::FORBIDDEN,
+                format!("Bearer error=\"insufficient_scope\", scope=\"{REQUIRED_SCOPE}\""),
+                json!({ "error": "insufficient_scope", "scope": REQUIRED_SCOPE }),
+            ),
+            Denial::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                String::new(),
+                json!({ "error": "temporarily_unavailable", "error_description": "token introspection failed" }),
+            ),
+        };
+        let mut resp = if body.is_null() {
+            status.into_response()
+        } else {
+            (status, Json(body)).into_response()
+        };
+        if !challenge.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&challenge)
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+/// Check an introspection answer against the presented certificate (pure; OE-05, INT-02..04, MTLS-05/06).
+pub(crate) fn check_answer(answer: &Value, cert_der: &[u8], now: u64) -> Result<(), Denial> {
+    match answer.get("active") {
+        None => return Err(Denial::InvalidRequest("introspection answer lacks active")),
+        Some(Value::Bool(true)) => {}
+        Some(_) => return Err(Denial::InvalidToken("token is not active")),
+    }
+    match answer.get("exp").and_then(Value::as_u64) {
+        Some(exp) if exp > now => {}
+        _ => return Err(Denial::InvalidToken("token expired")),
+    }
+    if let Some(iat) = answer.get("iat").and_then(Value::as_u64)
+        && iat > now + IAT_SKEW_SECS
+    {
+        return Err(Denial::InvalidToken("token issued in the future"));
+    }
+    let bound = answer
+        .get("cnf")
+        .and_then(|c| c.get("x5t#S256"))
+        .and_then(Value::as_str);
+    match bound {
+        Some(x5t) if x5t == thumbprint(cert_der) => {}
+        Some(_) => {
+            return Err(Denial::InvalidToken(
+                "token is bound to another certificate",
+            ));
+        }
+        None => return Err(Denial::InvalidToken("token is not certificate-bound")),
+    }
+    let scope = answer.get("scope").and_then(Value::as_str).unwrap_or("");
+    if !scope.split_ascii_whitespace().any(|s| s == REQUIRED_SCOPE) {
+        return Err(Denial::InsufficientScope);
+    }
+    Ok(())
+}
+
+/// Introspects tokens at the AS's mTLS introspection endpoint as the provider client.
+#[derive(Debug)]
+pub(crate) struct Introspector {
+    pub issuer: String,
+    pub http: reqwest::Client,
+    pub client_id: String,
+    pub endpoint: OnceCell<String>,
+    pub cache_ttl: Duration,
+    pub shared: Arc<Shared>,
+}
+
+impl Introspector {
+    /// The introspection endpoint found by discovery (the mTLS alias when present), looked up once.
+    pub(crate) async fn endpoint(&self) -> Result<&str, Error> {
+        self.endpoint
+            .get_or_try_init(|| async {
+                let fail = |detail: String| Error::Discovery {
+                    issuer: self.issuer.clone(),
+                    detail,
+                };
+                let url = format!("{}/.well-known/openid-configuration", self.issuer);
+                let doc: Value = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| fail(e.without_url().to_string()))?
+                    .bytes()
+                    .await
+                    .map_err(|e| fail(e.without_url().to_string()))
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| fail(e.to_string())))?;
+                if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+                    return Err(fail("issuer in the metadata differs".into()));
+                }
+                doc.get("mtls_endpoint_aliases")
+                    .and_then(|a| a.get("introspection_endpoint"))
+                    .or_else(|| doc.get("introspection_endpoint"))
+                    .and_then(Value::as_str)
+                    .filter(|u| u.starts_with("https://"))
+                    .map(str::to_owned)
+                    .ok_or_else(|| fail("no https introspection_endpoint".into()))
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// The introspection answer for `token`, from the cache when fresh (at most `cache_ttl`, never
+    /// past the token's `exp`).
+    pub(crate) async fn introspect(&self, token: &str) -> Result<Value, Error> {
+        let key = token_key(token);
+        let now = Instant::now();
+        if let Ok(cache) = self.shared.introspection_cache.lock()
+            && let Some(hit) = cache.get(&key)
+            && hit.until > now
+        {
+            return Ok(hit.body.clone());
+        }
+        let endpoint = self.endpoint().await?;
+        let fail = |detail: String| Error::Discovery {
+            issuer: self.issuer.clone(),
+            detail,
+        };
+        let resp = self
+            .http
+            .post(endpoint)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form_body(&[
+                ("token", token),
+                ("client_id", &self.client_id),
+            ]))
+            .send()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("introspection answered {}", resp.status())));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))?;
+        tracing::debug!(token = %token_label(token), active = %body["active"], "introspected");
+        let mut life = self.cache_ttl;
+        if let Some(exp) = body.get("exp").and_then(Value::as_u64) {
+            life = life.min(Duration::from_secs(exp.saturating_sub(now_secs())));
+        }
+        if let Ok(mut cache) = self.shared.introspection_cache.lock() {
+            if cache.len() > 50_000 {
+                cache.retain(|_, v| v.until > now);
+            }
+            cache.insert(
+                key,
+                CachedIntrospection {
+                    body: body.clone(),
+                    until: now + life,
+                },
+            );
+        }
+        Ok(body)
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body.
+pub(crate) fn form_body(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".to_owned(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good(cert: &[u8]) -> Value {
+        json!({ "active": true, "exp": 2000, "iat": 1000, "scope": "consumption:read x",
+                "cnf": { "x5t#S256": thumbprint(cert) } })
+    }
+
+    #[test]
+    fn answer_checks_follow_open_energy_rules() {
+        let cert = b"cert";
+        assert_eq!(check_answer(&good(cert), cert, 1500), Ok(()));
+        let mut a = good(cert);
+        a.as_object_mut().map(|o| o.remove("active"));
+        assert!(matches!(
+            check_answer(&a, cert, 1500),
+            Err(Denial::InvalidRequest(_))
+        ));
+        for active in [json!(false), json!("true"), json!(1)] {
+            let mut a = good(cert);
+            a["active"] = active;
+            assert!(matches!(
+                check_answer(&a, cert, 1500),
+                Err(Denial::InvalidToken(_))
+            ));
+        }
+        assert!(matches!(
+            check_answer(&good(cert), cert, 2000),
+            Err(Denial::InvalidToken(_))
+        ));
+        assert!(matches!(
+            check_answer(&good(cert), b"other", 1500),
+            Err(Denial::InvalidToken(_))
+        ));
+        let mut a = good(cert);
+        a["iat"] = json!(1511);
+        assert!(matches!(
+            check_answer(&a, cert, 1500),
+            Err(Denial::InvalidToken(_))
+        ));
+        a["iat"] = json!(1510);
+        assert_eq!(check_answer(&a, cert, 1500), Ok(()));
+        let mut a = good(cert);
+        a.as_object_mut().map(|o| o.remove("cnf"));
+        assert!(matches!(
+            check_answer(&a, cert, 1500),
+            Err(Denial::InvalidToken(_))
+        ));
+        let mut a = good(cert);
+        a["scope"] = json!("consumption:readx directory:software");
+        assert_eq!(check_answer(&a, cert, 1500), Err(Denial::InsufficientScope));
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(
+            form_body(&[("a b", "c/d+e"), ("x", "y")]),
+            "a+b=c%2Fd%2Be&x=y"
+        );
+    }
+}

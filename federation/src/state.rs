@@ -1,0 +1,164 @@
+//! State shared by the federation's servers: counters, issued tokens, current faults and the data
+//! provider's introspection cache. Tokens are stored under their SHA-256, never in clear.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::faults::{AsFault, DpFault, FaultTimes};
+
+/// A snapshot of the federation's request counters (also `GET /counters` on the admin listener).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Discovery documents served (both AS listeners), including the data provider's own lookup at start.
+    pub discovery_requests: u64,
+    /// Token endpoint requests on both AS listeners.
+    pub token_requests: u64,
+    /// Token endpoint requests on the mTLS listener.
+    pub token_requests_mtls: u64,
+    /// Token endpoint requests on the plain TLS listener (always refused: no certificate).
+    pub token_requests_plain: u64,
+    /// Access tokens issued.
+    pub tokens_issued: u64,
+    /// Introspection requests (including the data provider's).
+    pub introspection_requests: u64,
+    /// Revocation requests.
+    pub revocation_requests: u64,
+    /// Requests received by the data provider.
+    pub dp_requests: u64,
+    /// Token endpoint requests by the `client_id` form field (`<none>` when absent).
+    pub per_client_token_requests: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CounterCells {
+    pub discovery_requests: AtomicU64,
+    pub token_requests: AtomicU64,
+    pub token_requests_mtls: AtomicU64,
+    pub token_requests_plain: AtomicU64,
+    pub tokens_issued: AtomicU64,
+    pub introspection_requests: AtomicU64,
+    pub revocation_requests: AtomicU64,
+    pub dp_requests: AtomicU64,
+    pub per_client: Mutex<BTreeMap<String, u64>>,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl CounterCells {
+    pub(crate) fn snapshot(&self) -> Counters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            discovery_requests: get(&self.discovery_requests),
+            token_requests: get(&self.token_requests),
+            token_requests_mtls: get(&self.token_requests_mtls),
+            token_requests_plain: get(&self.token_requests_plain),
+            tokens_issued: get(&self.tokens_issued),
+            introspection_requests: get(&self.introspection_requests),
+            revocation_requests: get(&self.revocation_requests),
+            dp_requests: get(&self.dp_requests),
+            per_client_token_requests: self
+                .per_client
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn bump_client(&self, client_id: &str) {
+        if let Ok(mut m) = self.per_client.lock() {
+            *m.entry(client_id.to_owned()).or_insert(0) += 1;
+        }
+    }
+}
+
+/// What the AS remembers about an issued token.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenRecord {
+    pub client_id: String,
+    pub scope: String,
+    pub iat: u64,
+    pub exp: u64,
+    /// `cnf.x5t#S256`: thumbprint of the certificate the token is bound to.
+    pub x5t: String,
+    pub revoked: bool,
+}
+
+/// Key of a token in the stores: its SHA-256.
+pub(crate) type TokenKey = [u8; 32];
+
+pub(crate) fn token_key(token: &str) -> TokenKey {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A short, non-reversible label for logs.
+pub(crate) fn token_label(token: &str) -> String {
+    token_key(token)[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A cached introspection answer at the data provider.
+#[derive(Clone, Debug)]
+pub(crate) struct CachedIntrospection {
+    pub body: serde_json::Value,
+    pub until: Instant,
+}
+
+/// Everything the servers share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub counters: CounterCells,
+    pub as_fault: Mutex<Option<AsFault>>,
+    pub dp_fault: Mutex<Option<DpFault>>,
+    pub tokens: Mutex<HashMap<TokenKey, TokenRecord>>,
+    pub introspection_cache: Mutex<HashMap<TokenKey, CachedIntrospection>>,
+    pub fault_times: FaultTimes,
+}
+
+impl Shared {
+    pub(crate) fn as_fault(&self) -> Option<AsFault> {
+        self.as_fault.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn dp_fault(&self) -> Option<DpFault> {
+        self.dp_fault.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn set_as_fault(&self, f: Option<AsFault>) {
+        if let Ok(mut g) = self.as_fault.lock() {
+            *g = f;
+        }
+    }
+
+    pub(crate) fn set_dp_fault(&self, f: Option<DpFault>) {
+        if let Ok(mut g) = self.dp_fault.lock() {
+            *g = f;
+        }
+    }
+
+    /// Mark every issued token revoked and forget the data provider's cached introspections.
+    pub(crate) fn revoke_all(&self) {
+        if let Ok(mut t) = self.tokens.lock() {
+            t.values_mut().for_each(|r| r.revoked = true);
+        }
+        if let Ok(mut c) = self.introspection_cache.lock() {
+            c.clear();
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

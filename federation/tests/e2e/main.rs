@@ -1,0 +1,6 @@
+//! End-to-end tests of the local federation over real TLS on loopback.
+
+mod auth_server;
+mod data_provider;
+mod interop;
+mod support;

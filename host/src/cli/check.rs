@@ -1,0 +1,172 @@
+//! `fapi-host check`: one line per check, with the fix for each failure.
+
+use super::{Cli, EXIT_CHECK, EXIT_OK};
+use crate::client::FapiClient;
+use crate::error::Result;
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("ok    {what}: {detail}");
+    }
+    fn warn(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("warn  {what}: {detail}");
+    }
+    fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
+        self.failed = true;
+        println!("FAIL  {what}: {detail}");
+    }
+    fn code(&self) -> u8 {
+        if self.failed { EXIT_CHECK } else { EXIT_OK }
+    }
+}
+
+pub(super) async fn run(cli: &Cli) -> Result<u8> {
+    let mut r = Report { failed: false };
+    let settings = match cli.settings() {
+        Ok(s) => {
+            let from = s
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "flags and environment".into());
+            r.ok("configuration", format!("read from {from}"));
+            s
+        }
+        Err(e) => {
+            r.fail("configuration", e);
+            return Ok(r.code());
+        }
+    };
+    let mut files_ok = true;
+    for (name, path) in [
+        ("certificate", Some(&settings.certificate)),
+        ("private_key", Some(&settings.private_key)),
+        ("ca_bundle", settings.ca_bundle.as_ref()),
+    ] {
+        let Some(path) = path else { continue };
+        match std::fs::File::open(path) {
+            Ok(_) => r.ok(name, format!("{} is readable", path.display())),
+            Err(e) => {
+                files_ok = false;
+                r.fail(
+                    name,
+                    format!(
+                        "{} cannot be read ({e}): fix the path or the permissions",
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+    if !files_ok {
+        return Ok(r.code());
+    }
+    let client = match FapiClient::from_settings(&settings) {
+        Ok((client, warnings)) => {
+            let id = client.identity();
+            r.ok(
+                "key and certificate",
+                format!(
+                    "{} key matches the certificate for {}",
+                    id.key_description(),
+                    id.subject()
+                ),
+            );
+            r.ok(
+                "validity",
+                format!(
+                    "valid from {} until {}",
+                    httpdate::fmt_http_date(id.not_before()),
+                    httpdate::fmt_http_date(id.not_after())
+                ),
+            );
+            r.ok(
+                "chain",
+                format!(
+                    "{} certificate(s) sent, leaf issued by {}; thumbprint (x5t#S256) {}",
+                    id.chain_len(),
+                    id.issuer(),
+                    id.thumbprint()
+                ),
+            );
+            for w in warnings {
+                r.warn("credentials", w);
+            }
+            client
+        }
+        Err(e) => {
+            r.fail("key and certificate", e);
+            return Ok(r.code());
+        }
+    };
+    match client.discover().await {
+        Ok((m, warnings)) => {
+            r.ok("discovery", format!("issuer {} matches", m.issuer));
+            r.ok(
+                "token endpoint",
+                format!(
+                    "{}{}",
+                    m.token_endpoint,
+                    if m.token_endpoint_is_alias {
+                        " (mtls_endpoint_aliases)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            match &m.auth_methods_supported {
+                Some(methods) => r.ok(
+                    "auth method",
+                    format!("tls_client_auth is supported ({})", methods.join(", ")),
+                ),
+                None => r.warn(
+                    "auth method",
+                    "the server does not list its auth methods; assuming tls_client_auth",
+                ),
+            }
+            for w in warnings {
+                r.warn("discovery", w);
+            }
+        }
+        Err(e) => {
+            r.fail("discovery", e);
+            return Ok(r.code());
+        }
+    }
+    match client.token_info().await {
+        Ok(info) => {
+            r.ok(
+                "token",
+                format!("obtained, expires in {} s", info.expires_in),
+            );
+            let requested = settings.scopes();
+            let missing: Vec<_> = requested
+                .iter()
+                .filter(|s| !info.scope.contains(s))
+                .collect();
+            if missing.is_empty() {
+                r.ok(
+                    "scopes",
+                    format!("granted as requested: {}", info.scope.join(" ")),
+                );
+            } else {
+                r.fail(
+                    "scopes",
+                    format!(
+                        "requested {} but granted {}; missing {:?}: ask the directory to grant them to {}",
+                        requested.join(" "),
+                        info.scope.join(" "),
+                        missing,
+                        settings.client_id
+                    ),
+                );
+            }
+        }
+        Err(e) => r.fail("token", e),
+    }
+    Ok(r.code())
+}

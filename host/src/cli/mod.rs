@@ -1,0 +1,182 @@
+//! The command line: argument definitions, logging set-up and exit codes. Each subcommand's
+//! work is in its own module.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+use crate::error::{Error, ErrorKind};
+
+mod check;
+mod dev;
+mod fetch;
+mod token;
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: an HTTP response was not 2xx.
+pub const EXIT_HTTP: u8 = 1;
+/// Exit status: bad command line (clap's).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: configuration or credentials error.
+pub const EXIT_CONFIG: u8 = 3;
+/// Exit status: the authorization server (discovery, token) failed or refused.
+pub const EXIT_AUTH: u8 = 4;
+/// Exit status: TLS or network error.
+pub const EXIT_NETWORK: u8 = 5;
+/// Exit status: a request was refused locally, or local I/O failed.
+pub const EXIT_LOCAL: u8 = 6;
+/// Exit status: a diagnostic check failed (`fapi-host check`).
+pub const EXIT_CHECK: u8 = 7;
+
+const AFTER_HELP: &str = "\
+Examples:
+  fapi-host dev                                   # start a local federation in ./fapi-dev
+  fapi-host --config fapi-dev/fapi.toml check     # diagnose a configuration
+  fapi-host --config fapi-dev/fapi.toml -v fetch https://127.0.0.1:8443/consumption.csv
+  fapi-host --config fapi.toml token --json
+
+Exit status: 0 success; 1 an HTTP response was not 2xx; 2 bad usage; 3 configuration or
+credentials error; 4 authorization server error (discovery or token); 5 TLS or network error;
+6 request refused locally or local I/O error; 7 a check failed.
+
+Settings come from the configuration file (--config, $FAPI_CONFIG, else ./fapi.toml), each
+overridden by its environment variable and then by its flag.";
+
+/// fapi-host: call FAPI-protected (mTLS + certificate-bound OAuth2) endpoints, and run untrusted
+/// WebAssembly plugins that call them without ever seeing the key or a token.
+#[derive(Debug, Parser)]
+#[command(name = "fapi-host", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./fapi.toml when present.
+    #[arg(long, env = "FAPI_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More logging on stderr: -v requests and responses with timings, -vv headers (credentials
+    /// redacted), -vvv everything of fapi-host.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The OAuth client id registered for the certificate.
+    #[arg(long, env = "FAPI_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+
+    /// The authorization server's issuer URL.
+    #[arg(long, env = "FAPI_ISSUER_URL", value_name = "URL")]
+    pub issuer_url: Option<String>,
+
+    /// Scopes to request, space-separated.
+    #[arg(long, env = "FAPI_REQUESTED_SCOPES", value_name = "SCOPES")]
+    pub requested_scopes: Option<String>,
+
+    /// PEM private key file (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    #[arg(long, env = "FAPI_PRIVATE_KEY", value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
+
+    /// PEM certificate chain file, leaf first.
+    #[arg(long, env = "FAPI_CERTIFICATE", value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
+
+    /// PEM file of extra trust anchors for servers (added to the system roots).
+    #[arg(long, env = "FAPI_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make protected requests, like curl (several URLs share one token and connection pool).
+    Fetch(fetch::FetchArgs),
+    /// Acquire a token and show its metadata (never the token, unless --reveal-token).
+    Token(token::TokenArgs),
+    /// Show the authorization server's introspection response for this client's token.
+    Introspect(token::IntrospectArgs),
+    /// Diagnose the configuration: files, key, certificate, discovery, token, scopes.
+    Check,
+    /// Run a local federation (authorization server + example data provider) until Ctrl-C.
+    Dev(dev::DevArgs),
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            client_id: self.client_id.clone(),
+            issuer_url: self.issuer_url.clone(),
+            requested_scopes: self.requested_scopes.clone(),
+            private_key: self.private_key.clone(),
+            certificate: self.certificate.clone(),
+            ca_bundle: self.ca_bundle.clone(),
+        }
+    }
+
+    /// Load the settings named by the global options.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        Settings::load(self.config.as_deref(), &self.overrides())
+    }
+}
+
+/// Run a parsed command line; returns the process exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fapi-host: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_LOCAL);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("fapi-host: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Error> {
+    match &cli.command {
+        Command::Fetch(args) => fetch::run(&cli, args).await,
+        Command::Token(args) => token::token(&cli, args).await,
+        Command::Introspect(args) => token::introspect(&cli, args).await,
+        Command::Check => check::run(&cli).await,
+        Command::Dev(args) => dev::run(args).await,
+    }
+}
+
+/// The exit status for an error.
+pub fn exit_code(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::Config => EXIT_CONFIG,
+        ErrorKind::Authorization => EXIT_AUTH,
+        ErrorKind::Network => EXIT_NETWORK,
+        ErrorKind::InvalidRequest | ErrorKind::TooLarge | ErrorKind::Io => EXIT_LOCAL,
+    }
+}
+
+/// Logs go to stderr with timestamps. Other crates stay at `warn` whatever the verbosity, so
+/// that no dependency's trace output can show a header.
+pub fn init_logging(verbose: u8) {
+    let ours = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = format!("warn,fapi_host={ours},fapi_federation={ours}");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

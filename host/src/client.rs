@@ -1,0 +1,627 @@
+//! [`FapiClient`]: protected calls that look like plain HTTP calls (the reference `FAPISession`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
+use crate::credentials::Identity;
+use crate::discovery::ServerMetadata;
+use crate::error::{Error, Result, Warning};
+use crate::retry;
+use crate::tls;
+use crate::token::{TokenInfo, TokenManager};
+use crate::www_authenticate;
+
+/// The interaction id header (FAPI 1.0 part 1 section 6.2.2).
+pub const INTERACTION_ID: &str = "x-fapi-interaction-id";
+
+/// A FAPI client for one identity: mTLS on every connection, a certificate-bound token on every
+/// request, acquired lazily and shared by all clones. Cheap to clone.
+#[derive(Clone)]
+pub struct FapiClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    tokens: TokenManager,
+    options: ClientOptions,
+    identity: Identity,
+    settings: Settings,
+}
+
+impl fmt::Debug for FapiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FapiClient")
+            .field("client_id", &self.inner.settings.client_id)
+            .field("issuer_url", &self.inner.settings.issuer_url)
+            .field("identity", &self.inner.identity)
+            .finish()
+    }
+}
+
+impl FapiClient {
+    /// Build a client from validated settings: loads and checks the key and certificate and
+    /// builds the TLS configuration. No network traffic happens until the first request.
+    pub fn from_settings(settings: &Settings) -> Result<(FapiClient, Vec<Warning>)> {
+        let (identity, warnings) = Identity::load(&settings.certificate, &settings.private_key)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let http = tls::http_client(&identity, settings.ca_bundle.as_deref(), &settings.client)?;
+        let tokens = TokenManager::new(
+            http.clone(),
+            settings.issuer_url.clone(),
+            settings.client_id.clone(),
+            settings.scopes(),
+            identity.thumbprint().to_owned(),
+            settings.client.clone(),
+        );
+        let client = FapiClient {
+            inner: Arc::new(Inner {
+                http,
+                tokens,
+                options: settings.client.clone(),
+                identity,
+                settings: settings.clone(),
+            }),
+        };
+        Ok((client, warnings))
+    }
+
+    /// A builder, for programs that do not use a configuration file.
+    pub fn builder() -> FapiClientBuilder {
+        FapiClientBuilder::default()
+    }
+
+    /// A request with any method.
+    pub fn request(&self, method: Method, url: impl Into<String>) -> RequestBuilder {
+        RequestBuilder {
+            client: self.clone(),
+            method,
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+            interaction_id: None,
+        }
+    }
+
+    /// A GET request.
+    pub fn get(&self, url: impl Into<String>) -> RequestBuilder {
+        self.request(Method::GET, url)
+    }
+
+    /// A POST request.
+    pub fn post(&self, url: impl Into<String>) -> RequestBuilder {
+        self.request(Method::POST, url)
+    }
+
+    /// The settings this client was built from.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The client identity (certificate facts; never the key).
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The authorization server's metadata (discovered on first use).
+    pub async fn server_metadata(&self) -> Result<ServerMetadata> {
+        self.inner.tokens.metadata().await.cloned()
+    }
+
+    /// Discovery again, with its warnings (for diagnostics).
+    pub async fn discover(&self) -> Result<(ServerMetadata, Vec<Warning>)> {
+        self.inner.tokens.discover_fresh().await
+    }
+
+    /// Metadata of the current token (acquiring one if needed). There is no way to get the
+    /// token itself.
+    pub async fn token_info(&self) -> Result<TokenInfo> {
+        Ok(self.inner.tokens.lease().await?.1)
+    }
+
+    /// The RFC 7662 introspection response for this client's own token.
+    pub async fn introspect(&self) -> Result<Value> {
+        self.inner.tokens.introspect().await
+    }
+
+    /// DANGEROUS: the access token itself. Anyone who has it can call the data provider as this
+    /// client until it expires (with this certificate). Exists for `fapi-host token --reveal-token`.
+    pub async fn danger_reveal_token(&self) -> Result<zeroize::Zeroizing<String>> {
+        self.inner.tokens.danger_reveal_token().await
+    }
+
+    /// Token requests sent so far by this client (all clones).
+    pub fn token_requests(&self) -> u64 {
+        self.inner.tokens.token_requests()
+    }
+
+    /// Send a request: token, mTLS, interaction id, `invalid_token` replay and retries.
+    pub async fn send(&self, request: FapiRequest) -> Result<FapiResponse> {
+        let inner = &self.inner;
+        let url = check_url(&request.url)?;
+        check_headers(&request.headers)?;
+        let interaction_id = match request.interaction_id {
+            Some(id) => Some(id.to_string()),
+            None if inner.options.interaction_id => Some(Uuid::new_v4().to_string()),
+            None => None,
+        };
+        let idempotent = retry::is_idempotent(&request.method);
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut retries = 0u32;
+        let mut replayed = false;
+        loop {
+            attempts += 1;
+            let (lease, _) = inner.tokens.lease().await?;
+            let mut builder = inner
+                .http
+                .request(request.method.clone(), url.clone())
+                .headers(request.headers.clone())
+                .header(http::header::AUTHORIZATION, lease.bearer.header());
+            if let Some(id) = &interaction_id {
+                builder = builder.header(INTERACTION_ID, id.as_str());
+            }
+            if let Some(body) = &request.body {
+                builder = builder.body(body.clone());
+            }
+            let req = builder
+                .build()
+                .map_err(|e| Error::InvalidRequest(format!("{} {url}: {e}", request.method)))?;
+            log_request(&req, interaction_id.as_deref(), attempts);
+            let t0 = Instant::now();
+            let sent =
+                match tokio::time::timeout(inner.options.timeout, inner.http.execute(req)).await {
+                    Ok(r) => r.map_err(|e| {
+                        let transient = e.is_connect() || e.is_timeout() || e.is_request();
+                        (
+                            Error::from_reqwest(&format!("{} {url}", request.method), e),
+                            transient,
+                        )
+                    }),
+                    Err(_) => Err((
+                        Error::Network(format!(
+                            "{} {url}: no response within {:?}",
+                            request.method, inner.options.timeout
+                        )),
+                        true,
+                    )),
+                };
+            let response = match sent {
+                Ok(r) => r,
+                Err((err, transient)) => {
+                    // A TLS failure is not transient; a refused or reset connection is.
+                    if transient
+                        && idempotent
+                        && retries < inner.options.retries
+                        && !matches!(err, Error::Tls(_))
+                    {
+                        retries += 1;
+                        let d = retry::delay(retries, None, &inner.options);
+                        tracing::warn!(%url, error = %err, ?d, "request failed; retrying");
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            };
+            let status = response.status();
+            tracing::info!(
+                method = %request.method, %url, status = status.as_u16(),
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                interaction_id = interaction_id.as_deref().unwrap_or("-"),
+                "response"
+            );
+            tracing::debug!(headers = %RedactedHeaders(response.headers()), "response headers");
+            check_interaction_echo(response.headers(), interaction_id.as_deref());
+
+            if status == StatusCode::UNAUTHORIZED && !replayed {
+                let challenge = www_authenticate::bearer(response.headers());
+                if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
+                    tracing::info!(%url, "invalid_token: dropping the token, getting a new one, replaying once");
+                    inner.tokens.invalidate(lease.generation).await;
+                    replayed = true;
+                    continue;
+                }
+            }
+            if retry::is_retryable_status(status) && idempotent && retries < inner.options.retries {
+                retries += 1;
+                let d = retry::delay(
+                    retries,
+                    retry::retry_after(response.headers()),
+                    &inner.options,
+                );
+                tracing::warn!(%url, status = status.as_u16(), ?d, "retrying after");
+                drop(response);
+                tokio::time::sleep(d).await;
+                continue;
+            }
+            let problem = AuthProblem::of(status, response.headers());
+            if let Some(p) = &problem {
+                tracing::warn!(%url, "{p}");
+            }
+            return Ok(FapiResponse {
+                status,
+                headers: response.headers().clone(),
+                url: url.clone(),
+                interaction_id,
+                attempts,
+                elapsed: started.elapsed(),
+                problem,
+                inner: response,
+            });
+        }
+    }
+}
+
+/// A protected request, as given to [`FapiClient::send`].
+#[derive(Clone, Debug)]
+pub struct FapiRequest {
+    /// Method.
+    pub method: Method,
+    /// Absolute https URL.
+    pub url: url::Url,
+    /// Extra headers (never Authorization, Proxy-Authorization or x-fapi-*).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Option<Bytes>,
+    /// Interaction id to send instead of a fresh one.
+    pub interaction_id: Option<Uuid>,
+}
+
+/// Builds a [`FapiRequest`] and sends it.
+#[derive(Debug)]
+pub struct RequestBuilder {
+    client: FapiClient,
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<Bytes>,
+    interaction_id: Option<Uuid>,
+}
+
+impl RequestBuilder {
+    /// Add a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Set the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// Use this interaction id rather than a fresh one.
+    pub fn interaction_id(mut self, id: Uuid) -> Self {
+        self.interaction_id = Some(id);
+        self
+    }
+
+    /// Validate and send.
+    pub async fn send(self) -> Result<FapiResponse> {
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| Error::InvalidRequest(format!("{:?} is not a URL ({e})", self.url)))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let (n, v) = parse_header(name, value)?;
+            headers.append(n, v);
+        }
+        self.client
+            .send(FapiRequest {
+                method: self.method,
+                url,
+                headers,
+                body: self.body,
+                interaction_id: self.interaction_id,
+            })
+            .await
+    }
+}
+
+/// Parse one header given as text, refusing what the host sets itself.
+pub fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)> {
+    let n = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| Error::InvalidRequest(format!("{name:?} is not a valid header name")))?;
+    let v = HeaderValue::from_str(value.trim()).map_err(|_| {
+        Error::InvalidRequest(format!(
+            "the value of header {n} has characters a header cannot carry (CR, LF, NUL or non-ASCII)"
+        ))
+    })?;
+    let mut one = HeaderMap::new();
+    one.insert(n.clone(), v.clone());
+    check_headers(&one)?;
+    Ok((n, v))
+}
+
+/// Headers the caller may not set: the host owns them.
+pub fn forbidden_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "authorization" || n == "proxy-authorization" || n.starts_with("x-fapi-")
+}
+
+fn check_headers(headers: &HeaderMap) -> Result<()> {
+    for name in headers.keys() {
+        if forbidden_header(name) {
+            return Err(Error::InvalidRequest(format!(
+                "header {name} is set by fapi-host itself and cannot be given"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_url(url: &url::Url) -> Result<url::Url> {
+    if url.scheme() != "https" {
+        return Err(Error::InvalidRequest(format!(
+            "{url}: only https URLs can be called (FAPI requires TLS)"
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::InvalidRequest(format!(
+            "{}: URLs with user information are refused",
+            url.host_str().unwrap_or("?")
+        )));
+    }
+    if url.host_str().is_none() {
+        return Err(Error::InvalidRequest(format!("{url}: no host")));
+    }
+    Ok(url.clone())
+}
+
+fn check_interaction_echo(headers: &HeaderMap, sent: Option<&str>) {
+    let echoed = headers.get(INTERACTION_ID).and_then(|v| v.to_str().ok());
+    match (sent, echoed) {
+        (Some(s), Some(e)) if s != e => {
+            tracing::warn!(
+                sent = s,
+                echoed = e,
+                "the server echoed another x-fapi-interaction-id"
+            )
+        }
+        (Some(s), None) => {
+            tracing::debug!(sent = s, "the server did not echo x-fapi-interaction-id")
+        }
+        _ => {}
+    }
+}
+
+fn log_request(req: &reqwest::Request, interaction_id: Option<&str>, attempt: u32) {
+    tracing::info!(
+        method = %req.method(), url = %req.url(), attempt,
+        interaction_id = interaction_id.unwrap_or("-"),
+        "request"
+    );
+    tracing::debug!(headers = %RedactedHeaders(req.headers()), "request headers");
+}
+
+/// Headers for logs: `Authorization` and other credentials are shown as `[redacted]`.
+pub struct RedactedHeaders<'a>(pub &'a HeaderMap);
+
+impl fmt::Debug for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (name, value) in self.0 {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            let shown = match name.as_str() {
+                "authorization" => "Bearer [redacted]",
+                "proxy-authorization" | "cookie" | "set-cookie" => "[redacted]",
+                _ if value.is_sensitive() => "[redacted]",
+                _ => value.to_str().unwrap_or("[binary]"),
+            };
+            write!(f, "{name}: {shown}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a 401 or 403 means for this client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthProblem {
+    /// A bare 401: the server did not get or accept the client certificate.
+    ClientCertificate,
+    /// 401 invalid_token even after a fresh token.
+    InvalidToken,
+    /// 403 insufficient_scope.
+    InsufficientScope(Option<String>),
+    /// 400 invalid_request.
+    InvalidRequest(Option<String>),
+}
+
+impl AuthProblem {
+    fn of(status: StatusCode, headers: &HeaderMap) -> Option<AuthProblem> {
+        let challenge = www_authenticate::bearer(headers);
+        let error = challenge.as_ref().and_then(|c| c.error.clone());
+        match (status.as_u16(), error.as_deref()) {
+            (401, Some("invalid_token")) => Some(AuthProblem::InvalidToken),
+            (401, _) => Some(AuthProblem::ClientCertificate),
+            (403, Some("insufficient_scope")) => Some(AuthProblem::InsufficientScope(
+                challenge.and_then(|c| c.scope),
+            )),
+            (400, Some("invalid_request")) => Some(AuthProblem::InvalidRequest(
+                challenge.and_then(|c| c.description),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AuthProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthProblem::ClientCertificate => f.write_str(
+                "401 without an error code: the server did not accept the client certificate \
+                 (is `certificate` the one registered for this client, issued by a CA the server trusts?)",
+            ),
+            AuthProblem::InvalidToken => f.write_str(
+                "401 invalid_token even with a fresh token: the token is not accepted by this server \
+                 (is it a resource server of this issuer, and is the token bound to this certificate?)",
+            ),
+            AuthProblem::InsufficientScope(scope) => write!(
+                f,
+                "403 insufficient_scope: the token lacks the scope this resource needs{}; add it to `requested_scopes` (and have it granted to the client)",
+                scope.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+            AuthProblem::InvalidRequest(d) => write!(
+                f,
+                "400 invalid_request{}",
+                d.as_ref().map(|s| format!(": {s}")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// A response to a protected request. The body is not read until asked for.
+#[derive(Debug)]
+pub struct FapiResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    url: url::Url,
+    interaction_id: Option<String>,
+    attempts: u32,
+    elapsed: Duration,
+    problem: Option<AuthProblem>,
+    inner: reqwest::Response,
+}
+
+impl FapiResponse {
+    /// Status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// Headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+    /// The URL requested.
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+    /// The interaction id sent.
+    pub fn interaction_id(&self) -> Option<&str> {
+        self.interaction_id.as_deref()
+    }
+    /// Attempts made (1 without retries or replays).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    /// Time from the first attempt to this response's head.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+    /// What a 400/401/403 means, when it is an authorization problem.
+    pub fn auth_problem(&self) -> Option<&AuthProblem> {
+        self.problem.as_ref()
+    }
+    /// The next chunk of the body, or None at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        let url = self.url.clone();
+        self.inner
+            .chunk()
+            .await
+            .map_err(|e| Error::from_reqwest(&format!("reading the body of {url}"), e))
+    }
+    /// The whole body, up to `limit` bytes.
+    pub async fn bytes_limited(mut self, limit: u64) -> Result<Bytes> {
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = self.chunk().await? {
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Err(Error::TooLarge(format!(
+                    "the body of {} is larger than {limit} bytes",
+                    self.url
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes> {
+        self.bytes_limited(u64::MAX).await
+    }
+    /// The whole body as text (lossy UTF-8).
+    pub async fn text(self) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.bytes().await?).into_owned())
+    }
+    /// The whole body as JSON.
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        let url = self.url.clone();
+        let b = self.bytes().await?;
+        serde_json::from_slice(&b).map_err(|e| {
+            Error::InvalidRequest(format!("the body of {url} is not the JSON expected ({e})"))
+        })
+    }
+}
+
+/// Builds a [`FapiClient`] without a configuration file.
+#[derive(Debug, Default)]
+pub struct FapiClientBuilder {
+    overrides: Overrides,
+    options: Option<ClientOptions>,
+}
+
+impl FapiClientBuilder {
+    /// The OAuth client id.
+    pub fn client_id(mut self, v: impl Into<String>) -> Self {
+        self.overrides.client_id = Some(v.into());
+        self
+    }
+    /// The issuer URL.
+    pub fn issuer_url(mut self, v: impl Into<String>) -> Self {
+        self.overrides.issuer_url = Some(v.into());
+        self
+    }
+    /// Space-separated scopes.
+    pub fn requested_scopes(mut self, v: impl Into<String>) -> Self {
+        self.overrides.requested_scopes = Some(v.into());
+        self
+    }
+    /// PEM private key file.
+    pub fn private_key(mut self, v: impl Into<std::path::PathBuf>) -> Self {
+        self.overrides.private_key = Some(v.into());
+        self
+    }
+    /// PEM certificate chain file.
+    pub fn certificate(mut self, v: impl Into<std::path::PathBuf>) -> Self {
+        self.overrides.certificate = Some(v.into());
+        self
+    }
+    /// Extra trust anchors.
+    pub fn ca_bundle(mut self, v: impl Into<std::path::PathBuf>) -> Self {
+        self.overrides.ca_bundle = Some(v.into());
+        self
+    }
+    /// Client options.
+    pub fn options(mut self, v: ClientOptions) -> Self {
+        self.options = Some(v);
+        self
+    }
+    /// Validate and build.
+    pub fn build(self) -> Result<FapiClient> {
+        let mut settings = Settings::from_toml("", std::path::Path::new("."), &self.overrides)?;
+        settings.source = None;
+        settings.sandbox = SandboxSettings::default();
+        if let Some(o) = self.options {
+            settings.client = o;
+        }
+        Ok(FapiClient::from_settings(&settings)?.0)
+    }
+}

@@ -1,0 +1,456 @@
+//! Configuration: the TOML file, environment variables and flags, validated into [`Settings`].
+//!
+//! Two layers: private serde structs that mirror the file (`deny_unknown_fields`, so a typo is an
+//! error naming the key), then one validating step into plain runtime structs. Precedence is
+//! flag > environment variable > file; the CLI's clap definitions merge the first two into
+//! [`Overrides`]. Paths in the file are relative to the file; paths from flags and the environment
+//! are relative to the working directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The file read when neither `--config` nor `$FAPI_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "fapi.toml";
+
+/// The file as written by the user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    client_id: Option<String>,
+    issuer_url: Option<String>,
+    requested_scopes: Option<String>,
+    private_key: Option<PathBuf>,
+    certificate: Option<PathBuf>,
+    ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    client: FileClient,
+    #[serde(default)]
+    sandbox: FileSandbox,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClient {
+    retries: Option<u32>,
+    timeout_seconds: Option<u64>,
+    connect_timeout_seconds: Option<u64>,
+    interaction_id: Option<bool>,
+    default_token_lifetime_seconds: Option<u64>,
+    token_refresh_margin_seconds: Option<u64>,
+    tls13_only: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSandbox {
+    #[serde(default)]
+    allow: Vec<String>,
+    max_memory_mib: Option<u64>,
+    max_cpu_seconds: Option<u64>,
+    max_wall_seconds: Option<u64>,
+    max_request_body_mib: Option<u64>,
+    max_response_body_mib: Option<u64>,
+    max_concurrent_requests: Option<u32>,
+    max_requests: Option<u64>,
+}
+
+/// Settings given on the command line or in the environment; each one wins over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--client-id` / `FAPI_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// `--issuer-url` / `FAPI_ISSUER_URL`.
+    pub issuer_url: Option<String>,
+    /// `--requested-scopes` / `FAPI_REQUESTED_SCOPES`.
+    pub requested_scopes: Option<String>,
+    /// `--private-key` / `FAPI_PRIVATE_KEY`.
+    pub private_key: Option<PathBuf>,
+    /// `--certificate` / `FAPI_CERTIFICATE`.
+    pub certificate: Option<PathBuf>,
+    /// `--ca-bundle` / `FAPI_CA_BUNDLE`.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Options of the HTTP client and token handling (`[client]` in the file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Retries of idempotent requests on 429, 502, 503, 504 and connection failures (default 3).
+    pub retries: u32,
+    /// Timeout of a whole request until the response head (default 30 s).
+    pub timeout: Duration,
+    /// Timeout of a TCP + TLS connection (default 10 s).
+    pub connect_timeout: Duration,
+    /// Send a fresh `x-fapi-interaction-id` with every request (default true).
+    pub interaction_id: bool,
+    /// Lifetime assumed for a token whose response has no `expires_in` (default 300 s).
+    pub default_token_lifetime: Duration,
+    /// Refresh a token this long before it expires (default 30 s, at most half the lifetime).
+    pub token_refresh_margin: Duration,
+    /// Refuse TLS 1.2 (default false: TLS 1.3, and TLS 1.2 with the FAPI cipher suites).
+    pub tls13_only: bool,
+    /// Upper bound on a server's `Retry-After` that is honoured (default 60 s).
+    pub max_retry_after: Duration,
+    /// First backoff delay; doubled on each retry, with full jitter (default 250 ms).
+    pub backoff_base: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            retries: 3,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            interaction_id: true,
+            default_token_lifetime: Duration::from_secs(300),
+            token_refresh_margin: Duration::from_secs(30),
+            tls13_only: false,
+            max_retry_after: Duration::from_secs(60),
+            backoff_base: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The `[sandbox]` table: egress allow-list and guest limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// URL prefixes that guests may call (`allow = [...]`).
+    pub allow: Vec<String>,
+    /// Guest linear memory, in bytes (default 256 MiB).
+    pub max_memory: u64,
+    /// CPU time a guest may spend executing, measured in epoch ticks (default 30 s).
+    pub max_cpu: Duration,
+    /// Wall time of a whole run (default 120 s).
+    pub max_wall: Duration,
+    /// Largest request body a guest may send, in bytes (default 16 MiB).
+    pub max_request_body: u64,
+    /// Largest response body a guest may read, in bytes (default 1 GiB; streaming reads are
+    /// bounded in memory whatever this is).
+    pub max_response_body: u64,
+    /// Requests a guest may have in flight at once (default 8).
+    pub max_concurrent_requests: u32,
+    /// Requests a guest may make in one run (default 10,000).
+    pub max_requests: u64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            allow: Vec::new(),
+            max_memory: 256 << 20,
+            max_cpu: Duration::from_secs(30),
+            max_wall: Duration::from_secs(120),
+            max_request_body: 16 << 20,
+            max_response_body: 1 << 30,
+            max_concurrent_requests: 8,
+            max_requests: 10_000,
+        }
+    }
+}
+
+/// Validated settings of one client identity.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The OAuth client id registered for the certificate.
+    pub client_id: String,
+    /// The issuer, exactly as configured (compared code point by code point with discovery's).
+    pub issuer_url: String,
+    /// Requested scopes, space-separated as in the reference client.
+    pub requested_scopes: String,
+    /// PEM private key file.
+    pub private_key: PathBuf,
+    /// PEM certificate chain file, leaf first.
+    pub certificate: PathBuf,
+    /// Extra trust anchors for servers, added to the system roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// HTTP client and token options.
+    pub client: ClientOptions,
+    /// The sandbox table.
+    pub sandbox: SandboxSettings,
+    /// The file the settings came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Read the configuration: `explicit` (from `--config` or `$FAPI_CONFIG`) must exist; without
+    /// it `./fapi.toml` is read when present. Then apply `overrides` and validate.
+    pub fn load(explicit: Option<&Path>, overrides: &Overrides) -> Result<Settings> {
+        let (file, source) = match explicit {
+            Some(path) => (read_file(path)?, Some(path.to_path_buf())),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.exists() {
+                    (read_file(default)?, Some(default.to_path_buf()))
+                } else {
+                    (FileConfig::default(), None)
+                }
+            }
+        };
+        Settings::from_parts(file, source, overrides)
+    }
+
+    /// Parse a configuration from TOML text; relative paths are resolved against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path, overrides: &Overrides) -> Result<Settings> {
+        let file = parse(text, "<inline>")?;
+        Settings::from_parts(file, Some(base_dir.join("inline.toml")), overrides)
+    }
+
+    fn from_parts(
+        file: FileConfig,
+        source: Option<PathBuf>,
+        overrides: &Overrides,
+    ) -> Result<Settings> {
+        let base = source
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let origin = match &source {
+            Some(p) => format!("in {} or ", p.display()),
+            None => String::from("in fapi.toml or "),
+        };
+        let missing = |key: &str, env: &str| {
+            Error::Config(format!(
+                "`{key}` is not set: set it {origin}with --{} or ${env}",
+                key.replace('_', "-")
+            ))
+        };
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let client_id = overrides
+            .client_id
+            .clone()
+            .or(file.client_id)
+            .ok_or_else(|| missing("client_id", "FAPI_CLIENT_ID"))?;
+        let issuer_url = overrides
+            .issuer_url
+            .clone()
+            .or(file.issuer_url)
+            .ok_or_else(|| missing("issuer_url", "FAPI_ISSUER_URL"))?;
+        let requested_scopes = overrides
+            .requested_scopes
+            .clone()
+            .or(file.requested_scopes)
+            .ok_or_else(|| missing("requested_scopes", "FAPI_REQUESTED_SCOPES"))?;
+        let private_key = match (&overrides.private_key, file.private_key) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => rel(p),
+            (None, None) => return Err(missing("private_key", "FAPI_PRIVATE_KEY")),
+        };
+        let certificate = match (&overrides.certificate, file.certificate) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => rel(p),
+            (None, None) => return Err(missing("certificate", "FAPI_CERTIFICATE")),
+        };
+        let ca_bundle = match (&overrides.ca_bundle, file.ca_bundle) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(p)) => Some(rel(p)),
+            (None, None) => None,
+        };
+
+        if client_id.trim().is_empty() {
+            return Err(Error::Config("`client_id` is empty".into()));
+        }
+        validate_issuer(&issuer_url)?;
+        if requested_scopes.split_whitespace().next().is_none() {
+            return Err(Error::Config(
+                "`requested_scopes` is empty: give the space-separated scopes to request, e.g. \"directory:software\"".into(),
+            ));
+        }
+
+        let c = file.client;
+        let d = ClientOptions::default();
+        let secs = Duration::from_secs;
+        let client = ClientOptions {
+            retries: c.retries.unwrap_or(d.retries),
+            timeout: c.timeout_seconds.map(secs).unwrap_or(d.timeout),
+            connect_timeout: c
+                .connect_timeout_seconds
+                .map(secs)
+                .unwrap_or(d.connect_timeout),
+            interaction_id: c.interaction_id.unwrap_or(d.interaction_id),
+            default_token_lifetime: c
+                .default_token_lifetime_seconds
+                .map(secs)
+                .unwrap_or(d.default_token_lifetime),
+            token_refresh_margin: c
+                .token_refresh_margin_seconds
+                .map(secs)
+                .unwrap_or(d.token_refresh_margin),
+            tls13_only: c.tls13_only.unwrap_or(d.tls13_only),
+            ..d
+        };
+        if client.timeout.is_zero() || client.connect_timeout.is_zero() {
+            return Err(Error::Config(
+                "[client] timeouts must be at least 1 second".into(),
+            ));
+        }
+
+        let s = file.sandbox;
+        let sd = SandboxSettings::default();
+        let mib = |v: u64| v.saturating_mul(1 << 20);
+        let sandbox = SandboxSettings {
+            allow: s.allow,
+            max_memory: s.max_memory_mib.map(mib).unwrap_or(sd.max_memory),
+            max_cpu: s.max_cpu_seconds.map(secs).unwrap_or(sd.max_cpu),
+            max_wall: s.max_wall_seconds.map(secs).unwrap_or(sd.max_wall),
+            max_request_body: s
+                .max_request_body_mib
+                .map(mib)
+                .unwrap_or(sd.max_request_body),
+            max_response_body: s
+                .max_response_body_mib
+                .map(mib)
+                .unwrap_or(sd.max_response_body),
+            max_concurrent_requests: s
+                .max_concurrent_requests
+                .unwrap_or(sd.max_concurrent_requests),
+            max_requests: s.max_requests.unwrap_or(sd.max_requests),
+        };
+        if sandbox.max_concurrent_requests == 0 || sandbox.max_requests == 0 {
+            return Err(Error::Config(
+                "[sandbox] max_concurrent_requests and max_requests must be at least 1".into(),
+            ));
+        }
+
+        Ok(Settings {
+            client_id,
+            issuer_url,
+            requested_scopes,
+            private_key,
+            certificate,
+            ca_bundle,
+            client,
+            sandbox,
+            source,
+        })
+    }
+
+    /// The requested scopes as a list.
+    pub fn scopes(&self) -> Vec<String> {
+        self.requested_scopes
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the configuration file {}: {e} (give another with --config FILE or $FAPI_CONFIG)",
+            path.display()
+        ))
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+fn parse(text: &str, name: &str) -> Result<FileConfig> {
+    toml::from_str(text).map_err(|e| {
+        // toml's message names the unknown key or the bad value and shows the line.
+        Error::Config(format!("{name}: {}", e.to_string().trim_end()))
+    })
+}
+
+fn validate_issuer(issuer: &str) -> Result<()> {
+    let url = url::Url::parse(issuer).map_err(|e| {
+        Error::Config(format!(
+            "`issuer_url` {issuer:?} is not a URL ({e}); it looks like https://auth.example.org"
+        ))
+    })?;
+    if url.scheme() != "https" {
+        return Err(Error::Config(format!(
+            "`issuer_url` {issuer:?} must use https (FAPI requires TLS for every call)"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::Config(format!(
+            "`issuer_url` {issuer:?} must not have a query or fragment"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+client_id = "abc"
+issuer_url = "https://auth.example.org"
+requested_scopes = "directory:software"
+private_key = "certs/a.key"
+certificate = "certs/a.pem"
+"#;
+
+    #[test]
+    fn paths_are_relative_to_the_file() {
+        let s = Settings::from_toml(BASE, Path::new("/etc/fapi"), &Overrides::default())
+            .expect("valid");
+        assert_eq!(s.private_key, Path::new("/etc/fapi/certs/a.key"));
+        assert_eq!(s.certificate, Path::new("/etc/fapi/certs/a.pem"));
+        assert_eq!(s.ca_bundle, None);
+        assert_eq!(s.client, ClientOptions::default());
+        assert_eq!(s.scopes(), vec!["directory:software"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let text = format!("{BASE}\nclient_secret = \"x\"\n");
+        let err = Settings::from_toml(&text, Path::new("/"), &Overrides::default())
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("client_secret"), "{err}");
+        let text = format!("{BASE}\n[sandbox]\nallow_all = true\n");
+        let err = Settings::from_toml(&text, Path::new("/"), &Overrides::default())
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("allow_all"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_and_are_not_rebased() {
+        let o = Overrides {
+            client_id: Some("other".into()),
+            private_key: Some(PathBuf::from("k.pem")),
+            ..Overrides::default()
+        };
+        let s = Settings::from_toml(BASE, Path::new("/etc/fapi"), &o).expect("valid");
+        assert_eq!(s.client_id, "other");
+        assert_eq!(s.private_key, Path::new("k.pem"));
+    }
+
+    #[test]
+    fn missing_setting_names_the_key_flag_and_variable() {
+        let text = BASE.replace("client_id = \"abc\"", "");
+        let err =
+            Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect_err("missing");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("client_id")
+                && msg.contains("--client-id")
+                && msg.contains("FAPI_CLIENT_ID"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn issuer_must_be_https() {
+        let text = BASE.replace("https://auth", "http://auth");
+        let err = Settings::from_toml(&text, Path::new("/"), &Overrides::default())
+            .expect_err("http issuer");
+        assert!(err.to_string().contains("https"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_table_is_read() {
+        let text = format!(
+            "{BASE}\n[sandbox]\nallow = [\"https://data.example/\"]\nmax_memory_mib = 64\n[client]\nretries = 0\n"
+        );
+        let s = Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect("valid");
+        assert_eq!(s.sandbox.allow, vec!["https://data.example/"]);
+        assert_eq!(s.sandbox.max_memory, 64 << 20);
+        assert_eq!(s.client.retries, 0);
+    }
+}

@@ -1,0 +1,284 @@
+//! The client identity: a PEM private key and certificate chain, checked at load.
+//!
+//! The key's bytes are read into a zeroizing buffer, turned into a rustls signing key, and
+//! dropped: after [`Identity::load`] the key exists only inside rustls, which signs the TLS
+//! handshake with it. Nothing in this crate can return it.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::*;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result, Warning};
+
+/// Certificates that expire within this window produce a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// A loaded and checked client identity (certificate chain plus private key).
+#[derive(Clone)]
+pub struct Identity {
+    certified: Arc<CertifiedKey>,
+    thumbprint: String,
+    subject: String,
+    issuer: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    key_description: String,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("subject", &self.subject)
+            .field("thumbprint", &self.thumbprint)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Identity {
+    /// Load `certificate` (PEM chain, leaf first) and `private_key` (PEM: PKCS#8, PKCS#1 RSA or
+    /// SEC1 EC) and check them: the key matches the leaf, the leaf is within its validity period,
+    /// RSA keys have at least 2048 bits and EC keys use P-256 or stronger. Returns warnings for
+    /// findings that are not fatal (a certificate that expires within 14 days).
+    pub fn load(certificate: &Path, private_key: &Path) -> Result<(Identity, Vec<Warning>)> {
+        let cert_pem = read(certificate, "certificate")?;
+        let key_pem = Zeroizing::new(read(private_key, "private_key")?);
+        Identity::from_pem(&cert_pem, &key_pem, certificate, private_key)
+    }
+
+    /// Like [`Identity::load`], from PEM bytes; the paths are only used in messages.
+    pub fn from_pem(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        cert_name: &Path,
+        key_name: &Path,
+    ) -> Result<(Identity, Vec<Warning>)> {
+        let chain = parse_chain(cert_pem, cert_name)?;
+        let key = parse_key(key_pem, key_name)?;
+        let mut warnings = Vec::new();
+
+        let leaf = &chain[0];
+        let (_, x509) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
+            Error::Credentials(format!(
+                "{}: the first certificate is not valid X.509 ({e})",
+                cert_name.display()
+            ))
+        })?;
+        let key_description = check_key_strength(&x509, cert_name)?;
+        let not_before = to_system_time(x509.validity().not_before.timestamp());
+        let not_after = to_system_time(x509.validity().not_after.timestamp());
+        let now = SystemTime::now();
+        let subject = x509.subject().to_string();
+        let issuer = x509.issuer().to_string();
+        if now < not_before {
+            return Err(Error::Credentials(format!(
+                "{}: the certificate for {subject} is not valid yet (valid from {}); check the clock, or wait",
+                cert_name.display(),
+                httpdate::fmt_http_date(not_before)
+            )));
+        }
+        if now > not_after {
+            return Err(Error::Credentials(format!(
+                "{}: the certificate for {subject} expired on {}; renew it with your directory and point `certificate` at the new one",
+                cert_name.display(),
+                httpdate::fmt_http_date(not_after)
+            )));
+        }
+        if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
+            warnings.push(Warning(format!(
+                "{}: the certificate for {subject} expires on {}: renew it soon",
+                cert_name.display(),
+                httpdate::fmt_http_date(not_after)
+            )));
+        }
+
+        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
+            Error::Credentials(format!(
+                "{}: the private key cannot be used for TLS ({e}); use an RSA (2048+), ECDSA P-256/P-384 or Ed25519 key",
+                key_name.display()
+            ))
+        })?;
+        drop(key);
+        let certified = CertifiedKey::new(chain, signing_key);
+        match certified.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                warnings.push(Warning(format!(
+                    "{}: could not check that the private key matches the certificate",
+                    key_name.display()
+                )));
+            }
+            Err(_) => {
+                return Err(Error::Credentials(format!(
+                    "the private key {} does not match the certificate {} ({subject}); point `private_key` at the key the certificate was issued for",
+                    key_name.display(),
+                    cert_name.display()
+                )));
+            }
+        }
+        let thumbprint =
+            thumbprint(certified.end_entity_cert().map_err(|_| {
+                Error::Credentials(format!("{}: no certificate", cert_name.display()))
+            })?);
+        Ok((
+            Identity {
+                certified: Arc::new(certified),
+                thumbprint,
+                subject,
+                issuer,
+                not_before,
+                not_after,
+                key_description,
+            },
+            warnings,
+        ))
+    }
+
+    /// The RFC 8705 `x5t#S256` thumbprint of the leaf certificate.
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// The leaf's subject distinguished name.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The leaf's issuer distinguished name.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Start of the leaf's validity period.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// End of the leaf's validity period.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Key algorithm and size, e.g. "ECDSA P-256".
+    pub fn key_description(&self) -> &str {
+        &self.key_description
+    }
+
+    /// Number of certificates in the chain (leaf included).
+    pub fn chain_len(&self) -> usize {
+        self.certified.cert.len()
+    }
+
+    pub(crate) fn certified_key(&self) -> Arc<CertifiedKey> {
+        self.certified.clone()
+    }
+}
+
+/// base64url (no padding) of the SHA-256 of a certificate's DER: RFC 8705 section 3.1.
+pub fn thumbprint(der: &CertificateDer<'_>) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref()))
+}
+
+fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::Credentials(format!(
+            "cannot read `{setting}` file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn parse_chain(pem: &[u8], name: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Credentials(format!(
+                "{}: not a PEM certificate file ({e})",
+                name.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(Error::Credentials(format!(
+            "{}: no `-----BEGIN CERTIFICATE-----` block found; `certificate` must be a PEM certificate (leaf first)",
+            name.display()
+        )));
+    }
+    Ok(chain)
+}
+
+fn parse_key(pem: &[u8], name: &Path) -> Result<PrivateKeyDer<'static>> {
+    if pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(Error::Credentials(format!(
+            "{}: the private key is encrypted; decrypt it first (openssl pkey -in KEY -out KEY.plain) and keep it readable only by this user",
+            name.display()
+        )));
+    }
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        let hint = if pem.windows(11).any(|w| w == b"CERTIFICATE") {
+            " (the file holds a certificate: did you swap `private_key` and `certificate`?)"
+        } else {
+            ""
+        };
+        Error::Credentials(format!(
+            "{}: no usable PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) found: {e}{hint}",
+            name.display()
+        ))
+    })
+}
+
+fn check_key_strength(x509: &X509Certificate<'_>, name: &Path) -> Result<String> {
+    let spki = x509.public_key();
+    let alg = spki.algorithm.algorithm.to_id_string();
+    match spki.parsed() {
+        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+            let bits = rsa.key_size();
+            if bits < 2048 {
+                return Err(Error::Credentials(format!(
+                    "{}: the RSA key has {bits} bits; FAPI requires at least 2048, so issue a new key and certificate",
+                    name.display()
+                )));
+            }
+            Ok(format!("RSA {bits}"))
+        }
+        Ok(x509_parser::public_key::PublicKey::EC(_)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+                .unwrap_or_default();
+            match curve.as_str() {
+                "1.2.840.10045.3.1.7" => Ok("ECDSA P-256".into()),
+                "1.3.132.0.34" => Ok("ECDSA P-384".into()),
+                "1.3.132.0.35" => Ok("ECDSA P-521".into()),
+                other => Err(Error::Credentials(format!(
+                    "{}: the EC key uses curve {other}, which is weaker than P-256 or not supported; use P-256 or P-384",
+                    name.display()
+                ))),
+            }
+        }
+        _ if alg == "1.3.101.112" => Ok("Ed25519".into()),
+        _ => Err(Error::Credentials(format!(
+            "{}: unsupported public key algorithm {alg}; use RSA, ECDSA or Ed25519",
+            name.display()
+        ))),
+    }
+}
+
+fn to_system_time(unix: i64) -> SystemTime {
+    if unix >= 0 {
+        UNIX_EPOCH + Duration::from_secs(unix as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
+    }
+}

@@ -1,0 +1,280 @@
+//! OpenID Connect discovery of the authorization server (OIDD section 4, RFC 8414, RFC 8705 section 5).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result, Warning};
+
+/// The endpoints and capabilities this client uses, taken from the discovery document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerMetadata {
+    /// The issuer, equal to the configured one.
+    pub issuer: String,
+    /// The token endpoint (the mTLS alias when there is one).
+    pub token_endpoint: url::Url,
+    /// The introspection endpoint (the mTLS alias when there is one).
+    pub introspection_endpoint: Option<url::Url>,
+    /// The revocation endpoint (the mTLS alias when there is one).
+    pub revocation_endpoint: Option<url::Url>,
+    /// `scopes_supported`, when given.
+    pub scopes_supported: Option<Vec<String>>,
+    /// `token_endpoint_auth_methods_supported`, when given.
+    pub auth_methods_supported: Option<Vec<String>>,
+    /// Whether the token endpoint came from `mtls_endpoint_aliases`.
+    pub token_endpoint_is_alias: bool,
+}
+
+impl ServerMetadata {
+    /// Every endpoint of the authorization server named by the document (for the sandbox policy,
+    /// which never lets a guest reach them).
+    pub fn endpoints(&self) -> Vec<url::Url> {
+        let mut v = vec![self.token_endpoint.clone()];
+        v.extend(self.introspection_endpoint.clone());
+        v.extend(self.revocation_endpoint.clone());
+        v
+    }
+}
+
+#[derive(Deserialize)]
+struct Document {
+    issuer: Option<Value>,
+    token_endpoint: Option<Value>,
+    introspection_endpoint: Option<Value>,
+    revocation_endpoint: Option<Value>,
+    scopes_supported: Option<Vec<String>>,
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    grant_types_supported: Option<Vec<String>>,
+    tls_client_certificate_bound_access_tokens: Option<bool>,
+    mtls_endpoint_aliases: Option<serde_json::Map<String, Value>>,
+}
+
+/// The discovery URL of an issuer: any trailing `/` removed, then `/.well-known/openid-configuration`.
+pub fn well_known_url(issuer: &str) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
+}
+
+/// Fetch and check the discovery document.
+pub async fn discover(
+    http: &reqwest::Client,
+    issuer: &str,
+    scopes: &[String],
+) -> Result<(ServerMetadata, Vec<Warning>)> {
+    let url = well_known_url(issuer);
+    tracing::debug!(%url, "fetching the discovery document");
+    let response = http
+        .get(&url)
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(Error::Discovery(format!(
+            "{url} answered HTTP {status}; check `issuer_url` (it must be the authorization server's issuer)"
+        )));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| Error::from_reqwest(&format!("reading {url}"), e))?;
+    check_document(issuer, &url, &body, scopes)
+}
+
+/// Check a discovery document's bytes (separate from the fetch so that it can be fuzzed).
+pub fn check_document(
+    issuer: &str,
+    url: &str,
+    body: &[u8],
+    scopes: &[String],
+) -> Result<(ServerMetadata, Vec<Warning>)> {
+    let doc: Document = serde_json::from_slice(body).map_err(|e| {
+        Error::Discovery(format!(
+            "{url} did not return a JSON discovery document ({e})"
+        ))
+    })?;
+    let doc_issuer = match &doc.issuer {
+        Some(Value::String(s)) => s.clone(),
+        _ => {
+            return Err(Error::Discovery(format!(
+                "{url}: the document has no `issuer`"
+            )));
+        }
+    };
+    if doc_issuer != issuer {
+        return Err(Error::Discovery(format!(
+            "issuer mismatch: the configuration says {issuer:?} but the document at {url} says {doc_issuer:?}; \
+             they must be identical (RFC 8414 section 3.3): set `issuer_url` to the document's issuer if you trust it"
+        )));
+    }
+    let alias = |name: &str| -> Result<Option<url::Url>> {
+        doc.mtls_endpoint_aliases
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .map(|v| endpoint(v, &format!("mtls_endpoint_aliases.{name}"), url))
+            .transpose()
+    };
+    let top = |value: &Option<Value>, name: &str| -> Result<Option<url::Url>> {
+        value.as_ref().map(|v| endpoint(v, name, url)).transpose()
+    };
+    let (token_endpoint, token_endpoint_is_alias) = match alias("token_endpoint")? {
+        Some(u) => (u, true),
+        None => match top(&doc.token_endpoint, "token_endpoint")? {
+            Some(u) => (u, false),
+            None => {
+                return Err(Error::Discovery(format!(
+                    "{url}: the document has no `token_endpoint`"
+                )));
+            }
+        },
+    };
+    let introspection_endpoint = match alias("introspection_endpoint")? {
+        Some(u) => Some(u),
+        None => top(&doc.introspection_endpoint, "introspection_endpoint")?,
+    };
+    let revocation_endpoint = match alias("revocation_endpoint")? {
+        Some(u) => Some(u),
+        None => top(&doc.revocation_endpoint, "revocation_endpoint")?,
+    };
+
+    let mut warnings = Vec::new();
+    if let Some(methods) = &doc.token_endpoint_auth_methods_supported
+        && !methods.iter().any(|m| m == "tls_client_auth")
+    {
+        return Err(Error::Discovery(format!(
+            "the authorization server does not support `tls_client_auth` (it lists {methods:?}); \
+             this client authenticates with its certificate only"
+        )));
+    }
+    if let Some(grants) = &doc.grant_types_supported
+        && !grants.iter().any(|g| g == "client_credentials")
+    {
+        warnings.push(Warning(format!(
+            "the authorization server does not list `client_credentials` in grant_types_supported ({grants:?})"
+        )));
+    }
+    if doc.tls_client_certificate_bound_access_tokens != Some(true) {
+        warnings.push(Warning(
+            "the authorization server does not announce certificate-bound access tokens".into(),
+        ));
+    }
+    if let Some(supported) = &doc.scopes_supported {
+        for scope in scopes {
+            if !supported.contains(scope) {
+                warnings.push(Warning(format!(
+                    "requested scope {scope:?} is not in the server's scopes_supported"
+                )));
+            }
+        }
+    }
+    Ok((
+        ServerMetadata {
+            issuer: doc_issuer,
+            token_endpoint,
+            introspection_endpoint,
+            revocation_endpoint,
+            scopes_supported: doc.scopes_supported,
+            auth_methods_supported: doc.token_endpoint_auth_methods_supported,
+            token_endpoint_is_alias,
+        },
+        warnings,
+    ))
+}
+
+fn endpoint(value: &Value, name: &str, doc_url: &str) -> Result<url::Url> {
+    let Value::String(s) = value else {
+        return Err(Error::Discovery(format!(
+            "{doc_url}: `{name}` is not a string"
+        )));
+    };
+    let u = url::Url::parse(s)
+        .map_err(|e| Error::Discovery(format!("{doc_url}: `{name}` {s:?} is not a URL ({e})")))?;
+    if u.scheme() != "https" {
+        return Err(Error::Discovery(format!(
+            "{doc_url}: `{name}` is {s:?}, which is not https; FAPI forbids unencrypted endpoints"
+        )));
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISS: &str = "https://as.example";
+
+    fn doc(extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"issuer":"{ISS}","token_endpoint":"https://as.example/token",
+               "token_endpoint_auth_methods_supported":["tls_client_auth"],
+               "tls_client_certificate_bound_access_tokens":true,"unknown":{{"x":[1]}}{extra}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn well_known_handles_trailing_slash() {
+        assert_eq!(
+            well_known_url("https://a/"),
+            "https://a/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            well_known_url("https://a/p"),
+            "https://a/p/.well-known/openid-configuration"
+        );
+    }
+
+    #[test]
+    fn alias_is_preferred() {
+        let body = doc(
+            r#","mtls_endpoint_aliases":{"token_endpoint":"https://mtls.example/token","device_authorization_endpoint":"https://x/d"}"#,
+        );
+        let (m, w) = check_document(ISS, "u", &body, &[]).expect("valid");
+        assert_eq!(m.token_endpoint.as_str(), "https://mtls.example/token");
+        assert!(m.token_endpoint_is_alias);
+        assert!(w.is_empty(), "{w:?}");
+        let (m, _) = check_document(ISS, "u", &doc(""), &[]).expect("valid");
+        assert_eq!(m.token_endpoint.as_str(), "https://as.example/token");
+        assert!(!m.token_endpoint_is_alias);
+    }
+
+    #[test]
+    fn issuer_must_be_identical() {
+        for configured in [
+            "https://as.example/",
+            "https://AS.example",
+            "https://as.example:443",
+        ] {
+            let err = check_document(configured, "u", &doc(""), &[]).expect_err("mismatch");
+            let msg = err.to_string();
+            assert!(msg.contains(configured) && msg.contains(ISS), "{msg}");
+        }
+    }
+
+    #[test]
+    fn http_endpoints_are_refused() {
+        let body =
+            doc(r#","mtls_endpoint_aliases":{"token_endpoint":"http://mtls.example/token"}"#);
+        let err = check_document(ISS, "u", &body, &[]).expect_err("http");
+        assert!(err.to_string().contains("not https"), "{err}");
+    }
+
+    #[test]
+    fn tls_client_auth_required_and_scopes_warned() {
+        let body = br#"{"issuer":"https://as.example","token_endpoint":"https://as.example/t","token_endpoint_auth_methods_supported":["client_secret_basic"]}"#;
+        assert!(check_document(ISS, "u", body, &[]).is_err());
+        let body = doc(r#","scopes_supported":["a"]"#);
+        let (_, w) = check_document(ISS, "u", &body, &["a".into(), "b".into()]).expect("valid");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].0.contains("\"b\""));
+    }
+
+    #[test]
+    fn not_json_or_not_an_object() {
+        for body in [&b"<html>"[..], b"[]", b"{\"issuer\":1}", b""] {
+            assert!(check_document(ISS, "u", body, &[]).is_err());
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The host's error type.
+//!
+//! Every variant says what went wrong and how to fix it, and none of them can carry a token or key
+//! material: messages are built from settings, URLs, status codes and server-chosen error codes only.
+
+use std::fmt;
+
+/// Everything that can go wrong in the host.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration (file, environment or flags) is missing a setting or has a bad value.
+    /// Fix: the message names the setting and the file.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// The private key or certificate could not be used (unreadable, wrong format, expired,
+    /// not matching, too weak). Fix: the message names the file and what to do.
+    #[error("credentials error: {0}")]
+    Credentials(String),
+
+    /// The authorization server's discovery document could not be fetched or is not acceptable
+    /// (issuer mismatch, http endpoints, no tls_client_auth). Fix: check `issuer_url`.
+    #[error("discovery error: {0}")]
+    Discovery(String),
+
+    /// The authorization server refused to issue a token (RFC 6749 section 5.2).
+    #[error("the authorization server refused the token request (HTTP {status}): {error}{}", describe(.description))]
+    TokenRefused {
+        /// HTTP status of the token response.
+        status: u16,
+        /// The RFC 6749 `error` code, e.g. `invalid_client` or `invalid_scope`.
+        error: String,
+        /// The server's `error_description`, if any.
+        description: Option<String>,
+    },
+
+    /// The authorization server answered the token request with something that is not a usable
+    /// token response (not JSON, missing fields, wrong token type, a 5xx status).
+    #[error("unusable token response: {0}")]
+    TokenResponse(String),
+
+    /// TLS failed (untrusted server certificate, wrong host name, handshake failure).
+    #[error("TLS error: {0}")]
+    Tls(String),
+
+    /// The network failed (connection refused, reset, timeout).
+    #[error("network error: {0}")]
+    Network(String),
+
+    /// The request itself is not acceptable (bad URL, forbidden header, bad method).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    /// A response was larger than the configured limit.
+    #[error("response too large: {0}")]
+    TooLarge(String),
+
+    /// Local I/O (writing an output file, reading a body file) failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+fn describe(description: &Option<String>) -> String {
+    match description {
+        Some(d) if !d.is_empty() => format!(" ({d})"),
+        _ => String::new(),
+    }
+}
+
+/// What kind of failure an [`Error`] is, for exit codes and for guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Configuration or credentials: fix the settings.
+    Config,
+    /// The authorization server (discovery or token endpoint).
+    Authorization,
+    /// TLS or the network.
+    Network,
+    /// The request was refused locally.
+    InvalidRequest,
+    /// A size limit was hit.
+    TooLarge,
+    /// Local I/O.
+    Io,
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) | Error::Credentials(_) => ErrorKind::Config,
+            Error::Discovery(_) | Error::TokenRefused { .. } | Error::TokenResponse(_) => {
+                ErrorKind::Authorization
+            }
+            Error::Tls(_) | Error::Network(_) => ErrorKind::Network,
+            Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            Error::TooLarge(_) => ErrorKind::TooLarge,
+            Error::Io(_) => ErrorKind::Io,
+        }
+    }
+
+    /// Classify a reqwest error, without its URL (URLs are shown by the caller where useful).
+    pub(crate) fn from_reqwest(context: &str, err: reqwest::Error) -> Error {
+        let err = err.without_url();
+        let chain = error_chain(&err);
+        let lower = chain.to_ascii_lowercase();
+        let is_tls = lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake")
+            || lower.contains("alert");
+        if err.is_timeout() {
+            Error::Network(format!("{context}: timed out ({chain})"))
+        } else if is_tls {
+            Error::Tls(format!("{context}: {chain}"))
+        } else {
+            Error::Network(format!("{context}: {chain}"))
+        }
+    }
+}
+
+/// `err: source: source...` in one line.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A non-fatal finding (for example a certificate that expires soon), shown by `check` and logged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning(pub String);
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,43 @@
+//! fapi-host: call Financial-grade API (FAPI) protected endpoints from Rust, or from sandboxed
+//! WebAssembly plugins that never see a credential.
+//!
+//! What it is:
+//! - [`FapiClient`]: the Rust counterpart of the reference Python `FAPISession`. It discovers the
+//!   authorization server, gets certificate-bound tokens with `client_credentials` over mutual TLS
+//!   when needed, and makes every protected call look like a plain HTTP call.
+//! - The `fapi-host` binary around it (`fetch`, `token`, `introspect`, `check`, `dev`, `run`,
+//!   `demo`, `batch`).
+//!
+//! Threat model, in short:
+//! - The private key and every access token stay inside this process: the key lives only in
+//!   rustls after [`Identity::load`], tokens only in the token cache, and no public function
+//!   returns either (except `danger_reveal_token`, which exists for `fapi-host token
+//!   --reveal-token`). They never reach a log line, an error message or a guest.
+//! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
+//!   redirects are never followed, so a token never follows a redirect to another origin.
+//! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+mod client;
+mod config;
+mod credentials;
+mod discovery;
+mod error;
+mod retry;
+mod tls;
+mod token;
+pub mod www_authenticate;
+
+pub use client::{
+    AuthProblem, FapiClient, FapiClientBuilder, FapiRequest, FapiResponse, INTERACTION_ID,
+    RedactedHeaders, RequestBuilder, forbidden_header, parse_header,
+};
+pub use config::{ClientOptions, DEFAULT_CONFIG_FILE, Overrides, SandboxSettings, Settings};
+pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
+pub use discovery::{ServerMetadata, check_document, well_known_url};
+pub use error::{Error, ErrorKind, Result, Warning};
+pub use retry::{is_idempotent, is_retryable_status};
+pub use tls::fapi_provider;
+pub use token::TokenInfo;

@@ -1,0 +1,429 @@
+//! Access tokens: client_credentials over mTLS (RFC 6749 section 4.4, RFC 8705 section 2), cached
+//! with their expiry, acquired once for all concurrent callers.
+//!
+//! The token exists in exactly one form: a `BearerHeader` (a sensitive `HeaderValue`) inside the
+//! cache. It is written into requests' `Authorization` headers and into the introspection form
+//! body, and nowhere else; nothing returns it to a caller.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::config::ClientOptions;
+use crate::discovery::{self, ServerMetadata};
+use crate::error::{Error, Result, Warning};
+use crate::retry;
+
+/// What is known about the current token, without the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// Always "Bearer".
+    pub token_type: String,
+    /// The granted scopes (the requested ones when the server did not say).
+    pub scope: Vec<String>,
+    /// When the token expires (local receipt time + `expires_in`), as seconds since the epoch.
+    pub expires_at: u64,
+    /// Seconds until expiry, at the time this was made.
+    pub expires_in: u64,
+    /// Whether the server gave `expires_in` (else the configured default lifetime was assumed).
+    pub expires_in_from_server: bool,
+    /// The RFC 8705 thumbprint of the certificate the token is bound to.
+    pub certificate_thumbprint: String,
+    /// The token endpoint that issued it.
+    pub token_endpoint: String,
+}
+
+/// A ready `Authorization: Bearer ...` header value. Its `Debug` does not show it.
+#[derive(Clone)]
+pub(crate) struct BearerHeader(HeaderValue);
+
+impl BearerHeader {
+    pub(crate) fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+
+    /// The raw token, for the introspection form body only.
+    fn expose_token(&self) -> &[u8] {
+        &self.0.as_bytes()["Bearer ".len()..]
+    }
+}
+
+impl fmt::Debug for BearerHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Bearer [redacted]")
+    }
+}
+
+/// A token handed to one request, with the generation needed to invalidate exactly it.
+#[derive(Clone, Debug)]
+pub(crate) struct Lease {
+    pub(crate) bearer: BearerHeader,
+    pub(crate) generation: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    issuer: String,
+    client_id: String,
+    thumbprint: String,
+    scope: String,
+}
+
+struct Cached {
+    bearer: BearerHeader,
+    info: TokenInfo,
+    refresh_at: Instant,
+    generation: u64,
+}
+
+/// Discovery plus the token cache of one identity.
+pub(crate) struct TokenManager {
+    http: reqwest::Client,
+    issuer: String,
+    client_id: String,
+    scopes: Vec<String>,
+    thumbprint: String,
+    options: ClientOptions,
+    metadata: OnceCell<ServerMetadata>,
+    cache: Mutex<HashMap<CacheKey, Cached>>,
+    generation: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenManager")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<Value>,
+    token_type: Option<Value>,
+    expires_in: Option<Value>,
+    scope: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    error_description: Option<String>,
+}
+
+impl TokenManager {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        issuer: String,
+        client_id: String,
+        scopes: Vec<String>,
+        thumbprint: String,
+        options: ClientOptions,
+    ) -> TokenManager {
+        TokenManager {
+            http,
+            issuer,
+            client_id,
+            scopes,
+            thumbprint,
+            options,
+            metadata: OnceCell::new(),
+            cache: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// The discovery document, fetched once (a failure is not cached).
+    pub(crate) async fn metadata(&self) -> Result<&ServerMetadata> {
+        self.metadata
+            .get_or_try_init(|| async {
+                let (m, warnings) =
+                    discovery::discover(&self.http, &self.issuer, &self.scopes).await?;
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                Ok(m)
+            })
+            .await
+    }
+
+    /// Discovery with its warnings, uncached (for `fapi-host check`).
+    pub(crate) async fn discover_fresh(&self) -> Result<(ServerMetadata, Vec<Warning>)> {
+        discovery::discover(&self.http, &self.issuer, &self.scopes).await
+    }
+
+    /// How many token requests this manager has sent.
+    pub(crate) fn token_requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn key(&self) -> CacheKey {
+        CacheKey {
+            issuer: self.issuer.clone(),
+            client_id: self.client_id.clone(),
+            thumbprint: self.thumbprint.clone(),
+            scope: self.scopes.join(" "),
+        }
+    }
+
+    /// A valid token: the cached one, or a new one. Concurrent callers share one acquisition:
+    /// the cache lock is held while the token request is in flight.
+    pub(crate) async fn lease(&self) -> Result<(Lease, TokenInfo)> {
+        let key = self.key();
+        let mut cache = self.cache.lock().await;
+        if let Some(c) = cache.get(&key)
+            && Instant::now() < c.refresh_at
+        {
+            return Ok((
+                Lease {
+                    bearer: c.bearer.clone(),
+                    generation: c.generation,
+                },
+                c.info.clone(),
+            ));
+        }
+        cache.remove(&key);
+        let metadata = self.metadata().await?;
+        let (bearer, info, lifetime) = self.request_token(metadata).await?;
+        let margin = self.options.token_refresh_margin.min(lifetime / 2);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let lease = Lease {
+            bearer: bearer.clone(),
+            generation,
+        };
+        cache.insert(
+            key,
+            Cached {
+                bearer,
+                info: info.clone(),
+                refresh_at: Instant::now() + lifetime - margin,
+                generation,
+            },
+        );
+        Ok((lease, info))
+    }
+
+    /// Drop the token of `generation` if it is still the cached one (after `invalid_token`).
+    pub(crate) async fn invalidate(&self, generation: u64) {
+        let mut cache = self.cache.lock().await;
+        cache.retain(|_, c| c.generation != generation);
+    }
+
+    async fn request_token(
+        &self,
+        metadata: &ServerMetadata,
+    ) -> Result<(BearerHeader, TokenInfo, Duration)> {
+        let endpoint = metadata.token_endpoint.clone();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("scope", &self.scopes.join(" "))
+            .finish();
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(endpoint = %endpoint, attempt, "requesting a token (client_credentials, tls_client_auth)");
+            let sent = self
+                .http
+                .post(endpoint.clone())
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .header(http::header::ACCEPT, "application/json")
+                .body(body.clone())
+                .timeout(self.options.timeout)
+                .send()
+                .await;
+            let retryable = match &sent {
+                Ok(r) => retry::is_retryable_status(r.status()),
+                Err(e) => e.is_connect() || e.is_timeout(),
+            };
+            if retryable && attempt <= self.options.retries {
+                let hint = sent
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| retry::retry_after(r.headers()));
+                let delay = retry::delay(attempt, hint, &self.options);
+                tracing::warn!(endpoint = %endpoint, attempt, ?delay, "token request failed transiently; retrying");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            break sent
+                .map_err(|e| Error::from_reqwest(&format!("token request to {endpoint}"), e))?;
+        };
+        let status = response.status();
+        let received = SystemTime::now();
+        let bytes = response.bytes().await.map_err(|e| {
+            Error::from_reqwest(&format!("reading the token response of {endpoint}"), e)
+        })?;
+        if !status.is_success() {
+            if let Ok(err) = serde_json::from_slice::<ErrorResponse>(&bytes) {
+                return Err(Error::TokenRefused {
+                    status: status.as_u16(),
+                    error: printable(&err.error),
+                    description: err.error_description.as_deref().map(printable),
+                });
+            }
+            return Err(Error::TokenResponse(format!(
+                "{endpoint} answered HTTP {status} without an OAuth error"
+            )));
+        }
+        let (bearer, scope, lifetime, from_server) = self.parse_success(&bytes, &endpoint)?;
+        let expires_at = received + lifetime;
+        let info = TokenInfo {
+            token_type: "Bearer".into(),
+            scope,
+            expires_at: expires_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            expires_in: lifetime.as_secs(),
+            expires_in_from_server: from_server,
+            certificate_thumbprint: self.thumbprint.clone(),
+            token_endpoint: endpoint.to_string(),
+        };
+        tracing::info!(
+            endpoint = %endpoint,
+            scope = %info.scope.join(" "),
+            expires_in = info.expires_in,
+            "access token acquired"
+        );
+        Ok((bearer, info, lifetime))
+    }
+
+    fn parse_success(
+        &self,
+        bytes: &[u8],
+        endpoint: &url::Url,
+    ) -> Result<(BearerHeader, Vec<String>, Duration, bool)> {
+        let parsed: TokenResponse = serde_json::from_slice(bytes)
+            .map_err(|e| Error::TokenResponse(format!("{endpoint} did not return JSON ({e})")))?;
+        let token = match parsed.access_token {
+            Some(Value::String(t)) if !t.is_empty() => t,
+            _ => {
+                return Err(Error::TokenResponse(format!(
+                    "{endpoint}: the response has no `access_token` string"
+                )));
+            }
+        };
+        match parsed.token_type {
+            Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+            Some(Value::String(t)) => {
+                return Err(Error::TokenResponse(format!(
+                    "{endpoint}: token_type {:?} is not supported; only Bearer (certificate-bound) tokens are",
+                    printable(&t)
+                )));
+            }
+            _ => {
+                return Err(Error::TokenResponse(format!(
+                    "{endpoint}: the response has no `token_type`"
+                )));
+            }
+        }
+        let (lifetime, from_server) = match parsed.expires_in {
+            None | Some(Value::Null) => (self.options.default_token_lifetime, false),
+            Some(v) => (expires_in(&v, endpoint)?, true),
+        };
+        let scope = match parsed.scope {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            _ => self.scopes.clone(),
+        };
+        // RFC 6750 b64token, which is what a header can carry; the token is not parsed otherwise.
+        let token = zeroize::Zeroizing::new(token);
+        let text = zeroize::Zeroizing::new(format!("Bearer {}", token.as_str()));
+        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+            Error::TokenResponse(format!(
+                "{endpoint}: the access token has characters that cannot be sent in a header"
+            ))
+        })?;
+        value.set_sensitive(true);
+        Ok((BearerHeader(value), scope, lifetime, from_server))
+    }
+
+    /// The raw token, for `fapi-host token --reveal-token` only.
+    pub(crate) async fn danger_reveal_token(&self) -> Result<zeroize::Zeroizing<String>> {
+        let (lease, _) = self.lease().await?;
+        Ok(zeroize::Zeroizing::new(
+            String::from_utf8_lossy(lease.bearer.expose_token()).into_owned(),
+        ))
+    }
+
+    /// RFC 7662 introspection of the current token at the server's introspection endpoint.
+    pub(crate) async fn introspect(&self) -> Result<Value> {
+        let metadata = self.metadata().await?;
+        let endpoint = metadata.introspection_endpoint.clone().ok_or_else(|| {
+            Error::Discovery("the authorization server has no introspection endpoint".into())
+        })?;
+        let (lease, _) = self.lease().await?;
+        let token = String::from_utf8_lossy(lease.bearer.expose_token()).into_owned();
+        let body = zeroize::Zeroizing::new(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("token", &token)
+                .append_pair("token_type_hint", "access_token")
+                .append_pair("client_id", &self.client_id)
+                .finish(),
+        );
+        drop(zeroize::Zeroizing::new(token));
+        let response = self
+            .http
+            .post(endpoint.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(body.as_str().to_owned())
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(&format!("introspection at {endpoint}"), e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::from_reqwest(&format!("reading {endpoint}"), e))?;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<ErrorResponse>(&bytes)
+                .map(|e| format!(": {}", printable(&e.error)))
+                .unwrap_or_default();
+            return Err(Error::TokenResponse(format!(
+                "introspection at {endpoint} answered HTTP {status}{detail}"
+            )));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::TokenResponse(format!(
+                "introspection at {endpoint} did not return JSON ({e})"
+            ))
+        })
+    }
+}
+
+/// `expires_in`: a non-negative number of seconds (a numeric string is accepted too); at most a day.
+fn expires_in(v: &Value, endpoint: &url::Url) -> Result<Duration> {
+    let secs = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match secs {
+        Some(s) if s.is_finite() && s >= 1.0 => Ok(Duration::from_secs_f64(s.min(86_400.0))),
+        _ => Err(Error::TokenResponse(format!(
+            "{endpoint}: `expires_in` is {v}, not a positive number of seconds"
+        ))),
+    }
+}
+
+/// Server-chosen text, cut and stripped of control characters before it reaches a message.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}

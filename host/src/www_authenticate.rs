@@ -1,0 +1,274 @@
+//! A `WWW-Authenticate` parser (RFC 7235 section 4.1, RFC 6750 section 3).
+//!
+//! Robust to several challenges in one header or several headers, quoted strings with escapes,
+//! token68 values, odd spacing, and case in scheme and parameter names. Malformed input never
+//! panics: parsing stops at the first byte that cannot belong to a challenge.
+
+/// One challenge: a scheme and its parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// The auth scheme, lowercased (`bearer`, `dpop`, ...).
+    pub scheme: String,
+    /// Parameters with lowercased names, in order; a token68 value has the name "".
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// The value of parameter `name` (case-insensitive).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a resource server's Bearer challenge says (RFC 6750 section 3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BearerChallenge {
+    /// `error`, e.g. `invalid_token`, or None for a bare challenge.
+    pub error: Option<String>,
+    /// `error_description`.
+    pub description: Option<String>,
+    /// `scope` (for `insufficient_scope`).
+    pub scope: Option<String>,
+}
+
+/// Parse every challenge of all given header values.
+pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
+    let mut out = Vec::new();
+    for v in values {
+        Parser {
+            s: v.as_bytes(),
+            i: 0,
+        }
+        .challenges(&mut out);
+    }
+    out
+}
+
+/// The first Bearer challenge among the response's `WWW-Authenticate` headers.
+pub fn bearer(headers: &http::HeaderMap) -> Option<BearerChallenge> {
+    let values = headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    parse(values)
+        .into_iter()
+        .find(|c| c.scheme == "bearer")
+        .map(|c| BearerChallenge {
+            error: c.param("error").map(str::to_owned),
+            description: c.param("error_description").map(str::to_owned),
+            scope: c.param("scope").map(str::to_owned),
+        })
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.i += 1;
+        }
+    }
+
+    fn skip_ws_commas(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b',')) {
+            self.i += 1;
+        }
+    }
+
+    fn token(&mut self) -> Option<String> {
+        let start = self.i;
+        while self.peek().is_some_and(is_tchar) {
+            self.i += 1;
+        }
+        (self.i > start).then(|| String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
+    }
+
+    fn quoted(&mut self) -> Option<String> {
+        // at '"'
+        self.i += 1;
+        let mut out = Vec::new();
+        while let Some(b) = self.peek() {
+            self.i += 1;
+            match b {
+                b'"' => return Some(String::from_utf8_lossy(&out).into_owned()),
+                b'\\' => {
+                    if let Some(n) = self.peek() {
+                        out.push(n);
+                        self.i += 1;
+                    }
+                }
+                _ => out.push(b),
+            }
+        }
+        None // unterminated
+    }
+
+    /// After a name and optional spaces: is this `name=` (a parameter) rather than a token68 or a
+    /// new scheme?
+    fn at_param_equals(&self) -> bool {
+        let mut j = self.i;
+        while matches!(self.s.get(j), Some(b' ' | b'\t')) {
+            j += 1;
+        }
+        if self.s.get(j) != Some(&b'=') {
+            return false;
+        }
+        // token68 ends in '='s followed by end or comma: `abc==`, not a parameter.
+        let mut k = j;
+        while self.s.get(k) == Some(&b'=') {
+            k += 1;
+        }
+        while matches!(self.s.get(k), Some(b' ' | b'\t')) {
+            k += 1;
+        }
+        !(k - j > 1 || matches!(self.s.get(k), None | Some(b',')))
+    }
+
+    fn challenges(&mut self, out: &mut Vec<Challenge>) {
+        loop {
+            self.skip_ws_commas();
+            let Some(scheme) = self.token() else { return };
+            let mut challenge = Challenge {
+                scheme: scheme.to_ascii_lowercase(),
+                params: Vec::new(),
+            };
+            self.skip_ws();
+            loop {
+                self.skip_ws_commas();
+                let save = self.i;
+                let Some(name) = self.token() else { break };
+                if self.at_param_equals() {
+                    self.skip_ws();
+                    self.i += 1; // '='
+                    self.skip_ws();
+                    let value = match self.peek() {
+                        Some(b'"') => match self.quoted() {
+                            Some(v) => v,
+                            None => {
+                                out.push(challenge);
+                                return;
+                            }
+                        },
+                        _ => self.token().unwrap_or_default(),
+                    };
+                    challenge.params.push((name.to_ascii_lowercase(), value));
+                } else if challenge.params.is_empty() && matches!(self.peek(), Some(b'=')) {
+                    // token68
+                    while self.peek() == Some(b'=') {
+                        self.i += 1;
+                    }
+                    let value = String::from_utf8_lossy(&self.s[save..self.i]).into_owned();
+                    challenge.params.push((String::new(), value));
+                } else {
+                    // a new challenge starts here
+                    self.i = save;
+                    break;
+                }
+            }
+            out.push(challenge);
+            if self.peek().is_some()
+                && !matches!(self.peek(), Some(b) if is_tchar(b) || b == b',' || b == b' ' || b == b'\t')
+            {
+                return; // garbage: stop
+            }
+            if self.peek().is_none() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_and_errors() {
+        let c = parse(["Bearer"]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, "bearer");
+        assert!(c[0].params.is_empty());
+
+        let c = parse([
+            r#"Bearer realm="example", error="invalid_token", error_description="The access token expired""#,
+        ]);
+        assert_eq!(c[0].param("error"), Some("invalid_token"));
+        assert_eq!(
+            c[0].param("ERROR_description"),
+            Some("The access token expired")
+        );
+    }
+
+    #[test]
+    fn several_challenges_case_and_escapes() {
+        let c = parse([
+            r#"DPoP algs="ES256 PS256", nonce="x\"y", bEARER error=insufficient_scope,scope="a b""#,
+        ]);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].scheme, "dpop");
+        assert_eq!(c[0].param("nonce"), Some("x\"y"));
+        assert_eq!(c[1].scheme, "bearer");
+        assert_eq!(c[1].param("error"), Some("insufficient_scope"));
+        assert_eq!(c[1].param("scope"), Some("a b"));
+    }
+
+    #[test]
+    fn token68_and_basic() {
+        let c = parse([
+            "Basic realm=\"x\", Negotiate abc==",
+            "Bearer error=\"invalid_token\"",
+        ]);
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert_eq!(c[1].params, vec![(String::new(), "abc==".to_string())]);
+        assert_eq!(c[2].param("error"), Some("invalid_token"));
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for s in [
+            "",
+            ",,,",
+            "=",
+            "\"",
+            "Bearer error=\"",
+            "Bearer ==,=",
+            "Bearer \u{0}\u{1}",
+            "Bearer error=",
+            "B e=\"\\",
+        ] {
+            let _ = parse([s]);
+        }
+    }
+
+    #[test]
+    fn bearer_from_headers() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            "Basic realm=\"a\"".parse().expect("valid"),
+        );
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            "Bearer error=\"insufficient_scope\", scope=\"consumption:read\""
+                .parse()
+                .expect("valid"),
+        );
+        let b = bearer(&h).expect("bearer");
+        assert_eq!(b.error.as_deref(), Some("insufficient_scope"));
+        assert_eq!(b.scope.as_deref(), Some("consumption:read"));
+    }
+}

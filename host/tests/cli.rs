@@ -1,0 +1,345 @@
+//! The `fapi-host` binary: fetch, token, introspect, check, dev, and its exit codes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Fed, contains, fapi_host};
+use fapi_federation::{AsFault, FederationConfig};
+
+fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn fetch_writes_the_body_and_shares_one_token() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let (data, json) = (f.fed.data_url(), f.fed.data_json_url());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        fapi_host(&["--config", &cfg, "fetch", &data, &json], &dir)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{}", s(&err));
+    let out = s(&out);
+    assert!(out.starts_with("postcode,num_meters"), "{out:.100}");
+    assert!(out.contains("[{"), "the JSON body follows the CSV");
+    assert_eq!(f.fed.counters().token_requests, 1);
+}
+
+#[tokio::test]
+async fn fetch_include_output_file_and_post_data() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let out_file = f.path("out.csv");
+    let out_arg = out_file.to_str().unwrap().to_owned();
+    let data = f.fed.data_url();
+    let upload = format!("{}/upload", f.fed.data_origin());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        fapi_host(
+            &[
+                "--config", &cfg, "fetch", "-i", "-o", &out_arg, &data, "-d", "hello", &upload,
+            ],
+            &dir,
+        )
+    })
+    .await
+    .unwrap();
+    // -d applies to both URLs (POST), as in curl; the CSV endpoint refuses POST.
+    let _ = (code, &err);
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert!(written.starts_with("HTTP/1.1 "), "{written:.100}");
+    let out = s(&out);
+    assert!(out.contains("\"bytes\":5"), "{out}");
+}
+
+#[tokio::test]
+async fn exit_codes_are_distinct() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let run = |args: Vec<String>| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            fapi_host(&a, &dir)
+        })
+    };
+    // 1: HTTP error status.
+    let (code, _, err) = run(vec![
+        "--config".into(),
+        cfg.clone(),
+        "fetch".into(),
+        format!("{}/nope", f.fed.data_origin()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{}", s(&err));
+    assert!(s(&err).contains("404"));
+    // 2: usage.
+    let (code, _, _) = run(vec!["fetch".into()]).await.unwrap();
+    assert_eq!(code, 2);
+    // 3: configuration.
+    let (code, _, err) = run(vec![
+        "--config".into(),
+        "/nonexistent/fapi.toml".into(),
+        "fetch".into(),
+        f.fed.data_url(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 3, "{}", s(&err));
+    assert!(s(&err).contains("/nonexistent/fapi.toml"));
+    let bad = f.path("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&f.config).unwrap() + "\nclient_secret = \"x\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(vec![
+        "--config".into(),
+        bad.to_str().unwrap().into(),
+        "token".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 3);
+    assert!(s(&err).contains("client_secret"), "{}", s(&err));
+    // 4: authorization server.
+    f.fed
+        .set_as_fault(Some(AsFault::IssuerMismatch("https://x.example".into())));
+    let (code, _, err) = run(vec![
+        "--config".into(),
+        cfg.clone(),
+        "fetch".into(),
+        f.fed.data_url(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 4, "{}", s(&err));
+    assert!(s(&err).contains("issuer mismatch"));
+    f.fed.set_as_fault(None);
+    // 5: TLS: trust only another CA.
+    let other = fapi_federation::Pki::generate().unwrap();
+    let ca = f.path("other-ca.pem");
+    std::fs::write(&ca, other.ca_pem()).unwrap();
+    let (code, _, err) = run(vec![
+        "--config".into(),
+        cfg.clone(),
+        "--ca-bundle".into(),
+        ca.to_str().unwrap().into(),
+        "token".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 5, "{}", s(&err));
+    // 6: refused locally.
+    let (code, _, err) = run(vec![
+        "--config".into(),
+        cfg.clone(),
+        "fetch".into(),
+        "-H".into(),
+        "Authorization: Bearer mine".into(),
+        f.fed.data_url(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 6, "{}", s(&err));
+    assert!(s(&err).contains("authorization"));
+}
+
+#[tokio::test]
+async fn verbose_logs_redact_the_token() {
+    let f = Fed::with_faults().await;
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let echo = format!("{}/echo", f.fed.data_origin());
+    let data = f.fed.data_url();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        fapi_host(&["--config", &cfg, "-vvv", "fetch", &echo, &data], &dir)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{}", s(&err));
+    let out = s(&out);
+    let start = out.find("Bearer ").unwrap() + "Bearer ".len();
+    let token: String = out[start..]
+        .chars()
+        .take_while(|c| !matches!(c, '"' | ',' | '}' | ']'))
+        .collect();
+    assert!(token.len() >= 22, "{token}");
+    let err = s(&err);
+    assert!(err.contains("Bearer [redacted]"), "{err}");
+    assert!(err.contains("x-fapi-interaction-id"), "{err}");
+    assert!(
+        !contains(err.as_bytes(), token.as_bytes()),
+        "the token is in the logs"
+    );
+}
+
+#[tokio::test]
+async fn token_introspect_and_check() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let run = |args: Vec<&'static str>| {
+        let (cfg, dir) = (cfg.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut a = vec!["--config", cfg.as_str()];
+            a.extend(args);
+            fapi_host(&a, &dir)
+        })
+    };
+    let (code, out, _) = run(vec!["token", "--json"]).await.unwrap();
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    assert!(v.get("access_token").is_none());
+    let (code, out, _) = run(vec!["token", "--json", "--reveal-token"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(v["access_token"].as_str().unwrap().len() >= 22);
+    let (code, out, _) = run(vec!["introspect", "--json"]).await.unwrap();
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["active"], true);
+    let (code, out, err) = run(vec!["check"]).await.unwrap();
+    assert_eq!(code, 0, "{}{}", s(&out), s(&err));
+    let out = s(&out);
+    for what in [
+        "configuration",
+        "key and certificate",
+        "validity",
+        "chain",
+        "discovery",
+        "token endpoint",
+        "token:",
+        "scopes",
+    ] {
+        assert!(out.contains(&format!("ok    {what}")), "{what}: {out}");
+    }
+    // A key that does not match: check fails with the fix.
+    let b = f.fed.pki().client("consumer-b").unwrap();
+    let key = f.path("b.key");
+    std::fs::write(&key, &b.key_pem).unwrap();
+    let (cfg2, dir2) = (cfg.clone(), dir.clone());
+    let key_arg = key.to_str().unwrap().to_owned();
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        fapi_host(
+            &["--config", &cfg2, "--private-key", &key_arg, "check"],
+            &dir2,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 7);
+    assert!(
+        s(&out).contains("FAIL  key and certificate") && s(&out).contains("does not match"),
+        "{}",
+        s(&out)
+    );
+}
+
+/// `fapi-host dev` as a user runs it: PKI and files written, servers up, a fetch with the written
+/// configuration works, SIGTERM stops it cleanly, and a second start reuses the PKI.
+#[test]
+fn dev_runs_the_federation_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed_dir = dir.path().join("fed");
+    let fed_arg = fed_dir.to_str().unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fapi-host"))
+            .args(["dev", "--dir", fed_arg])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_for = |path: &std::path::Path| {
+        let t0 = Instant::now();
+        while !path.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{} never appeared",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let json_path = fed_dir.join("federation.json");
+    let mut child = start();
+    wait_for(&json_path);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    for key in [
+        "issuer_url",
+        "data_url",
+        "data_json_url",
+        "client_id",
+        "requested_scopes",
+        "private_key",
+        "certificate",
+        "ca_bundle",
+        "config",
+    ] {
+        assert!(info[key].is_string(), "{key} missing in {info}");
+    }
+    let config = info["config"].as_str().unwrap();
+    let (code, out, err) = fapi_host(
+        &[
+            "--config",
+            config,
+            "fetch",
+            info["data_url"].as_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{}", s(&err));
+    assert!(s(&out).starts_with("postcode"));
+    let ca_before = std::fs::read(fed_dir.join("ca.pem")).unwrap();
+
+    let stop = |child: &mut std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "dev did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let status = stop(&mut child);
+    assert!(status.success(), "{status:?}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(stdout.contains("fapi-host --config"), "{stdout}");
+    assert!(stdout.contains("curl"), "{stdout}");
+
+    std::fs::remove_file(&json_path).unwrap();
+    let mut child = start();
+    wait_for(&json_path);
+    assert_eq!(
+        std::fs::read(fed_dir.join("ca.pem")).unwrap(),
+        ca_before,
+        "the PKI is reused"
+    );
+    assert!(stop(&mut child).success());
+}
