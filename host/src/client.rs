@@ -155,6 +155,9 @@ impl FapiClient {
             None => None,
         };
         let idempotent = retry::is_idempotent(&request.method);
+        let timeout = request
+            .timeout
+            .map_or(inner.options.timeout, |t| t.min(inner.options.timeout));
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut retries = 0u32;
@@ -178,23 +181,22 @@ impl FapiClient {
                 .map_err(|e| Error::InvalidRequest(format!("{} {url}: {e}", request.method)))?;
             log_request(&req, interaction_id.as_deref(), attempts);
             let t0 = Instant::now();
-            let sent =
-                match tokio::time::timeout(inner.options.timeout, inner.http.execute(req)).await {
-                    Ok(r) => r.map_err(|e| {
-                        let transient = e.is_connect() || e.is_timeout() || e.is_request();
-                        (
-                            Error::from_reqwest(&format!("{} {url}", request.method), e),
-                            transient,
-                        )
-                    }),
-                    Err(_) => Err((
-                        Error::Network(format!(
-                            "{} {url}: no response within {:?}",
-                            request.method, inner.options.timeout
-                        )),
-                        true,
+            let sent = match tokio::time::timeout(timeout, inner.http.execute(req)).await {
+                Ok(r) => r.map_err(|e| {
+                    let transient = e.is_connect() || e.is_timeout() || e.is_request();
+                    (
+                        Error::from_reqwest(&format!("{} {url}", request.method), e),
+                        transient,
+                    )
+                }),
+                Err(_) => Err((
+                    Error::Network(format!(
+                        "{} {url}: no response within {:?}",
+                        request.method, timeout
                     )),
-                };
+                    true,
+                )),
+            };
             let response = match sent {
                 Ok(r) => r,
                 Err((err, transient)) => {
@@ -275,6 +277,8 @@ pub struct FapiRequest {
     pub body: Option<Bytes>,
     /// Interaction id to send instead of a fresh one.
     pub interaction_id: Option<Uuid>,
+    /// Time allowed until the response head (the client's timeout applies when shorter).
+    pub timeout: Option<Duration>,
 }
 
 /// Builds a [`FapiRequest`] and sends it.
@@ -323,6 +327,7 @@ impl RequestBuilder {
                 headers,
                 body: self.body,
                 interaction_id: self.interaction_id,
+                timeout: None,
             })
             .await
     }
@@ -539,6 +544,14 @@ impl FapiResponse {
             .await
             .map_err(|e| Error::from_reqwest(&format!("reading the body of {url}"), e))
     }
+    /// The body as a stream of chunks.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + 'static {
+        let url = self.url;
+        futures_util::StreamExt::map(self.inner.bytes_stream(), move |r| {
+            r.map_err(|e| Error::from_reqwest(&format!("reading the body of {url}"), e))
+        })
+    }
+
     /// The whole body, up to `limit` bytes.
     pub async fn bytes_limited(mut self, limit: u64) -> Result<Bytes> {
         let mut out = bytes::BytesMut::new();

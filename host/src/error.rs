@@ -58,6 +58,12 @@ pub enum Error {
     /// Local I/O (writing an output file, reading a body file) failed.
     #[error("I/O error: {0}")]
     Io(String),
+
+    /// A WebAssembly component could not be loaded or linked (not a component, imports that
+    /// fapi-host does not provide, exports it does not know). Fix: build it for wasm32-wasip2
+    /// against wit/fapi.wit.
+    #[error("component error: {0}")]
+    Component(String),
 }
 
 fn describe(description: &Option<String>) -> String {
@@ -82,6 +88,8 @@ pub enum ErrorKind {
     TooLarge,
     /// Local I/O.
     Io,
+    /// A component could not be loaded.
+    Component,
 }
 
 impl Error {
@@ -96,6 +104,7 @@ impl Error {
             Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
             Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::Io(_) => ErrorKind::Io,
+            Error::Component(_) => ErrorKind::Component,
         }
     }
 

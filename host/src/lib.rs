@@ -25,7 +25,15 @@ mod config;
 mod credentials;
 mod discovery;
 mod error;
+mod policy;
 mod retry;
+pub mod sandbox;
+
+/// The example plugins bundled in the binary (built from `guest/examples` by `build.rs`):
+/// `CSV_SUMMARY` (fetch the consumption CSV and summarise it) and `FETCH` (fetch URLs to stdout).
+pub mod examples {
+    include!(concat!(env!("OUT_DIR"), "/embedded_guests.rs"));
+}
 mod tls;
 mod token;
 pub mod www_authenticate;
@@ -38,6 +46,7 @@ pub use config::{ClientOptions, DEFAULT_CONFIG_FILE, Overrides, SandboxSettings,
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
 pub use discovery::{ServerMetadata, check_document, well_known_url};
 pub use error::{Error, ErrorKind, Result, Warning};
+pub use policy::{Denial, Policy, check_headers, check_method};
 pub use retry::{is_idempotent, is_retryable_status};
 pub use tls::fapi_provider;
 pub use token::TokenInfo;

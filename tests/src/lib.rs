@@ -1,1 +1,34 @@
-//! Shared helpers for the end-to-end tests.
+//! End-to-end tests for fapi-host: real guest components, real TLS, the local federation.
+//!
+//! The build script builds every component of the `guest/` workspace for `wasm32-wasip2` (see
+//! `guest/build-support/build_guests.rs`) and [`guests`] names each one, so a test runs, for example,
+//! [`guests::PROBE`] with the subcommand for the sandbox rule it checks. The probe's output (one line of
+//! JSON per run) is documented in `guest/test-plugins/src/main.rs`.
+
+/// Absolute paths of the guest components, built by this crate's build script:
+///
+/// - [`FETCH`](guests::FETCH), [`CSV_SUMMARY`](guests::CSV_SUMMARY), [`HTTP_FETCH`](guests::HTTP_FETCH),
+///   [`TRIVIAL`](guests::TRIVIAL): the example plugins (`guest/examples/`);
+/// - [`PROBE`](guests::PROBE): the sandbox probe (`guest/test-plugins/`);
+/// - [`CSV_TO_JSON`](guests::CSV_TO_JSON), [`TEST_PROCESSOR`](guests::TEST_PROCESSOR): batch processors
+///   (`guest/processors/`).
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// A `Write` into a shared buffer, for capturing every log line in tests.
+#[derive(Clone, Debug)]
+pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -10,9 +10,13 @@ use crate::config::{Overrides, Settings};
 use crate::error::{Error, ErrorKind};
 
 mod check;
+mod demo;
 mod dev;
 mod fetch;
+mod run;
 mod token;
+
+pub use run::SandboxArgs;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -30,6 +34,10 @@ pub const EXIT_NETWORK: u8 = 5;
 pub const EXIT_LOCAL: u8 = 6;
 /// Exit status: a diagnostic check failed (`fapi-host check`).
 pub const EXIT_CHECK: u8 = 7;
+/// Exit status: a component could not be loaded or linked.
+pub const EXIT_COMPONENT: u8 = 8;
+/// Exit status of `run` when the host stopped the guest (trap, memory, CPU or wall-time limit).
+pub const EXIT_GUEST_STOPPED: u8 = 125;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -101,6 +109,10 @@ pub enum Command {
     Check,
     /// Run a local federation (authorization server + example data provider) until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Run a WebAssembly plugin in the sandbox; it calls protected endpoints through the host.
+    Run(run::RunArgs),
+    /// Start a local federation, run the bundled example plugin against it, explain what happened.
+    Demo,
 }
 
 impl Cli {
@@ -151,6 +163,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Introspect(args) => token::introspect(&cli, args).await,
         Command::Check => check::run(&cli).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Run(args) => run::run(&cli, args).await,
+        Command::Demo => demo::run().await,
     }
 }
 
@@ -161,6 +175,7 @@ pub fn exit_code(e: &Error) -> u8 {
         ErrorKind::Authorization => EXIT_AUTH,
         ErrorKind::Network => EXIT_NETWORK,
         ErrorKind::InvalidRequest | ErrorKind::TooLarge | ErrorKind::Io => EXIT_LOCAL,
+        ErrorKind::Component => EXIT_COMPONENT,
     }
 }
 
@@ -176,6 +191,7 @@ pub fn init_logging(verbose: u8) {
     let filter = format!("warn,fapi_host={ours},fapi_federation={ours}");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

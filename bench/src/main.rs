@@ -1,0 +1,64 @@
+//! fapi-bench: measures fapi-host against baselines run in the same process, on the same local
+//! data provider, and prints each figure as a ratio to its baseline.
+//!
+//! `cargo run --release -p fapi-bench -- client` (see README.md, "Benchmarks").
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+mod client;
+mod setup;
+
+/// Benchmarks of fapi-host.
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// Per-request cost of FapiClient against plain reqwest mTLS, one keep-alive connection.
+    Client {
+        /// Requests per round.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        /// Rounds (alternating between the clients; the median round is reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
+}
+
+/// Median of a list of durations.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Time `f` once.
+pub async fn time<F: std::future::Future<Output = ()>>(f: F) -> Duration {
+    let t0 = Instant::now();
+    f.await;
+    t0.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        if cfg!(debug_assertions) {
+            "DEBUG build (use --release)"
+        } else {
+            "release build"
+        }
+    );
+    match args.what {
+        What::Client { requests, rounds } => client::run(requests, rounds).await,
+    }
+}

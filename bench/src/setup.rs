@@ -1,0 +1,44 @@
+//! A federation and a client configuration for benchmarks.
+
+use fapi_federation::{Federation, FederationConfig, Pki};
+use fapi_host::{FapiClient, Overrides, Settings};
+
+/// A running federation, its temporary directory and the consumer's settings.
+pub struct Bench {
+    pub fed: Federation,
+    pub _dir: tempfile::TempDir,
+    pub settings: Settings,
+}
+
+impl Bench {
+    pub async fn start() -> Bench {
+        let fed = Federation::start(Pki::generate().unwrap(), FederationConfig::default())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = fed.write_client_config(dir.path(), "consumer").unwrap();
+        let settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
+        Bench {
+            fed,
+            _dir: dir,
+            settings,
+        }
+    }
+
+    pub fn client(&self) -> FapiClient {
+        FapiClient::from_settings(&self.settings).unwrap().0
+    }
+
+    /// A plain reqwest client with the same TLS identity and roots, no token handling.
+    pub fn plain_reqwest(&self) -> reqwest::Client {
+        let consumer = self.fed.pki().client("consumer").unwrap();
+        let tls = self.fed.pki().client_tls_config(Some(consumer)).unwrap();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap()
+    }
+}

@@ -1,0 +1,8 @@
+//! Builds the example plugins that `fapi-host demo` embeds (guest/examples, for wasm32-wasip2).
+include!("../guest/build-support/build_guests.rs");
+
+fn main() {
+    let guests = build_guests(Some(&["csv-summary", "fetch"]));
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    write_guest_bytes(&guests, &out.join("embedded_guests.rs"));
+}

@@ -1,0 +1,98 @@
+//! Interception of standard `wasi:http/outgoing-handler` requests: the same egress as
+//! `fapi-fetch` (policy, budget, token, mTLS, audit), behind the `WasiHttpHooks` of wasmtime 48.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use http::uri::Scheme;
+use http_body::Frame;
+use http_body_util::{BodyExt as _, Limited, StreamBody};
+use wasmtime_wasi_http::{
+    Error as HttpErr, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
+};
+
+use super::egress::{Egress, GuestError, GuestRequest, Interface};
+use crate::policy;
+
+/// The hooks of one guest.
+pub(crate) struct EgressHooks {
+    pub(crate) egress: Arc<Egress>,
+}
+
+type IoFuture = Box<dyn Future<Output = Result<(), HttpErr>> + Send>;
+
+fn to_http_error(e: GuestError) -> HttpErr {
+    match e {
+        GuestError::Denied(_) => HttpErr::HttpRequestDenied,
+        GuestError::InvalidRequest(m) => {
+            HttpErr::InternalError(Some(format!("invalid request: {m}")))
+        }
+        GuestError::Timeout => HttpErr::HttpResponseTimeout,
+        GuestError::TooLarge(n) => HttpErr::HttpResponseBodySize(Some(n)),
+        GuestError::Unreachable(m) => HttpErr::InternalError(Some(format!("unreachable: {m}"))),
+        GuestError::TokenUnavailable { code, .. } => {
+            HttpErr::InternalError(Some(format!("token unavailable: {code}")))
+        }
+        GuestError::LimitExceeded(_) => HttpErr::ConnectionLimitReached,
+        GuestError::BodyInterrupted(_) => HttpErr::ConnectionTerminated,
+    }
+}
+
+impl WasiHttpHooks for EgressHooks {
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        Arc::new(policy::forbidden_header)
+    }
+
+    fn is_supported_scheme(&mut self, scheme: &Scheme) -> bool {
+        *scheme == Scheme::HTTPS
+    }
+
+    fn set_host_header(&mut self) -> bool {
+        // The host sets Host from the (checked) URL itself.
+        false
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: IoFuture,
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpErr>> + Send>
+    {
+        let egress = self.egress.clone();
+        Box::new(async move {
+            let (parts, body) = request.into_parts();
+            let limit = egress.limits().max_request_body;
+            let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                .collect()
+                .await
+                .map_err(|_| HttpErr::HttpRequestBodySize(Some(limit)))?
+                .to_bytes();
+            if parts.headers.len() > policy::MAX_HEADERS {
+                return Err(HttpErr::HttpRequestHeaderSectionSize(None));
+            }
+            let timeout = options
+                .and_then(|o| o.first_byte_timeout)
+                .map(|t| t.max(Duration::from_millis(1)));
+            let request = GuestRequest {
+                method: parts.method,
+                url: parts.uri.to_string(),
+                headers: parts.headers,
+                body: (!body.is_empty()).then_some(body),
+                timeout,
+                interface: Interface::WasiHttp,
+            };
+            let (response, mut guest_body) = egress.send(request).await.map_err(to_http_error)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            guest_body.attach(response);
+            let stream = guest_body.map(|r| r.map(Frame::data).map_err(to_http_error));
+            let mut out = http::Response::new(StreamBody::new(stream).boxed_unsync());
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            Ok((out, Box::new(async { Ok(()) }) as IoFuture))
+        })
+    }
+}

@@ -1,0 +1,507 @@
+//! The sandbox end to end: real components from guest/ against the local federation.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use fapi_federation::{Federation, FederationConfig, Pki, data};
+use fapi_host::sandbox::{DirGrant, RunOutcome, Sandbox, SandboxOptions, Stdio};
+use fapi_host::{FapiClient, Overrides, SandboxSettings, Settings};
+use fapi_tests::guests;
+use serde_json::Value;
+
+/// Every log line of this test binary, every level, every crate.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = fapi_tests::Capture(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_writer(move || w.clone())
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct Env {
+    fed: Federation,
+    _dir: tempfile::TempDir,
+    sandbox: Sandbox,
+    client: FapiClient,
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasmtime-cache")
+}
+
+impl Env {
+    async fn start(faults: bool, limits: impl FnOnce(&mut SandboxSettings)) -> Env {
+        Env::start_with(faults, limits, SandboxOptions::default()).await
+    }
+
+    async fn start_with(
+        faults: bool,
+        limits: impl FnOnce(&mut SandboxSettings),
+        options: SandboxOptions,
+    ) -> Env {
+        logs();
+        let cfg = FederationConfig {
+            faults_enabled: faults,
+            ..FederationConfig::default()
+        };
+        let fed = Federation::start(Pki::generate().unwrap(), cfg)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = fed.write_client_config(dir.path(), "consumer").unwrap();
+        let mut settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
+        limits(&mut settings.sandbox);
+        let (client, _) = FapiClient::from_settings(&settings).unwrap();
+        let options = SandboxOptions {
+            cache_dir: Some(cache_dir()),
+            stdio: Stdio::Capture,
+            ..options
+        };
+        let sandbox = Sandbox::new(client.clone(), options).await.unwrap();
+        Env {
+            fed,
+            _dir: dir,
+            sandbox,
+            client,
+        }
+    }
+
+    async fn run(&self, component: &str, args: &[&str]) -> RunOutcome {
+        // One compilation at a time: the first fills the on-disk cache, the others hit it.
+        static COMPILING: Mutex<()> = Mutex::new(());
+        let plugin = {
+            let _one = COMPILING.lock().unwrap_or_else(|p| p.into_inner());
+            self.sandbox.load(std::path::Path::new(component)).unwrap()
+        };
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        self.sandbox
+            .run(&plugin, &args, Stdio::Capture)
+            .await
+            .unwrap()
+    }
+
+    /// Run the probe and parse its one JSON line.
+    async fn probe(&self, args: &[&str]) -> Value {
+        let out = self.run(guests::PROBE, args).await;
+        assert_eq!(
+            out.stopped,
+            None,
+            "probe {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("probe {args:?}: {e}: {line}"))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.fed.data_origin())
+    }
+
+    /// Assert that no token issued so far, nor the key, is in anything the guest or the logs saw.
+    async fn assert_no_secrets(&self, seen: &[&[u8]]) {
+        let token = self.client.danger_reveal_token().await.unwrap();
+        let key = self.fed.pki().client("consumer").unwrap().key_pem.clone();
+        let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+        let logs = logs();
+        let logs = logs.lock().unwrap();
+        for hay in seen.iter().copied().chain([logs.as_slice()]) {
+            assert!(!contains(hay, token.as_bytes()), "the token leaked");
+            assert!(!contains(hay, key_body.as_bytes()), "the key leaked");
+        }
+    }
+}
+
+fn contains(h: &[u8], n: &[u8]) -> bool {
+    !n.is_empty() && h.windows(n.len()).any(|w| w == n)
+}
+
+/// The error case name (without a `Type::` prefix) and detail of a probe line.
+fn err(v: &Value) -> (&str, &str) {
+    let name = v["err"].as_str().unwrap_or("-");
+    (
+        name.rsplit("::").next().unwrap_or(name),
+        v["detail"].as_str().unwrap_or(""),
+    )
+}
+
+#[tokio::test]
+async fn example_plugins_produce_the_right_output() {
+    let e = Env::start(false, |_| {}).await;
+    let csv = data::csv(data::DEFAULT_ROWS);
+
+    let out = e.run(guests::FETCH, &[&e.fed.data_url()]).await;
+    assert_eq!(
+        (out.exit_code, &out.stopped),
+        (0, &None),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, csv.as_bytes(), "fetch prints the CSV exactly");
+
+    let out = e.run(guests::HTTP_FETCH, &[&e.fed.data_url()]).await;
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.stdout,
+        csv.as_bytes(),
+        "the wasi:http client gets the same bytes"
+    );
+
+    let out = e.run(guests::CSV_SUMMARY, &[&e.fed.data_url()]).await;
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<_> = (0..data::DEFAULT_ROWS).map(data::row).collect();
+    let meters: u64 = rows.iter().map(|r| r.num_meters).sum();
+    let mut top = rows.clone();
+    top.sort_by_key(|r| std::cmp::Reverse(r.total_tenths));
+    assert!(text.contains(&data::DEFAULT_ROWS.to_string()), "{text}");
+    assert!(
+        text.contains(&meters.to_string()),
+        "total meters {meters} in {text}"
+    );
+    assert!(
+        text.contains(&top[0].postcode),
+        "top postcode {} in {text}",
+        top[0].postcode
+    );
+    e.assert_no_secrets(&[&out.stdout, &out.stderr]).await;
+}
+
+#[tokio::test]
+async fn egress_policy_denies_with_the_setting_to_change() {
+    let e = Env::start(true, |_| {}).await;
+    let ok = e.probe(&["fetch", &e.fed.data_url()]).await;
+    assert_eq!(ok["ok"]["status"], 200, "{ok}");
+
+    // Outside the allow-list: the message names the URL and the setting.
+    let other = e.fed.issuer_url().replace("127.0.0.1", "localhost") + "/x";
+    let v = e.probe(&["fetch", &other]).await;
+    assert_eq!(err(&v).0, "Denied", "{v}");
+    assert!(
+        err(&v).1.contains("--allow") && err(&v).1.contains("[sandbox] allow"),
+        "{v}"
+    );
+    // http:// is refused by both interfaces.
+    let plain = e.fed.data_url().replace("https://", "http://");
+    assert_eq!(err(&e.probe(&["fetch", &plain]).await).0, "Denied");
+    let v = e.probe(&["http", &plain]).await;
+    assert!(v.get("err").is_some(), "{v}");
+    // The authorization server: token, introspection, revocation and discovery, by any spelling.
+    let meta = e.client.server_metadata().await.unwrap();
+    let mut as_urls: Vec<String> = meta.endpoints().iter().map(|u| u.to_string()).collect();
+    as_urls.push(fapi_host::well_known_url(&e.fed.issuer_url()));
+    let port = meta.token_endpoint.port().unwrap();
+    as_urls.push(format!("https://2130706433:{port}/token"));
+    as_urls.push(format!("HTTPS://127.0.0.1.:{port}/token"));
+    for (i, u) in as_urls.iter().enumerate() {
+        assert_eq!(err(&e.probe(&["fetch", u]).await).0, "Denied", "{u}");
+        let v = e.probe(&["http", u]).await;
+        // The odd spellings (last two) may already fail in wasi:http's own URL handling.
+        if i < as_urls.len() - 2 {
+            assert_eq!(err(&v).0, "HttpRequestDenied", "{u}: {v}");
+        } else {
+            assert!(v.get("err").is_some(), "{u}: {v}");
+        }
+    }
+    let before = e.fed.counters().token_requests;
+    assert_eq!(
+        before, 1,
+        "only the host's own token request reached the AS"
+    );
+    // Spellings of an allowed origin are normalised, not bypassed.
+    let port = e.fed.data_origin().rsplit(':').next().unwrap().to_owned();
+    let v = e
+        .probe(&[
+            "fetch",
+            &format!("https://0x7f.0.0.1:{port}/consumption.json"),
+        ])
+        .await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    let v = e
+        .probe(&[
+            "fetch",
+            &format!("https://user:pw@127.0.0.1:{port}/consumption.json"),
+        ])
+        .await;
+    assert_eq!(err(&v).0, "Denied", "{v}");
+    assert!(!err(&v).1.contains("pw"));
+    let v = e
+        .probe(&[
+            "fetch",
+            &format!("https://[::ffff:127.0.0.1]:{port}/consumption.json"),
+        ])
+        .await;
+    assert_eq!(err(&v).0, "Denied", "{v}");
+}
+
+#[tokio::test]
+async fn guest_headers_are_checked() {
+    let e = Env::start(true, |_| {}).await;
+    let url = e.fed.data_url();
+    for name in [
+        "Authorization",
+        "proxy-authorization",
+        "Cookie",
+        "Host",
+        "x-fapi-interaction-id",
+        "X-FAPI-Auth-Date",
+    ] {
+        let v = e.probe(&["fetch-header", &url, name, "x"]).await;
+        assert_eq!(err(&v).0, "InvalidRequest", "{name}: {v}");
+        let v = e.probe(&["http-header", &url, name, "x"]).await;
+        assert_eq!(err(&v).0, "Forbidden", "{name}: {v}");
+    }
+    for (name, value) in [
+        ("x-a", "a\\r\\nx-evil: 1"),
+        ("x-a", "a\\0b"),
+        ("x-a\\r\\n", "v"),
+    ] {
+        let v = e.probe(&["fetch-header", &url, name, value]).await;
+        assert_eq!(err(&v).0, "InvalidRequest", "{name}: {v}");
+    }
+    let v = e.probe(&["many-headers", &url, "65", "1"]).await;
+    assert_eq!(err(&v).0, "InvalidRequest", "{v}");
+    let v = e.probe(&["many-headers", &url, "2", "9000"]).await;
+    assert_eq!(err(&v).0, "InvalidRequest", "{v}");
+    // What an allowed, header-echoing endpoint receives: the host's interaction id, the guest's header.
+    let v = e.probe(&["echo", &e.url("/echo")]).await;
+    let body: Value = serde_json::from_str(v["ok"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["x-fapi-interaction-id"], v["ok"]["interaction_id"]);
+}
+
+#[tokio::test]
+async fn redirects_are_returned_not_followed() {
+    let e = Env::start(true, |_| {}).await;
+    let target = format!("{}/steal", e.fed.issuer_url());
+    assert_eq!(
+        e.probe(&["fetch", &e.fed.data_url()]).await["ok"]["status"],
+        200
+    );
+    let before = e.fed.counters();
+    let v = e
+        .probe(&[
+            "fetch",
+            &format!("{}?fault=redirect&location={target}", e.fed.data_url()),
+        ])
+        .await;
+    assert_eq!(v["ok"]["status"], 307, "{v}");
+    assert_eq!(v["ok"]["headers"]["location"], target.as_str());
+    let v = e
+        .probe(&[
+            "http",
+            &format!("{}?fault=redirect&location={target}", e.fed.data_url()),
+        ])
+        .await;
+    assert_eq!(v["ok"]["status"], 307, "{v}");
+    let after = e.fed.counters();
+    assert_eq!(after.token_requests, before.token_requests);
+    assert_eq!(after.discovery_requests, before.discovery_requests);
+}
+
+#[tokio::test]
+async fn wasi_capabilities_are_denied_by_default_and_granted_explicitly() {
+    let granted = tempfile::tempdir().unwrap();
+    std::fs::write(granted.path().join("hello.txt"), "hi").unwrap();
+    let e = Env::start_with(
+        false,
+        |_| {},
+        SandboxOptions {
+            dirs: vec![DirGrant {
+                host: granted.path().to_owned(),
+                guest: "/data".into(),
+                writable: false,
+            }],
+            env: vec![("GRANTED".into(), "yes".into())],
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
+    let v = e.probe(&["env", "x"]).await;
+    assert!(v.get("err").is_some() || v["ok"].is_object(), "{v}");
+    let v = e.probe(&["env"]).await;
+    let vars = v["ok"]["vars"]
+        .as_object()
+        .or(v["ok"]["env"].as_object())
+        .unwrap();
+    assert_eq!(vars.len(), 1, "{v}");
+    assert_eq!(vars["GRANTED"], "yes");
+    assert_eq!(v["ok"]["args"], serde_json::json!(["probe.wasm", "env"]));
+    assert_eq!(
+        e.probe(&["read-file", "/data/hello.txt"]).await["ok"]["len"],
+        2
+    );
+    let cfg = e.fed.pki().client("consumer").unwrap();
+    let _ = cfg;
+    for path in [
+        "/etc/passwd",
+        "/proc/self/environ",
+        "../hello.txt",
+        "/data/../../etc/passwd",
+    ] {
+        let v = e.probe(&["read-file", path]).await;
+        assert!(v.get("err").is_some(), "{path}: {v}");
+    }
+    let port = e.fed.data_origin().rsplit(':').next().unwrap().to_owned();
+    let v = e.probe(&["tcp", &format!("127.0.0.1:{port}")]).await;
+    assert!(v.get("err").is_some(), "{v}");
+    let v = e.probe(&["dns", "localhost"]).await;
+    assert!(v.get("err").is_some(), "{v}");
+    let v = e.probe(&["stdin"]).await;
+    assert_eq!(v["ok"]["len"], 0, "{v}");
+    let out = e.run(guests::PROBE, &["exit", "7"]).await;
+    assert_eq!((out.exit_code, out.stopped), (7, None));
+}
+
+#[tokio::test]
+async fn limits_stop_the_guest_not_the_host() {
+    let e = Env::start(true, |s| {
+        s.max_memory = 32 << 20;
+        s.max_cpu = Duration::from_millis(500);
+        s.max_wall = Duration::from_secs(3);
+        s.max_request_body = 1 << 20;
+        s.max_response_body = 2 << 20;
+    })
+    .await;
+    let stopped = |o: &RunOutcome| o.stopped.clone().unwrap_or_default();
+
+    let out = e.run(guests::PROBE, &["alloc", "64"]).await;
+    assert_eq!(out.exit_code, 125);
+    assert!(
+        stopped(&out).contains("memory") && stopped(&out).contains("32 MiB"),
+        "{out:?}"
+    );
+    let v = e.probe(&["try-alloc", "64"]).await;
+    assert_eq!(err(&v).0, "TryReserveError", "{v}");
+
+    let out = e.run(guests::PROBE, &["loop"]).await;
+    assert!(stopped(&out).contains("CPU time"), "{out:?}");
+    let out = e.run(guests::PROBE, &["recurse"]).await;
+    assert!(stopped(&out).contains("stack overflow"), "{out:?}");
+    let out = e
+        .run(
+            guests::PROBE,
+            &["trap-mid-request", &e.url("/sized?bytes=1000000")],
+        )
+        .await;
+    assert!(stopped(&out).contains("trapped"), "{out:?}");
+
+    // Wall time: a body that trickles in (the guest is waiting, not computing).
+    let slow = e.url("/sized?bytes=100000&fault=slow&delay_ms=400");
+    let out = e.run(guests::PROBE, &["stream", &slow]).await;
+    assert!(stopped(&out).contains("wall time"), "{out:?}");
+
+    let v = e.probe(&["post", &e.url("/upload"), "2000000"]).await;
+    assert_eq!(err(&v).0, "TooLarge", "{v}");
+    let v = e.probe(&["read-all", &e.url("/sized?bytes=3000000")]).await;
+    assert_eq!(err(&v).0, "TooLarge", "{v}");
+    let v = e.probe(&["stream", &e.url("/sized?bytes=3000000")]).await;
+    assert_eq!(err(&v).0, "TooLarge", "{v}");
+    let v = e.probe(&["stream", &e.url("/sized?bytes=1500000")]).await;
+    assert_eq!(v["ok"]["len"], 1_500_000, "{v}");
+    assert!(v["ok"]["max_chunk"].as_u64().unwrap() <= 65536);
+
+    // After all that, the host still serves guests.
+    let v = e.probe(&["fetch", &e.fed.data_url()]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+}
+
+#[tokio::test]
+async fn request_budgets_are_shared_by_both_interfaces() {
+    let e = Env::start(false, |s| {
+        s.max_concurrent_requests = 3;
+        s.max_requests = 100;
+    })
+    .await;
+    let v = e.probe(&["mixed", &e.fed.data_json_url(), "3"]).await;
+    assert_eq!(v["ok"]["fapi_ok"], 3, "{v}");
+    assert_eq!(v["ok"]["http_ok"], 0, "wasi:http shares the budget: {v}");
+    let v = e
+        .probe(&["concurrent-http", &e.fed.data_json_url(), "5"])
+        .await;
+    assert_eq!(
+        v["ok"]["ok"]
+            .as_u64()
+            .or(v["ok"]["succeeded"].as_u64())
+            .unwrap_or(0),
+        3,
+        "{v}"
+    );
+
+    let e = Env::start(false, |s| s.max_requests = 2).await;
+    let v = e.probe(&["mixed", &e.fed.data_json_url(), "2"]).await;
+    assert_eq!(v["ok"]["fapi_ok"], 2, "{v}");
+    assert_eq!(v["ok"]["http_ok"], 0, "{v}");
+    assert!(
+        v.to_string().contains("max_requests") || v.to_string().contains("ConnectionLimitReached"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn streaming_a_large_response_is_exact() {
+    let e = Env::start(false, |_| {}).await;
+    let n: u64 = 20 << 20;
+    let v = e
+        .probe(&["stream", &e.url(&format!("/sized?bytes={n}"))])
+        .await;
+    assert_eq!(v["ok"]["len"], n, "{v}");
+    let mut expected = sha2_hex_of_sized(n);
+    expected.make_ascii_lowercase();
+    assert_eq!(v["ok"]["sha256"], expected.as_str());
+}
+
+fn sha2_hex_of_sized(n: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut k = 0;
+    let mut done = 0;
+    while done < n {
+        let c = data::sized_chunk(k, n);
+        done += c.len() as u64;
+        h.update(&c);
+        k += 1;
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_guest_or_the_logs() {
+    let e = Env::start(true, |_| {}).await;
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    for args in [
+        vec!["fetch".to_string(), e.fed.data_url()],
+        vec!["http".into(), e.fed.data_url()],
+        vec![
+            "fetch".into(),
+            format!("{}?fault=invalid_token&fault_times=1", e.fed.data_url()),
+        ],
+        vec![
+            "fetch".into(),
+            format!("{}?fault=503&fault_times=1", e.fed.data_url()),
+        ],
+        vec![
+            "fetch".into(),
+            e.client
+                .server_metadata()
+                .await
+                .unwrap()
+                .token_endpoint
+                .to_string(),
+        ],
+        vec!["env".into()],
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = e.run(guests::PROBE, &a).await;
+        seen.push(out.stdout.to_vec());
+        seen.push(out.stderr.to_vec());
+    }
+    let refs: Vec<&[u8]> = seen.iter().map(Vec::as_slice).collect();
+    e.assert_no_secrets(&refs).await;
+}
