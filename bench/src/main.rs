@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 mod client;
+mod memory;
+mod sandbox;
 mod setup;
 
 /// Benchmarks of fapi-host.
@@ -28,6 +30,21 @@ enum What {
         /// Rounds (alternating between the clients; the median round is reported).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
+    },
+    /// Guests (fapi-fetch, wasi:http) against the native client; instantiate-and-run; cached start.
+    Sandbox {
+        /// Requests per round.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
+    Memory {
+        /// The largest response, MiB.
+        #[arg(long, default_value_t = 1024)]
+        max_mib: u64,
     },
 }
 
@@ -60,5 +77,7 @@ async fn main() {
     );
     match args.what {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
+        What::Sandbox { requests, rounds } => sandbox::run(requests, rounds).await,
+        What::Memory { max_mib } => memory::run(max_mib).await,
     }
 }

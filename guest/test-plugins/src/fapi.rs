@@ -62,6 +62,17 @@ pub fn read_all(url: &str) -> Outcome {
     Ok(Value::Object(ok))
 }
 
+/// `repeat URL N`: N sequential GETs, each body read whole (for benchmarks).
+/// `ok` = `{"requests": N, "bytes": total}`.
+pub fn repeat(url: &str, n: u64) -> Outcome {
+    let mut bytes = 0u64;
+    for _ in 0..n {
+        let response = fapi_guest::get(url).map_err(fetch_failure)?;
+        bytes += response.bytes().map_err(body_failure)?.len() as u64;
+    }
+    Ok(json!({ "requests": n, "bytes": bytes }))
+}
+
 /// `echo URL`: `ok` = `{"status", "interaction_id", "headers", "body": "<text, lossy UTF-8>"}`.
 pub fn echo(url: &str) -> Outcome {
     let response = fapi_guest::get(url).map_err(fetch_failure)?;

@@ -173,6 +173,17 @@ fn write_body(body: OutgoingBody, bytes: &[u8]) -> Result<(), Failure> {
     OutgoingBody::finish(body, None).map_err(|e| error_code("body-write", e))
 }
 
+/// `http-repeat URL N`: N sequential wasi:http GETs, each body read whole (for benchmarks).
+/// `ok` = `{"requests": N, "bytes": total}`.
+pub fn repeat(url: &str, n: u64) -> Outcome {
+    let mut bytes = 0u64;
+    for _ in 0..n {
+        let response = send(url, Method::Get, Fields::new(), None)?;
+        bytes += drain(response)?.0;
+    }
+    Ok(json!({ "requests": n, "bytes": bytes }))
+}
+
 /// `{"status", "len", "sha256"}` after reading the whole body.
 fn summarize(response: IncomingResponse) -> Outcome {
     let status = response.status();

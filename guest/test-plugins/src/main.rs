@@ -67,6 +67,8 @@ fn main() -> ExitCode {
         ["echo", url] => fapi::echo(url),
         ["mixed", url, n] => parse(n).and_then(|n| fapi::mixed(url, n)),
         ["trap-mid-request", url] => fapi::trap_mid_request(url),
+        ["repeat", url, n] => parse(n).and_then(|n| fapi::repeat(url, n)),
+        ["http-repeat", url, n] => parse(n).and_then(|n| http::repeat(url, n)),
         ["http", url] => http::get(url),
         ["http-header", url, name, value] => http::get_with_header(url, name, value),
         ["http-post", url, bytes] => parse(bytes).and_then(|n| http::post(url, n)),

@@ -1,0 +1,85 @@
+//! Peak memory (VmHWM) of a `fapi-host run` process whose guest streams responses of growing size:
+//! flat memory means streaming works.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::sandbox::guest;
+use crate::setup::Bench;
+
+fn fapi_host_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().join("fapi-host");
+    assert!(bin.exists(), "{} is missing: cargo build --release -p fapi-host", bin.display());
+    bin
+}
+
+/// Run the binary to completion, sampling its peak resident set (VmHWM, KiB) until it exits.
+fn peak_kib(args: &[String]) -> (u64, Duration, bool) {
+    let t0 = Instant::now();
+    let mut child = Command::new(fapi_host_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            for line in s.lines() {
+                if let Some(v) = line.strip_prefix("VmHWM:") {
+                    let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    peak = peak.max(kib);
+                }
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (peak, t0.elapsed(), status.success());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub async fn run(max_mib: u64) {
+    let b = Bench::start().await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let config = b.fed.write_client_config(cfg_dir.path(), "consumer").unwrap();
+    let probe = guest("probe.wasm").display().to_string();
+    let mut sizes = vec![16u64, 128];
+    if max_mib > 128 {
+        sizes.push(max_mib);
+    }
+    println!("\n## Peak memory of `fapi-host run` while the guest streams a response (probe `stream`)\n");
+    println!("| response | peak RSS of the process | MiB/s | ratio of peak to the 16 MiB run |");
+    println!("|---|---|---|---|");
+    let mut base = 0;
+    for mib in sizes {
+        let url = format!("{}/sized?bytes={}", b.fed.data_origin(), mib << 20);
+        let args = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "run".into(),
+            "--max-wall-seconds".into(),
+            "600".into(),
+            "--max-response-body-mib".into(),
+            (mib + 1).to_string(),
+            probe.clone(),
+            "--".into(),
+            "stream".into(),
+            url,
+        ];
+        let (peak, took, ok) = tokio::task::spawn_blocking(move || peak_kib(&args)).await.unwrap();
+        assert!(ok, "the run failed");
+        if base == 0 {
+            base = peak;
+        }
+        println!(
+            "| {mib} MiB | {:.1} MiB | {:.0} | {:.2} |",
+            peak as f64 / 1024.0,
+            mib as f64 / took.as_secs_f64(),
+            peak as f64 / base as f64
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! `fapi-host run` and `fapi-host demo` as a user runs them: the real binary, real components.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use fapi_federation::{Federation, FederationConfig, Pki, data};
+use fapi_tests::guests;
+
+/// The `fapi-host` binary of this build (target/<profile>/fapi-host, next to deps/).
+fn fapi_host_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("fapi-host");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so that it is built",
+        bin.display()
+    );
+    bin
+}
+
+struct Setup {
+    fed: Federation,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+async fn setup() -> Setup {
+    let fed = Federation::start(Pki::generate().unwrap(), FederationConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+    Setup { fed, dir, config }
+}
+
+fn cache() -> String {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("wasmtime-cache")
+        .display()
+        .to_string()
+}
+
+async fn run(s: &Setup, args: Vec<String>) -> Output {
+    let cfg = s.config.display().to_string();
+    let dir = s.dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(fapi_host_bin())
+            .arg("--config")
+            .arg(cfg)
+            .args(args)
+            .current_dir(dir)
+            .env("XDG_CACHE_HOME", cache())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn run_passes_args_output_and_exit_code_through() {
+    let s = setup().await;
+    let out = run(&s, vec!["run".into(), guests::FETCH.into(), "--".into(), s.fed.data_url()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, data::csv(data::DEFAULT_ROWS).as_bytes());
+
+    let out = run(&s, vec!["run".into(), guests::PROBE.into(), "--".into(), "exit".into(), "42".into()]).await;
+    assert_eq!(out.status.code(), Some(42));
+}
+
+#[tokio::test]
+async fn allow_flag_and_audit_file() {
+    let s = setup().await;
+    let audit = s.dir.path().join("audit.jsonl");
+    // Without the allow entry of the configuration (use another client's config without [sandbox]):
+    // the denial names the URL and the flag.
+    let other = format!("https://localhost:{}/consumption.csv", s.fed.data_origin().rsplit(':').next().unwrap());
+    let out = run(
+        &s,
+        vec!["run".into(), "--audit".into(), audit.display().to_string(), guests::FETCH.into(), "--".into(), other.clone()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("--allow https://localhost:"), "{err}");
+    let out = run(
+        &s,
+        vec![
+            "run".into(),
+            "--allow".into(),
+            format!("https://localhost:{}/", s.fed.data_origin().rsplit(':').next().unwrap()),
+            "--audit".into(),
+            audit.display().to_string(),
+            guests::FETCH.into(),
+            "--".into(),
+            other,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "deny");
+    assert_eq!(lines[1]["decision"], "allow");
+    assert_eq!(lines[1]["status"], 200);
+    assert_eq!(lines[1]["bytes"], data::csv(data::DEFAULT_ROWS).len());
+    assert!(lines[1]["interaction_id"].as_str().unwrap().len() == 36);
+}
+
+#[tokio::test]
+async fn stopped_guests_and_bad_components_have_their_own_exit_codes() {
+    let s = setup().await;
+    let out = run(&s, vec!["run".into(), "--max-cpu-seconds".into(), "1".into(), guests::PROBE.into(), "--".into(), "loop".into()]).await;
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("CPU time"), "{}", text(&out.stderr));
+    let out = run(&s, vec!["run".into(), "--max-memory-mib".into(), "16".into(), guests::PROBE.into(), "--".into(), "alloc".into(), "64".into()]).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("16 MiB"), "{}", text(&out.stderr));
+
+    let junk = s.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm at all").unwrap();
+    let out = run(&s, vec!["run".into(), junk.display().to_string()]).await;
+    assert_eq!(out.status.code(), Some(8));
+    assert!(text(&out.stderr).contains("wasm32-wasip2"), "{}", text(&out.stderr));
+    // A batch processor is not a command.
+    let out = run(&s, vec!["run".into(), guests::CSV_TO_JSON.into()]).await;
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("batch"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn demo_runs_on_a_fresh_machine() {
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(fapi_host_bin()).arg("demo").env("XDG_CACHE_HOME", cache()).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let o = text(&out.stdout);
+    for expected in ["postcodes:          500", "top 5 postcodes", "never reachable from a guest", "1 token(s)", "1 refused"] {
+        assert!(o.contains(expected), "{expected:?} in {o}");
+    }
+}
