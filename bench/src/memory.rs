@@ -11,7 +11,11 @@ use crate::setup::Bench;
 fn fapi_host_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().join("fapi-host");
-    assert!(bin.exists(), "{} is missing: cargo build --release -p fapi-host", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --release -p fapi-host",
+        bin.display()
+    );
     bin
 }
 
@@ -45,13 +49,18 @@ fn peak_kib(args: &[String]) -> (u64, Duration, bool) {
 pub async fn run(max_mib: u64) {
     let b = Bench::start().await;
     let cfg_dir = tempfile::tempdir().unwrap();
-    let config = b.fed.write_client_config(cfg_dir.path(), "consumer").unwrap();
+    let config = b
+        .fed
+        .write_client_config(cfg_dir.path(), "consumer")
+        .unwrap();
     let probe = guest("probe.wasm").display().to_string();
     let mut sizes = vec![16u64, 128];
     if max_mib > 128 {
         sizes.push(max_mib);
     }
-    println!("\n## Peak memory of `fapi-host run` while the guest streams a response (probe `stream`)\n");
+    println!(
+        "\n## Peak memory of `fapi-host run` while the guest streams a response (probe `stream`)\n"
+    );
     println!("| response | peak RSS of the process | MiB/s | ratio of peak to the 16 MiB run |");
     println!("|---|---|---|---|");
     let mut base = 0;
@@ -70,7 +79,9 @@ pub async fn run(max_mib: u64) {
             "stream".into(),
             url,
         ];
-        let (peak, took, ok) = tokio::task::spawn_blocking(move || peak_kib(&args)).await.unwrap();
+        let (peak, took, ok) = tokio::task::spawn_blocking(move || peak_kib(&args))
+            .await
+            .unwrap();
         assert!(ok, "the run failed");
         if base == 0 {
             base = peak;

@@ -54,9 +54,16 @@ pub async fn run(requests: usize, rounds: usize) {
     let guest_round = |cmd: &'static str| {
         let (sb, probe, url, n) = (&sb, &probe, url.clone(), n.clone());
         async move {
-            let out = sb.run(probe, &[cmd.into(), url, n], Stdio::Capture).await.unwrap();
+            let out = sb
+                .run(probe, &[cmd.into(), url, n], Stdio::Capture)
+                .await
+                .unwrap();
             assert_eq!(out.exit_code, 0);
-            assert!(out.stdout.starts_with(b"{\"ok\""), "{}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                out.stdout.starts_with(b"{\"ok\""),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
     };
     native_round().await;
@@ -71,12 +78,17 @@ pub async fn run(requests: usize, rounds: usize) {
     let per = |d: Duration| d / requests as u32;
     let (n_, f_, w_) = (per(median(nat)), per(median(ff)), per(median(wh)));
     let ratio = |d: Duration| d.as_secs_f64() / n_.as_secs_f64();
-    println!("\n## Guest requests vs the native client ({requests} sequential GET /items/42 per round, {rounds} rounds, one connection)\n");
+    println!(
+        "\n## Guest requests vs the native client ({requests} sequential GET /items/42 per round, {rounds} rounds, one connection)\n"
+    );
     println!("| path | per request | ratio to FapiClient |");
     println!("|---|---|---|");
     println!("| FapiClient, native (baseline) | {n_:?} | 1.00 |");
     println!("| guest through fapi-fetch | {f_:?} | {:.2} |", ratio(f_));
-    println!("| guest through intercepted wasi:http | {w_:?} | {:.2} |", ratio(w_));
+    println!(
+        "| guest through intercepted wasi:http | {w_:?} | {:.2} |",
+        ratio(w_)
+    );
 
     // Instantiate-and-run of a trivial plugin from the pre-instantiated component.
     let trivial = sb.load(&guest("trivial.wasm")).unwrap();
@@ -90,14 +102,18 @@ pub async fn run(requests: usize, rounds: usize) {
         assert_eq!(out.exit_code, 0);
     }
     let inst = t0.elapsed() / runs;
-    println!("\n## Instantiate and run a trivial plugin (pre-instantiated component, {runs} runs)\n");
+    println!(
+        "\n## Instantiate and run a trivial plugin (pre-instantiated component, {runs} runs)\n"
+    );
     println!("| what | time | target |");
     println!("|---|---|---|");
     println!("| Store + instantiate + wasi:cli/run + drop | {inst:?} | < 1 ms |");
 
     // First (compiling) versus cached load, for each example component.
     println!("\n## Loading a component: first (compile) versus cached\n");
-    println!("| component | first load | cached load (new engine, same cache dir) | first / cached |");
+    println!(
+        "| component | first load | cached load (new engine, same cache dir) | first / cached |"
+    );
     println!("|---|---|---|---|");
     for name in ["csv-summary.wasm", "probe.wasm"] {
         let dir = tempfile::tempdir().unwrap();
@@ -113,6 +129,9 @@ pub async fn run(requests: usize, rounds: usize) {
             cached.push(t0.elapsed());
         }
         let c = median(cached);
-        println!("| {name} | {first:?} | {c:?} | {:.0}x |", first.as_secs_f64() / c.as_secs_f64());
+        println!(
+            "| {name} | {first:?} | {c:?} | {:.0}x |",
+            first.as_secs_f64() / c.as_secs_f64()
+        );
     }
 }

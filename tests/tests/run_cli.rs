@@ -65,11 +65,30 @@ fn text(b: &[u8]) -> String {
 #[tokio::test]
 async fn run_passes_args_output_and_exit_code_through() {
     let s = setup().await;
-    let out = run(&s, vec!["run".into(), guests::FETCH.into(), "--".into(), s.fed.data_url()]).await;
+    let out = run(
+        &s,
+        vec![
+            "run".into(),
+            guests::FETCH.into(),
+            "--".into(),
+            s.fed.data_url(),
+        ],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout, data::csv(data::DEFAULT_ROWS).as_bytes());
 
-    let out = run(&s, vec!["run".into(), guests::PROBE.into(), "--".into(), "exit".into(), "42".into()]).await;
+    let out = run(
+        &s,
+        vec![
+            "run".into(),
+            guests::PROBE.into(),
+            "--".into(),
+            "exit".into(),
+            "42".into(),
+        ],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(42));
 }
 
@@ -79,10 +98,20 @@ async fn allow_flag_and_audit_file() {
     let audit = s.dir.path().join("audit.jsonl");
     // Without the allow entry of the configuration (use another client's config without [sandbox]):
     // the denial names the URL and the flag.
-    let other = format!("https://localhost:{}/consumption.csv", s.fed.data_origin().rsplit(':').next().unwrap());
+    let other = format!(
+        "https://localhost:{}/consumption.csv",
+        s.fed.data_origin().rsplit(':').next().unwrap()
+    );
     let out = run(
         &s,
-        vec!["run".into(), "--audit".into(), audit.display().to_string(), guests::FETCH.into(), "--".into(), other.clone()],
+        vec![
+            "run".into(),
+            "--audit".into(),
+            audit.display().to_string(),
+            guests::FETCH.into(),
+            "--".into(),
+            other.clone(),
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
@@ -93,7 +122,10 @@ async fn allow_flag_and_audit_file() {
         vec![
             "run".into(),
             "--allow".into(),
-            format!("https://localhost:{}/", s.fed.data_origin().rsplit(':').next().unwrap()),
+            format!(
+                "https://localhost:{}/",
+                s.fed.data_origin().rsplit(':').next().unwrap()
+            ),
             "--audit".into(),
             audit.display().to_string(),
             guests::FETCH.into(),
@@ -119,18 +151,53 @@ async fn allow_flag_and_audit_file() {
 #[tokio::test]
 async fn stopped_guests_and_bad_components_have_their_own_exit_codes() {
     let s = setup().await;
-    let out = run(&s, vec!["run".into(), "--max-cpu-seconds".into(), "1".into(), guests::PROBE.into(), "--".into(), "loop".into()]).await;
+    let out = run(
+        &s,
+        vec![
+            "run".into(),
+            "--max-cpu-seconds".into(),
+            "1".into(),
+            guests::PROBE.into(),
+            "--".into(),
+            "loop".into(),
+        ],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("CPU time"), "{}", text(&out.stderr));
-    let out = run(&s, vec!["run".into(), "--max-memory-mib".into(), "16".into(), guests::PROBE.into(), "--".into(), "alloc".into(), "64".into()]).await;
+    assert!(
+        text(&out.stderr).contains("CPU time"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &s,
+        vec![
+            "run".into(),
+            "--max-memory-mib".into(),
+            "16".into(),
+            guests::PROBE.into(),
+            "--".into(),
+            "alloc".into(),
+            "64".into(),
+        ],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("16 MiB"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("16 MiB"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let junk = s.dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not wasm at all").unwrap();
     let out = run(&s, vec!["run".into(), junk.display().to_string()]).await;
     assert_eq!(out.status.code(), Some(8));
-    assert!(text(&out.stderr).contains("wasm32-wasip2"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wasm32-wasip2"),
+        "{}",
+        text(&out.stderr)
+    );
     // A batch processor is not a command.
     let out = run(&s, vec!["run".into(), guests::CSV_TO_JSON.into()]).await;
     assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
@@ -140,13 +207,29 @@ async fn stopped_guests_and_bad_components_have_their_own_exit_codes() {
 #[tokio::test]
 async fn demo_runs_on_a_fresh_machine() {
     let out = tokio::task::spawn_blocking(|| {
-        Command::new(fapi_host_bin()).arg("demo").env("XDG_CACHE_HOME", cache()).output().unwrap()
+        Command::new(fapi_host_bin())
+            .arg("demo")
+            .env("XDG_CACHE_HOME", cache())
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let o = text(&out.stdout);
-    for expected in ["postcodes:          500", "top 5 postcodes", "never reachable from a guest", "1 token(s)", "1 refused"] {
+    for expected in [
+        "postcodes:          500",
+        "top 5 postcodes",
+        "never reachable from a guest",
+        "1 token(s)",
+        "1 refused",
+    ] {
         assert!(o.contains(expected), "{expected:?} in {o}");
     }
 }

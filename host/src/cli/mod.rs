@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Overrides, Settings};
 use crate::error::{Error, ErrorKind};
 
+mod batch;
 mod check;
 mod demo;
 mod dev;
@@ -36,6 +37,10 @@ pub const EXIT_LOCAL: u8 = 6;
 pub const EXIT_CHECK: u8 = 7;
 /// Exit status: a component could not be loaded or linked.
 pub const EXIT_COMPONENT: u8 = 8;
+/// Exit status of `batch` when at least one item failed (see the manifest).
+pub const EXIT_BATCH_FAILED: u8 = 9;
+/// Exit status of `batch` when Ctrl-C or SIGTERM interrupted it (128 + SIGINT, as shells do).
+pub const EXIT_INTERRUPTED: u8 = 130;
 /// Exit status of `run` when the host stopped the guest (trap, memory, CPU or wall-time limit).
 pub const EXIT_GUEST_STOPPED: u8 = 125;
 
@@ -48,7 +53,9 @@ Examples:
 
 Exit status: 0 success; 1 an HTTP response was not 2xx; 2 bad usage; 3 configuration or
 credentials error; 4 authorization server error (discovery or token); 5 TLS or network error;
-6 request refused locally or local I/O error; 7 a check failed.
+6 request refused locally or local I/O error; 7 a check failed; 8 a component could not be
+loaded; 9 `batch`: at least one item failed (see DIR/manifest.jsonl); 130 `batch` was
+interrupted (Ctrl-C or SIGTERM; run it again to resume).
 
 Settings come from the configuration file (--config, $FAPI_CONFIG, else ./fapi.toml), each
 overridden by its environment variable and then by its flag.";
@@ -111,6 +118,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Run a WebAssembly plugin in the sandbox; it calls protected endpoints through the host.
     Run(run::RunArgs),
+    /// Fetch every item of an input file into a directory, with a manifest; resumable.
+    Batch(batch::BatchArgs),
     /// Start a local federation, run the bundled example plugin against it, explain what happened.
     Demo,
 }
@@ -164,6 +173,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Check => check::run(&cli).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Run(args) => run::run(&cli, args).await,
+        Command::Batch(args) => batch::run(&cli, args).await,
         Command::Demo => demo::run().await,
     }
 }

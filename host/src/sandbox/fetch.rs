@@ -37,6 +37,17 @@ pub(super) fn to_fetch_error(e: GuestError) -> FetchError {
     }
 }
 
+/// Response headers as the guest sees them.
+pub(super) fn guest_headers(headers: &http::HeaderMap) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|(n, v)| Header {
+            name: n.as_str().to_owned(),
+            value: v.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
 /// Turn a fetched response into the guest's `response`, its body into a resource in `table`.
 pub(super) fn into_guest_response(
     table: &mut wasmtime::component::ResourceTable,
@@ -44,14 +55,7 @@ pub(super) fn into_guest_response(
     mut body: GuestBody,
 ) -> wasmtime::Result<Response> {
     let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| Header {
-            name: n.as_str().to_owned(),
-            value: v.as_bytes().to_vec(),
-        })
-        .collect();
+    let headers = guest_headers(response.headers());
     let interaction_id = response.interaction_id().unwrap_or_default().to_owned();
     body.attach(response);
     let body = table.push(BodyState {

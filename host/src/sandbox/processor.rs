@@ -1,7 +1,6 @@
 //! Batch processors: `process(item, body)` in a fresh instance per item.
 
 use super::bindings::exports::openenergy::fapi::processor::Item;
-use super::bindings::openenergy::fapi::fapi_fetch::Header;
 use super::{GuestState, Plugin, PluginKind, Sandbox, Stdio};
 use crate::client::FapiResponse;
 use crate::error::{Error, Result};
@@ -43,14 +42,7 @@ impl Sandbox {
             )));
         };
         let (mut store, _) = self.store(plugin, &[], Stdio::Inherit)?;
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| Header {
-                name: n.as_str().to_owned(),
-                value: v.as_bytes().to_vec(),
-            })
-            .collect();
+        let headers = super::fetch::guest_headers(response.headers());
         let guest_item = Item {
             index: item.index,
             url: item.url.clone(),

@@ -1,0 +1,257 @@
+//! `DIR/manifest.jsonl`: one JSON line per finished item, appended and flushed as each item ends,
+//! and read back to resume.
+//!
+//! A line is written with one `write` on a file opened with `O_APPEND`, after the item's file has
+//! been renamed into place: a crash can lose the last line (the item is then fetched again) but
+//! never records a file that is not there. Shards writing to one directory append to one file.
+//! Records carry URLs, statuses, sizes, hashes and error texts built from those — never a header
+//! value, so never a credential.
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::naming::MANIFEST;
+use crate::error::{Error, Result};
+
+/// How an item ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Its file is in place with the recorded size and hash.
+    Done,
+    /// It failed; `error` says why.
+    Failed,
+}
+
+/// Why an item failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordError {
+    /// A short machine-readable kind: `input`, `http`, `network`, `body`, `io`, `plugin`,
+    /// `plugin_stopped`, `request`, `authorization`, `interrupted`.
+    pub kind: String,
+    /// A human-readable explanation (never credentials).
+    pub message: String,
+}
+
+/// One manifest line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// `done` or `failed`.
+    pub outcome: Outcome,
+    /// Input line (1-based).
+    pub line: u64,
+    /// Item index (0-based).
+    pub index: u64,
+    /// The URL (empty for an input line that is not an item).
+    pub url: String,
+    /// Final HTTP status, when a response arrived.
+    pub status: Option<u16>,
+    /// Bytes written (the plugin's output with `--plugin`).
+    pub bytes: u64,
+    /// SHA-256 of what was written, hex.
+    pub sha256: Option<String>,
+    /// Time the item took, milliseconds.
+    pub duration_ms: u64,
+    /// Requests sent for it (retries and replays included).
+    pub attempts: u32,
+    /// The `x-fapi-interaction-id` of the last request.
+    pub interaction_id: Option<String>,
+    /// The output file name in the directory (set when done).
+    pub file: Option<String>,
+    /// Why it failed.
+    pub error: Option<RecordError>,
+}
+
+/// The appending side of a manifest.
+#[derive(Debug)]
+pub struct Manifest {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl Manifest {
+    /// Open (create) `dir/manifest.jsonl` for appending. If a crash left a last line without its
+    /// newline, one is added so that the next record starts on its own line.
+    pub fn open(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST);
+        let io = |e: std::io::Error| Error::Io(format!("manifest {}: {e}", path.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            use std::io::Seek as _;
+            file.seek(std::io::SeekFrom::Start(len - 1)).map_err(io)?;
+            file.read_exact(&mut last).map_err(io)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n").map_err(io)?;
+            }
+        }
+        Ok(Manifest {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Append one record (one `write`, so lines of concurrent writers never interleave).
+    pub fn append(&self, record: &Record) -> Result<()> {
+        let mut line =
+            serde_json::to_vec(record).map_err(|e| Error::Io(format!("manifest record: {e}")))?;
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.write_all(&line)
+            .and_then(|()| file.flush())
+            .map_err(|e| Error::Io(format!("manifest {}: {e}", self.path.display())))
+    }
+
+    /// Flush to stable storage (at the end of a run).
+    pub fn sync(&self) -> Result<()> {
+        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.sync_all()
+            .map_err(|e| Error::Io(format!("manifest {}: {e}", self.path.display())))
+    }
+}
+
+/// Read every record of `dir/manifest.jsonl` (none when it does not exist). Lines that do not
+/// parse (a line cut by a crash) are skipped.
+pub fn read(dir: &Path) -> Result<Vec<Record>> {
+    let path = dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Io(format!("manifest {}: {e}", path.display()))),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// The items a previous run finished: `(file, url)` of each `done` record whose file is present
+/// in `dir` with the recorded size and SHA-256. These are skipped on resume; the rest are retried.
+pub fn completed(dir: &Path, records: &[Record]) -> HashMap<(String, String), Record> {
+    let mut done = HashMap::new();
+    for r in records {
+        if r.outcome != Outcome::Done {
+            continue;
+        }
+        let (Some(file), Some(hash)) = (&r.file, &r.sha256) else {
+            continue;
+        };
+        let key = (file.clone(), r.url.clone());
+        if done.contains_key(&key) {
+            continue;
+        }
+        if file_matches(&dir.join(file), r.bytes, hash) {
+            done.insert(key, r.clone());
+        }
+    }
+    done
+}
+
+fn file_matches(path: &Path, bytes: u64, sha256: &str) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.len() != bytes {
+        return false;
+    }
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(_) => return false,
+        }
+    }
+    hex(&hasher.finalize()) == sha256
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(index: u64, file: &str, body: &[u8]) -> Record {
+        Record {
+            outcome: Outcome::Done,
+            line: index + 1,
+            index,
+            url: format!("https://h/{index}"),
+            status: Some(200),
+            bytes: body.len() as u64,
+            sha256: Some(hex(&Sha256::digest(body))),
+            duration_ms: 3,
+            attempts: 1,
+            interaction_id: None,
+            file: Some(file.into()),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn resume_skips_only_intact_done_items() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("a"), b"alpha").expect("write");
+        std::fs::write(d.join("b"), b"tampered").expect("write");
+        std::fs::write(d.join("c"), b"gamma").expect("write");
+        let m = Manifest::open(d).expect("open");
+        m.append(&record(0, "a", b"alpha")).expect("append");
+        m.append(&record(1, "b", b"beta")).expect("append"); // hash no longer matches
+        m.append(&record(2, "c", b"gamma")).expect("append");
+        m.append(&record(3, "missing", b"x")).expect("append"); // file gone
+        let mut failed = record(4, "e", b"");
+        failed.outcome = Outcome::Failed;
+        m.append(&failed).expect("append");
+        drop(m);
+        // A crash cut the last line: it is ignored, and the next append starts a new line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(MANIFEST))
+            .expect("open");
+        f.write_all(b"{\"outcome\":\"done\",\"li").expect("write");
+        drop(f);
+        let m = Manifest::open(d).expect("reopen");
+        m.append(&record(5, "f", b"")).expect("append");
+        let records = read(d).expect("read");
+        assert_eq!(records.len(), 6);
+        std::fs::write(d.join("f"), b"").expect("write");
+        let done = completed(d, &records);
+        let mut files: Vec<_> = done.keys().map(|(f, _)| f.as_str()).collect();
+        files.sort();
+        assert_eq!(files, vec!["a", "c", "f"]);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = record(7, "x", b"abc");
+        let line = serde_json::to_string(&r).expect("json");
+        assert!(
+            line.starts_with("{\"outcome\":\"done\",\"line\":8,\"index\":7"),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), r);
+    }
+}

@@ -1,0 +1,530 @@
+//! The engine: N workers over one shared [`FapiClient`] (one token cache, one connection pool),
+//! paced by `--rate` and per-origin politeness, retrying transient failures of idempotent items,
+//! writing each body atomically (temporary file, SHA-256 on the fly, fsync, rename) and recording
+//! each item in the manifest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{Semaphore, watch};
+
+use super::input::{Input, Item, Shard};
+use super::manifest::{self, Manifest, Outcome, Record, RecordError};
+use super::politeness::{Politeness, Rate, RateLimiter};
+use super::progress::{Display, Progress, Stats, Summary};
+use crate::client::{FapiClient, FapiRequest, FapiResponse};
+use crate::error::{Error, ErrorKind, Result};
+use crate::retry;
+use crate::sandbox::{Plugin, ProcessItem, ProcessOutcome, Sandbox};
+
+/// How a batch runs.
+#[derive(Clone, Debug)]
+pub struct BatchOptions {
+    /// Output directory (created if missing); the manifest is `manifest.jsonl` in it.
+    pub out: PathBuf,
+    /// Items in flight at once (at least 1).
+    pub concurrency: usize,
+    /// Requests per second over all workers (None: no limit).
+    pub rate: Option<Rate>,
+    /// Only this shard of the input.
+    pub shard: Option<Shard>,
+    /// Record bad input lines as failed instead of refusing to start.
+    pub keep_going: bool,
+    /// Item-level retries of transient failures (429, 502, 503, 504, connection errors, bodies
+    /// cut short), for GET, HEAD and OPTIONS only: other methods are never replayed.
+    pub retries: u32,
+    /// How progress is shown.
+    pub display: Display,
+}
+
+impl BatchOptions {
+    /// Defaults: concurrency 8, no rate limit, all shards, 3 retries, no progress display.
+    pub fn new(out: impl Into<PathBuf>) -> BatchOptions {
+        BatchOptions {
+            out: out.into(),
+            concurrency: 8,
+            rate: None,
+            shard: None,
+            keep_going: false,
+            retries: 3,
+            display: Display::Quiet,
+        }
+    }
+}
+
+/// Asks a running batch to stop: first stop starting items, then cancel the ones in flight.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    tx: Arc<watch::Sender<u8>>,
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const CANCELLED: u8 = 2;
+
+impl Stop {
+    fn new() -> Stop {
+        Stop {
+            tx: Arc::new(watch::channel(RUNNING).0),
+        }
+    }
+    /// Start no new item; let the ones in flight finish.
+    pub fn stop_starting(&self) {
+        self.tx.send_if_modified(|v| {
+            let changed = *v < DRAINING;
+            *v = (*v).max(DRAINING);
+            changed
+        });
+    }
+    /// Cancel the items in flight too (their temporary files are removed).
+    pub fn cancel(&self) {
+        self.tx.send_replace(CANCELLED);
+    }
+    /// Whether a stop was asked.
+    pub fn is_stopping(&self) -> bool {
+        *self.tx.borrow() >= DRAINING
+    }
+    async fn reached(&self, level: u8) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|v| *v >= level).await;
+    }
+}
+
+/// A batch: a client, optionally a processor plugin, and options.
+#[derive(Debug)]
+pub struct Batch {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: FapiClient,
+    plugin: Option<(Arc<Sandbox>, Arc<Plugin>)>,
+    options: BatchOptions,
+    stats: Arc<Stats>,
+    stop: Stop,
+    politeness: Politeness,
+    limiter: Option<RateLimiter>,
+}
+
+/// Why writing one item's output failed.
+enum WriteError {
+    /// The body broke off (reset, truncated): transient.
+    Body(String),
+    /// Anything else, with its manifest kind.
+    Other(&'static str, String),
+}
+
+impl Batch {
+    /// A batch over `client`. For politeness to see every 429, build the client with
+    /// `retries = 0` (the CLI does): the batch then does all retrying itself, with `options.retries`.
+    pub fn new(client: FapiClient, options: BatchOptions) -> Batch {
+        let limiter = options.rate.map(RateLimiter::new);
+        Batch {
+            shared: Arc::new(Shared {
+                client,
+                plugin: None,
+                options,
+                stats: Arc::new(Stats::default()),
+                stop: Stop::new(),
+                politeness: Politeness::default(),
+                limiter,
+            }),
+        }
+    }
+
+    /// Hand each 2xx response to `plugin` (a batch processor loaded into `sandbox`) and write its
+    /// output instead of the body. Each item runs in a fresh instance.
+    pub fn with_plugin(self, sandbox: Arc<Sandbox>, plugin: Arc<Plugin>) -> Result<Batch> {
+        if !plugin.is_processor() {
+            return Err(Error::Component(format!(
+                "{} is not a batch processor (it must export openenergy:fapi/processor)",
+                plugin.name()
+            )));
+        }
+        let Ok(mut shared) = Arc::try_unwrap(self.shared) else {
+            return Err(Error::Component(
+                "with_plugin after the batch started".into(),
+            ));
+        };
+        shared.plugin = Some((sandbox, plugin));
+        Ok(Batch {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// A handle to stop the batch (signals, tests).
+    pub fn stop_handle(&self) -> Stop {
+        self.shared.stop.clone()
+    }
+
+    /// Run the batch to the end (or until stopped). Items recorded done by a previous run in
+    /// the same directory, whose files are intact, are skipped. Errors are about the batch as a
+    /// whole (bad input without `keep_going`, an unusable directory or manifest); the items'
+    /// own failures are in the manifest and the summary.
+    pub async fn run(&self, input: Input) -> Result<Summary> {
+        let sh = &self.shared;
+        let input = match sh.options.shard {
+            Some(s) => input.shard(s),
+            None => input,
+        };
+        if !input.bad.is_empty() && !sh.options.keep_going {
+            let lines: Vec<String> = input.bad.iter().map(|b| b.to_string()).collect();
+            return Err(Error::InvalidRequest(format!(
+                "the input has bad lines (fix them, or use --keep-going to record them as failed):\n  {}",
+                lines.join("\n  ")
+            )));
+        }
+        let out = &sh.options.out;
+        std::fs::create_dir_all(out)
+            .map_err(|e| Error::Io(format!("output directory {}: {e}", out.display())))?;
+        let manifest = Arc::new(Manifest::open(out)?);
+        let completed = manifest::completed(out, &manifest::read(out)?);
+        for bad in &input.bad {
+            manifest.append(&Record {
+                outcome: Outcome::Failed,
+                line: bad.line,
+                index: bad.index,
+                url: String::new(),
+                status: None,
+                bytes: 0,
+                sha256: None,
+                duration_ms: 0,
+                attempts: 0,
+                interaction_id: None,
+                file: None,
+                error: Some(RecordError {
+                    kind: "input".into(),
+                    message: bad.message.clone(),
+                }),
+            })?;
+            sh.stats.record_failure("input");
+        }
+        let mut todo = Vec::with_capacity(input.items.len());
+        for item in input.items {
+            if completed.contains_key(&(item.name.clone(), item.url.to_string())) {
+                sh.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                todo.push(item);
+            }
+        }
+        sh.stats.total.store(todo.len() as u64, Ordering::Relaxed);
+        let _progress = Progress::start(sh.stats.clone(), sh.options.display);
+
+        let permits = Arc::new(Semaphore::new(sh.options.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut manifest_error = None;
+        for item in todo {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = sh.stop.reached(DRAINING) => break,
+            };
+            if sh.stop.is_stopping() {
+                break;
+            }
+            let sh2 = self.shared.clone();
+            let m = manifest.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let record = tokio::select! {
+                    r = sh2.fetch_item(&item) => r,
+                    _ = sh2.stop.reached(CANCELLED) => sh2.failed(&item, "interrupted",
+                        "cancelled by a signal before it finished".into(), None, 0, None, Instant::now()),
+                };
+                m.append(&record)
+            });
+            while let Some(done) = tasks.try_join_next() {
+                if let Ok(Err(e)) = done {
+                    manifest_error.get_or_insert(e);
+                }
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                manifest_error.get_or_insert(e);
+            }
+        }
+        manifest.sync()?;
+        if let Some(e) = manifest_error {
+            return Err(e);
+        }
+        Ok(sh.stats.summary(sh.stop.is_stopping()))
+    }
+}
+
+/// Removes a temporary file unless disarmed (on error, cancellation or panic).
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::Network => "network",
+        ErrorKind::Authorization => "authorization",
+        ErrorKind::InvalidRequest => "request",
+        ErrorKind::TooLarge => "too_large",
+        ErrorKind::Io => "io",
+        ErrorKind::Config => "config",
+        ErrorKind::Component => "plugin",
+    }
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    fn failed(
+        &self,
+        item: &Item,
+        kind: &str,
+        message: String,
+        status: Option<u16>,
+        attempts: u32,
+        interaction_id: Option<String>,
+        t0: Instant,
+    ) -> Record {
+        self.stats.record_failure(kind);
+        Record {
+            outcome: Outcome::Failed,
+            line: item.line,
+            index: item.index,
+            url: item.url.to_string(),
+            status,
+            bytes: 0,
+            sha256: None,
+            duration_ms: t0.elapsed().as_millis() as u64,
+            attempts,
+            interaction_id,
+            file: None,
+            error: Some(RecordError {
+                kind: kind.into(),
+                message,
+            }),
+        }
+    }
+
+    async fn fetch_item(&self, item: &Item) -> Record {
+        let t0 = Instant::now();
+        let origin = item.url.origin().ascii_serialization();
+        let idempotent = retry::is_idempotent(&item.method);
+        let client_options = &self.client.settings().client;
+        let mut attempts = 0u32;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let may_retry = idempotent && tries <= self.options.retries;
+            self.politeness.wait(&origin).await;
+            if let Some(l) = &self.limiter {
+                l.until_ready().await;
+            }
+            let request = FapiRequest {
+                method: item.method.clone(),
+                url: item.url.clone(),
+                headers: item.headers.clone(),
+                body: item.body.clone(),
+                interaction_id: None,
+                timeout: None,
+            };
+            let response = match self.client.send(request).await {
+                Ok(r) => r,
+                Err(e) => {
+                    attempts += 1;
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    if may_retry && e.kind() == ErrorKind::Network && !matches!(e, Error::Tls(_)) {
+                        tokio::time::sleep(retry::delay(tries, None, client_options)).await;
+                        continue;
+                    }
+                    return self.failed(
+                        item,
+                        error_kind(&e),
+                        e.to_string(),
+                        None,
+                        attempts,
+                        None,
+                        t0,
+                    );
+                }
+            };
+            attempts += response.attempts();
+            self.stats
+                .requests
+                .fetch_add(u64::from(response.attempts()), Ordering::Relaxed);
+            let status = response.status();
+            let interaction_id = response.interaction_id().map(str::to_owned);
+            if retry::is_retryable_status(status) {
+                let retry_after = retry::retry_after(response.headers());
+                let delay = retry::delay(tries, retry_after, client_options);
+                if status.as_u16() == 429 || retry_after.is_some() {
+                    // Every worker of this origin waits, not only this one.
+                    self.politeness.defer(&origin, delay);
+                }
+                if may_retry {
+                    drop(response);
+                    if status.as_u16() != 429 && retry_after.is_none() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    continue;
+                }
+            }
+            if !status.is_success() {
+                let mut message = format!("HTTP {status}");
+                if let Some(p) = response.auth_problem() {
+                    message = format!("{message}: {p}");
+                }
+                return self.failed(
+                    item,
+                    "http",
+                    message,
+                    Some(status.as_u16()),
+                    attempts,
+                    interaction_id,
+                    t0,
+                );
+            }
+            match self.write_output(item, response).await {
+                Ok((bytes, sha256)) => {
+                    self.stats.done.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    return Record {
+                        outcome: Outcome::Done,
+                        line: item.line,
+                        index: item.index,
+                        url: item.url.to_string(),
+                        status: Some(status.as_u16()),
+                        bytes,
+                        sha256: Some(sha256),
+                        duration_ms: t0.elapsed().as_millis() as u64,
+                        attempts,
+                        interaction_id,
+                        file: Some(item.name.clone()),
+                        error: None,
+                    };
+                }
+                Err(WriteError::Body(msg)) => {
+                    if may_retry {
+                        tracing::warn!(url = %item.url, "body interrupted; retrying the item");
+                        tokio::time::sleep(retry::delay(tries, None, client_options)).await;
+                        continue;
+                    }
+                    return self.failed(
+                        item,
+                        "body",
+                        msg,
+                        Some(status.as_u16()),
+                        attempts,
+                        interaction_id,
+                        t0,
+                    );
+                }
+                Err(WriteError::Other(kind, msg)) => {
+                    return self.failed(
+                        item,
+                        kind,
+                        msg,
+                        Some(status.as_u16()),
+                        attempts,
+                        interaction_id,
+                        t0,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Write the body (or the plugin's output) to `out/.NAME.partial-RANDOM`, hashing it, then
+    /// fsync and rename it to `out/NAME`.
+    async fn write_output(
+        &self,
+        item: &Item,
+        mut response: FapiResponse,
+    ) -> std::result::Result<(u64, String), WriteError> {
+        let out = &self.options.out;
+        let io = |e: std::io::Error| WriteError::Other("io", format!("writing {}: {e}", item.name));
+        let tmp = TempFile {
+            path: out.join(format!(
+                ".{}.partial-{}",
+                item.name,
+                uuid::Uuid::new_v4().simple()
+            )),
+            armed: true,
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.path)
+            .await
+            .map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        if let Some((sandbox, plugin)) = &self.plugin {
+            let pi = ProcessItem {
+                index: item.index,
+                url: item.url.to_string(),
+                name: item.name.clone(),
+            };
+            let output = match sandbox.process(plugin, pi, response).await {
+                Ok(ProcessOutcome::Output(b)) => b,
+                Ok(ProcessOutcome::Failed(msg)) => {
+                    return Err(WriteError::Other(
+                        "plugin",
+                        format!("the plugin failed: {msg}"),
+                    ));
+                }
+                Ok(ProcessOutcome::Stopped(why)) => {
+                    return Err(WriteError::Other(
+                        "plugin_stopped",
+                        format!("the plugin was stopped: {why}"),
+                    ));
+                }
+                Err(e) => return Err(WriteError::Other("plugin", e.to_string())),
+            };
+            hasher.update(&output);
+            bytes = output.len() as u64;
+            file.write_all(&output).await.map_err(io)?;
+        } else {
+            loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => {
+                        hasher.update(&chunk);
+                        bytes += chunk.len() as u64;
+                        file.write_all(&chunk).await.map_err(io)?;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(WriteError::Body(e.to_string())),
+                }
+            }
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        finish(&tmp.path, &out.join(&item.name)).await.map_err(io)?;
+        let mut tmp = tmp;
+        tmp.armed = false;
+        Ok((bytes, manifest::hex(&hasher.finalize())))
+    }
+}
+
+async fn finish(tmp: &Path, fin: &Path) -> std::io::Result<()> {
+    tokio::fs::rename(tmp, fin).await
+}
+
+/// How long the CLI lets in-flight items finish after Ctrl-C or SIGTERM before cancelling them.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);

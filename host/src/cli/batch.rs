@@ -1,0 +1,139 @@
+//! `fapi-host batch`: fetch every item of an input into a directory, with a manifest; resumable.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::run::SandboxArgs;
+use super::{Cli, EXIT_BATCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::batch::{Batch, BatchOptions, DRAIN_GRACE, Display, Input, Rate, Shard, Stop};
+use crate::client::FapiClient;
+use crate::error::{Error, Result};
+use crate::sandbox::Sandbox;
+
+/// Arguments of `fapi-host batch`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  fapi-host --config fapi.toml batch --input urls.txt --out data/ --concurrency 32 --rate 50/s
+  fapi-host --config fapi.toml batch --input items.jsonl --out data/ --shard \"$JOB_COMPLETION_INDEX/8\"
+  fapi-host --config fapi.toml batch --input urls.txt --out json/ --plugin csv_to_json.wasm
+
+Running the same command again skips the items the manifest records as done and retries the rest.")]
+pub struct BatchArgs {
+    /// Input file ('-' for stdin): one https URL per line, or JSON lines
+    /// {"url", "method", "headers", "body", "name"}; blank lines and '#' comments are skipped.
+    #[arg(long, value_name = "FILE|-")]
+    pub input: String,
+    /// Output directory; also holds manifest.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// A batch processor component: each 2xx response goes through it and its output is written.
+    #[arg(long, value_name = "COMPONENT.wasm")]
+    pub plugin: Option<PathBuf>,
+    /// Items in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Requests per second over all workers: N/s, N/m or N/h.
+    #[arg(long, value_name = "N/s")]
+    pub rate: Option<Rate>,
+    /// Only the items whose index modulo N is K (0-based).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// Record bad input lines as failed instead of refusing to start.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Retries of an item after a transient failure (429, 502, 503, 504, connection errors, a body
+    /// cut short); GET, HEAD and OPTIONS only.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
+    /// Sandbox grants and limits for the plugin.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
+    let text = if args.input == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::Io(format!("reading the input from stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(&args.input)
+            .map_err(|e| Error::Io(format!("reading the input {}: {e}", args.input)))?
+    };
+    let input = Input::parse(&text);
+    let bad = match args.shard {
+        Some(s) => input.bad.iter().filter(|b| s.contains(b.index)).count(),
+        None => input.bad.len(),
+    };
+    if bad > 0 && !args.keep_going {
+        for b in &input.bad {
+            eprintln!("fapi-host batch: {}: {b}", args.input);
+        }
+        eprintln!("fapi-host batch: nothing fetched; fix these lines or use --keep-going");
+        return Ok(EXIT_USAGE);
+    }
+
+    let mut settings = cli.settings()?;
+    // The batch retries items itself, so that it sees every 429 and can slow the whole origin.
+    settings.client.retries = 0;
+    let (client, _) = FapiClient::from_settings(&settings)?;
+    let options = BatchOptions {
+        out: args.out.clone(),
+        concurrency: args.concurrency.max(1),
+        rate: args.rate,
+        shard: args.shard,
+        keep_going: args.keep_going,
+        retries: args.retries,
+        display: Display::Auto,
+    };
+    let mut batch = Batch::new(client.clone(), options);
+    if let Some(path) = &args.plugin {
+        args.sandbox.apply(&mut settings.sandbox)?;
+        let sandbox = Sandbox::new(client, args.sandbox.options()?).await?;
+        let plugin = sandbox.load(path)?;
+        batch = batch.with_plugin(Arc::new(sandbox), Arc::new(plugin))?;
+    }
+    let stop = batch.stop_handle();
+    let signals = tokio::spawn(watch_signals(stop));
+    let summary = batch.run(input).await;
+    signals.abort();
+    let summary = summary?;
+    eprintln!("fapi-host {summary}");
+    Ok(if summary.interrupted {
+        EXIT_INTERRUPTED
+    } else if summary.failed > 0 {
+        EXIT_BATCH_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop starting items; after [`DRAIN_GRACE`] or a second signal, cancel the
+/// ones in flight.
+async fn watch_signals(stop: Stop) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let next = async |term: &mut Option<tokio::signal::unix::Signal>| match term {
+        Some(t) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = t.recv() => {},
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    next(&mut term).await;
+    eprintln!(
+        "fapi-host batch: interrupted; starting no new items, letting those in flight finish (up to {}s; again to cancel them)",
+        DRAIN_GRACE.as_secs()
+    );
+    stop.stop_starting();
+    tokio::select! {
+        _ = tokio::time::sleep(DRAIN_GRACE) => {},
+        _ = next(&mut term) => {},
+    }
+    stop.cancel();
+}

@@ -1,0 +1,513 @@
+//! `fapi-host batch` end to end: the library engine and the binary against the local federation,
+//! with faults injected, a token revocation, SIGKILL + resume, SIGTERM, shards and plugins.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use fapi_federation::{Federation, FederationConfig, Pki, data};
+use fapi_host::batch::{Batch, BatchOptions, Input, Outcome, Record, Shard};
+use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
+use fapi_host::{FapiClient, Overrides, Settings};
+use fapi_tests::guests;
+use sha2::{Digest as _, Sha256};
+
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = fapi_tests::Capture(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,fapi_host=info"))
+            .with_writer(move || w.clone())
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+/// Substring search with std's (optimised) `str::contains`: the logs are megabytes.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let needle = std::str::from_utf8(needle).unwrap();
+    !needle.is_empty() && String::from_utf8_lossy(hay).contains(needle)
+}
+
+struct Env {
+    fed: Federation,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    async fn start() -> Env {
+        logs();
+        let fed = Federation::start(
+            Pki::generate().unwrap(),
+            FederationConfig {
+                faults_enabled: true,
+                ..FederationConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+        Env { fed, dir, config }
+    }
+
+    /// A client as the CLI builds it: the batch does the retrying (so it sees every 429).
+    fn client(&self) -> FapiClient {
+        let mut s = Settings::load(Some(&self.config), &Overrides::default()).unwrap();
+        s.client.retries = 0;
+        FapiClient::from_settings(&s).unwrap().0
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.fed.data_origin())
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn expected_item(id: u64) -> Vec<u8> {
+    serde_json::to_vec(&data::item(&id.to_string())).unwrap()
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn records(dir: &Path) -> Vec<Record> {
+    let text = std::fs::read_to_string(dir.join("manifest.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad manifest line {l:?}: {e}")))
+        .collect()
+}
+
+/// No temporary file under a final name, and no temporary file left at all.
+fn assert_no_partials(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.contains(".partial-"),
+            "a partial file remains: {name}"
+        );
+    }
+}
+
+/// Every done record's file holds the item's exact bytes.
+fn assert_done_files_match(dir: &Path, recs: &[Record]) {
+    for r in recs.iter().filter(|r| r.outcome == Outcome::Done) {
+        let file = std::fs::read(dir.join(r.file.as_ref().unwrap())).unwrap();
+        assert_eq!(r.bytes, file.len() as u64, "{r:?}");
+        assert_eq!(r.sha256.as_deref(), Some(sha_hex(&file).as_str()), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_items_with_faults_and_a_revocation() {
+    let env = Env::start().await;
+    let n = 10_000u64;
+    let mut text = String::from("# 10k items, some with faults\n");
+    for i in 0..n {
+        let fault = if (100..105).contains(&i) {
+            "?fault=429&fault_times=1&retry_after=1"
+        } else if i % 500 == 7 {
+            "?fault=503&fault_times=1"
+        } else if i % 500 == 13 {
+            "?fault=reset&fault_times=1"
+        } else if i % 1000 == 21 {
+            "?fault=slow&delay_ms=200"
+        } else {
+            ""
+        };
+        let url = env.url(&format!("/items/{i}{fault}"));
+        if i % 2 == 0 {
+            text.push_str(&format!("{url}\n"));
+        } else {
+            text.push_str(&format!(
+                "{{\"url\":\"{url}\",\"name\":\"item-{i}.json\"}}\n"
+            ));
+        }
+    }
+    // Two items that cannot succeed: a 404 and a 503 every time.
+    text.push_str(&format!("{}\n", env.url("/items/x/y")));
+    text.push_str(&format!("{}\n", env.url("/items/always?fault=503")));
+    let input = Input::parse(&text);
+    assert!(input.bad.is_empty(), "{:?}", input.bad);
+
+    let client = env.client();
+    let first_token = client.danger_reveal_token().await.unwrap();
+    let out = env.out("ten-k");
+    let mut options = BatchOptions::new(&out);
+    options.concurrency = 64;
+    let batch = Batch::new(client.clone(), options);
+    let stats = batch.stats();
+    let fed = &env.fed;
+    let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t0 = Instant::now();
+    let summary = {
+        let run = batch.run(input);
+        let revoke = async {
+            while stats.done.load(Ordering::Relaxed) < n / 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            fed.revoke_all_tokens();
+            revoked.store(true, Ordering::Relaxed);
+            std::future::pending::<()>().await
+        };
+        tokio::select! { s = run => s.unwrap(), _ = revoke => unreachable!() }
+    };
+    let wall = t0.elapsed();
+    eprintln!(
+        "10k items: {summary}; {:.0} requests/s measured by the test",
+        summary.requests as f64 / wall.as_secs_f64()
+    );
+    assert!(revoked.load(Ordering::Relaxed));
+    assert_eq!(summary.done, n, "{summary}");
+    assert_eq!(summary.failed, 2, "{summary}");
+    assert!(summary.requests > n, "retries happened: {summary}");
+
+    let recs = records(&out);
+    assert_eq!(recs.len() as u64, n + 2);
+    let by_index: HashMap<u64, &Record> = recs.iter().map(|r| (r.index, r)).collect();
+    for i in 0..n {
+        let r = by_index[&i];
+        assert_eq!(r.outcome, Outcome::Done, "{r:?}");
+        let body = expected_item(i);
+        assert_eq!(r.bytes, body.len() as u64, "{r:?}");
+        assert_eq!(r.sha256.as_deref(), Some(sha_hex(&body).as_str()), "{r:?}");
+        let file = std::fs::read(out.join(r.file.as_ref().unwrap())).unwrap();
+        assert_eq!(file, body, "item {i}");
+        if i % 2 == 1 {
+            assert_eq!(r.file.as_deref(), Some(format!("item-{i}.json").as_str()));
+        }
+        if (100..105).contains(&i) || i % 500 == 7 || i % 500 == 13 {
+            assert!(r.attempts >= 2, "item {i} was retried: {r:?}");
+        }
+    }
+    let not_found = by_index[&n];
+    assert_eq!(not_found.outcome, Outcome::Failed);
+    assert_eq!(not_found.status, Some(404));
+    assert_eq!(not_found.error.as_ref().unwrap().kind, "http");
+    let unavailable = by_index[&(n + 1)];
+    assert_eq!(unavailable.status, Some(503));
+    assert_eq!(unavailable.attempts, 4, "1 + 3 retries: {unavailable:?}");
+    assert_no_partials(&out);
+
+    // One token for the first lifetime, one after the revocation, whatever the concurrency.
+    assert_eq!(env.fed.counters().token_requests, 2);
+    assert_eq!(client.token_requests(), 2);
+
+    let second_token = client.danger_reveal_token().await.unwrap();
+    let manifest = std::fs::read(out.join("manifest.jsonl")).unwrap();
+    let logs = logs();
+    let logs = logs.lock().unwrap();
+    for t in [&first_token, &second_token] {
+        assert!(
+            !contains(&manifest, t.as_bytes()),
+            "a token is in the manifest"
+        );
+        assert!(!contains(&logs, t.as_bytes()), "a token is in the logs");
+    }
+}
+
+fn fapi_host_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("fapi-host"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p fapi-host`; `cargo test --workspace` does)",
+        bin.display()
+    );
+    bin
+}
+
+fn batch_command(env: &Env, input: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(fapi_host_bin());
+    c.arg("--config")
+        .arg(&env.config)
+        .arg("batch")
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env_remove("FAPI_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+fn manifest_lines(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("manifest.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+async fn wait_for_lines(out: &Path, n: usize, child: &mut std::process::Child) {
+    let t0 = Instant::now();
+    while manifest_lines(out) < n {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the batch ended too early"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(30), "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_then_resume_does_every_item_exactly_once() {
+    let env = Env::start().await;
+    let n = 3000u64;
+    let input = env.out("kill.txt");
+    let text: String = (0..n)
+        .map(|i| env.url(&format!("/items/{i}")) + "\n")
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let out = env.out("kill-out");
+    let mut child = batch_command(&env, &input, &out, &["--concurrency", "16"])
+        .spawn()
+        .unwrap();
+    wait_for_lines(&out, 400, &mut child).await;
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let before = manifest_lines(&out);
+    assert!(before < n as usize, "killed mid-run ({before} lines)");
+
+    let resumed = batch_command(&env, &input, &out, &["--concurrency", "16"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("skipped"), "{stderr}");
+    let recs = records(&out);
+    let mut done: BTreeMap<u64, u32> = BTreeMap::new();
+    for r in &recs {
+        if r.outcome == Outcome::Done {
+            *done.entry(r.index).or_default() += 1;
+        }
+    }
+    assert_eq!(done.len() as u64, n, "every item done");
+    assert!(
+        done.values().all(|&c| c == 1),
+        "each item done exactly once"
+    );
+    assert_done_files_match(&out, &recs);
+    for r in &recs {
+        let i: u64 = r.url.rsplit('/').next().unwrap().parse().unwrap();
+        assert_eq!(
+            std::fs::read(out.join(r.file.as_ref().unwrap())).unwrap(),
+            expected_item(i)
+        );
+    }
+    // Only hidden temporary files of the killed run may remain, never under a final name.
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.contains(".partial-") || name.starts_with('.'),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_130_with_a_flushed_manifest() {
+    let env = Env::start().await;
+    let input = env.out("term.txt");
+    let text: String = (0..400)
+        .map(|i| env.url(&format!("/items/{i}?fault=slow&delay_ms=300")) + "\n")
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let out = env.out("term-out");
+    let mut child = batch_command(&env, &input, &out, &["--concurrency", "8"])
+        .spawn()
+        .unwrap();
+    wait_for_lines(&out, 8, &mut child).await;
+    let t0 = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let recs = records(&out); // every line complete and parseable
+    assert!(recs.len() < 400 && recs.len() >= 8, "{}", recs.len());
+    assert!(
+        recs.iter().all(|r| r.outcome == Outcome::Done),
+        "in-flight items finished"
+    );
+    assert_done_files_match(&out, &recs);
+    assert_no_partials(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_stop_the_batch_or_are_recorded_with_keep_going() {
+    let env = Env::start().await;
+    let input = env.out("bad.txt");
+    let text = format!(
+        "{}\n# comment\nnot a url\n{{\"url\":\"{}\",\"name\":\"../x\"}}\n",
+        env.url("/items/1"),
+        env.url("/items/2")
+    );
+    std::fs::write(&input, text).unwrap();
+    let out = env.out("bad-out");
+    let o = batch_command(&env, &input, &out, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 3:") && stderr.contains("line 4:"),
+        "{stderr}"
+    );
+    assert!(!out.join("manifest.jsonl").exists(), "nothing started");
+
+    let o = batch_command(&env, &input, &out, &["--keep-going"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let recs = records(&out);
+    let kinds: Vec<(u64, Outcome, Option<String>)> = recs
+        .iter()
+        .map(|r| (r.line, r.outcome, r.error.as_ref().map(|e| e.kind.clone())))
+        .collect();
+    assert!(kinds.contains(&(1, Outcome::Done, None)), "{kinds:?}");
+    assert!(
+        kinds.contains(&(3, Outcome::Failed, Some("input".into()))),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(4, Outcome::Failed, Some("input".into()))),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_the_input_exactly() {
+    let env = Env::start().await;
+    let text: String = (0..50)
+        .map(|i| env.url(&format!("/items/{i}")) + "\n")
+        .collect();
+    let client = env.client();
+    let mut merged = String::new();
+    let mut seen = Vec::new();
+    for k in 0..3 {
+        let out = env.out(&format!("shard-{k}"));
+        let mut o = BatchOptions::new(&out);
+        o.shard = Some(Shard { k, n: 3 });
+        let s = Batch::new(client.clone(), o)
+            .run(Input::parse(&text))
+            .await
+            .unwrap();
+        assert_eq!(s.failed, 0);
+        for r in records(&out) {
+            assert_eq!(r.index % 3, k);
+            seen.push(r.index);
+        }
+        merged.push_str(&std::fs::read_to_string(out.join("manifest.jsonl")).unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, (0..50).collect::<Vec<_>>());
+    assert_eq!(
+        merged.lines().count(),
+        50,
+        "shard manifests merge by concatenation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_transform_items_and_a_trap_fails_only_its_item() {
+    let env = Env::start().await;
+    let client = env.client();
+    let options = SandboxOptions {
+        cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasmtime-cache")),
+        stdio: Stdio::Capture,
+        ..SandboxOptions::default()
+    };
+    let sandbox = Arc::new(Sandbox::new(client.clone(), options).await.unwrap());
+
+    // csv-to-json: three CSV bodies become JSON arrays.
+    let plugin = Arc::new(sandbox.load(Path::new(guests::CSV_TO_JSON)).unwrap());
+    let text: String = (1..=3)
+        .map(|rows| env.url(&format!("/consumption.csv?rows={rows}")) + "\n")
+        .collect();
+    let out = env.out("csv");
+    let s = Batch::new(client.clone(), BatchOptions::new(&out))
+        .with_plugin(sandbox.clone(), plugin)
+        .unwrap()
+        .run(Input::parse(&text))
+        .await
+        .unwrap();
+    assert_eq!((s.done, s.failed), (3, 0), "{s}");
+    let recs = records(&out);
+    assert_done_files_match(&out, &recs);
+    for r in &recs {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(r.file.as_ref().unwrap())).unwrap())
+                .unwrap();
+        let rows: usize = r.url.rsplit('=').next().unwrap().parse().unwrap();
+        assert_eq!(v.as_array().unwrap().len(), rows, "{v}");
+    }
+
+    // test-processor: "trap" fails with its reason, the others pass their body through.
+    let plugin = Arc::new(sandbox.load(Path::new(guests::TEST_PROCESSOR)).unwrap());
+    let text: String = ["trap", "one", "two"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            format!(
+                "{{\"url\":\"{}\",\"name\":\"{name}\"}}\n",
+                env.url(&format!("/items/{i}"))
+            )
+        })
+        .collect();
+    let out = env.out("proc");
+    let s = Batch::new(client.clone(), BatchOptions::new(&out))
+        .with_plugin(sandbox.clone(), plugin)
+        .unwrap()
+        .run(Input::parse(&text))
+        .await
+        .unwrap();
+    assert_eq!((s.done, s.failed), (2, 1), "{s}");
+    for r in records(&out) {
+        if r.index == 0 {
+            assert_eq!(r.outcome, Outcome::Failed);
+            let e = r.error.unwrap();
+            assert_eq!(e.kind, "plugin_stopped", "{e:?}");
+            assert!(!out.join("trap").exists());
+        } else {
+            assert_eq!(r.outcome, Outcome::Done);
+            assert_eq!(
+                std::fs::read(out.join(r.file.unwrap())).unwrap(),
+                expected_item(r.index)
+            );
+        }
+    }
+    assert_no_partials(&out);
+}
