@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+mod batch;
 mod client;
 mod memory;
 mod sandbox;
@@ -39,6 +40,15 @@ enum What {
         /// Rounds.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// `fapi-host batch` against the native client's best throughput; batch memory vs item count.
+    Batch {
+        /// Items per throughput run.
+        #[arg(long, default_value_t = 10_000)]
+        items: u64,
+        /// Item counts of the memory runs (comma-separated; empty to skip).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        memory_items: Vec<u64>,
     },
     /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
     Memory {
@@ -79,5 +89,9 @@ async fn main() {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
         What::Sandbox { requests, rounds } => sandbox::run(requests, rounds).await,
         What::Memory { max_mib } => memory::run(max_mib).await,
+        What::Batch {
+            items,
+            memory_items,
+        } => batch::run(items, &memory_items).await,
     }
 }

@@ -20,7 +20,7 @@ fn fapi_host_bin() -> PathBuf {
 }
 
 /// Run the binary to completion, sampling its peak resident set (VmHWM, KiB) until it exits.
-fn peak_kib(args: &[String]) -> (u64, Duration, bool) {
+pub fn peak_kib(args: &[String]) -> (u64, Duration, bool) {
     let t0 = Instant::now();
     let mut child = Command::new(fapi_host_bin())
         .args(args)
@@ -64,6 +64,18 @@ pub async fn run(max_mib: u64) {
     println!("| response | peak RSS of the process | MiB/s | ratio of peak to the 16 MiB run |");
     println!("|---|---|---|---|");
     let mut base = 0;
+    // A first run compiles the component into the cache: not measured.
+    let warm = vec![
+        "--config".into(),
+        config.display().to_string(),
+        "run".into(),
+        probe.clone(),
+        "--".into(),
+        "env".into(),
+    ];
+    tokio::task::spawn_blocking(move || peak_kib(&warm))
+        .await
+        .unwrap();
     for mib in sizes {
         let url = format!("{}/sized?bytes={}", b.fed.data_origin(), mib << 20);
         let args = vec![

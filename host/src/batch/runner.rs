@@ -37,6 +37,9 @@ pub struct BatchOptions {
     /// Item-level retries of transient failures (429, 502, 503, 504, connection errors, bodies
     /// cut short), for GET, HEAD and OPTIONS only: other methods are never replayed.
     pub retries: u32,
+    /// fsync each output file before renaming it into place (default false: resume checks every
+    /// file's SHA-256, so a file cut short by a power loss is fetched again anyway).
+    pub fsync: bool,
     /// How progress is shown.
     pub display: Display,
 }
@@ -51,6 +54,7 @@ impl BatchOptions {
             shard: None,
             keep_going: false,
             retries: 3,
+            fsync: false,
             display: Display::Quiet,
         }
     }
@@ -451,7 +455,8 @@ impl Shared {
     }
 
     /// Write the body (or the plugin's output) to `out/.NAME.partial-RANDOM`, hashing it, then
-    /// fsync and rename it to `out/NAME`.
+    /// (with `fsync`) sync it, and rename it to `out/NAME`. Without fsync a power loss can leave a
+    /// short file under its final name; resume then finds its hash wrong and fetches it again.
     async fn write_output(
         &self,
         item: &Item,
@@ -467,14 +472,9 @@ impl Shared {
             )),
             armed: true,
         };
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp.path)
-            .await
-            .map_err(io)?;
+        let fin = out.join(&item.name);
+        let fsync = self.options.fsync;
         let mut hasher = Sha256::new();
-        let mut bytes = 0u64;
         if let Some((sandbox, plugin)) = &self.plugin {
             let pi = ProcessItem {
                 index: item.index,
@@ -498,28 +498,91 @@ impl Shared {
                 Err(e) => return Err(WriteError::Other("plugin", e.to_string())),
             };
             hasher.update(&output);
-            bytes = output.len() as u64;
-            file.write_all(&output).await.map_err(io)?;
-        } else {
-            loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => {
-                        hasher.update(&chunk);
-                        bytes += chunk.len() as u64;
-                        file.write_all(&chunk).await.map_err(io)?;
+            let bytes = output.len() as u64;
+            write_whole(tmp.path.clone(), fin, output, fsync)
+                .await
+                .map_err(io)?;
+            let mut tmp = tmp;
+            tmp.armed = false;
+            return Ok((bytes, manifest::hex(&hasher.finalize())));
+        }
+        // Small bodies (most API pages) are gathered in memory and written in one blocking call;
+        // larger ones are streamed to the temporary file.
+        let mut buf = Vec::new();
+        let mut bytes = 0u64;
+        let mut file: Option<tokio::fs::File> = None;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    hasher.update(&chunk);
+                    bytes += chunk.len() as u64;
+                    match file.as_mut() {
+                        Some(f) => f.write_all(&chunk).await.map_err(io)?,
+                        None if buf.len() + chunk.len() <= SMALL_BODY => {
+                            buf.extend_from_slice(&chunk)
+                        }
+                        None => {
+                            let mut f = tokio::fs::OpenOptions::new()
+                                .write(true)
+                                .create_new(true)
+                                .open(&tmp.path)
+                                .await
+                                .map_err(io)?;
+                            f.write_all(&buf).await.map_err(io)?;
+                            f.write_all(&chunk).await.map_err(io)?;
+                            buf = Vec::new();
+                            file = Some(f);
+                        }
                     }
-                    Ok(None) => break,
-                    Err(e) => return Err(WriteError::Body(e.to_string())),
                 }
+                Ok(None) => break,
+                Err(e) => return Err(WriteError::Body(e.to_string())),
             }
         }
-        file.sync_all().await.map_err(io)?;
-        drop(file);
-        finish(&tmp.path, &out.join(&item.name)).await.map_err(io)?;
+        match file {
+            None => write_whole(tmp.path.clone(), fin, buf, fsync)
+                .await
+                .map_err(io)?,
+            Some(mut f) => {
+                f.flush().await.map_err(io)?;
+                if fsync {
+                    f.sync_all().await.map_err(io)?;
+                }
+                drop(f);
+                finish(&tmp.path, &fin).await.map_err(io)?;
+            }
+        }
         let mut tmp = tmp;
         tmp.armed = false;
         Ok((bytes, manifest::hex(&hasher.finalize())))
     }
+}
+
+/// Bodies up to this size are written in one blocking call.
+const SMALL_BODY: usize = 256 << 10;
+
+/// Create `tmp`, write `data`, optionally fsync, and rename it to `fin`, in one blocking task.
+async fn write_whole(
+    tmp: PathBuf,
+    fin: PathBuf,
+    data: Vec<u8>,
+    fsync: bool,
+) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(&data)?;
+        if fsync {
+            f.sync_all()?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, &fin)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 async fn finish(tmp: &Path, fin: &Path) -> std::io::Result<()> {

@@ -46,6 +46,10 @@ pub struct BatchArgs {
     /// cut short); GET, HEAD and OPTIONS only.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retries: u32,
+    /// fsync each output file before renaming it into place (slower; without it, resume still
+    /// re-fetches any file whose SHA-256 does not match the manifest).
+    #[arg(long)]
+    pub fsync: bool,
     /// Sandbox grants and limits for the plugin.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
@@ -86,6 +90,7 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
         shard: args.shard,
         keep_going: args.keep_going,
         retries: args.retries,
+        fsync: args.fsync,
         display: Display::Auto,
     };
     let mut batch = Batch::new(client.clone(), options);
