@@ -32,3 +32,20 @@ impl std::io::Write for Capture {
         Ok(())
     }
 }
+
+/// Capture every log line of this test process (the first call's `filter` wins), so that tests
+/// can search them for credentials. Returns the shared buffer.
+pub fn capture_logs(filter: &str) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = Capture(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(move || w.clone())
+            .try_init();
+        buf
+    })
+    .clone()
+}

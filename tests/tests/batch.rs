@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fapi_federation::{Federation, FederationConfig, Pki, data};
@@ -16,17 +16,7 @@ use fapi_tests::guests;
 use sha2::{Digest as _, Sha256};
 
 fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = fapi_tests::Capture(buf.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,fapi_host=info"))
-            .with_writer(move || w.clone())
-            .try_init();
-        buf
-    })
-    .clone()
+    fapi_tests::capture_logs("warn,fapi_host=info")
 }
 
 /// Substring search with std's (optimised) `str::contains`: the logs are megabytes.

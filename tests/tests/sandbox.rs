@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fapi_federation::{Federation, FederationConfig, Pki, data};
@@ -13,17 +13,7 @@ use serde_json::Value;
 
 /// Every log line of this test binary, every level, every crate.
 fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = fapi_tests::Capture(buf.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .with_writer(move || w.clone())
-            .try_init();
-        buf
-    })
-    .clone()
+    fapi_tests::capture_logs("trace")
 }
 
 struct Env {

@@ -51,12 +51,34 @@ impl fmt::Display for BadLine {
 }
 
 /// A parsed input: its items and its bad lines, each in input order.
+///
+/// Every line is validated up front (so a bad line stops the batch before it starts), but an item
+/// is kept as the position of its line and materialised when it is needed ([`Input::items`]):
+/// memory stays a few bytes per item beyond the input's text, whatever the item count.
 #[derive(Clone, Debug, Default)]
 pub struct Input {
-    /// The usable items.
-    pub items: Vec<Item>,
-    /// The lines that are not.
+    text: String,
+    entries: Vec<Entry>,
+    /// The lines that are not usable items.
     pub bad: Vec<BadLine>,
+}
+
+/// Where a valid item's line is in the text.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    line: u64,
+    index: u64,
+    start: usize,
+    end: usize,
+    /// A repeat of an earlier URL: its default name gets `-INDEX`.
+    renamed: bool,
+}
+
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 /// `--shard K/N`: only the items whose index modulo N is K.
@@ -110,18 +132,23 @@ struct JsonLine {
 impl Input {
     /// Parse the text of an input file.
     pub fn parse(text: &str) -> Input {
-        let mut input = Input::default();
-        let mut names: HashMap<String, u64> = HashMap::new();
+        let mut input = Input {
+            text: text.to_owned(),
+            ..Input::default()
+        };
+        // Names seen so far, by hash: (first line). Dropped after parsing.
+        let mut names: HashMap<u64, u64> = HashMap::new();
         let mut index = 0u64;
-        for (n, raw) in text.lines().enumerate() {
+        for (n, raw) in input.text.lines().enumerate() {
             let line = n as u64 + 1;
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
             match parse_line(trimmed, line, index) {
-                Ok(mut item) => {
-                    if let Some(first) = names.get(&item.name) {
+                Ok(item) => {
+                    let mut renamed = false;
+                    if let Some(first) = names.get(&name_hash(&item.name)) {
                         if item_named_by_input(trimmed) {
                             input.bad.push(BadLine {
                                 line,
@@ -135,10 +162,19 @@ impl Input {
                             continue;
                         }
                         // The same URL twice: a stable, distinct name for the repeat.
-                        item.name = format!("{}-{index}", item.name);
+                        renamed = true;
+                        names.insert(name_hash(&format!("{}-{index}", item.name)), line);
+                    } else {
+                        names.insert(name_hash(&item.name), line);
                     }
-                    names.insert(item.name.clone(), line);
-                    input.items.push(item);
+                    let start = trimmed.as_ptr() as usize - input.text.as_ptr() as usize;
+                    input.entries.push(Entry {
+                        line,
+                        index,
+                        start,
+                        end: start + trimmed.len(),
+                        renamed,
+                    });
                 }
                 Err(message) => input.bad.push(BadLine {
                     line,
@@ -151,9 +187,31 @@ impl Input {
         input
     }
 
+    /// The number of usable items.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there is no usable item.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The usable items, in input order, each materialised on demand.
+    pub fn items(&self) -> impl Iterator<Item = Item> + '_ {
+        self.entries.iter().map(|e| {
+            let mut item = parse_line(&self.text[e.start..e.end], e.line, e.index)
+                .expect("every entry was validated by Input::parse");
+            if e.renamed {
+                item.name = format!("{}-{}", item.name, e.index);
+            }
+            item
+        })
+    }
+
     /// Keep only the items and bad lines of `shard`.
     pub fn shard(mut self, shard: Shard) -> Input {
-        self.items.retain(|i| shard.contains(i.index));
+        self.entries.retain(|e| shard.contains(e.index));
         self.bad.retain(|b| shard.contains(b.index));
         self
     }
@@ -217,9 +275,10 @@ mod tests {
         let text = "# a comment\n\nhttps://h/items/1\n  \n{\"url\":\"https://h/up\",\"method\":\"post\",\"headers\":{\"Accept\":\"text/csv\"},\"body\":\"x=1\",\"name\":\"up.json\"}\n   # indented comment\nhttps://h/items/2\n";
         let input = Input::parse(text);
         assert!(input.bad.is_empty(), "{:?}", input.bad);
-        let lines: Vec<_> = input.items.iter().map(|i| (i.line, i.index)).collect();
+        let lines: Vec<_> = input.items().map(|i| (i.line, i.index)).collect();
         assert_eq!(lines, vec![(3, 0), (5, 1), (7, 2)]);
-        let post = &input.items[1];
+        let items: Vec<Item> = input.items().collect();
+        let post = &items[1];
         assert_eq!(post.method, Method::POST);
         assert_eq!(post.name, "up.json");
         assert_eq!(post.body.as_deref(), Some(&b"x=1"[..]));
@@ -227,10 +286,7 @@ mod tests {
             post.headers.get("accept").map(|v| v.as_bytes()),
             Some(&b"text/csv"[..])
         );
-        assert_eq!(
-            input.items[0].name,
-            naming::default_name(&input.items[0].url)
-        );
+        assert_eq!(items[0].name, naming::default_name(&items[0].url));
     }
 
     #[test]
@@ -239,7 +295,7 @@ mod tests {
         let input = Input::parse(text);
         let bad: Vec<u64> = input.bad.iter().map(|b| b.line).collect();
         assert_eq!(bad, vec![2, 3, 4, 5, 6, 7, 9, 10], "{:#?}", input.bad);
-        assert_eq!(input.items.len(), 2);
+        assert_eq!(input.len(), 2);
         assert!(
             input.bad[3].message.contains("authorization"),
             "{}",
@@ -248,7 +304,7 @@ mod tests {
         assert!(input.bad[6].message.contains("line 8"), "{}", input.bad[6]);
         assert!(input.bad[0].to_string().starts_with("line 2: "));
         // Bad lines keep their index: the indexes of all lines are 0..10.
-        let mut all: Vec<u64> = input.items.iter().map(|i| i.index).collect();
+        let mut all: Vec<u64> = input.items().map(|i| i.index).collect();
         all.extend(input.bad.iter().map(|b| b.index));
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
@@ -258,10 +314,15 @@ mod tests {
     fn repeated_urls_get_distinct_stable_names() {
         let input = Input::parse("https://h/a\nhttps://h/a\n");
         assert!(input.bad.is_empty());
-        assert_ne!(input.items[0].name, input.items[1].name);
+        let items: Vec<Item> = input.items().collect();
+        assert_ne!(items[0].name, items[1].name);
         assert_eq!(
-            input.items[1].name,
-            Input::parse("https://h/a\nhttps://h/a\n").items[1].name
+            items[1].name,
+            Input::parse("https://h/a\nhttps://h/a\n")
+                .items()
+                .nth(1)
+                .expect("two")
+                .name
         );
     }
 
@@ -275,7 +336,7 @@ mod tests {
         let mut seen = Vec::new();
         for k in 0..4 {
             let part = Input::parse(&text).shard(Shard { k, n: 4 });
-            seen.extend(part.items.iter().map(|i| i.index));
+            seen.extend(part.items().map(|i| i.index));
         }
         seen.sort();
         assert_eq!(seen, (0..103).collect::<Vec<_>>());

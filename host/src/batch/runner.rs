@@ -213,21 +213,21 @@ impl Batch {
             })?;
             sh.stats.record_failure("input");
         }
-        let mut todo = Vec::with_capacity(input.items.len());
-        for item in input.items {
-            if completed.contains_key(&(item.name.clone(), item.url.to_string())) {
-                sh.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            } else {
-                todo.push(item);
-            }
-        }
-        sh.stats.total.store(todo.len() as u64, Ordering::Relaxed);
+        let is_done =
+            |item: &Item| completed.contains_key(&(item.name.clone(), item.url.to_string()));
+        let skipped = input.items().filter(|i| is_done(i)).count();
+        sh.stats
+            .skipped
+            .fetch_add(skipped as u64, Ordering::Relaxed);
+        sh.stats
+            .total
+            .store((input.len() - skipped) as u64, Ordering::Relaxed);
         let _progress = Progress::start(sh.stats.clone(), sh.options.display);
 
         let permits = Arc::new(Semaphore::new(sh.options.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut manifest_error = None;
-        for item in todo {
+        for item in input.items().filter(|i| !is_done(i)) {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p {
                     Ok(p) => p,
