@@ -13,7 +13,51 @@ fn input(origin: &str, n: u64) -> String {
     (0..n).map(|i| format!("{origin}/items/{i}\n")).collect()
 }
 
-pub async fn run(items: u64, memory_items: &[u64]) {
+/// The reference Python FAPISession fetching `n` items sequentially: items/s, or None when the
+/// interpreter lacks `ib1-openenergy-support`.
+async fn reference(b: &Bench, python: &str, n: u64) -> Option<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    b.fed.write_client_config(dir.path(), "consumer").unwrap();
+    let abs = |f: &str| dir.path().join(f).display().to_string();
+    let info = serde_json::json!({
+        "issuer_url": b.fed.issuer_url(),
+        "data_url": b.fed.data_url(),
+        "client_id": "fapi-dev-consumer",
+        "requested_scopes": "directory:software consumption:read",
+        "private_key": abs("consumer.key"),
+        "certificate": abs("consumer.pem"),
+        "ca_bundle": abs("ca.pem"),
+    });
+    let json = dir.path().join("federation.json");
+    std::fs::write(&json, info.to_string()).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/fapisession_items.py");
+    let python = python.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(json)
+            .arg(n.to_string())
+            .output()
+    })
+    .await
+    .unwrap()
+    .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "reference client skipped: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(n as f64 / v["seconds"].as_f64()?)
+}
+
+pub async fn run(items: u64, memory_items: &[u64], python: &str) {
     let b = Bench::start().await;
     let origin = b.fed.data_origin();
     println!("\n## Throughput on {items} small items (GET /items/{{i}}, ~100 bytes each)\n");
@@ -69,8 +113,23 @@ pub async fn run(items: u64, memory_items: &[u64]) {
             items as f64 / t0.elapsed().as_secs_f64(),
         ));
     }
+    let batch64 = rows
+        .iter()
+        .find(|r| r.0.starts_with("fapi-host") && r.1 == 64)
+        .map(|r| r.2);
     for (what, conc, rate) in rows {
         println!("| {what} | {conc} | {rate:.0} | {:.2} |", rate / best);
+    }
+    let n_ref = 2_000.min(items);
+    if let (Some(py), Some(batch64)) = (reference(&b, python, n_ref).await, batch64) {
+        println!(
+            "| reference Python FAPISession (ib1-openenergy-support 0.2.17), sequential, {n_ref} items | 1 | {py:.0} | {:.2} |",
+            py / best
+        );
+        println!(
+            "\n`fapi-host batch` at concurrency 64 / reference client: **{:.1}x**",
+            batch64 / py
+        );
     }
     println!(
         "\ntoken requests for all of the above: {}",

@@ -49,6 +49,10 @@ enum What {
         /// Item counts of the memory runs (comma-separated; empty to skip).
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
         memory_items: Vec<u64>,
+        /// Python with `ib1-openenergy-support==0.2.17` and `urllib3<2` installed, for the
+        /// reference-client comparison (skipped when the import fails).
+        #[arg(long, default_value = "python3")]
+        python: String,
     },
     /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
     Memory {
@@ -92,6 +96,7 @@ async fn main() {
         What::Batch {
             items,
             memory_items,
-        } => batch::run(items, &memory_items).await,
+            python,
+        } => batch::run(items, &memory_items, &python).await,
     }
 }
