@@ -463,7 +463,17 @@ fn sha2_hex_of_sized(n: u64) -> String {
 
 #[tokio::test]
 async fn tokens_never_reach_the_guest_or_the_logs() {
-    let e = Env::start(true, |_| {}).await;
+    let files = tempfile::tempdir().unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let e = Env::start_with(
+        true,
+        |_| {},
+        SandboxOptions {
+            audit: Some(audit.clone()),
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
     let mut seen: Vec<Vec<u8>> = Vec::new();
     for args in [
         vec!["fetch".to_string(), e.fed.data_url()],
@@ -492,6 +502,16 @@ async fn tokens_never_reach_the_guest_or_the_logs() {
         seen.push(out.stdout.to_vec());
         seen.push(out.stderr.to_vec());
     }
+    // The file the host writes: the audit log, with one record per request above.
+    let audit = std::fs::read(&audit).unwrap();
+    assert!(
+        audit
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            >= 5
+    );
+    seen.push(audit);
     let refs: Vec<&[u8]> = seen.iter().map(Vec::as_slice).collect();
     e.assert_no_secrets(&refs).await;
 }
