@@ -1,0 +1,432 @@
+//! Plugins in other languages: the Python (`guest/python`, componentize-py) and JavaScript (`guest/js`,
+//! componentize-js) csv-summary examples, built at test time from the same `wit/` and run with the
+//! `fapi-host run` binary and the `Sandbox` library against the local federation.
+//!
+//! Each component is built into `$CARGO_TARGET_TMPDIR/lang-plugins/`, named by a hash of its sources, the
+//! WIT and the tool's version, so an unchanged plugin is not rebuilt. Compiled code is cached by wasmtime
+//! in `$CARGO_TARGET_TMPDIR/wasmtime-cache` (shared with `sandbox.rs`).
+//!
+//! When `componentize-py`, or node with `guest/js/node_modules` (`npm ci --prefix guest/js`), is missing,
+//! the test prints why and passes, unless `FAPI_REQUIRE_LANG_PLUGINS=1` (as in `.ci/run`): then it fails.
+#![allow(clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fapi_federation::{Federation, FederationConfig, Pki, data};
+use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
+use fapi_host::{FapiClient, Overrides, Settings};
+use sha2::{Digest, Sha256};
+
+/// The repository's root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// The wasmtime compilation cache, the same directory as `sandbox.rs` uses.
+fn cache_dir() -> PathBuf {
+    tmp().join("wasmtime-cache")
+}
+
+/// The `fapi-host` binary of this build (target/<profile>/fapi-host, next to deps/).
+fn fapi_host_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("fapi-host");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so that it is built",
+        bin.display()
+    );
+    bin
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The language of a plugin: how to find its tool and build it.
+#[derive(Clone, Copy, Debug)]
+enum Lang {
+    Python,
+    JavaScript,
+}
+
+impl Lang {
+    fn name(self) -> &'static str {
+        match self {
+            Lang::Python => "python",
+            Lang::JavaScript => "javascript",
+        }
+    }
+
+    /// The tool's version, or why the tool cannot be used here.
+    fn tool(self) -> Result<String, String> {
+        let version = |cmd: &str| -> Result<String, String> {
+            let out = Command::new(cmd)
+                .arg("--version")
+                .output()
+                .map_err(|e| format!("`{cmd} --version`: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("`{cmd} --version` failed: {}", text(&out.stderr)));
+            }
+            Ok(text(&out.stdout).trim().to_owned())
+        };
+        match self {
+            Lang::Python => version("componentize-py").map_err(|e| {
+                format!("{e} (install it: pip install -r guest/python/requirements.txt)")
+            }),
+            Lang::JavaScript => {
+                let node = version("node").map_err(|e| format!("{e} (install Node.js 20+)"))?;
+                let pkg = root()
+                    .join("guest/js/node_modules/@bytecodealliance/componentize-js/package.json");
+                let pkg = std::fs::read_to_string(&pkg).map_err(|e| {
+                    format!(
+                        "{}: {e} (install the build tool: npm ci --prefix guest/js)",
+                        pkg.display()
+                    )
+                })?;
+                Ok(format!("node {node}; {pkg}"))
+            }
+        }
+    }
+
+    /// The files the component is built from (besides `wit/`).
+    fn sources(self) -> Vec<PathBuf> {
+        let r = root();
+        match self {
+            Lang::Python => vec![
+                r.join("guest/python/fapi_guest.py"),
+                r.join("guest/python/examples/csv_summary.py"),
+                r.join("guest/python/requirements.txt"),
+            ],
+            Lang::JavaScript => vec![
+                r.join("guest/js/fapi-guest.js"),
+                r.join("guest/js/examples/csv-summary.js"),
+                r.join("guest/js/build.mjs"),
+                r.join("guest/js/package-lock.json"),
+            ],
+        }
+    }
+
+    /// The command that builds the component into `out`.
+    fn build_command(self, out: &Path) -> Command {
+        let r = root();
+        match self {
+            Lang::Python => {
+                let mut c = Command::new("componentize-py");
+                c.arg("-d")
+                    .arg(r.join("wit"))
+                    .args(["-w", "plugin", "componentize", "-p"])
+                    .arg(r.join("guest/python"))
+                    .arg("-p")
+                    .arg(r.join("guest/python/examples"))
+                    .arg("csv_summary")
+                    .arg("-o")
+                    .arg(out);
+                c
+            }
+            Lang::JavaScript => {
+                let mut c = Command::new("node");
+                c.arg(r.join("guest/js/build.mjs"))
+                    .arg(r.join("guest/js/examples/csv-summary.js"))
+                    .arg(out);
+                c
+            }
+        }
+    }
+}
+
+/// Whether a missing tool fails the test (CI) instead of skipping it.
+fn required() -> bool {
+    std::env::var("FAPI_REQUIRE_LANG_PLUGINS").is_ok_and(|v| v == "1")
+}
+
+/// Every file under `dir`, sorted.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// The csv-summary component of `lang`, built now unless a build of the same sources exists. `None`
+/// (after printing why) when the tool is missing and not required.
+fn component(lang: Lang) -> Option<PathBuf> {
+    let tool = match lang.tool() {
+        Ok(v) => v,
+        Err(why) if !required() => {
+            eprintln!(
+                "SKIPPED: the {} plugin test: {why}. Set FAPI_REQUIRE_LANG_PLUGINS=1 to make this a failure.",
+                lang.name()
+            );
+            return None;
+        }
+        Err(why) => panic!(
+            "FAPI_REQUIRE_LANG_PLUGINS=1 but the {} plugin cannot be built: {why}",
+            lang.name()
+        ),
+    };
+    let mut files = lang.sources();
+    files_under(&root().join("wit"), &mut files);
+    let mut h = Sha256::new();
+    h.update(tool.as_bytes());
+    for f in &files {
+        h.update(f.strip_prefix(root()).unwrap().to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
+        h.update([0]);
+    }
+    let hash: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = tmp().join("lang-plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stem = format!("csv-summary-{}", lang.name());
+    let out = dir.join(format!("{stem}-{hash}.wasm"));
+    if out.exists() {
+        eprintln!("{}: reusing {}", lang.name(), out.display());
+        return Some(out);
+    }
+    // Older builds of this plugin are stale now.
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&stem) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let partial = dir.join(format!("{stem}-{hash}.wasm.{}.part", std::process::id()));
+    let started = Instant::now();
+    let built = lang
+        .build_command(&partial)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success() && partial.exists(),
+        "building the {} plugin failed ({:?}):\n{}\n{}",
+        lang.name(),
+        lang.build_command(&partial),
+        text(&built.stdout),
+        text(&built.stderr)
+    );
+    std::fs::rename(&partial, &out).unwrap();
+    eprintln!(
+        "{}: built {} ({} bytes) in {:.1} s",
+        lang.name(),
+        out.display(),
+        std::fs::metadata(&out).unwrap().len(),
+        started.elapsed().as_secs_f64()
+    );
+    Some(out)
+}
+
+/// What csv-summary prints after its interaction id line, computed from the federation's data.
+fn expected_summary() -> String {
+    let rows: Vec<data::Row> = (0..data::DEFAULT_ROWS).map(data::row).collect();
+    let n = rows.len() as u64;
+    let meters: u64 = rows.iter().map(|r| r.num_meters).sum();
+    let total_tenths: u64 = rows.iter().map(|r| r.total_tenths).sum();
+    let mean_tenths: u64 = rows.iter().map(|r| r.mean_tenths).sum();
+    let mut top = rows.clone();
+    // Stable: the first of equal totals stays first, as in every implementation.
+    top.sort_by_key(|r| std::cmp::Reverse(r.total_tenths));
+    let mut s = String::new();
+    writeln!(s, "postcodes:          {n}").unwrap();
+    writeln!(s, "meters:             {meters}").unwrap();
+    writeln!(
+        s,
+        "total kWh:          {}.{}",
+        total_tenths / 10,
+        total_tenths % 10
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "mean of means kWh:  {:.1}",
+        mean_tenths as f64 / 10.0 / n as f64
+    )
+    .unwrap();
+    writeln!(s).unwrap();
+    writeln!(s, "top 5 postcodes by total consumption:").unwrap();
+    writeln!(s, "rank  postcode     meters        total kWh").unwrap();
+    for (i, r) in top.iter().take(5).enumerate() {
+        let total = format!("{}.{}", r.total_tenths / 10, r.total_tenths % 10);
+        writeln!(
+            s,
+            "{:>4}  {:<10} {:>8} {:>16}",
+            i + 1,
+            r.postcode,
+            r.num_meters,
+            total
+        )
+        .unwrap();
+    }
+    s
+}
+
+/// Check a csv-summary output against the data.
+fn check_summary(lang: Lang, how: &str, stdout: &[u8]) {
+    let out = text(stdout);
+    let (first, rest) = out.split_once('\n').unwrap_or((&out, ""));
+    assert!(
+        first.starts_with("interaction id:     ") && first.len() > 30,
+        "{} via {how}: first line {first:?}",
+        lang.name()
+    );
+    assert_eq!(rest, expected_summary(), "{} via {how}", lang.name());
+}
+
+fn contains(h: &[u8], n: &[u8]) -> bool {
+    !n.is_empty() && h.windows(n.len()).any(|w| w == n)
+}
+
+fn run_bin(config: &Path, args: &[&str]) -> (Output, f64) {
+    let started = Instant::now();
+    let out = Command::new(fapi_host_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .args(args)
+        .output()
+        .unwrap();
+    (out, started.elapsed().as_secs_f64())
+}
+
+async fn csv_summary_end_to_end(lang: Lang) {
+    let logs: Arc<Mutex<Vec<u8>>> = fapi_tests::capture_logs("trace");
+    let Some(wasm) = component(lang) else {
+        return;
+    };
+    let wasm_arg = wasm.display().to_string();
+    let fed = Federation::start(Pki::generate().unwrap(), FederationConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+    let key = fed.pki().client("consumer").unwrap().key_pem.clone();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let name = lang.name();
+
+    // The binary, as a user runs it: twice, the second start from the compilation cache.
+    let data_url = fed.data_url();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let (cfg, url, arg) = (config.clone(), data_url.clone(), wasm_arg.clone());
+    let runs = tokio::task::spawn_blocking(move || {
+        (0..2)
+            .map(|_| run_bin(&cfg, &[&arg, "--", &url]))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (i, (out, secs)) in runs.iter().enumerate() {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name} run {i}: {}",
+            text(&out.stderr)
+        );
+        check_summary(lang, "fapi-host run", &out.stdout);
+        eprintln!("{name}: `fapi-host run` #{} took {secs:.2} s", i + 1);
+        seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
+    }
+
+    // A refused request is a Python exception / JS error in the guest: message and exit status 1.
+    let other = format!(
+        "https://localhost:{}/consumption.csv",
+        fed.data_origin().rsplit(':').next().unwrap()
+    );
+    let (cfg, arg) = (config.clone(), wasm_arg.clone());
+    let (out, _) = tokio::task::spawn_blocking(move || run_bin(&cfg, &[&arg, "--", &other]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("csv-summary: https://localhost:")
+            && err.contains("--allow https://localhost:"),
+        "{name}: {err}"
+    );
+    // An HTTP error status is one too.
+    let missing = format!("{}/no-such-file.csv", fed.data_origin());
+    let (cfg, arg) = (config.clone(), wasm_arg.clone());
+    let (out, _) = tokio::task::spawn_blocking(move || run_bin(&cfg, &[&arg, "--", &missing]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("404"),
+        "{name}: {}",
+        text(&out.stderr)
+    );
+    seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
+
+    // The library, in this process: the token it used is known, so search for it.
+    let settings = Settings::load(Some(&config), &Overrides::default()).unwrap();
+    let (client, _) = FapiClient::from_settings(&settings).unwrap();
+    let options = SandboxOptions {
+        cache_dir: Some(cache_dir()),
+        stdio: Stdio::Capture,
+        ..SandboxOptions::default()
+    };
+    let sandbox = Sandbox::new(client.clone(), options).await.unwrap();
+    let started = Instant::now();
+    let plugin = sandbox.load(&wasm).unwrap();
+    let loaded = started.elapsed().as_secs_f64();
+    let out = sandbox
+        .run(&plugin, &[data_url], Stdio::Capture)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, &out.stopped),
+        (0, &None),
+        "{name}: {}",
+        text(&out.stderr)
+    );
+    check_summary(lang, "Sandbox", &out.stdout);
+    eprintln!(
+        "{name}: Sandbox load (cached) {loaded:.2} s, run {:.3} s",
+        started.elapsed().as_secs_f64() - loaded
+    );
+    seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
+
+    let token = client.danger_reveal_token().await.unwrap();
+    let logs = logs.lock().unwrap().clone();
+    for hay in seen.iter().chain([&logs]) {
+        assert!(!contains(hay, token.as_bytes()), "{name}: the token leaked");
+        assert!(
+            !contains(hay, key_body.as_bytes()),
+            "{name}: the key leaked"
+        );
+    }
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_csv_summary_plugin() {
+    csv_summary_end_to_end(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn javascript_csv_summary_plugin() {
+    csv_summary_end_to_end(Lang::JavaScript).await;
+}
