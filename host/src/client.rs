@@ -264,6 +264,23 @@ impl FapiClient {
     }
 }
 
+/// A failure while reading a response body, after the head arrived (TLS was fine then): the
+/// connection was cut, reset or stalled. Always a network error, never a TLS one, even when
+/// rustls is the layer that noticed the missing close_notify.
+fn body_error(url: &url::Url, e: reqwest::Error) -> Error {
+    let timeout = e.is_timeout();
+    let chain = crate::error::error_chain(&e.without_url());
+    if timeout || chain.to_ascii_lowercase().contains("timed out") {
+        Error::Network(format!(
+            "reading the body of {url}: timed out: nothing arrived for the configured `timeout_seconds` ({chain})"
+        ))
+    } else {
+        Error::Network(format!(
+            "reading the body of {url}: the connection ended before the whole body arrived ({chain})"
+        ))
+    }
+}
+
 /// A protected request, as given to [`FapiClient::send`].
 #[derive(Clone, Debug)]
 pub struct FapiRequest {
@@ -539,16 +556,13 @@ impl FapiResponse {
     /// The next chunk of the body, or None at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
         let url = self.url.clone();
-        self.inner
-            .chunk()
-            .await
-            .map_err(|e| Error::from_reqwest(&format!("reading the body of {url}"), e))
+        self.inner.chunk().await.map_err(|e| body_error(&url, e))
     }
     /// The body as a stream of chunks.
     pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + 'static {
         let url = self.url;
         futures_util::StreamExt::map(self.inner.bytes_stream(), move |r| {
-            r.map_err(|e| Error::from_reqwest(&format!("reading the body of {url}"), e))
+            r.map_err(|e| body_error(&url, e))
         })
     }
 

@@ -113,6 +113,10 @@ struct Shared {
     stop: Stop,
     politeness: Politeness,
     limiter: Option<RateLimiter>,
+    /// The first error that no item can get past (the authorization server refused to issue a
+    /// token, or its discovery document is unusable): the batch stops starting items and ends
+    /// with it, instead of asking the authorization server again for every item.
+    fatal: std::sync::Mutex<Option<Error>>,
 }
 
 /// Why writing one item's output failed.
@@ -137,6 +141,7 @@ impl Batch {
                 stop: Stop::new(),
                 politeness: Politeness::default(),
                 limiter,
+                fatal: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -261,6 +266,9 @@ impl Batch {
             }
         }
         manifest.sync()?;
+        if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
         if let Some(e) = manifest_error {
             return Err(e);
         }
@@ -353,6 +361,24 @@ impl Shared {
                 Err(e) => {
                     attempts += 1;
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    if e.kind() == ErrorKind::Authorization {
+                        // Every other item would get the same answer: stop here.
+                        let record = self.failed(
+                            item,
+                            error_kind(&e),
+                            e.to_string(),
+                            None,
+                            attempts,
+                            None,
+                            t0,
+                        );
+                        self.fatal
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        self.stop.stop_starting();
+                        return record;
+                    }
                     if may_retry && e.kind() == ErrorKind::Network && !matches!(e, Error::Tls(_)) {
                         tokio::time::sleep(retry::delay(tries, None, client_options)).await;
                         continue;
@@ -463,7 +489,16 @@ impl Shared {
         mut response: FapiResponse,
     ) -> std::result::Result<(u64, String), WriteError> {
         let out = &self.options.out;
-        let io = |e: std::io::Error| WriteError::Other("io", format!("writing {}: {e}", item.name));
+        let io = |e: std::io::Error| {
+            WriteError::Other(
+                "io",
+                format!(
+                    "writing {} in {}: {e}; free space (or fix the directory), then run the same command again to fetch the items that failed",
+                    item.name,
+                    out.display()
+                ),
+            )
+        };
         let tmp = TempFile {
             path: out.join(format!(
                 ".{}.partial-{}",

@@ -8,7 +8,7 @@ use super::run::SandboxArgs;
 use super::{Cli, EXIT_BATCH_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::batch::{Batch, BatchOptions, DRAIN_GRACE, Display, Input, Rate, Shard, Stop};
 use crate::client::FapiClient;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sandbox::Sandbox;
 
 /// Arguments of `fapi-host batch`.
@@ -104,7 +104,16 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     let signals = tokio::spawn(watch_signals(stop));
     let summary = batch.run(input).await;
     signals.abort();
-    let summary = summary?;
+    let summary = match summary {
+        Err(e) if e.kind() == ErrorKind::Authorization => {
+            eprintln!(
+                "fapi-host batch: stopped: no item can be fetched without a token; fix the problem \
+                 below and run again: the items not started are fetched then"
+            );
+            return Err(e);
+        }
+        s => s?,
+    };
     eprintln!("fapi-host {summary}");
     Ok(if summary.interrupted {
         EXIT_INTERRUPTED

@@ -1,7 +1,7 @@
 //! `fapi-host fetch`: curl-like protected requests.
 
 use std::io::{Read as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::Method;
@@ -107,32 +107,120 @@ async fn write_response(
     include: bool,
     output: Option<&PathBuf>,
 ) -> Result<()> {
-    let mut out: Box<dyn std::io::Write> = match output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|e| {
-                Error::Io(format!(
-                    "cannot create the output file {}: {e}",
-                    path.display()
-                ))
-            })?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
+    let mut sink = match output {
+        Some(path) => Sink::create(path)?,
+        None => Sink::Stdout(std::io::stdout().lock()),
     };
     let io = |e: std::io::Error| Error::Io(format!("writing the response: {e}"));
     if include {
-        writeln!(out, "HTTP/1.1 {}\r", response.status()).map_err(io)?;
+        writeln!(sink.writer(), "HTTP/1.1 {}\r", response.status()).map_err(io)?;
         for (name, value) in response.headers() {
             writeln!(
-                out,
+                sink.writer(),
                 "{name}: {}\r",
                 String::from_utf8_lossy(value.as_bytes())
             )
             .map_err(io)?;
         }
-        writeln!(out, "\r").map_err(io)?;
+        writeln!(sink.writer(), "\r").map_err(io)?;
     }
     while let Some(chunk) = response.chunk().await? {
-        out.write_all(&chunk).map_err(io)?;
+        sink.writer().write_all(&chunk).map_err(io)?;
     }
-    out.flush().map_err(io)
+    sink.finish()
+}
+
+/// Where a response goes. A regular output file is written to a temporary file beside it and
+/// renamed into place only when the whole body arrived: a body cut short, a full disk or a
+/// signal never leaves a partial file under the requested name (the temporary is removed).
+/// Anything else (a device such as /dev/null, a FIFO) is written directly.
+enum Sink {
+    Stdout(std::io::StdoutLock<'static>),
+    Direct(std::io::BufWriter<std::fs::File>),
+    Temp {
+        file: std::io::BufWriter<std::fs::File>,
+        tmp: PathBuf,
+        fin: PathBuf,
+        renamed: bool,
+    },
+}
+
+impl Sink {
+    fn create(path: &Path) -> Result<Sink> {
+        let err = |e: std::io::Error| {
+            Error::Io(format!(
+                "cannot create the output file {}: {e}",
+                path.display()
+            ))
+        };
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(err)?;
+            return Ok(Sink::Direct(std::io::BufWriter::new(file)));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| err(std::io::Error::other("not a file name")))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(err)?;
+        Ok(Sink::Temp {
+            file: std::io::BufWriter::new(file),
+            tmp,
+            fin: path.to_owned(),
+            renamed: false,
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn std::io::Write {
+        match self {
+            Sink::Stdout(s) => s,
+            Sink::Direct(f) => f,
+            Sink::Temp { file, .. } => file,
+        }
+    }
+
+    /// Flush, and rename a temporary file into place.
+    fn finish(mut self) -> Result<()> {
+        let io = |e: std::io::Error| Error::Io(format!("writing the response: {e}"));
+        match &mut self {
+            Sink::Stdout(s) => s.flush().map_err(io),
+            Sink::Direct(f) => f.flush().map_err(io),
+            Sink::Temp {
+                file,
+                tmp,
+                fin,
+                renamed,
+            } => {
+                file.flush().map_err(io)?;
+                std::fs::rename(&*tmp, &*fin).map_err(|e| {
+                    Error::Io(format!("moving the output into {}: {e}", fin.display()))
+                })?;
+                *renamed = true;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Sink::Temp {
+            tmp,
+            renamed: false,
+            ..
+        } = self
+        {
+            let _ = std::fs::remove_file(&*tmp);
+        }
+    }
 }
