@@ -245,9 +245,11 @@ impl TokenManager {
                 .timeout(self.options.timeout)
                 .send()
                 .await;
+            // A connection that could not be made carried nothing: trying again is safe. A request
+            // that timed out may have been processed (and a token issued): it is not sent again.
             let retryable = match &sent {
                 Ok(r) => retry::is_retryable_status(r.status()),
-                Err(e) => e.is_connect() || e.is_timeout(),
+                Err(e) => e.is_connect(),
             };
             if retryable && attempt <= self.options.retries {
                 let hint = sent
