@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::pki::write_file;
-use crate::{Error, Federation, FederationConfig, Pki};
+use crate::{ClientIdentity, Error, ExternalIssuer, Federation, FederationConfig, Pki, subject_dn};
 
 /// Options of `fapi-host dev`. `Default`: `./fapi-dev`, 300 s tokens, free ports, faults off.
 #[derive(Clone, Debug)]
@@ -22,6 +22,56 @@ pub struct DevOptions {
     pub admin_port: u16,
     /// Enable per-request fault query parameters and `/echo`.
     pub faults_enabled: bool,
+    /// Let the data provider introspect at this authorization server instead of starting ours.
+    pub external_issuer: Option<DevExternalIssuer>,
+}
+
+/// `fapi-host dev --issuer URL`: an authorization server elsewhere (for example an independent
+/// OpenID provider) that issues the tokens the data provider accepts.
+#[derive(Clone, Debug, Default)]
+pub struct DevExternalIssuer {
+    /// Its issuer URL, exactly as its discovery document says.
+    pub issuer_url: String,
+    /// PEM file of the CA(s) of its server certificate and of its clients' certificates (trusted
+    /// by the data provider too). `None`: the federation's own CA (`DIR/ca.pem`), for an AS that
+    /// serves a certificate from the local PKI (`DIR/server.pem`).
+    pub ca_file: Option<PathBuf>,
+    /// The client id the data provider introspects as. `None`: `fapi-dev-provider`.
+    pub provider_client_id: Option<String>,
+    /// Certificate and key (PEM) the data provider introspects with. `None`: `DIR/provider.pem`
+    /// and `DIR/provider.key`.
+    pub provider_cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
+impl DevExternalIssuer {
+    fn resolve(&self, pki: &Pki) -> Result<ExternalIssuer, Error> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io("read", p, e));
+        let ca_pem = match &self.ca_file {
+            Some(f) => read(f)?,
+            None => pki.ca_pem().to_owned(),
+        };
+        let mut provider = pki
+            .client("provider")
+            .cloned()
+            .ok_or_else(|| Error::UnknownClient("provider".into()))?;
+        if let Some((cert, key)) = &self.provider_cert_and_key {
+            provider.cert_pem = read(cert)?;
+            provider.key_pem = read(key)?;
+            let der = provider.cert_der()?;
+            provider.subject_dn = subject_dn(&der)
+                .ok_or_else(|| Error::pem(cert.display().to_string(), "unparseable certificate"))?;
+            provider.key_der()?;
+        }
+        if let Some(id) = &self.provider_client_id {
+            provider.client_id.clone_from(id);
+        }
+        let provider: ClientIdentity = provider;
+        Ok(ExternalIssuer {
+            issuer_url: self.issuer_url.clone(),
+            ca_pem,
+            provider,
+        })
+    }
 }
 
 impl Default for DevOptions {
@@ -33,6 +83,7 @@ impl Default for DevOptions {
             dp_port: 0,
             admin_port: 0,
             faults_enabled: false,
+            external_issuer: None,
         }
     }
 }
@@ -56,10 +107,12 @@ pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Er
         .client("consumer")
         .ok_or_else(|| Error::UnknownClient("consumer".into()))?;
     let path = |f: &str| dir.join(f).display().to_string();
+    let external = fed.is_external_issuer();
+    let ca_file = if external { "ca-bundle.pem" } else { "ca.pem" };
     let (key, cert, ca, cfg) = (
         path("consumer.key"),
         path("consumer.pem"),
-        path("ca.pem"),
+        path(ca_file),
         config.display().to_string(),
     );
     let info = serde_json::json!({
@@ -82,6 +135,25 @@ pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Er
         sh(&cert),
         sh(&key)
     );
+    if external {
+        let summary = format!(
+            "fapi-host dev: local Open Energy-style data provider running (Ctrl-C to stop)\n\
+             \n  issuer (external) {issuer}\n  data (CSV)         {data}\n  data (JSON)        {json}\n  admin (HTTP)       {admin}\n\
+             \n  files in {dir}: ca-bundle.pem, consumer.pem, consumer.key, fapi.toml, federation.json\n\
+             \nThe data provider introspects at the external issuer as its provider client; the consumer\n\
+             ({client}, tls_client_auth, subject DN {dn}) must be registered there.\n\
+             \nFetch with fapi-host:\n  fapi-host --config {cfgq} fetch {data}\n",
+            issuer = fed.issuer_url(),
+            data = fed.data_url(),
+            json = fed.data_json_url(),
+            admin = fed.admin_url(),
+            dir = dir.display(),
+            cfgq = sh(&cfg),
+            client = consumer.client_id,
+            dn = consumer.subject_dn,
+        );
+        return Ok(summary);
+    }
     let summary = format!(
         "fapi-host dev: local Open Energy-style federation running (Ctrl-C to stop)\n\
          \n  issuer (AS, mTLS)  {issuer}\n  data (CSV)         {data}\n  data (JSON)        {json}\n  admin (HTTP)       {admin}\n\
@@ -122,12 +194,17 @@ async fn wait_for_signal() -> Result<(), Error> {
 pub async fn run_dev(opts: DevOptions) -> Result<(), Error> {
     let dir = std::path::absolute(&opts.dir).map_err(|e| Error::io("resolve", &opts.dir, e))?;
     let pki = Pki::load_or_generate(&dir)?;
+    let external_issuer = match &opts.external_issuer {
+        Some(ext) => Some(ext.resolve(&pki)?),
+        None => None,
+    };
     let cfg = FederationConfig {
         token_ttl: opts.token_ttl,
         faults_enabled: opts.faults_enabled,
         as_port: opts.as_port,
         dp_port: opts.dp_port,
         admin_port: opts.admin_port,
+        external_issuer,
         ..FederationConfig::default()
     };
     let fed = Federation::start(pki, cfg).await?;
@@ -176,5 +253,52 @@ mod tests {
         assert!(summary.contains(&format!("fetch {}", fed.data_url())));
         assert!(summary.contains("curl"));
         assert_eq!(sh("a b'c"), "'a b'\\''c'");
+    }
+
+    #[tokio::test]
+    async fn external_issuer_files_point_at_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::load_or_generate(dir.path()).expect("pki");
+        let other = Pki::generate().expect("other pki");
+        let ca_file = dir.path().join("other-ca.pem");
+        std::fs::write(&ca_file, other.ca_pem()).expect("write");
+        let ext = DevExternalIssuer {
+            issuer_url: "https://127.0.0.1:9/".into(),
+            ca_file: Some(ca_file),
+            provider_client_id: Some("dp-at-the-other-as".into()),
+            provider_cert_and_key: None,
+        }
+        .resolve(&pki)
+        .expect("resolve");
+        assert_eq!(ext.provider.client_id, "dp-at-the-other-as");
+        assert_eq!(
+            ext.provider.cert_pem,
+            pki.client("provider").expect("provider").cert_pem
+        );
+        let cfg = FederationConfig {
+            external_issuer: Some(ext),
+            ..FederationConfig::default()
+        };
+        let fed = Federation::start(pki, cfg).await.expect("start");
+        assert_eq!(fed.issuer_url(), "https://127.0.0.1:9");
+        let summary = write_dev_files(&fed, dir.path()).expect("files");
+        assert!(
+            summary.contains("issuer (external) https://127.0.0.1:9\n"),
+            "{summary}"
+        );
+        assert!(!summary.contains("curl"), "{summary}");
+        let info: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("federation.json")).expect("read"),
+        )
+        .expect("json");
+        assert_eq!(info["issuer_url"], "https://127.0.0.1:9");
+        let bundle =
+            std::fs::read_to_string(info["ca_bundle"].as_str().expect("str")).expect("bundle");
+        assert!(bundle.contains(other.ca_pem().trim()));
+        let toml = std::fs::read_to_string(dir.path().join("fapi.toml")).expect("toml");
+        assert!(
+            toml.contains("issuer_url = \"https://127.0.0.1:9\""),
+            "{toml}"
+        );
     }
 }

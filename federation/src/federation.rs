@@ -210,6 +210,11 @@ impl Federation {
         self.issuer_url.clone()
     }
 
+    /// Whether the data provider introspects at an external issuer (ours is then not running).
+    pub fn is_external_issuer(&self) -> bool {
+        self.external_ca_pem.is_some()
+    }
+
     /// `https://127.0.0.1:<dp_port>`.
     pub fn data_origin(&self) -> String {
         self.data_origin.clone()

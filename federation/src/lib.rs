@@ -37,7 +37,7 @@ mod pki;
 mod state;
 mod tls;
 
-pub use dev::{DevOptions, run_dev};
+pub use dev::{DevExternalIssuer, DevOptions, run_dev};
 pub use error::Error;
 pub use faults::{AsFault, DpFault};
 pub use federation::{ExternalIssuer, Federation, FederationConfig};

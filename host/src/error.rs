@@ -24,7 +24,7 @@ pub enum Error {
     Discovery(String),
 
     /// The authorization server refused to issue a token (RFC 6749 section 5.2).
-    #[error("the authorization server refused the token request (HTTP {status}): {error}{}", describe(.description))]
+    #[error("the authorization server refused the token request (HTTP {status}): {error}{}{}", describe(.description), fix(.error))]
     TokenRefused {
         /// HTTP status of the token response.
         status: u16,
@@ -70,6 +70,22 @@ fn describe(description: &Option<String>) -> String {
     match description {
         Some(d) if !d.is_empty() => format!(" ({d})"),
         _ => String::new(),
+    }
+}
+
+/// How to fix the RFC 6749 errors a client can fix itself (servers often say no more than
+/// "client authentication failed").
+fn fix(error: &str) -> &'static str {
+    match error {
+        "invalid_client" => {
+            "; check `client_id` and that the certificate is the one registered for it (with \
+             tls_client_auth the certificate's subject DN must match the registration)"
+        }
+        "invalid_scope" => {
+            "; request only scopes the client is registered for (`requested_scopes`)"
+        }
+        "unauthorized_client" => "; the client is not registered for the client_credentials grant",
+        _ => "",
     }
 }
 

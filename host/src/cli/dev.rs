@@ -30,6 +30,23 @@ pub struct DevArgs {
     /// Enable fault injection by query parameter (?fault=503...) and the /echo endpoint.
     #[arg(long)]
     pub faults: bool,
+    /// Use this external authorization server (its issuer URL) instead of starting ours: the data
+    /// provider introspects there, and fapi.toml points the consumer at it.
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// PEM file of the CA(s) of the external issuer's server and client certificates (default:
+    /// DIR/ca.pem, for an issuer serving DIR/server.pem).
+    #[arg(long, value_name = "FILE", requires = "issuer")]
+    pub issuer_ca: Option<PathBuf>,
+    /// Client id the data provider introspects as at the external issuer (default: fapi-dev-provider).
+    #[arg(long, value_name = "ID", requires = "issuer")]
+    pub provider_client_id: Option<String>,
+    /// Certificate (PEM) the data provider introspects with (default: DIR/provider.pem).
+    #[arg(long, value_name = "FILE", requires_all = ["issuer", "provider_key"])]
+    pub provider_cert: Option<PathBuf>,
+    /// Private key (PEM) for --provider-cert (default: DIR/provider.key).
+    #[arg(long, value_name = "FILE", requires = "provider_cert")]
+    pub provider_key: Option<PathBuf>,
 }
 
 pub(super) async fn run(args: &DevArgs) -> Result<u8> {
@@ -38,6 +55,24 @@ pub(super) async fn run(args: &DevArgs) -> Result<u8> {
             "--token-ttl must be at least 1 second".into(),
         ));
     }
+    let external_issuer = match &args.issuer {
+        None => None,
+        Some(url) => {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| Error::Config(format!("--issuer {url:?} is not a URL: {e}")))?;
+            if parsed.scheme() != "https" {
+                return Err(Error::Config(format!(
+                    "--issuer {url:?} must be an https URL"
+                )));
+            }
+            Some(fapi_federation::DevExternalIssuer {
+                issuer_url: url.clone(),
+                ca_file: args.issuer_ca.clone(),
+                provider_client_id: args.provider_client_id.clone(),
+                provider_cert_and_key: args.provider_cert.clone().zip(args.provider_key.clone()),
+            })
+        }
+    };
     let opts = fapi_federation::DevOptions {
         dir: args.dir.clone(),
         token_ttl: Duration::from_secs(args.token_ttl),
@@ -45,6 +80,7 @@ pub(super) async fn run(args: &DevArgs) -> Result<u8> {
         dp_port: args.dp_port,
         admin_port: args.admin_port,
         faults_enabled: args.faults,
+        external_issuer,
     };
     fapi_federation::run_dev(opts)
         .await

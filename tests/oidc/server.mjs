@@ -1,0 +1,202 @@
+// panva's oidc-provider configured as an Open Energy-style directory, for fapi-host's interop tests
+// (tests/tests/interop_oidc.rs). Test fixture only: it listens on 127.0.0.1, keeps everything in
+// memory and prints access tokens in its event log so that the tests can search for them.
+//
+//   node server.mjs --cert server.pem --key server.key --ca ca.pem --clients clients.json \
+//       [--port 0] [--mtls-port 0] [--token-ttl 300]
+//
+// - issuer https://127.0.0.1:<port> (plain TLS, no client certificate requested): discovery and the
+//   top-level endpoints, like the real directory's public host;
+// - https://127.0.0.1:<mtls-port> (client certificate requested and verified against --ca): the
+//   `mtls_endpoint_aliases` (token, introspection, revocation);
+// - client_credentials only, tls_client_auth by the certificate's subject DN (RFC 8705 2.1), opaque
+//   access tokens bound to the certificate (cnf.x5t#S256), RFC 7662 introspection.
+//
+// --clients is a JSON array of {"client_id", "subject_dn" (RFC 4514, e.g. "CN=a,O=b"), "scope"}.
+// Environment: OIDC_PORT, OIDC_MTLS_PORT, OIDC_TOKEN_TTL are used when the flag is absent.
+//
+// stdout: one JSON object per line. First {"event":"ready","issuer","mtls_origin","oidc_provider"},
+// then "request" (listener, method, path, status), "token_issued" (listener, client_id, scope,
+// expires_in, access_token, x5t#S256), "grant_error", "introspection", "introspection_error",
+// "server_error". Everything else (oidc-provider's notices) goes to stderr.
+// Exits when stdin closes, on SIGTERM or on SIGINT.
+
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as https from 'node:https';
+import { createRequire } from 'node:module';
+import { parseArgs } from 'node:util';
+
+// oidc-provider prints its notices with console.info: keep stdout for the event log.
+console.info = (...args) => console.error(...args);
+console.log = (...args) => console.error(...args);
+
+const { default: Provider } = await import('oidc-provider');
+const version = createRequire(import.meta.url)('oidc-provider/package.json').version;
+
+const { values: opt } = parseArgs({
+  options: {
+    cert: { type: 'string' },
+    key: { type: 'string' },
+    ca: { type: 'string' },
+    clients: { type: 'string' },
+    port: { type: 'string', default: process.env.OIDC_PORT ?? '0' },
+    'mtls-port': { type: 'string', default: process.env.OIDC_MTLS_PORT ?? '0' },
+    'token-ttl': { type: 'string', default: process.env.OIDC_TOKEN_TTL ?? '300' },
+  },
+});
+for (const required of ['cert', 'key', 'ca', 'clients']) {
+  if (!opt[required]) {
+    console.error(`server.mjs: --${required} FILE is required`);
+    process.exit(2);
+  }
+}
+const tokenTtl = Number.parseInt(opt['token-ttl'], 10);
+if (!(tokenTtl > 0)) {
+  console.error('server.mjs: --token-ttl must be a positive number of seconds');
+  process.exit(2);
+}
+
+const emit = (event) => process.stdout.write(`${JSON.stringify({ ...event, time_ms: Date.now() })}\n`);
+
+const tls = {
+  cert: fs.readFileSync(opt.cert),
+  key: fs.readFileSync(opt.key),
+  ca: fs.readFileSync(opt.ca),
+  minVersion: 'TLSv1.2',
+};
+// The application is attached once the issuer (which needs the port) is known.
+let app = (req, res) => {
+  res.statusCode = 503;
+  res.end();
+};
+const serve = (listener) => (req, res) => {
+  req.fapiListener = listener;
+  const path = req.url.split('?')[0];
+  res.on('finish', () => emit({
+    event: 'request', listener, method: req.method, path, status: res.statusCode,
+  }));
+  app(req, res);
+};
+// Plain TLS: no CertificateRequest at all.
+const plain = https.createServer({ ...tls }, serve('plain'));
+// mTLS: a certificate is requested and verified against --ca; a missing or unverified one is left
+// to oidc-provider (certificateAuthorized below), so that the client gets an OAuth error.
+const mtls = https.createServer({ ...tls, requestCert: true, rejectUnauthorized: false }, serve('mtls'));
+
+const listen = (server, port) => new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(Number.parseInt(port, 10) || 0, '127.0.0.1', () => resolve(server.address().port));
+});
+const plainPort = await listen(plain, opt.port);
+const mtlsPort = await listen(mtls, opt['mtls-port']);
+const issuer = `https://127.0.0.1:${plainPort}`;
+const mtlsOrigin = `https://127.0.0.1:${mtlsPort}`;
+
+// RFC 4514 string of a subject: Node gives the RDNs first to last, one per line.
+const rfc4514 = (subject) => subject.split('\n').reverse().join(',');
+
+const clients = JSON.parse(fs.readFileSync(opt.clients, 'utf8')).map((c) => ({
+  client_id: c.client_id,
+  token_endpoint_auth_method: 'tls_client_auth',
+  tls_client_auth_subject_dn: c.subject_dn,
+  tls_client_certificate_bound_access_tokens: true,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: c.scope || undefined,
+  // Only opaque access tokens are issued; the metadata must still name an algorithm we have a key for.
+  id_token_signed_response_alg: 'ES256',
+}));
+const scopes = [...new Set(clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean)))];
+
+// Signing keys are needed by oidc-provider's JWKS even though every token here is opaque.
+const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'interop', use: 'sig', alg: 'ES256' };
+
+const peer = (ctx) => {
+  const socket = ctx.req.socket;
+  return typeof socket.getPeerX509Certificate === 'function' ? socket.getPeerX509Certificate() : undefined;
+};
+
+const provider = new Provider(issuer, {
+  clients,
+  scopes,
+  clientAuthMethods: ['tls_client_auth'],
+  jwks: { keys: [jwk] },
+  ttl: { ClientCredentials: tokenTtl },
+  features: {
+    devInteractions: { enabled: false },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    clientCredentials: { enabled: true },
+    mTLS: {
+      enabled: true,
+      tlsClientAuth: true,
+      certificateBoundAccessTokens: true,
+      getCertificate: (ctx) => peer(ctx),
+      certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+      certificateSubjectMatches: (ctx, property, expected) => {
+        const cert = peer(ctx);
+        return property === 'tls_client_auth_subject_dn' && !!cert && rfc4514(cert.subject) === expected;
+      },
+    },
+  },
+  discovery: {
+    mtls_endpoint_aliases: {
+      token_endpoint: `${mtlsOrigin}/token`,
+      introspection_endpoint: `${mtlsOrigin}/token/introspection`,
+      revocation_endpoint: `${mtlsOrigin}/token/revocation`,
+    },
+  },
+});
+
+provider.on('grant.success', (ctx) => {
+  const body = ctx.body ?? {};
+  const cert = peer(ctx);
+  emit({
+    event: 'token_issued',
+    listener: ctx.req.fapiListener,
+    client_id: ctx.oidc.client?.clientId,
+    scope: body.scope,
+    expires_in: body.expires_in,
+    access_token: body.access_token,
+    'x5t#S256': cert ? crypto.hash('sha256', cert.raw, 'base64url') : null,
+  });
+});
+provider.on('grant.error', (ctx, err) => emit({
+  event: 'grant_error',
+  listener: ctx.req.fapiListener,
+  client_id: ctx.oidc?.client?.clientId ?? ctx.oidc?.params?.client_id,
+  error: err.error,
+  error_description: err.error_description,
+  error_detail: err.error_detail,
+}));
+provider.on('introspection.error', (ctx, err) => emit({
+  event: 'introspection_error', listener: ctx.req.fapiListener, error: err.error, error_description: err.error_description, error_detail: err.error_detail,
+}));
+provider.on('server_error', (ctx, err) => emit({
+  event: 'server_error', listener: ctx.req.fapiListener, message: String(err?.message ?? err),
+}));
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.oidc?.route === 'introspection' && ctx.status === 200) {
+    emit({
+      event: 'introspection', listener: ctx.req.fapiListener, client_id: ctx.oidc.client?.clientId, active: ctx.body?.active,
+    });
+  }
+});
+
+app = provider.callback();
+emit({ event: 'ready', issuer, mtls_origin: mtlsOrigin, oidc_provider: version, token_ttl: tokenTtl });
+
+const stop = () => {
+  plain.close();
+  mtls.close();
+  process.exit(0);
+};
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+process.stdin.on('end', stop);
+process.stdin.on('close', stop);
+process.stdin.resume();

@@ -1,0 +1,861 @@
+//! Interoperability with an independent OpenID provider: panva's `oidc-provider` (Node.js, pinned in
+//! `tests/oidc/package-lock.json`, configured by `tests/oidc/server.mjs` as an Open Energy-style
+//! directory) issues the tokens, and the federation's data provider introspects them there.
+//! `fapi-host fetch`, `run` and `batch` read data through it; token expiry and refresh, the
+//! `mtls_endpoint_aliases`, `invalid_scope` and `invalid_client` are checked against its event log.
+//!
+//! Needs `node` and `npm ci --prefix tests/oidc`; without them each test prints why it is skipped
+//! and passes, unless `FAPI_REQUIRE_INTEROP=1` (set by `.ci/run`), which makes them fail.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fapi_federation::{ClientSpec, ExternalIssuer, Federation, FederationConfig, Pki, data};
+use fapi_host::{FapiClient, Overrides, Settings};
+use fapi_tests::guests;
+use serde_json::Value;
+
+fn oidc_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oidc")
+}
+
+/// `None` (with a message) when node or the npm packages are missing, unless FAPI_REQUIRE_INTEROP=1.
+fn prerequisites(test: &str) -> Option<()> {
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let installed = oidc_dir()
+        .join("node_modules/oidc-provider/package.json")
+        .exists();
+    let missing = match (node.is_some(), installed) {
+        (true, true) => return Some(()),
+        (false, _) => "`node` (Node.js >= 20) is not on PATH",
+        (true, false) => "oidc-provider is not installed: run `npm ci --prefix tests/oidc`",
+    };
+    if std::env::var("FAPI_REQUIRE_INTEROP").as_deref() == Ok("1") {
+        panic!("{test}: {missing}, and FAPI_REQUIRE_INTEROP=1 requires the interop tests to run");
+    }
+    eprintln!("SKIPPED {test}: {missing} (set FAPI_REQUIRE_INTEROP=1 to make this a failure)");
+    None
+}
+
+/// The oidc-provider server (a child process); killed by PID and reaped when dropped.
+struct OidcServer {
+    child: Child,
+    _stdin: ChildStdin,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    issuer: String,
+    mtls_origin: String,
+    version: String,
+}
+
+impl Drop for OidcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OidcServer {
+    fn start(pki_dir: &Path, clients: &Value, token_ttl: u64) -> OidcServer {
+        let clients_file = pki_dir.join("oidc-clients.json");
+        std::fs::write(&clients_file, clients.to_string()).unwrap();
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("server.mjs"))
+            .arg("--cert")
+            .arg(pki_dir.join("server.pem"))
+            .arg("--key")
+            .arg(pki_dir.join("server.key"))
+            .arg("--ca")
+            .arg(pki_dir.join("ca.pem"))
+            .arg("--clients")
+            .arg(&clients_file)
+            .arg("--token-ttl")
+            .arg(token_ttl.to_string())
+            .current_dir(oidc_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        {
+            let events = events.clone();
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    if v["event"] == "ready" {
+                        let _ = ready_tx.send(v.clone());
+                    }
+                    events.lock().unwrap().push(v);
+                }
+            });
+        }
+        {
+            let stderr = stderr.clone();
+            let err = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    let mut s = stderr.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let ready = match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "oidc-provider did not print its ready line: {}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        OidcServer {
+            child,
+            _stdin: stdin,
+            events,
+            stderr,
+            issuer: ready["issuer"].as_str().unwrap().to_owned(),
+            mtls_origin: ready["mtls_origin"].as_str().unwrap().to_owned(),
+            version: ready["oidc_provider"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    fn events(&self, name: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == name)
+            .cloned()
+            .collect()
+    }
+
+    /// Tokens issued (from the event log), in order.
+    fn tokens(&self) -> Vec<Value> {
+        self.events("token_issued")
+    }
+
+    fn token_values(&self) -> Vec<String> {
+        self.tokens()
+            .iter()
+            .map(|e| e["access_token"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Requests seen on one listener ("plain" or "mtls") for one path.
+    fn requests(&self, listener: &str, path: &str) -> Vec<Value> {
+        self.events("request")
+            .into_iter()
+            .filter(|e| e["listener"] == listener && e["path"] == path)
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        let events = self.events.lock().unwrap();
+        let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+        format!(
+            "events:\n{}\nstderr:\n{}",
+            lines.join("\n"),
+            self.stderr.lock().unwrap()
+        )
+    }
+}
+
+/// A fresh PKI written to `<tempdir>/pki`, and oidc-provider serving its server certificate with the
+/// four registered clients of the local federation.
+async fn start_oidc(test: &str, token_ttl: u64) -> Option<(Pki, tempfile::TempDir, OidcServer)> {
+    prerequisites(test)?;
+    fapi_tests::capture_logs("warn,fapi_host=debug,fapi_federation=debug");
+    let pki = Pki::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki.write_to(&pki_dir).unwrap();
+    let client = |name: &str, scope: &str| {
+        let c = pki.client(name).unwrap();
+        serde_json::json!({ "client_id": c.client_id, "subject_dn": c.subject_dn, "scope": scope })
+    };
+    let clients = serde_json::json!([
+        client("consumer", "directory:software consumption:read"),
+        client("consumer-b", "directory:software consumption:read"),
+        client("limited", "directory:software"),
+        client("provider", ""),
+    ]);
+    let oidc =
+        tokio::task::spawn_blocking(move || OidcServer::start(&pki_dir, &clients, token_ttl))
+            .await
+            .unwrap();
+    Some((pki, dir, oidc))
+}
+
+/// oidc-provider, the federation's data provider introspecting there, and a consumer configuration.
+struct Env {
+    oidc: OidcServer,
+    fed: Federation,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Env {
+    async fn start(test: &str, token_ttl: u64) -> Option<Env> {
+        let (pki, dir, oidc) = start_oidc(test, token_ttl).await?;
+        let external = ExternalIssuer {
+            issuer_url: oidc.issuer.clone(),
+            ca_pem: pki.ca_pem().to_owned(),
+            provider: pki.client("provider").unwrap().clone(),
+        };
+        let fed = Federation::start(
+            pki,
+            FederationConfig {
+                external_issuer: Some(external),
+                ..FederationConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+        Some(Env {
+            oidc,
+            fed,
+            dir,
+            config,
+        })
+    }
+
+    async fn cli(&self, config: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(fapi_host_bin());
+        cmd.arg("--config")
+            .arg(config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("XDG_CACHE_HOME", cache());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FAPI_") && k != "FAPI_REQUIRE_INTEROP" {
+                cmd.env_remove(k);
+            }
+        }
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn library_client(&self, margin: Option<Duration>) -> FapiClient {
+        let mut s = Settings::load(Some(&self.config), &Overrides::default()).unwrap();
+        if let Some(m) = margin {
+            s.client.token_refresh_margin = m;
+        }
+        FapiClient::from_settings(&s).unwrap().0
+    }
+
+    /// Only the mTLS aliases were used for tokens and introspection; the plain listener's token
+    /// endpoint saw nothing.
+    fn assert_aliases_only(&self) {
+        let log = self.oidc.log();
+        assert!(self.oidc.requests("plain", "/token").is_empty(), "{log}");
+        assert!(
+            self.oidc
+                .requests("plain", "/token/introspection")
+                .is_empty(),
+            "{log}"
+        );
+        for t in self.oidc.tokens() {
+            assert_eq!(t["listener"], "mtls", "{log}");
+        }
+        for i in self.oidc.events("introspection") {
+            assert_eq!(i["listener"], "mtls", "{log}");
+            assert_eq!(i["client_id"], "fapi-dev-provider", "{log}");
+        }
+    }
+}
+
+/// The `fapi-host` binary of this build (target/<profile>/fapi-host, next to deps/).
+fn fapi_host_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("fapi-host");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so that it is built",
+        bin.display()
+    );
+    bin
+}
+
+fn cache() -> String {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("wasmtime-cache")
+        .display()
+        .to_string()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Every known token is absent from `hay` (labelled `what` in the failure).
+fn assert_no_tokens(tokens: &[String], hay: &[u8], what: &str) {
+    let hay = String::from_utf8_lossy(hay);
+    for t in tokens {
+        assert!(t.len() >= 40, "implausible token {t:?}");
+        assert!(!hay.contains(t.as_str()), "a token appears in {what}");
+    }
+}
+
+#[tokio::test]
+async fn fetch_run_and_batch_read_data_with_oidc_provider_tokens() {
+    let Some(env) = Env::start(
+        "fetch_run_and_batch_read_data_with_oidc_provider_tokens",
+        300,
+    )
+    .await
+    else {
+        return;
+    };
+    eprintln!("oidc-provider {}", env.oidc.version);
+    let cfg = env.config.clone();
+    let mut searched: Vec<(String, Vec<u8>)> = Vec::new();
+
+    // fetch: two resources, one token.
+    let out = env
+        .cli(
+            &cfg,
+            &[
+                "-vv",
+                "fetch",
+                &env.fed.data_url(),
+                &env.fed.data_json_url(),
+            ],
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        env.oidc.log()
+    );
+    let csv = data::csv(data::DEFAULT_ROWS);
+    assert!(
+        out.stdout.starts_with(csv.as_bytes()),
+        "{:.200}",
+        text(&out.stdout)
+    );
+    assert_eq!(env.oidc.tokens().len(), 1, "{}", env.oidc.log());
+    let t = &env.oidc.tokens()[0];
+    assert_eq!(t["client_id"], "fapi-dev-consumer");
+    assert_eq!(t["scope"], "directory:software consumption:read");
+    assert_eq!(
+        t["x5t#S256"],
+        env.fed.pki().client("consumer").unwrap().thumbprint()
+    );
+    assert!(
+        !env.oidc.events("introspection").is_empty(),
+        "{}",
+        env.oidc.log()
+    );
+    searched.push(("fetch stdout".into(), out.stdout));
+    searched.push(("fetch stderr (-vv)".into(), out.stderr));
+
+    // run: the example plugin through the sandbox, with an audit file.
+    let audit = env.dir.path().join("audit.jsonl");
+    let out = env
+        .cli(
+            &cfg,
+            &[
+                "-v",
+                "run",
+                "--audit",
+                audit.to_str().unwrap(),
+                guests::FETCH,
+                "--",
+                &env.fed.data_url(),
+            ],
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        env.oidc.log()
+    );
+    assert_eq!(out.stdout, csv.as_bytes());
+    assert_eq!(
+        env.oidc.tokens().len(),
+        2,
+        "one more process, one more token"
+    );
+    searched.push(("run stdout".into(), out.stdout));
+    searched.push(("run stderr".into(), out.stderr));
+    searched.push(("audit file".into(), std::fs::read(&audit).unwrap()));
+
+    // batch: 40 items, one token.
+    let input = env.dir.path().join("items.txt");
+    let urls: Vec<String> = (0..40)
+        .map(|i| format!("{}/items/{i}", env.fed.data_origin()))
+        .collect();
+    std::fs::write(&input, urls.join("\n") + "\n").unwrap();
+    let out_dir = env.dir.path().join("batch-out");
+    let out = env
+        .cli(
+            &cfg,
+            &[
+                "-v",
+                "batch",
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--concurrency",
+                "8",
+            ],
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        env.oidc.log()
+    );
+    assert_eq!(env.oidc.tokens().len(), 3, "{}", env.oidc.log());
+    let manifest = std::fs::read_to_string(out_dir.join("manifest.jsonl")).unwrap();
+    let records: Vec<Value> = manifest
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 40);
+    for r in &records {
+        assert_eq!(r["outcome"], "done", "{r}");
+        let id = r["index"].as_u64().unwrap();
+        let body = std::fs::read(out_dir.join(r["file"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            body,
+            serde_json::to_vec(&data::item(&id.to_string())).unwrap()
+        );
+    }
+    searched.push(("batch stderr".into(), out.stderr));
+    searched.push(("batch manifest".into(), manifest.into_bytes()));
+
+    // Every token came from the mTLS alias; the DP introspected at the alias as its own client.
+    env.assert_aliases_only();
+    assert!(
+        env.oidc.requests("mtls", "/token").len() == 3,
+        "{}",
+        env.oidc.log()
+    );
+
+    // The plain (non-mTLS) token endpoint advertised at the top level would have refused the
+    // consumer: no certificate is requested there, so tls_client_auth cannot succeed.
+    let consumer = env.fed.pki().client("consumer").unwrap();
+    let http = env.fed.pki().http_client(Some(consumer)).unwrap();
+    let resp = http
+        .post(format!("{}/token", env.oidc.issuer))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&client_id=fapi-dev-consumer&scope=consumption%3Aread")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    // ... although discovery (on the plain listener) advertises it at the top level: the host
+    // chose the alias.
+    let doc = http
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            env.oidc.issuer
+        ))
+        .send()
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&doc.bytes().await.unwrap()).unwrap();
+    assert_eq!(doc["issuer"], env.oidc.issuer.as_str());
+    assert_eq!(doc["token_endpoint"], format!("{}/token", env.oidc.issuer));
+    assert_eq!(
+        doc["mtls_endpoint_aliases"]["token_endpoint"],
+        format!("{}/token", env.oidc.mtls_origin)
+    );
+    let refused = env.oidc.requests("plain", "/token");
+    assert_eq!(refused.len(), 1, "{}", env.oidc.log());
+    assert_eq!(refused[0]["status"], 401);
+
+    // The tokens' bytes appear nowhere the host wrote, nor in this process's logs (federation).
+    let tokens = env.oidc.token_values();
+    assert_eq!(tokens.len(), 3);
+    for (what, hay) in &searched {
+        assert_no_tokens(&tokens, hay, what);
+    }
+    for entry in std::fs::read_dir(&out_dir).unwrap() {
+        let p = entry.unwrap().path();
+        assert_no_tokens(
+            &tokens,
+            &std::fs::read(&p).unwrap(),
+            &p.display().to_string(),
+        );
+    }
+    let logs = fapi_tests::capture_logs("").lock().unwrap().clone();
+    assert_no_tokens(&tokens, &logs, "the test process's logs");
+}
+
+#[tokio::test]
+async fn tokens_are_refreshed_after_expiry_and_not_before() {
+    let Some(env) = Env::start("tokens_are_refreshed_after_expiry_and_not_before", 3).await else {
+        return;
+    };
+    // Library client, refresh margin 0: the token is used until it expires, then replaced.
+    let client = env.library_client(Some(Duration::ZERO));
+    let start = Instant::now();
+    let r = client.get(env.fed.data_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(env.oidc.tokens().len(), 1);
+    let expires_in = env.oidc.tokens()[0]["expires_in"].as_u64().unwrap();
+    assert_eq!(expires_in, 3, "the server's short TTL: {}", env.oidc.log());
+    // Well within the lifetime: the same token.
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(start.elapsed())).await;
+    let r = client.get(env.fed.data_json_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        env.oidc.tokens().len(),
+        1,
+        "not before expiry: {}",
+        env.oidc.log()
+    );
+    assert_eq!(client.token_requests(), 1);
+    // Past the lifetime by both clocks: a new token, fetched before the request (no 401 replay).
+    tokio::time::sleep(Duration::from_millis(4300).saturating_sub(start.elapsed())).await;
+    let r = client.get(env.fed.data_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.attempts(), 1);
+    assert_eq!(
+        env.oidc.tokens().len(),
+        2,
+        "after expiry: {}",
+        env.oidc.log()
+    );
+    assert_eq!(client.token_requests(), 2);
+    let tokens = env.oidc.tokens();
+    let gap = tokens[1]["time_ms"].as_u64().unwrap() - tokens[0]["time_ms"].as_u64().unwrap();
+    assert!(gap >= 3000, "second token {gap} ms after the first");
+
+    // The CLI: a batch spread over ~5 s at 8 items/s with 3 s tokens and the default margin
+    // (30 s, capped at half the lifetime: refresh 1.5 s after each token).
+    let before = env.oidc.tokens().len();
+    let input = env.dir.path().join("items.txt");
+    let urls: Vec<String> = (0..40)
+        .map(|i| format!("{}/items/{i}", env.fed.data_origin()))
+        .collect();
+    std::fs::write(&input, urls.join("\n") + "\n").unwrap();
+    let out_dir = env.dir.path().join("out");
+    let started = Instant::now();
+    let out = env
+        .cli(
+            &env.config,
+            &[
+                "batch",
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--concurrency",
+                "2",
+                "--rate",
+                "8/s",
+            ],
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        env.oidc.log()
+    );
+    let batch_tokens: Vec<Value> = env.oidc.tokens()[before..].to_vec();
+    let n = batch_tokens.len();
+    // At most one token per 1.5 s of run time (plus the first), and at least one refresh.
+    let max = 1 + (took.as_millis() / 1500) as usize;
+    assert!(
+        n >= 2 && n <= max,
+        "{n} tokens in {took:?} (at most {max}): {}",
+        env.oidc.log()
+    );
+    for pair in batch_tokens.windows(2) {
+        let gap = pair[1]["time_ms"].as_u64().unwrap() - pair[0]["time_ms"].as_u64().unwrap();
+        assert!(
+            gap >= 1400,
+            "a token replaced after {gap} ms, before its refresh time"
+        );
+    }
+    // No request reached the provider with an expired token (none was refused).
+    let manifest = std::fs::read_to_string(out_dir.join("manifest.jsonl")).unwrap();
+    for line in manifest.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["outcome"], "done", "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+    }
+    env.assert_aliases_only();
+    assert_no_tokens(&env.oidc.token_values(), &out.stderr, "batch stderr");
+}
+
+#[tokio::test]
+async fn invalid_scope_and_invalid_client_are_clear_errors() {
+    let Some(env) = Env::start("invalid_scope_and_invalid_client_are_clear_errors", 300).await
+    else {
+        return;
+    };
+    let url = env.fed.data_url();
+
+    // invalid_scope: the limited client asks for consumption:read, which it is not allowed.
+    let limited = env
+        .fed
+        .write_client_config(env.dir.path(), "limited")
+        .unwrap();
+    let out = env
+        .cli(
+            &limited,
+            &[
+                "--requested-scopes",
+                "directory:software consumption:read",
+                "fetch",
+                &url,
+            ],
+        )
+        .await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("invalid_scope"), "{err}");
+    assert!(err.contains("requested scope is not allowed"), "{err}");
+    assert!(
+        err.contains("`requested_scopes`"),
+        "the fix is named: {err}"
+    );
+    eprintln!("{err}");
+    let errors = env.oidc.events("grant_error");
+    assert_eq!(errors.len(), 1, "{}", env.oidc.log());
+    assert_eq!(errors[0]["error"], "invalid_scope");
+    assert_eq!(errors[0]["listener"], "mtls");
+
+    // invalid_client: a certificate from the right CA for a client oidc-provider does not know.
+    let stranger = env
+        .fed
+        .pki()
+        .issue_client(ClientSpec::new("fapi-unregistered"))
+        .unwrap();
+    std::fs::write(env.dir.path().join("stranger.pem"), &stranger.cert_pem).unwrap();
+    std::fs::write(env.dir.path().join("stranger.key"), &stranger.key_pem).unwrap();
+    let mut perms = std::fs::metadata(env.dir.path().join("stranger.key"))
+        .unwrap()
+        .permissions();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        perms.set_mode(0o600);
+    }
+    std::fs::set_permissions(env.dir.path().join("stranger.key"), perms).unwrap();
+    let out = env
+        .cli(
+            &env.config,
+            &[
+                "--client-id",
+                "fapi-unregistered",
+                "--certificate",
+                env.dir.path().join("stranger.pem").to_str().unwrap(),
+                "--private-key",
+                env.dir.path().join("stranger.key").to_str().unwrap(),
+                "fetch",
+                &url,
+            ],
+        )
+        .await;
+    let err = text(&out.stderr);
+    eprintln!("{err}");
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("invalid_client"), "{err}");
+    assert!(
+        err.contains("subject DN must match"),
+        "the fix is named: {err}"
+    );
+
+    // invalid_client: a registered client id with another client's certificate (DN mismatch).
+    let consumer_b = env
+        .fed
+        .write_client_config(env.dir.path(), "consumer-b")
+        .unwrap();
+    let out = env
+        .cli(
+            &consumer_b,
+            &["--client-id", "fapi-dev-consumer", "fetch", &url],
+        )
+        .await;
+    let err = text(&out.stderr);
+    eprintln!("{err}");
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("invalid_client"), "{err}");
+    assert!(
+        err.contains("subject DN must match"),
+        "the fix is named: {err}"
+    );
+    let errors = env.oidc.events("grant_error");
+    assert_eq!(errors.len(), 3, "{}", env.oidc.log());
+    assert_eq!(errors[2]["client_id"], "fapi-dev-consumer");
+    assert_eq!(
+        errors[2]["error_detail"],
+        "certificate subject value does not match the registered one"
+    );
+    // Nothing was issued, and the data provider saw nothing.
+    assert!(env.oidc.tokens().is_empty(), "{}", env.oidc.log());
+    assert_eq!(env.fed.counters().dp_requests, 0);
+    env.assert_aliases_only();
+    let _ = std::io::stderr().flush();
+}
+
+/// `fapi-host dev --issuer URL --issuer-ca FILE`: the dev data provider introspects at oidc-provider,
+/// and the written fapi.toml gets its tokens there.
+#[tokio::test]
+async fn dev_command_points_the_data_provider_at_an_external_issuer() {
+    let Some((_pki, dir, oidc)) = start_oidc(
+        "dev_command_points_the_data_provider_at_an_external_issuer",
+        300,
+    )
+    .await
+    else {
+        return;
+    };
+    // The PKI the oidc-provider trusts and serves, reused by `dev` (it is already in DIR).
+    let fed_dir = dir.path().join("pki");
+    let mut child = Command::new(fapi_host_bin())
+        .arg("dev")
+        .arg("--dir")
+        .arg(&fed_dir)
+        .arg("--issuer")
+        .arg(&oidc.issuer)
+        .arg("--issuer-ca")
+        .arg(fed_dir.join("ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let out = child.stdout.take().unwrap();
+    let mut guard = Kill(child);
+    // Read its stdout to the end (a closed pipe would fail its last line), the summary first.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let summary = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+            let done = line.starts_with("  fapi-host --config");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        (lines.join("\n"), rx)
+    })
+    .await
+    .unwrap();
+    let (summary, rx) = summary;
+    assert!(
+        summary.contains(&format!("issuer (external) {}", oidc.issuer)),
+        "{summary}"
+    );
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(fed_dir.join("federation.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["issuer_url"], oidc.issuer.as_str());
+    let out = tokio::task::spawn_blocking({
+        let config = info["config"].as_str().unwrap().to_owned();
+        let url = info["data_url"].as_str().unwrap().to_owned();
+        move || {
+            Command::new(fapi_host_bin())
+                .args(["--config", &config, "fetch", &url])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        oidc.log()
+    );
+    assert_eq!(out.stdout, data::csv(data::DEFAULT_ROWS).as_bytes());
+    assert_eq!(oidc.tokens().len(), 1, "{}", oidc.log());
+    assert_eq!(oidc.events("introspection").len(), 1, "{}", oidc.log());
+    assert!(
+        oidc.requests("plain", "/token").is_empty(),
+        "{}",
+        oidc.log()
+    );
+    // SIGTERM (by PID) stops it cleanly.
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || guard.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+/// Without `--issuer`, the issuer's options are usage errors.
+#[test]
+fn dev_issuer_options_need_issuer() {
+    let out = Command::new(fapi_host_bin())
+        .args(["dev", "--issuer-ca", "ca.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--issuer"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(fapi_host_bin())
+        .args(["dev", "--issuer", "http://127.0.0.1:1", "--dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("https"), "{}", text(&out.stderr));
+}
