@@ -860,3 +860,57 @@ async fn batch_stops_at_an_authorization_server_refusal_and_resumes_after_the_fi
     assert_eq!(done, 40);
     assert_consistent(&out, &recs);
 }
+
+#[tokio::test]
+async fn batch_with_no_space_even_for_the_manifest_stops_with_a_clear_error() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let out = f.path("full-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let Some(squeeze) = try_tmpfs(&out) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    // Fill the file system completely.
+    let filler = out.join("filler");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while file.write_all(&block).is_ok() {}
+    }
+    let o = f.fed.data_origin();
+    let input = f.path("twenty.txt");
+    let text: String = (0..20).map(|i| format!("{o}/items/{i}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let args = ["--concurrency", "2", "--retries", "1"];
+    let before = f.fed.counters().dp_requests;
+    let (code, err) = run(batch_cmd(&f.config, &input, &out, &args)).await;
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("manifest"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("run the same command again"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let sent = f.fed.counters().dp_requests - before;
+    assert!(sent <= 4, "stopped early: {sent} requests for 20 items");
+    let recs = manifest(&out);
+    assert_consistent(&out, &recs);
+    assert!(recs.iter().all(|r| r.outcome == "failed"), "{recs:?}");
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "only the filler and the manifest: {names:?}"
+    );
+
+    // Space is back: the same command completes.
+    std::fs::remove_file(&filler).unwrap();
+    let (code, err) = run(batch_cmd(&f.config, &input, &out, &args)).await;
+    assert_eq!(code, 0, "{err}");
+    let recs = manifest(&out);
+    assert_eq!(recs.iter().filter(|r| r.outcome == "done").count(), 20);
+    assert_consistent(&out, &recs);
+    drop(squeeze);
+}

@@ -110,7 +110,12 @@ impl Manifest {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         file.write_all(&line)
             .and_then(|()| file.flush())
-            .map_err(|e| Error::Io(format!("manifest {}: {e}", self.path.display())))
+            .map_err(|e| {
+                Error::Io(format!(
+                    "manifest {}: {e}; free space (or fix the directory), then run the same command again: items without a line are fetched again",
+                    self.path.display()
+                ))
+            })
     }
 
     /// Flush to stable storage (at the end of a run).

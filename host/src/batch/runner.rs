@@ -252,7 +252,13 @@ impl Batch {
                     _ = sh2.stop.reached(CANCELLED) => sh2.failed(&item, "interrupted",
                         "cancelled by a signal before it finished".into(), None, 0, None, Instant::now()),
                 };
-                m.append(&record)
+                let appended = m.append(&record);
+                if appended.is_err() {
+                    // Nothing more can be recorded (a full disk, say): fetching on would only
+                    // be lost work. The items in flight end; the run ends with this error.
+                    sh2.stop.stop_starting();
+                }
+                appended
             });
             while let Some(done) = tasks.try_join_next() {
                 if let Ok(Err(e)) = done {
