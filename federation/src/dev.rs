@@ -173,19 +173,25 @@ pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Er
     Ok(summary)
 }
 
-async fn wait_for_signal() -> Result<(), Error> {
+/// Ctrl-C and SIGTERM, both registered before this returns, so that a signal sent as soon as the
+/// summary is printed stops the federation cleanly instead of killing the process.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, Error> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map_err(Error::Signal)?,
-            _ = term.recv() => {}
-        }
+        let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.map_err(Error::Signal)?;
-    Ok(())
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// Generate-or-reuse the PKI in `opts.dir`, start the federation, write `fapi.toml` (consumer
@@ -207,10 +213,11 @@ pub async fn run_dev(opts: DevOptions) -> Result<(), Error> {
         external_issuer,
         ..FederationConfig::default()
     };
+    let stop = shutdown_signal()?;
     let fed = Federation::start(pki, cfg).await?;
     let summary = write_dev_files(&fed, &dir)?;
     println!("{summary}");
-    wait_for_signal().await?;
+    stop.await;
     println!("fapi-host dev: shutting down");
     fed.shutdown().await;
     Ok(())

@@ -18,8 +18,9 @@
 // stdout: one JSON object per line. First {"event":"ready","issuer","mtls_origin","oidc_provider"},
 // then "request" (listener, method, path, status), "token_issued" (listener, client_id, scope,
 // expires_in, access_token, x5t#S256), "grant_error", "introspection", "introspection_error",
-// "server_error". Everything else (oidc-provider's notices) goes to stderr.
-// Exits when stdin closes, on SIGTERM or on SIGINT.
+// "server_error", "sync". Everything else (oidc-provider's notices) goes to stderr.
+// Exits when stdin closes, on SIGTERM or on SIGINT; a line "sync ID" on stdin is answered by
+// {"event":"sync","id":"ID"} after every earlier event.
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -197,6 +198,18 @@ const stop = () => {
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
+// "sync ID" on stdin: answered by {"event":"sync","id":ID} once every earlier event is written, so
+// that a reader knows it has seen them all.
+let pending = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  pending += chunk;
+  for (let i = pending.indexOf('\n'); i >= 0; i = pending.indexOf('\n')) {
+    const line = pending.slice(0, i).trim();
+    pending = pending.slice(i + 1);
+    if (line.startsWith('sync ')) emit({ event: 'sync', id: line.slice(5) });
+  }
+});
 process.stdin.on('end', stop);
 process.stdin.on('close', stop);
 process.stdin.resume();
