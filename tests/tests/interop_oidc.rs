@@ -688,7 +688,6 @@ async fn invalid_scope_and_invalid_client_are_clear_errors() {
         err.contains("`requested_scopes`"),
         "the fix is named: {err}"
     );
-    eprintln!("{err}");
     let errors = env.oidc.events("grant_error");
     assert_eq!(errors.len(), 1, "{}", env.oidc.log());
     assert_eq!(errors[0]["error"], "invalid_scope");
@@ -727,7 +726,6 @@ async fn invalid_scope_and_invalid_client_are_clear_errors() {
         )
         .await;
     let err = text(&out.stderr);
-    eprintln!("{err}");
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("invalid_client"), "{err}");
     assert!(
@@ -747,7 +745,6 @@ async fn invalid_scope_and_invalid_client_are_clear_errors() {
         )
         .await;
     let err = text(&out.stderr);
-    eprintln!("{err}");
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("invalid_client"), "{err}");
     assert!(
@@ -765,7 +762,6 @@ async fn invalid_scope_and_invalid_client_are_clear_errors() {
     assert!(env.oidc.tokens().is_empty(), "{}", env.oidc.log());
     assert_eq!(env.fed.counters().dp_requests, 0);
     env.assert_aliases_only();
-    let _ = std::io::stderr().flush();
 }
 
 /// `fapi-host dev --issuer URL --issuer-ca FILE`: the dev data provider introspects at oidc-provider,
