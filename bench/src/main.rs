@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod batch;
 mod client;
+mod lang;
 mod memory;
 mod sandbox;
 mod setup;
@@ -54,6 +55,18 @@ enum What {
         #[arg(long, default_value = "python3")]
         python: String,
     },
+    /// Plugins in Rust, Python and JavaScript: size, cold and cached start, per-request cost.
+    Lang {
+        /// Requests per round of the per-request figure.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Rounds (medians reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Cached `fapi-host run` starts per language (median reported).
+        #[arg(long, default_value_t = 5)]
+        cached_runs: usize,
+    },
     /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
     Memory {
         /// The largest response, MiB.
@@ -93,6 +106,11 @@ async fn main() {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
         What::Sandbox { requests, rounds } => sandbox::run(requests, rounds).await,
         What::Memory { max_mib } => memory::run(max_mib).await,
+        What::Lang {
+            requests,
+            rounds,
+            cached_runs,
+        } => lang::run(requests, rounds, cached_runs).await,
         What::Batch {
             items,
             memory_items,

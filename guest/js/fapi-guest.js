@@ -57,7 +57,8 @@ function call(f) {
 }
 
 /** A response from the host. The body is read once: whole (`bytes`, `text`, `json`) or streamed
- * (`read`, `chunks`, `lines`). `close()` releases the connection early. */
+ * (`read`, `chunks`, `lines`). Reading it whole or to the end releases it; otherwise call `close()`:
+ * a response left open counts against the host's limit of requests in flight. */
 export class Response {
   constructor(raw) {
     this.status = raw.status;
@@ -91,7 +92,10 @@ export class Response {
   close() {
     const body = this._body;
     this._body = undefined;
-    if (body && typeof body[Symbol.dispose] === 'function') body[Symbol.dispose]();
+    // Resources are released by their dispose method (not by garbage collection, in practice): every
+    // response left open counts against the host's limit of requests in flight.
+    const dispose = Symbol.dispose || Symbol.for('dispose');
+    if (body && typeof body[dispose] === 'function') body[dispose]();
   }
 
   /** Up to `maxBytes` of the body (at most 1 MiB); an empty array at the end. */
@@ -104,7 +108,10 @@ export class Response {
   *chunks(size = READ_CHUNK) {
     for (;;) {
       const chunk = this.read(size);
-      if (chunk.length === 0) return;
+      if (chunk.length === 0) {
+        this.close();
+        return;
+      }
       yield chunk;
     }
   }
@@ -125,7 +132,9 @@ export class Response {
   /** The whole (remaining) body, up to the host's limit. */
   bytes() {
     if (!this._body) return new Uint8Array(0);
-    return call(() => this._body.readAll());
+    const bytes = call(() => this._body.readAll());
+    this.close();
+    return bytes;
   }
 
   /** The whole body decoded as UTF-8. */

@@ -176,6 +176,7 @@ class Response:
         while True:
             chunk = self.read(size)
             if not chunk:
+                self.close()
                 return
             yield chunk
 
@@ -195,9 +196,11 @@ class Response:
         if self._body is None:
             return b""
         try:
-            return self._body.read_all()
+            data = self._body.read_all()
         except Err as e:
             raise _error(e.value) from None
+        self.close()
+        return data
 
     def text(self, encoding="utf-8"):
         """The whole body decoded as text."""
