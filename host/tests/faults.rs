@@ -835,10 +835,10 @@ async fn batch_stops_at_an_authorization_server_refusal_and_resumes_after_the_fi
         assert!(err.contains(why), "{err}");
         assert!(err.contains("run again"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
-        assert!(
-            after.token_requests - before.token_requests <= 4,
-            "{fault:?}: not one token request per item: {}",
-            after.token_requests - before.token_requests
+        assert_eq!(
+            after.token_requests - before.token_requests,
+            1,
+            "{fault:?}: one token request, not one per item"
         );
         assert_eq!(after.dp_requests, before.dp_requests, "{fault:?}");
         let recs = manifest(&out);
@@ -913,4 +913,87 @@ async fn batch_with_no_space_even_for_the_manifest_stops_with_a_clear_error() {
     assert_eq!(recs.iter().filter(|r| r.outcome == "done").count(), 20);
     assert_consistent(&out, &recs);
     drop(squeeze);
+}
+
+#[tokio::test]
+async fn batch_with_the_authorization_server_down_fails_once_with_a_clear_error() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let o = f.fed.data_origin();
+    let input = f.path("down.txt");
+    let text: String = (0..40).map(|i| format!("{o}/items/{i}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let out = f.path("down-out");
+    let issuer = format!("https://127.0.0.1:{}", closed_port());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fapi-host"));
+    c.arg("--config")
+        .arg(&f.config)
+        .args(["--issuer-url", &issuer, "batch", "--input"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--concurrency", "4", "--retries", "2"])
+        .env_remove("FAPI_CONFIG")
+        .stdin(Stdio::null());
+    let t0 = Instant::now();
+    let (code, err) = run(c).await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains(&issuer), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(f.fed.counters().dp_requests, 0);
+    assert!(manifest(&out).is_empty(), "no item was started");
+    // The authorization server is back (the configured issuer): the same output completes.
+    let (code, err) = run(batch_cmd(&f.config, &input, &out, &["--concurrency", "4"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(f.fed.counters().token_requests, 1);
+    let recs = manifest(&out);
+    assert_eq!(recs.iter().filter(|r| r.outcome == "done").count(), 40);
+    assert_consistent(&out, &recs);
+}
+
+#[tokio::test]
+async fn batch_stops_when_the_authorization_server_starts_refusing_mid_run() {
+    use fapi_host::batch::{Batch, BatchOptions, Input};
+    let f = Fed::start(FederationConfig {
+        introspection_cache_ttl: Duration::ZERO,
+        ..FederationConfig::default()
+    })
+    .await;
+    let mut st = f.settings();
+    st.client.retries = 0;
+    let client = client_of(&st);
+    // The batch starts with a cached token; then the server revokes it and refuses new ones.
+    client.token_info().await.unwrap();
+    f.fed.revoke_all_tokens();
+    f.fed.set_as_fault(Some(AsFault::InvalidClient));
+    let o = f.fed.data_origin();
+    let text: String = (0..40).map(|i| format!("{o}/items/{i}\n")).collect();
+    let out = f.path("mid-out");
+    let mut options = BatchOptions::new(&out);
+    options.concurrency = 4;
+    let before = f.fed.counters();
+    let err = Batch::new(client, options)
+        .run(Input::parse(&text))
+        .await
+        .unwrap_err();
+    let after = f.fed.counters();
+    assert!(err.to_string().contains("invalid_client"), "{err}");
+    assert_eq!(err.kind(), fapi_host::ErrorKind::Authorization);
+    let token_requests = after.token_requests - before.token_requests;
+    assert!(
+        (1..=4).contains(&token_requests),
+        "at most one per item in flight, not one per item: {token_requests}"
+    );
+    let recs = manifest(&out);
+    assert!(!recs.is_empty() && recs.len() <= 4, "{recs:?}");
+    assert!(
+        recs.iter()
+            .all(|r| r.outcome == "failed" && r.error.as_ref().unwrap().kind == "authorization"),
+        "{recs:?}"
+    );
+    assert!(
+        recs.iter()
+            .all(|r| !r.error.as_ref().unwrap().message.is_empty())
+    );
+    assert_consistent(&out, &recs);
 }

@@ -227,6 +227,14 @@ impl Batch {
         sh.stats
             .total
             .store((input.len() - skipped) as u64, Ordering::Relaxed);
+        // One token before the first item: an authorization server that is down or refuses is
+        // reported once, as the batch's error, instead of once per item.
+        if input.len() > skipped {
+            tokio::select! {
+                r = sh.warm_up() => r?,
+                _ = sh.stop.reached(DRAINING) => {}
+            }
+        }
         let _progress = Progress::start(sh.stats.clone(), sh.options.display);
 
         let permits = Arc::new(Semaphore::new(sh.options.concurrency.max(1)));
@@ -309,6 +317,27 @@ fn error_kind(e: &Error) -> &'static str {
 }
 
 impl Shared {
+    /// Get the token the items will share, retrying connection failures like an item would.
+    async fn warm_up(&self) -> Result<()> {
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match self.client.token_info().await {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if e.kind() == ErrorKind::Network
+                        && !matches!(e, Error::Tls(_))
+                        && tries <= self.options.retries =>
+                {
+                    tracing::warn!(error = %e, "no token yet; retrying");
+                    let d = retry::delay(tries, None, &self.client.settings().client);
+                    tokio::time::sleep(d).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn failed(
         &self,
