@@ -21,6 +21,15 @@ use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
 use fapi_host::{FapiClient, Overrides, Settings};
 use sha2::{Digest, Sha256};
 
+/// Print a line to stderr past the test harness's capture (which takes only `eprintln!`), so that skips
+/// and timings show in a plain `cargo test` run and in CI's log.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// The repository's root.
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -173,7 +182,7 @@ fn component(lang: Lang) -> Option<PathBuf> {
     let tool = match lang.tool() {
         Ok(v) => v,
         Err(why) if !required() => {
-            eprintln!(
+            note!(
                 "SKIPPED: the {} plugin test: {why}. Set FAPI_REQUIRE_LANG_PLUGINS=1 to make this a failure.",
                 lang.name()
             );
@@ -203,7 +212,7 @@ fn component(lang: Lang) -> Option<PathBuf> {
     let stem = format!("csv-summary-{}", lang.name());
     let out = dir.join(format!("{stem}-{hash}.wasm"));
     if out.exists() {
-        eprintln!("{}: reusing {}", lang.name(), out.display());
+        note!("{}: reusing {}", lang.name(), out.display());
         return Some(out);
     }
     // Older builds of this plugin are stale now.
@@ -228,7 +237,7 @@ fn component(lang: Lang) -> Option<PathBuf> {
         text(&built.stderr)
     );
     std::fs::rename(&partial, &out).unwrap();
-    eprintln!(
+    note!(
         "{}: built {} ({} bytes) in {:.1} s",
         lang.name(),
         out.display(),
@@ -346,7 +355,7 @@ async fn csv_summary_end_to_end(lang: Lang) {
             text(&out.stderr)
         );
         check_summary(lang, "fapi-host run", &out.stdout);
-        eprintln!("{name}: `fapi-host run` #{} took {secs:.2} s", i + 1);
+        note!("{name}: `fapi-host run` #{} took {secs:.2} s", i + 1);
         seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
     }
 
@@ -403,7 +412,7 @@ async fn csv_summary_end_to_end(lang: Lang) {
         text(&out.stderr)
     );
     check_summary(lang, "Sandbox", &out.stdout);
-    eprintln!(
+    note!(
         "{name}: Sandbox load (cached) {loaded:.2} s, run {:.3} s",
         started.elapsed().as_secs_f64() - loaded
     );
