@@ -96,6 +96,10 @@ pub struct ClientOptions {
     pub max_retry_after: Duration,
     /// First backoff delay; doubled on each retry, with full jitter (default 250 ms).
     pub backoff_base: Duration,
+    /// Retries of a token request on 429, 502, 503, 504 and on connections that could not be
+    /// made (default: `retries`, as set in the file). Separate so that `fapi-host batch`, which
+    /// retries items itself and sets `retries` to 0, still retries its token requests.
+    pub token_retries: u32,
 }
 
 impl Default for ClientOptions {
@@ -110,6 +114,7 @@ impl Default for ClientOptions {
             tls13_only: false,
             max_retry_after: Duration::from_secs(60),
             backoff_base: Duration::from_millis(250),
+            token_retries: 3,
         }
     }
 }
@@ -266,6 +271,7 @@ impl Settings {
         let secs = Duration::from_secs;
         let client = ClientOptions {
             retries: c.retries.unwrap_or(d.retries),
+            token_retries: c.retries.unwrap_or(d.retries),
             timeout: c.timeout_seconds.map(secs).unwrap_or(d.timeout),
             connect_timeout: c
                 .connect_timeout_seconds

@@ -27,6 +27,7 @@ fn s(b: &[u8]) -> String {
 fn quick(mut s: Settings, timeout: Duration, retries: u32) -> Settings {
     s.client.timeout = timeout;
     s.client.retries = retries;
+    s.client.token_retries = retries;
     s.client.backoff_base = Duration::from_millis(10);
     s
 }
@@ -995,5 +996,35 @@ async fn batch_stops_when_the_authorization_server_starts_refusing_mid_run() {
         recs.iter()
             .all(|r| !r.error.as_ref().unwrap().message.is_empty())
     );
+    assert_consistent(&out, &recs);
+}
+
+#[tokio::test]
+async fn batch_retries_a_token_endpoint_503_although_items_are_retried_by_the_batch() {
+    use fapi_host::batch::{Batch, BatchOptions, Input};
+    let f = Fed::start(FederationConfig::default()).await;
+    // As `fapi-host batch` does: no client-level retries of resource requests.
+    let mut st = f.settings();
+    st.client.retries = 0;
+    assert_eq!(st.client.token_retries, 3);
+    let client = client_of(&st);
+    f.fed.set_as_fault(Some(AsFault::TokenEndpointStatus(503)));
+    let o = f.fed.data_origin();
+    let text: String = (0..10).map(|i| format!("{o}/items/{i}\n")).collect();
+    let out = f.path("retry-out");
+    let batch = Batch::new(client, BatchOptions::new(&out));
+    let run = tokio::spawn(async move { batch.run(Input::parse(&text)).await });
+    // The first token request meets the 503; the retry (after >= 125 ms) meets a working server.
+    let t0 = Instant::now();
+    while f.fed.counters().token_requests == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    f.fed.set_as_fault(None);
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.failed, 0, "{summary}");
+    assert_eq!(f.fed.counters().token_requests, 2, "one 503, one retry");
+    let recs = manifest(&out);
+    assert_eq!(recs.iter().filter(|r| r.outcome == "done").count(), 10);
     assert_consistent(&out, &recs);
 }
