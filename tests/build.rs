@@ -9,4 +9,9 @@ fn main() {
     let out_dir =
         std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     write_guest_constants(&guests, &out_dir.join("guests.rs"));
+    // The wasmtime compilation cache that every test binary of this crate shares.
+    println!(
+        "cargo:rustc-env=FAPI_TESTS_WASMTIME_CACHE={}",
+        out_dir.join("wasmtime-cache").display()
+    );
 }

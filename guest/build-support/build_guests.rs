@@ -70,6 +70,31 @@ mod guest_build {
             constant: "PROBE",
         },
         Component {
+            package: "test-plugins",
+            file: "hostile-steal.wasm",
+            constant: "HOSTILE_STEAL",
+        },
+        Component {
+            package: "test-plugins",
+            file: "hostile-egress.wasm",
+            constant: "HOSTILE_EGRESS",
+        },
+        Component {
+            package: "test-plugins",
+            file: "hostile-headers.wasm",
+            constant: "HOSTILE_HEADERS",
+        },
+        Component {
+            package: "test-plugins",
+            file: "hostile-limits.wasm",
+            constant: "HOSTILE_LIMITS",
+        },
+        Component {
+            package: "test-plugins",
+            file: "hostile-exhaust.wasm",
+            constant: "HOSTILE_EXHAUST",
+        },
+        Component {
             package: "csv-to-json",
             file: "csv_to_json.wasm",
             constant: "CSV_TO_JSON",
@@ -86,7 +111,7 @@ mod guest_build {
     /// `packages` names cargo PACKAGES of the guest workspace (each built with `-p`), not binaries:
     /// every component of a named package is built and returned. Today each package builds exactly one
     /// component and is named after it (`fetch`, `csv-summary`, `http-fetch`, `trivial`, `csv-to-json`,
-    /// `test-processor`), except `test-plugins`, which builds `probe`. `None` builds every component.
+    /// `test-processor`), except `test-plugins`, which builds `probe` and the hostile plugins (`hostile-*`). `None` builds every component.
     ///
     /// Panics (failing the build script) with the nested cargo's stderr when the build fails, and with
     /// the fix when the `wasm32-wasip2` target is not installed.
@@ -301,7 +326,10 @@ mod guest_build {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            if name == "target" || name.starts_with('.') {
+            // Build output, and the Python and JavaScript guests (built by their own tools, not
+            // by cargo: their node_modules alone would be thousands of entries to watch).
+            let skipped = ["target", "node_modules", "__pycache__", "python", "js"];
+            if skipped.contains(&name) || name.starts_with('.') || name.ends_with(".wasm") {
                 continue;
             }
             if path.is_dir() {

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+#[cfg(feature = "sandbox")]
 pub mod cli;
 mod client;
 mod config;
@@ -28,10 +29,12 @@ mod discovery;
 mod error;
 mod policy;
 mod retry;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 
 /// The example plugins bundled in the binary (built from `guest/examples` by `build.rs`):
 /// `CSV_SUMMARY` (fetch the consumption CSV and summarise it) and `FETCH` (fetch URLs to stdout).
+#[cfg(feature = "sandbox")]
 pub mod examples {
     include!(concat!(env!("OUT_DIR"), "/embedded_guests.rs"));
 }
@@ -51,3 +54,25 @@ pub use policy::{Denial, Policy, check_headers, check_method};
 pub use retry::{is_idempotent, is_retryable_status};
 pub use tls::fapi_provider;
 pub use token::TokenInfo;
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers of everything that
+/// comes from outside the host, each a pure function of its input.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    /// Parse a token endpoint's success response. `Ok` gives the granted scopes and lifetime; the
+    /// bearer value stays inside. Errors are returned as their display text.
+    pub fn token_response(
+        body: &[u8],
+        requested_scopes: &[String],
+    ) -> std::result::Result<(Vec<String>, Duration, bool), String> {
+        let endpoint = url::Url::parse("https://as.example/token").expect("a valid URL");
+        crate::token::parse_success(body, &endpoint, Duration::from_secs(300), requested_scopes)
+            .map(|(bearer, scope, lifetime, from_server)| {
+                debug_assert!(bearer.header().as_bytes().starts_with(b"Bearer "));
+                (scope, lifetime, from_server)
+            })
+            .map_err(|e| e.to_string())
+    }
+}

@@ -281,7 +281,12 @@ impl TokenManager {
                 "{endpoint} answered HTTP {status} without an OAuth error"
             )));
         }
-        let (bearer, scope, lifetime, from_server) = self.parse_success(&bytes, &endpoint)?;
+        let (bearer, scope, lifetime, from_server) = parse_success(
+            &bytes,
+            &endpoint,
+            self.options.default_token_lifetime,
+            &self.scopes,
+        )?;
         let expires_at = received + lifetime;
         let info = TokenInfo {
             token_type: "Bearer".into(),
@@ -302,55 +307,6 @@ impl TokenManager {
             "access token acquired"
         );
         Ok((bearer, info, lifetime))
-    }
-
-    fn parse_success(
-        &self,
-        bytes: &[u8],
-        endpoint: &url::Url,
-    ) -> Result<(BearerHeader, Vec<String>, Duration, bool)> {
-        let parsed: TokenResponse = serde_json::from_slice(bytes)
-            .map_err(|e| Error::TokenResponse(format!("{endpoint} did not return JSON ({e})")))?;
-        let token = match parsed.access_token {
-            Some(Value::String(t)) if !t.is_empty() => t,
-            _ => {
-                return Err(Error::TokenResponse(format!(
-                    "{endpoint}: the response has no `access_token` string"
-                )));
-            }
-        };
-        match parsed.token_type {
-            Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
-            Some(Value::String(t)) => {
-                return Err(Error::TokenResponse(format!(
-                    "{endpoint}: token_type {:?} is not supported; only Bearer (certificate-bound) tokens are",
-                    printable(&t)
-                )));
-            }
-            _ => {
-                return Err(Error::TokenResponse(format!(
-                    "{endpoint}: the response has no `token_type`"
-                )));
-            }
-        }
-        let (lifetime, from_server) = match parsed.expires_in {
-            None | Some(Value::Null) => (self.options.default_token_lifetime, false),
-            Some(v) => (expires_in(&v, endpoint)?, true),
-        };
-        let scope = match parsed.scope {
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            _ => self.scopes.clone(),
-        };
-        // RFC 6750 b64token, which is what a header can carry; the token is not parsed otherwise.
-        let token = zeroize::Zeroizing::new(token);
-        let text = zeroize::Zeroizing::new(format!("Bearer {}", token.as_str()));
-        let mut value = HeaderValue::from_str(&text).map_err(|_| {
-            Error::TokenResponse(format!(
-                "{endpoint}: the access token has characters that cannot be sent in a header"
-            ))
-        })?;
-        value.set_sensitive(true);
-        Ok((BearerHeader(value), scope, lifetime, from_server))
     }
 
     /// The raw token, for `fapi-host token --reveal-token` only.
@@ -408,6 +364,59 @@ impl TokenManager {
             ))
         })
     }
+}
+
+/// Parse a successful token response: the bearer header, the granted scopes (the requested ones
+/// when the server does not say), the lifetime (`default_lifetime` without `expires_in`) and
+/// whether the server gave it. Errors never quote the token.
+pub(crate) fn parse_success(
+    bytes: &[u8],
+    endpoint: &url::Url,
+    default_lifetime: Duration,
+    requested_scopes: &[String],
+) -> Result<(BearerHeader, Vec<String>, Duration, bool)> {
+    let parsed: TokenResponse = serde_json::from_slice(bytes)
+        .map_err(|e| Error::TokenResponse(format!("{endpoint} did not return JSON ({e})")))?;
+    let token = match parsed.access_token {
+        Some(Value::String(t)) if !t.is_empty() => t,
+        _ => {
+            return Err(Error::TokenResponse(format!(
+                "{endpoint}: the response has no `access_token` string"
+            )));
+        }
+    };
+    match parsed.token_type {
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) => {
+            return Err(Error::TokenResponse(format!(
+                "{endpoint}: token_type {:?} is not supported; only Bearer (certificate-bound) tokens are",
+                printable(&t)
+            )));
+        }
+        _ => {
+            return Err(Error::TokenResponse(format!(
+                "{endpoint}: the response has no `token_type`"
+            )));
+        }
+    }
+    let (lifetime, from_server) = match parsed.expires_in {
+        None | Some(Value::Null) => (default_lifetime, false),
+        Some(v) => (expires_in(&v, endpoint)?, true),
+    };
+    let scope = match parsed.scope {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => requested_scopes.to_vec(),
+    };
+    // RFC 6750 b64token, which is what a header can carry; the token is not parsed otherwise.
+    let token = zeroize::Zeroizing::new(token);
+    let text = zeroize::Zeroizing::new(format!("Bearer {}", token.as_str()));
+    let mut value = HeaderValue::from_str(&text).map_err(|_| {
+        Error::TokenResponse(format!(
+            "{endpoint}: the access token has characters that cannot be sent in a header"
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok((BearerHeader(value), scope, lifetime, from_server))
 }
 
 /// `expires_in`: a non-negative number of seconds (a numeric string is accepted too); at most a day.

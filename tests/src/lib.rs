@@ -10,11 +10,16 @@
 /// - [`FETCH`](guests::FETCH), [`CSV_SUMMARY`](guests::CSV_SUMMARY), [`HTTP_FETCH`](guests::HTTP_FETCH),
 ///   [`TRIVIAL`](guests::TRIVIAL): the example plugins (`guest/examples/`);
 /// - [`PROBE`](guests::PROBE): the sandbox probe (`guest/test-plugins/`);
+/// - [`HOSTILE_STEAL`](guests::HOSTILE_STEAL), [`HOSTILE_EGRESS`](guests::HOSTILE_EGRESS),
+///   [`HOSTILE_HEADERS`](guests::HOSTILE_HEADERS), [`HOSTILE_LIMITS`](guests::HOSTILE_LIMITS),
+///   [`HOSTILE_EXHAUST`](guests::HOSTILE_EXHAUST): the hostile plugins (`guest/test-plugins/src/bin/`);
 /// - [`CSV_TO_JSON`](guests::CSV_TO_JSON), [`TEST_PROCESSOR`](guests::TEST_PROCESSOR): batch processors
 ///   (`guest/processors/`).
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
+
+pub mod sandbox_env;
 
 /// A `Write` into a shared buffer, for capturing every log line in tests.
 #[derive(Clone, Debug)]

@@ -1,117 +1,13 @@
 //! The sandbox end to end: real components from guest/ against the local federation.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fapi_federation::{Federation, FederationConfig, Pki, data};
-use fapi_host::sandbox::{DirGrant, RunOutcome, Sandbox, SandboxOptions, Stdio};
-use fapi_host::{FapiClient, Overrides, SandboxSettings, Settings};
+use fapi_federation::data;
+use fapi_host::sandbox::{DirGrant, RunOutcome, SandboxOptions};
 use fapi_tests::guests;
+use fapi_tests::sandbox_env::SandboxEnv as Env;
 use serde_json::Value;
-
-/// Every log line of this test binary, every level, every crate.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    fapi_tests::capture_logs("trace")
-}
-
-struct Env {
-    fed: Federation,
-    _dir: tempfile::TempDir,
-    sandbox: Sandbox,
-    client: FapiClient,
-}
-
-fn cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasmtime-cache")
-}
-
-impl Env {
-    async fn start(faults: bool, limits: impl FnOnce(&mut SandboxSettings)) -> Env {
-        Env::start_with(faults, limits, SandboxOptions::default()).await
-    }
-
-    async fn start_with(
-        faults: bool,
-        limits: impl FnOnce(&mut SandboxSettings),
-        options: SandboxOptions,
-    ) -> Env {
-        logs();
-        let cfg = FederationConfig {
-            faults_enabled: faults,
-            ..FederationConfig::default()
-        };
-        let fed = Federation::start(Pki::generate().unwrap(), cfg)
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = fed.write_client_config(dir.path(), "consumer").unwrap();
-        let mut settings = Settings::load(Some(&path), &Overrides::default()).unwrap();
-        limits(&mut settings.sandbox);
-        let (client, _) = FapiClient::from_settings(&settings).unwrap();
-        let options = SandboxOptions {
-            cache_dir: Some(cache_dir()),
-            stdio: Stdio::Capture,
-            ..options
-        };
-        let sandbox = Sandbox::new(client.clone(), options).await.unwrap();
-        Env {
-            fed,
-            _dir: dir,
-            sandbox,
-            client,
-        }
-    }
-
-    async fn run(&self, component: &str, args: &[&str]) -> RunOutcome {
-        // One compilation at a time: the first fills the on-disk cache, the others hit it.
-        static COMPILING: Mutex<()> = Mutex::new(());
-        let plugin = {
-            let _one = COMPILING.lock().unwrap_or_else(|p| p.into_inner());
-            self.sandbox.load(std::path::Path::new(component)).unwrap()
-        };
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        self.sandbox
-            .run(&plugin, &args, Stdio::Capture)
-            .await
-            .unwrap()
-    }
-
-    /// Run the probe and parse its one JSON line.
-    async fn probe(&self, args: &[&str]) -> Value {
-        let out = self.run(guests::PROBE, args).await;
-        assert_eq!(
-            out.stopped,
-            None,
-            "probe {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("probe {args:?}: {e}: {line}"))
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.fed.data_origin())
-    }
-
-    /// Assert that no token issued so far, nor the key, is in anything the guest or the logs saw.
-    async fn assert_no_secrets(&self, seen: &[&[u8]]) {
-        let token = self.client.danger_reveal_token().await.unwrap();
-        let key = self.fed.pki().client("consumer").unwrap().key_pem.clone();
-        let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
-        let logs = logs();
-        let logs = logs.lock().unwrap();
-        for hay in seen.iter().copied().chain([logs.as_slice()]) {
-            assert!(!contains(hay, token.as_bytes()), "the token leaked");
-            assert!(!contains(hay, key_body.as_bytes()), "the key leaked");
-        }
-    }
-}
-
-fn contains(h: &[u8], n: &[u8]) -> bool {
-    !n.is_empty() && h.windows(n.len()).any(|w| w == n)
-}
 
 /// The error case name (without a `Type::` prefix) and detail of a probe line.
 fn err(v: &Value) -> (&str, &str) {

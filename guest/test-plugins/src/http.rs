@@ -40,6 +40,19 @@ pub fn get_with_header(url: &str, name: &str, value: &str) -> Outcome {
     summarize(send(url, Method::Get, fields, None)?)
 }
 
+/// `http-many-headers URL COUNT SIZE`: GET with headers `x-h-0` .. `x-h-{COUNT-1}`, each a value of
+/// SIZE bytes `v`.
+pub fn many_headers(url: &str, count: usize, size: usize) -> Outcome {
+    let fields = Fields::new();
+    let value = vec![b'v'; size];
+    for i in 0..count {
+        fields.append(&format!("x-h-{i}"), &value).map_err(|e| {
+            Failure::new(variant_name(&format!("{e:?}")), "fields", format!("{e:?}"))
+        })?;
+    }
+    summarize(send(url, Method::Get, fields, None)?)
+}
+
 /// `http-post URL BYTES`: POST a body of BYTES bytes `a`.
 pub fn post(url: &str, bytes: usize) -> Outcome {
     summarize(send(

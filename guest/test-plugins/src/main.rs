@@ -12,44 +12,8 @@
 
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
-
-mod fapi;
-mod http;
-mod sandbox;
-
-/// Read size for streaming bodies: 64 KiB.
-const CHUNK: usize = 64 * 1024;
-
-/// A failed operation, printed as `{"err": err, "stage": stage, "detail": detail}`.
-#[derive(Debug)]
-pub struct Failure {
-    /// The error's case name, e.g. `Denied`.
-    pub err: String,
-    /// Where it happened, e.g. `fetch`, `body`, `handle`, `get`, `io`.
-    pub stage: &'static str,
-    /// The full text (the error's payload or debug form).
-    pub detail: String,
-}
-
-impl Failure {
-    /// A failure with these parts.
-    pub fn new(err: impl Into<String>, stage: &'static str, detail: impl Into<String>) -> Self {
-        Failure {
-            err: err.into(),
-            stage,
-            detail: detail.into(),
-        }
-    }
-
-    /// The JSON object of this failure (also used inside `errors` lists).
-    pub fn to_json(&self) -> Value {
-        json!({ "err": self.err, "stage": self.stage, "detail": self.detail })
-    }
-}
-
-/// What a subcommand produced.
-pub type Outcome = Result<Value, Failure>;
+use serde_json::json;
+use test_plugins::{Failure, fapi, http, parse, parse2, sandbox};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -101,28 +65,4 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Parse a numeric argument, or fail with `Usage`.
-fn parse<T: std::str::FromStr>(arg: &str) -> Result<T, Failure> {
-    arg.parse()
-        .map_err(|_| Failure::new("Usage", "args", format!("not a number: {arg:?}")))
-}
-
-fn parse2<A: std::str::FromStr, B: std::str::FromStr>(a: &str, b: &str) -> Result<(A, B), Failure> {
-    Ok((parse(a)?, parse(b)?))
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The case name of an error from its `Debug` form: `DnsError(DnsErrorPayload { .. })` -> `DnsError`.
-pub fn variant_name(debug: &str) -> String {
-    debug
-        .split(['(', '{', ' '])
-        .next()
-        .unwrap_or(debug)
-        .to_string()
 }

@@ -149,6 +149,6 @@ pub fn stdin() -> Outcome {
     Ok(json!({ "len": buf.len() }))
 }
 
-fn io_failure(e: std::io::Error) -> Failure {
+pub fn io_failure(e: std::io::Error) -> Failure {
     Failure::new(format!("{:?}", e.kind()), "io", e.to_string())
 }

@@ -16,10 +16,12 @@ mod manifest;
 pub mod naming;
 mod politeness;
 mod progress;
+#[cfg(feature = "sandbox")]
 mod runner;
 
 pub use input::{BadLine, Input, Item, Shard};
 pub use manifest::{Manifest, Outcome, Record, RecordError, completed, read};
 pub use politeness::{Politeness, Rate, RateLimiter};
 pub use progress::{Display, Progress, Stats, Summary};
+#[cfg(feature = "sandbox")]
 pub use runner::{Batch, BatchOptions, DRAIN_GRACE, Stop};

@@ -42,6 +42,7 @@ impl Default for Stats {
 }
 
 impl Stats {
+    #[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
     pub(crate) fn record_failure(&self, kind: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut m = self

@@ -70,16 +70,22 @@ impl WasiHttpHooks for EgressHooks {
                 .await
                 .map_err(|_| HttpErr::HttpRequestBodySize(Some(limit)))?
                 .to_bytes();
-            if parts.headers.len() > policy::MAX_HEADERS {
-                return Err(HttpErr::HttpRequestHeaderSectionSize(None));
-            }
+            // The same header rules as fapi-fetch: the filter above has already refused the
+            // host's headers; this enforces the count and size limits.
+            let headers = policy::check_headers(
+                parts
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            )
+            .map_err(|_| HttpErr::HttpRequestHeaderSectionSize(None))?;
             let timeout = options
                 .and_then(|o| o.first_byte_timeout)
                 .map(|t| t.max(Duration::from_millis(1)));
             let request = GuestRequest {
                 method: parts.method,
                 url: parts.uri.to_string(),
-                headers: parts.headers,
+                headers,
                 body: (!body.is_empty()).then_some(body),
                 timeout,
                 interface: Interface::WasiHttp,

@@ -1,0 +1,416 @@
+//! The hostile plugins (guest/test-plugins/src/bin/hostile-*.rs) against the local federation: each
+//! is a real component that tries every way it knows around one guarantee and reports what happened;
+//! each test judges every attempt, checks on the servers' side that nothing got through, and searches
+//! everything the plugin could observe, the audit file and every log line for the token and the key.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use fapi_host::sandbox::{RunOutcome, SandboxOptions};
+use fapi_host::{Overrides, Settings};
+use fapi_tests::guests;
+use fapi_tests::sandbox_env::SandboxEnv;
+use futures_util::future::join_all;
+use serde_json::Value;
+
+/// A sandbox whose allow-list is two data-provider endpoints only (so that `/echo`, which would show
+/// the guest the host's Authorization header, is outside it), with an audit file.
+async fn narrow_env(limits: impl FnOnce(&mut fapi_host::SandboxSettings)) -> (SandboxEnv, Audit) {
+    let audit = Audit::new();
+    let options = SandboxOptions {
+        audit: Some(audit.path()),
+        ..SandboxOptions::default()
+    };
+    let env = SandboxEnv::start_for(
+        true,
+        |fed, s| {
+            s.allow = vec![
+                format!("{}/consumption.csv", fed.data_origin()),
+                format!("{}/consumption.json", fed.data_origin()),
+            ];
+            limits(s);
+        },
+        options,
+    )
+    .await;
+    (env, audit)
+}
+
+/// The audit file of a run.
+struct Audit(tempfile::TempDir);
+
+impl Audit {
+    fn new() -> Audit {
+        Audit(tempfile::tempdir().unwrap())
+    }
+    fn path(&self) -> std::path::PathBuf {
+        self.0.path().join("audit.jsonl")
+    }
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(self.path()).unwrap_or_default()
+    }
+}
+
+/// The attempts of a hostile plugin's report.
+fn attempts(out: &RunOutcome) -> Vec<Value> {
+    let line = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("{e}: {line} / {}", String::from_utf8_lossy(&out.stderr)));
+    report["attempts"].as_array().unwrap().clone()
+}
+
+fn err_name(a: &Value) -> &str {
+    let name = a["err"].as_str().unwrap_or("");
+    name.rsplit("::").next().unwrap_or(name)
+}
+
+/// Search what the guest printed, the audit file and the logs for the token and the key.
+async fn no_secrets(env: &SandboxEnv, outs: &[&RunOutcome], audit: &Audit) {
+    let audit = audit.bytes();
+    let mut seen: Vec<&[u8]> = vec![&audit];
+    for out in outs {
+        seen.push(&out.stdout);
+        seen.push(&out.stderr);
+    }
+    env.assert_no_secrets(&seen).await;
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_read_the_credentials_open_sockets_or_look_up_names() {
+    let (env, audit) = narrow_env(|_| {}).await;
+    let settings = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
+    let as_authority = env
+        .fed
+        .issuer_url()
+        .trim_start_matches("https://")
+        .to_owned();
+    let dp_authority = env
+        .fed
+        .data_origin()
+        .trim_start_matches("https://")
+        .to_owned();
+    let args = [
+        format!("file:{}", settings.private_key.display()),
+        format!("file:{}", settings.certificate.display()),
+        format!("file:{}", env.config.display()),
+        format!("file:{}", env.config.parent().unwrap().display()),
+        format!("tcp:{as_authority}"),
+        format!("tcp:{dp_authority}"),
+        "dns:localhost".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = env.run(guests::HOSTILE_STEAL, &args).await;
+    assert_eq!(out.stopped, None, "{out:?}");
+    let attempts = attempts(&out);
+    let mut counted = 0;
+    for a in &attempts {
+        match a["attack"].as_str().unwrap() {
+            "read-file" | "list-dir" | "tcp-connect" | "udp-send" | "name-lookup" => {
+                assert!(a.get("err").is_some(), "this got through: {a}");
+                counted += 1;
+            }
+            "env-and-args" => {
+                let vars = a["ok"]["vars"].as_object().unwrap();
+                assert!(vars.is_empty(), "environment visible: {a}");
+                // Its arguments are exactly what the test passed, after the program name.
+                let seen: Vec<&str> = a["ok"]["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                assert_eq!(&seen[1..], &args[..], "{a}");
+            }
+            other => panic!("unexpected attempt {other}: {a}"),
+        }
+    }
+    // The key, the certificate, the configuration and its directory, nine usual files, five
+    // directories, two TCP and two UDP targets, three names.
+    assert_eq!(counted, 4 + 9 + 5 + 4 + 3, "{attempts:?}");
+    no_secrets(&env, &[&out], &audit).await;
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_reach_the_authorization_server_or_other_origins_by_any_spelling() {
+    let (env, audit) = narrow_env(|_| {}).await;
+    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+    sink.set_nonblocking(true).unwrap();
+    let sink_url = format!("https://{}/collect", sink.local_addr().unwrap());
+    let meta = env.client.server_metadata().await.unwrap();
+    let mut denied: Vec<String> = meta.endpoints().iter().map(|u| u.to_string()).collect();
+    denied.push(fapi_host::well_known_url(&env.fed.issuer_url()));
+    denied.push(sink_url.clone());
+    // Paths of the allowed origin outside the allow-list: /echo would show the Authorization header.
+    denied.push(env.url("/echo"));
+    denied.push(env.url("/sized?bytes=10"));
+    let allowed = env.fed.data_json_url();
+    let token_endpoint = meta.token_endpoint.to_string();
+    let mut args: Vec<String> = denied.iter().map(|u| format!("deny:{u}")).collect();
+    args.push(format!("redirect:{allowed}={token_endpoint}"));
+    args.push(format!("redirect:{allowed}={sink_url}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // One allowed request first, so that the data provider has introspected the token already.
+    let v = env.probe(&["fetch", &allowed]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    let before = env.fed.counters();
+    let out = env.run(guests::HOSTILE_EGRESS, &args).await;
+    assert_eq!(out.stopped, None, "{out:?}");
+    let after = env.fed.counters();
+    let attempts = attempts(&out);
+
+    let mut spellings = 0;
+    for a in &attempts {
+        let attack = a["attack"].as_str().unwrap();
+        if attack == "redirect" {
+            // Returned to the guest as it is; the host follows nothing.
+            assert_eq!(a["ok"]["status"], 307, "{a}");
+            continue;
+        }
+        assert!(attack.starts_with("spelling:"), "{a}");
+        spellings += 1;
+        let name = err_name(a);
+        match a["via"].as_str().unwrap() {
+            // The policy's refusal, or (for a URL the parser rejects) an invalid request.
+            "fapi-fetch" => assert!(
+                matches!(name, "Denied" | "InvalidRequest"),
+                "fapi-fetch let this through: {a}"
+            ),
+            // The host's refusal, or wasi:http's own refusal to build such a request.
+            // (wasmtime-wasi-http answers HttpProtocolError from `handle` for a scheme the host
+            // does not support, such as `HTTPS` spelled in capitals, before anything is sent.)
+            _ => assert!(
+                name == "HttpRequestDenied"
+                    || name == "HttpRequestUriInvalid"
+                    || (name == "HttpProtocolError" && a["stage"] == "handle")
+                    || a["stage"] == "request",
+                "wasi:http let this through: {a}"
+            ),
+        }
+    }
+    assert!(spellings >= 6 * 2 * 20, "{spellings} spellings tried");
+    // Server side: nothing reached the authorization server or the sink.
+    assert_eq!(after.token_requests, before.token_requests);
+    assert_eq!(after.discovery_requests, before.discovery_requests);
+    assert_eq!(after.revocation_requests, before.revocation_requests);
+    assert_eq!(after.introspection_requests, before.introspection_requests);
+    assert!(
+        sink.accept().is_err(),
+        "a connection reached the exfiltration sink"
+    );
+    // Only the two redirect requests per interface reached the data provider.
+    assert_eq!(after.dp_requests - before.dp_requests, 4);
+    no_secrets(&env, &[&out], &audit).await;
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_set_credentials_or_smuggle_headers() {
+    let (env, audit) = narrow_env(|_| {}).await;
+    let url = env.fed.data_json_url();
+    // Warm the token so that its bytes exist to be searched for.
+    env.client.danger_reveal_token().await.unwrap();
+    let before = env.fed.counters();
+    let out = env.run(guests::HOSTILE_HEADERS, &[&url]).await;
+    assert_eq!(out.stopped, None, "{out:?}");
+    let after = env.fed.counters();
+    let attempts = attempts(&out);
+    assert!(attempts.len() >= 2 * (14 + 9 + 3), "{attempts:?}");
+    for a in &attempts {
+        let name = err_name(a);
+        match a["via"].as_str().unwrap() {
+            "fapi-fetch" => assert_eq!(name, "InvalidRequest", "{a}"),
+            _ => assert!(
+                matches!(
+                    name,
+                    "Forbidden"
+                        | "InvalidSyntax"
+                        | "HttpRequestHeaderSectionSize"
+                        | "HttpRequestHeaderSize"
+                ),
+                "wasi:http let this through: {a}"
+            ),
+        }
+    }
+    assert_eq!(
+        after.dp_requests, before.dp_requests,
+        "a refused request reached the data provider"
+    );
+    no_secrets(&env, &[&out], &audit).await;
+}
+
+#[tokio::test]
+async fn oversized_wasi_http_fields_stop_the_plugin_not_the_host() {
+    let (env, audit) = narrow_env(|_| {}).await;
+    let url = env.fed.data_json_url();
+    let before = env.fed.counters();
+    // wasmtime-wasi-http traps a guest whose header fields pass its size limit (128 KiB) as they
+    // are built: the guest is stopped, nothing is sent, the host goes on.
+    let out = env
+        .run(
+            guests::HOSTILE_HEADERS,
+            &[&url, "http-oversize", "1", "1048576"],
+        )
+        .await;
+    let why = out.stopped.clone().unwrap_or_default();
+    assert!(why.contains("fields exceeds limit"), "{out:?}");
+    assert_eq!(env.fed.counters().dp_requests, before.dp_requests);
+    let v = env.probe(&["fetch", &url]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    no_secrets(&env, &[&out], &audit).await;
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_exceed_its_budgets_by_mixing_interfaces() {
+    let (env, audit) = narrow_env(|s| {
+        s.max_concurrent_requests = 3;
+        s.max_requests = 8;
+        s.max_request_body = 1 << 20;
+    })
+    .await;
+    let url = env.fed.data_json_url();
+    let before = env.fed.counters();
+    let out = env
+        .run(guests::HOSTILE_LIMITS, &[&url, "3", "2000000"])
+        .await;
+    assert_eq!(out.stopped, None, "{out:?}");
+    let after = env.fed.counters();
+    let attempts = attempts(&out);
+    let find = |attack: &str, via: &str| {
+        attempts
+            .iter()
+            .find(|a| a["attack"] == attack && a["via"] == via)
+            .unwrap_or_else(|| panic!("no {attack} via {via}: {attempts:?}"))
+    };
+    let concurrent = &find("concurrent", "both")["ok"];
+    let in_flight =
+        concurrent["fapi_ok"].as_u64().unwrap() + concurrent["http_ok"].as_u64().unwrap();
+    assert_eq!(in_flight, 3, "in flight at once: {concurrent}");
+    let budget = find("budget", "both")["ok"]["results"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let succeeded = budget.iter().filter(|r| r.get("status").is_some()).count();
+    // Refused attempts count against the budget too: at most 8 were let through, and every
+    // attempt after the first refusal was refused with the limit's error.
+    assert!(
+        in_flight + succeeded as u64 <= 8,
+        "total allowed: {budget:?}"
+    );
+    assert!(succeeded >= 1, "{budget:?}");
+    assert!(
+        budget.iter().skip(succeeded).all(|r| {
+            let e = r["err"].as_str().unwrap_or("");
+            e.ends_with("LimitExceeded") || e.ends_with("ConnectionLimitReached")
+        }),
+        "{budget:?}"
+    );
+    // Over the size limit and over the budget: either refusal will do.
+    assert!(
+        matches!(
+            err_name(find("huge-body", "fapi-fetch")),
+            "LimitExceeded" | "TooLarge"
+        ),
+        "{attempts:?}"
+    );
+    assert!(find("huge-body", "wasi:http").get("err").is_some());
+    assert!(after.dp_requests - before.dp_requests <= 8);
+    no_secrets(&env, &[&out], &audit).await;
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_are_refused_through_both_interfaces() {
+    let (env, audit) = narrow_env(|s| s.max_request_body = 1 << 20).await;
+    let url = env.fed.data_json_url();
+    let out = env
+        .run(guests::HOSTILE_LIMITS, &[&url, "1", "2000000"])
+        .await;
+    let attempts = attempts(&out);
+    let find = |via: &str| {
+        attempts
+            .iter()
+            .find(|a| a["attack"] == "huge-body" && a["via"] == via)
+            .unwrap()
+    };
+    assert_eq!(err_name(find("fapi-fetch")), "TooLarge", "{attempts:?}");
+    assert_eq!(
+        err_name(find("wasi:http")),
+        "HttpRequestBodySize",
+        "{attempts:?}"
+    );
+    no_secrets(&env, &[&out], &audit).await;
+}
+
+// Several worker threads, as `fapi-host run` and `batch` have: a guest runs on one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausting_plugins_are_stopped_while_the_host_serves_others() {
+    let audit = Audit::new();
+    let env = SandboxEnv::start_with(
+        true,
+        |s| {
+            s.max_memory = 64 << 20;
+            s.max_cpu = Duration::from_secs(1);
+            s.max_wall = Duration::from_secs(60);
+            s.max_response_body = 2 << 20;
+        },
+        SandboxOptions {
+            audit: Some(audit.path()),
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
+    let huge = env.url("/sized?bytes=3000000");
+    env.load(guests::HOSTILE_EXHAUST);
+    env.load(guests::PROBE);
+    // Every hostile mode at once, in the same sandbox as a well-behaved plugin that keeps fetching.
+    let modes: [&[&str]; 5] = [
+        &["memory"],
+        &["loop"],
+        &["recurse"],
+        &["read-huge", &huge],
+        &["trap-mid-request", &huge],
+    ];
+    let hostile = join_all(
+        modes
+            .iter()
+            .map(|args| async { (args[0], env.run(guests::HOSTILE_EXHAUST, args).await) }),
+    );
+    let bystander = async {
+        let mut slowest = Duration::ZERO;
+        let start = Instant::now();
+        let mut runs = 0;
+        while start.elapsed() < Duration::from_secs(3) {
+            let t = Instant::now();
+            let v = env.probe(&["repeat", &env.fed.data_json_url(), "5"]).await;
+            assert_eq!(v["ok"]["requests"], 5, "{v}");
+            slowest = slowest.max(t.elapsed());
+            runs += 1;
+        }
+        (runs, slowest)
+    };
+    let (results, (runs, slowest)) = tokio::join!(hostile, bystander);
+    let outcome = |mode: &str| &results.iter().find(|(m, _)| *m == mode).unwrap().1;
+    let stopped = |mode: &str| outcome(mode).stopped.clone().unwrap_or_default();
+    for (mode, why) in [
+        ("memory", "memory"),
+        ("loop", "CPU time"),
+        ("recurse", "stack overflow"),
+        ("trap-mid-request", "trapped"),
+    ] {
+        assert!(stopped(mode).contains(why), "{mode}: {:?}", outcome(mode));
+    }
+    let read = outcome("read-huge");
+    assert_eq!(read.stopped, None, "{read:?}");
+    assert_eq!(err_name(&attempts(read)[0]), "TooLarge", "{read:?}");
+    // The well-behaved plugin ran throughout, never held up past the hostile ones' limits.
+    // (Bounds for a loaded 2-core machine, far below the hostile plugins' 60 s wall limit: each
+    // hostile plugin is stopped by its own limit, not by the wall clock, and nobody waits for it.)
+    assert!(runs >= 2, "{runs} runs");
+    assert!(slowest < Duration::from_secs(10), "slowest run {slowest:?}");
+    eprintln!("bystander: {runs} runs of 5 requests beside 5 hostile plugins, slowest {slowest:?}");
+    // And the host still serves guests afterwards.
+    let v = env.probe(&["fetch", &env.fed.data_url()]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    let outs: Vec<&RunOutcome> = results.iter().map(|(_, o)| o).collect();
+    no_secrets(&env, &outs, &audit).await;
+}
