@@ -251,7 +251,7 @@ impl TokenManager {
                 Ok(r) => retry::is_retryable_status(r.status()),
                 Err(e) => e.is_connect(),
             };
-            if retryable && attempt <= self.options.retries {
+            if retryable && attempt <= self.options.token_retries {
                 let hint = sent
                     .as_ref()
                     .ok()
