@@ -1,8 +1,10 @@
 """The reference Python client (ib1-openenergy-support's FAPISession) fetching N small items
-sequentially, as a baseline for `fapi-bench reference`.
+sequentially over one keep-alive connection, as a baseline for `fapi-bench batch` and
+`fapi-bench compare`.
 
 Usage: python fapisession_items.py FEDERATION_JSON N
-Prints one JSON line: {"items": N, "seconds": S, "token_requests_hint": ...}.
+Prints one JSON line: {"items": N, "seconds": S, "cpu_seconds": C, "bytes": B}: the wall time and
+the interpreter's CPU time (time.process_time()) of the timed loop.
 Needs: pip install 'ib1-openenergy-support==0.2.17' 'urllib3<2'  (FAPISession uses urllib3 1.x's
 Retry(method_whitelist=...)). The federation's CA is passed with REQUESTS_CA_BUNDLE.
 """
@@ -47,13 +49,15 @@ def main():
     r = session.session.get(f"{origin}/items/0")
     r.raise_for_status()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     total = 0
     for i in range(n):
         r = session.session.get(f"{origin}/items/{i}")
         r.raise_for_status()
         total += len(r.content)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"items": n, "seconds": seconds, "bytes": total}))
+    cpu_seconds = time.process_time() - c0
+    print(json.dumps({"items": n, "seconds": seconds, "cpu_seconds": cpu_seconds, "bytes": total}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 //! fapi-bench: measures fapi-host against baselines run in the same process, on the same local
 //! data provider, and prints each figure as a ratio to its baseline.
 //!
-//! `cargo run --release -p fapi-bench -- client` (see README.md, "Benchmarks").
+//! `cargo run --release -p fapi-bench -- compare` runs all of it in one run and writes a JSON file and
+//! an SVG chart (see README.md, "Benchmarks").
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -9,7 +10,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 mod batch;
+mod chart;
 mod client;
+mod compare;
+mod cpu;
 mod lang;
 mod memory;
 mod sandbox;
@@ -54,6 +58,49 @@ enum What {
         /// reference-client comparison (skipped when the import fails).
         #[arg(long, default_value = "python3")]
         python: String,
+    },
+    /// Everything above in one run, each figure as a ratio to plain reqwest mTLS of the same run;
+    /// prints a table and writes JSON and an SVG chart.
+    Compare {
+        /// Fewer iterations (and a 64 MiB large response unless --large-mib is given).
+        #[arg(long)]
+        quick: bool,
+        /// Requests per round of the per-request comparison [default: 2000, --quick 300].
+        #[arg(long)]
+        requests: Option<usize>,
+        /// Rounds of the per-request comparison (median reported) [default: 7, --quick 2].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Items per throughput run [default: 10000, --quick 2000].
+        #[arg(long)]
+        items: Option<u64>,
+        /// Size of the large response, MiB [default: 1024, --quick 64].
+        #[arg(long)]
+        large_mib: Option<u64>,
+        /// Python with `ib1-openenergy-support==0.2.17` and `urllib3<2` [default: a venv under
+        /// target/bench-venv, created with pip when missing].
+        #[arg(long)]
+        python: Option<String>,
+        /// Skip the reference Python client.
+        #[arg(long)]
+        no_python: bool,
+        /// Where to write the results as JSON.
+        #[arg(long, default_value = "docs/bench/compare.json")]
+        json: std::path::PathBuf,
+        /// Where to write the chart (SVG).
+        #[arg(long, default_value = "docs/bench/compare.svg")]
+        svg: std::path::PathBuf,
+    },
+    /// The plain reqwest mTLS fetcher `compare` runs as a process (bearer in FAPI_BENCH_BEARER).
+    #[command(hide = true)]
+    PlainFetch {
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        #[arg(long)]
+        key: std::path::PathBuf,
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        url: String,
     },
     /// Plugins in Rust, Python and JavaScript: size, cold and cached start, per-request cost.
     Lang {
@@ -111,6 +158,35 @@ async fn main() {
             rounds,
             cached_runs,
         } => lang::run(requests, rounds, cached_runs).await,
+        What::Compare {
+            quick,
+            requests,
+            rounds,
+            items,
+            large_mib,
+            python,
+            no_python,
+            json,
+            svg,
+        } => {
+            let pick =
+                |v: Option<u64>, full: u64, q: u64| v.unwrap_or(if quick { q } else { full });
+            compare::run(compare::Options {
+                quick,
+                requests: pick(requests.map(|v| v as u64), 2000, 300) as usize,
+                rounds: pick(rounds.map(|v| v as u64), 7, 2) as usize,
+                items: pick(items, 10_000, 2_000),
+                large_mib: pick(large_mib, 1024, 64),
+                python,
+                no_python,
+                json,
+                svg,
+            })
+            .await
+        }
+        What::PlainFetch { cert, key, ca, url } => {
+            compare::plain_fetch(&cert, &key, &ca, &url).await
+        }
         What::Batch {
             items,
             memory_items,

@@ -1,14 +1,14 @@
 //! Peak memory (VmHWM) of a `fapi-host run` process whose guest streams responses of growing size:
 //! flat memory means streaming works.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::sandbox::guest;
 use crate::setup::Bench;
 
-fn fapi_host_bin() -> PathBuf {
+pub fn fapi_host_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().join("fapi-host");
     assert!(
@@ -19,11 +19,29 @@ fn fapi_host_bin() -> PathBuf {
     bin
 }
 
-/// Run the binary to completion, sampling its peak resident set (VmHWM, KiB) until it exits.
+/// A finished child process: peak resident set (VmHWM, sampled every 20 ms), wall time, CPU time.
+#[derive(Clone, Copy, Debug)]
+pub struct Child {
+    pub peak_kib: u64,
+    pub took: Duration,
+    pub cpu: Duration,
+    pub ok: bool,
+}
+
+/// Run `fapi-host` to completion, sampling its peak resident set (VmHWM, KiB) until it exits.
 pub fn peak_kib(args: &[String]) -> (u64, Duration, bool) {
+    let c = run_child(&fapi_host_bin(), args, &[]);
+    (c.peak_kib, c.took, c.ok)
+}
+
+/// Run `bin` to completion (stdout and stderr discarded), sampling its peak resident set. Its CPU
+/// time is the RUSAGE_CHILDREN delta across its wait: run one child at a time.
+pub fn run_child(bin: &Path, args: &[String], env: &[(&str, &str)]) -> Child {
+    let cpu0 = crate::cpu::children();
     let t0 = Instant::now();
-    let mut child = Command::new(fapi_host_bin())
+    let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -40,7 +58,12 @@ pub fn peak_kib(args: &[String]) -> (u64, Duration, bool) {
             }
         }
         if let Some(status) = child.try_wait().unwrap() {
-            return (peak, t0.elapsed(), status.success());
+            return Child {
+                peak_kib: peak,
+                took: t0.elapsed(),
+                cpu: crate::cpu::children() - cpu0,
+                ok: status.success(),
+            };
         }
         std::thread::sleep(Duration::from_millis(20));
     }

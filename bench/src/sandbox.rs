@@ -23,7 +23,7 @@ pub fn guest(name: &str) -> std::path::PathBuf {
     p
 }
 
-async fn sandbox(b: &Bench, cache: Option<&Path>) -> Sandbox {
+pub async fn sandbox(b: &Bench, cache: Option<&Path>) -> Sandbox {
     Sandbox::new(
         b.client(),
         SandboxOptions {

@@ -29,16 +29,26 @@ impl Bench {
         FapiClient::from_settings(&self.settings).unwrap().0
     }
 
-    /// A plain reqwest client with the same TLS identity and roots, no token handling.
-    pub fn plain_reqwest(&self) -> reqwest::Client {
+    /// The consumer's TLS configuration (same identity and roots as the FapiClient), for plain clients.
+    pub fn plain_tls(&self) -> rustls::ClientConfig {
         let consumer = self.fed.pki().client("consumer").unwrap();
-        let tls = self.fed.pki().client_tls_config(Some(consumer)).unwrap();
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(1)
-            .build()
-            .unwrap()
+        self.fed.pki().client_tls_config(Some(consumer)).unwrap()
     }
+
+    /// A plain reqwest client with the same TLS identity and roots, no token handling, one pooled
+    /// connection.
+    pub fn plain_reqwest(&self) -> reqwest::Client {
+        plain_client(self.plain_tls(), 1)
+    }
+}
+
+/// A plain reqwest client over `tls`, no token handling, keeping up to `max_idle` connections.
+pub fn plain_client(tls: rustls::ClientConfig, max_idle: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_max_idle_per_host(max_idle)
+        .build()
+        .unwrap()
 }
