@@ -59,8 +59,9 @@ enum What {
         #[arg(long, default_value = "python3")]
         python: String,
     },
-    /// Everything above in one run, each figure as a ratio to plain reqwest mTLS of the same run;
-    /// prints a table and writes JSON and an SVG chart.
+    /// Issue #7's benchmarks in one run (per request, throughput, start, instances, large
+    /// responses), each figure as a ratio to plain reqwest mTLS of the same run; prints a table and
+    /// writes JSON and an SVG chart (paths relative to the current directory).
     Compare {
         /// Fewer iterations (and a 64 MiB large response unless --large-mib is given).
         #[arg(long)]
