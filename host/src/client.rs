@@ -164,7 +164,7 @@ impl FapiClient {
         let mut replayed = false;
         loop {
             attempts += 1;
-            let (lease, _) = inner.tokens.lease().await?;
+            let lease = inner.tokens.bearer().await?;
             let mut builder = inner
                 .http
                 .request(request.method.clone(), url.clone())

@@ -91,6 +91,8 @@ pub(crate) struct TokenManager {
     thumbprint: String,
     options: ClientOptions,
     metadata: OnceCell<ServerMetadata>,
+    /// This identity's cache key (issuer, client, certificate thumbprint, scopes), made once.
+    key: CacheKey,
     cache: Mutex<HashMap<CacheKey, Cached>>,
     generation: AtomicU64,
     requests: AtomicU64,
@@ -128,6 +130,12 @@ impl TokenManager {
         thumbprint: String,
         options: ClientOptions,
     ) -> TokenManager {
+        let key = CacheKey {
+            issuer: issuer.clone(),
+            client_id: client_id.clone(),
+            thumbprint: thumbprint.clone(),
+            scope: scopes.join(" "),
+        };
         TokenManager {
             http,
             issuer,
@@ -136,6 +144,7 @@ impl TokenManager {
             thumbprint,
             options,
             metadata: OnceCell::new(),
+            key,
             cache: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -166,19 +175,27 @@ impl TokenManager {
         self.requests.load(Ordering::Relaxed)
     }
 
-    fn key(&self) -> CacheKey {
-        CacheKey {
-            issuer: self.issuer.clone(),
-            client_id: self.client_id.clone(),
-            thumbprint: self.thumbprint.clone(),
-            scope: self.scopes.join(" "),
+    /// A valid token for one request: the cached one, or a new one (the hot path of every
+    /// request: no allocation when the cached token is valid).
+    pub(crate) async fn bearer(&self) -> Result<Lease> {
+        {
+            let cache = self.cache.lock().await;
+            if let Some(c) = cache.get(&self.key)
+                && Instant::now() < c.refresh_at
+            {
+                return Ok(Lease {
+                    bearer: c.bearer.clone(),
+                    generation: c.generation,
+                });
+            }
         }
+        Ok(self.lease().await?.0)
     }
 
-    /// A valid token: the cached one, or a new one. Concurrent callers share one acquisition:
-    /// the cache lock is held while the token request is in flight.
+    /// A valid token and its metadata: the cached one, or a new one. Concurrent callers share one
+    /// acquisition: the cache lock is held while the token request is in flight.
     pub(crate) async fn lease(&self) -> Result<(Lease, TokenInfo)> {
-        let key = self.key();
+        let key = self.key.clone();
         let mut cache = self.cache.lock().await;
         if let Some(c) = cache.get(&key)
             && Instant::now() < c.refresh_at
@@ -311,7 +328,7 @@ impl TokenManager {
 
     /// The raw token, for `fapi-host token --reveal-token` only.
     pub(crate) async fn danger_reveal_token(&self) -> Result<zeroize::Zeroizing<String>> {
-        let (lease, _) = self.lease().await?;
+        let lease = self.bearer().await?;
         Ok(zeroize::Zeroizing::new(
             String::from_utf8_lossy(lease.bearer.expose_token()).into_owned(),
         ))
@@ -323,7 +340,7 @@ impl TokenManager {
         let endpoint = metadata.introspection_endpoint.clone().ok_or_else(|| {
             Error::Discovery("the authorization server has no introspection endpoint".into())
         })?;
-        let (lease, _) = self.lease().await?;
+        let lease = self.bearer().await?;
         let token = String::from_utf8_lossy(lease.bearer.expose_token()).into_owned();
         let body = zeroize::Zeroizing::new(
             url::form_urlencoded::Serializer::new(String::new())

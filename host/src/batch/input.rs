@@ -4,9 +4,14 @@
 //! next index (0-based), bad or not, so that `--shard K/N` splits a file the same way whatever its
 //! errors are.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::Method;
@@ -52,26 +57,41 @@ impl fmt::Display for BadLine {
 
 /// A parsed input: its items and its bad lines, each in input order.
 ///
-/// Every line is validated up front (so a bad line stops the batch before it starts), but an item
-/// is kept as the position of its line and materialised when it is needed ([`Input::items`]):
-/// memory stays a few bytes per item beyond the input's text, whatever the item count.
+/// Every line is validated up front (so a bad line stops the batch before it starts), but items
+/// are not kept: [`Input::items`] reads the source again and materialises each item when it is
+/// needed. An input read from a file ([`Input::open`]) is read twice and never held, so memory
+/// stays flat whatever the item count (about 10 bytes per item while the first pass checks names
+/// for duplicates, freed after it); text given whole ([`Input::parse`], stdin) is kept as it is.
 #[derive(Clone, Debug, Default)]
 pub struct Input {
-    text: String,
-    entries: Vec<Entry>,
+    source: Source,
+    /// Lines that are items, bad or not (the next index).
+    indexes: u64,
+    /// The indexes of repeated URLs, whose default name gets `-INDEX` (ascending).
+    renamed: Vec<u64>,
+    /// Only the items of this shard.
+    shard: Option<Shard>,
+    /// Set when the file no longer reads as it did when it was checked.
+    changed: Arc<AtomicBool>,
     /// The lines that are not usable items.
     pub bad: Vec<BadLine>,
 }
 
-/// Where a valid item's line is in the text.
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    line: u64,
-    index: u64,
-    start: usize,
-    end: usize,
-    /// A repeat of an earlier URL: its default name gets `-INDEX`.
-    renamed: bool,
+#[derive(Clone, Debug)]
+enum Source {
+    Text(String),
+    /// A file, with its length and modification time when it was checked.
+    File {
+        path: PathBuf,
+        len: u64,
+        modified: Option<std::time::SystemTime>,
+    },
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Text(String::new())
+    }
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -79,6 +99,29 @@ fn name_hash(name: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut h);
     h.finish()
+}
+
+/// Numbered lines (1-based); a read error ends them with `Err`.
+type Lines<'a> = Box<dyn Iterator<Item = std::io::Result<(u64, String)>> + Send + 'a>;
+
+/// The lines of a source, each with its 1-based number; a read error ends them with `Err`.
+fn lines(source: &Source) -> std::io::Result<Lines<'_>> {
+    Ok(match source {
+        Source::Text(text) => Box::new(
+            text.lines()
+                .enumerate()
+                .map(|(n, l)| Ok((n as u64 + 1, l.to_owned()))),
+        ),
+        Source::File { path, .. } => {
+            let reader = BufReader::new(File::open(path)?);
+            Box::new(
+                reader
+                    .lines()
+                    .enumerate()
+                    .map(|(n, l)| l.map(|l| (n as u64 + 1, l))),
+            )
+        }
+    })
 }
 
 /// `--shard K/N`: only the items whose index modulo N is K.
@@ -130,26 +173,41 @@ struct JsonLine {
 }
 
 impl Input {
-    /// Parse the text of an input file.
+    /// Parse the text of an input file (kept in memory; for a file, [`Input::open`] is lighter).
     pub fn parse(text: &str) -> Input {
-        let mut input = Input {
-            text: text.to_owned(),
-            ..Input::default()
-        };
-        // Names seen so far, by hash: (first line). Dropped after parsing.
-        let mut names: HashMap<u64, u64> = HashMap::new();
+        Input::check(Source::Text(text.to_owned())).expect("text cannot fail to read")
+    }
+
+    /// Check the input file at `path`, line by line, without keeping it: [`Input::items`] reads
+    /// it again. Fails when it cannot be read or is not UTF-8 (the error names the line).
+    pub fn open(path: &Path) -> std::io::Result<Input> {
+        let meta = std::fs::metadata(path)?;
+        Input::check(Source::File {
+            path: path.to_owned(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    fn check(source: Source) -> std::io::Result<Input> {
+        let mut input = Input::default();
+        // Names seen so far, by hash. Dropped after the check.
+        let mut names: HashSet<u64> = HashSet::new();
         let mut index = 0u64;
-        for (n, raw) in input.text.lines().enumerate() {
-            let line = n as u64 + 1;
+        let mut last = 0u64;
+        for next in lines(&source)? {
+            let (line, raw) =
+                next.map_err(|e| std::io::Error::new(e.kind(), format!("line {}: {e}", last + 1)))?;
+            last = line;
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
             match parse_line(trimmed, line, index) {
                 Ok(item) => {
-                    let mut renamed = false;
-                    if let Some(first) = names.get(&name_hash(&item.name)) {
+                    if !names.insert(name_hash(&item.name)) {
                         if item_named_by_input(trimmed) {
+                            let first = first_line_named(&source, &item.name).unwrap_or(0);
                             input.bad.push(BadLine {
                                 line,
                                 index,
@@ -162,19 +220,9 @@ impl Input {
                             continue;
                         }
                         // The same URL twice: a stable, distinct name for the repeat.
-                        renamed = true;
-                        names.insert(name_hash(&format!("{}-{index}", item.name)), line);
-                    } else {
-                        names.insert(name_hash(&item.name), line);
+                        input.renamed.push(index);
+                        names.insert(name_hash(&renamed_name(&item.name, index)));
                     }
-                    let start = trimmed.as_ptr() as usize - input.text.as_ptr() as usize;
-                    input.entries.push(Entry {
-                        line,
-                        index,
-                        start,
-                        end: start + trimmed.len(),
-                        renamed,
-                    });
                 }
                 Err(message) => input.bad.push(BadLine {
                     line,
@@ -184,37 +232,127 @@ impl Input {
             }
             index += 1;
         }
-        input
+        input.indexes = index;
+        input.source = source;
+        Ok(input)
     }
 
-    /// The number of usable items.
+    /// The number of usable items (of the shard, if any).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        let in_shard = match self.shard {
+            None => self.indexes,
+            Some(s) if self.indexes > s.k => (self.indexes - s.k).div_ceil(s.n),
+            Some(_) => 0,
+        };
+        (in_shard - self.bad.len() as u64) as usize
     }
 
     /// Whether there is no usable item.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// The usable items, in input order, each materialised on demand.
+    /// The usable items, in input order, each materialised on demand from the source. If a file
+    /// no longer reads as it did when checked, the items end there and [`Input::changed`] says so.
     pub fn items(&self) -> impl Iterator<Item = Item> + '_ {
-        self.entries.iter().map(|e| {
-            let mut item = parse_line(&self.text[e.start..e.end], e.line, e.index)
-                .expect("every entry was validated by Input::parse");
-            if e.renamed {
-                item.name = format!("{}-{}", item.name, e.index);
+        let changed = &self.changed;
+        let fail = move || {
+            changed.store(true, Ordering::Relaxed);
+        };
+        if let Source::File {
+            path,
+            len,
+            modified,
+        } = &self.source
+        {
+            let now = std::fs::metadata(path).map(|m| (m.len(), m.modified().ok()));
+            if now.ok() != Some((*len, *modified)) {
+                fail();
             }
-            item
-        })
+        }
+        let lines = match lines(&self.source) {
+            Ok(lines) => Some(lines),
+            Err(_) => {
+                fail();
+                None
+            }
+        };
+        let mut bad = self.bad.iter().map(|b| b.index).peekable();
+        let mut renamed = self.renamed.iter().copied().peekable();
+        let mut index = 0u64;
+        lines
+            .into_iter()
+            .flatten()
+            .map_while(move |next| {
+                let Ok((line, raw)) = next else {
+                    fail();
+                    return None;
+                };
+                Some((line, raw))
+            })
+            .filter_map(move |(line, raw)| {
+                let trimmed = raw.trim();
+                if trimmed.is_empty() || trimmed.starts_with('#') {
+                    return None;
+                }
+                let i = index;
+                index += 1;
+                if bad.next_if_eq(&i).is_some() {
+                    return None;
+                }
+                let rename = renamed.next_if_eq(&i).is_some();
+                if self.shard.is_some_and(|s| !s.contains(i)) {
+                    return None;
+                }
+                match parse_line(trimmed, line, i) {
+                    Ok(mut item) => {
+                        if rename {
+                            item.name = renamed_name(&item.name, i);
+                        }
+                        Some(item)
+                    }
+                    Err(_) => {
+                        fail();
+                        None
+                    }
+                }
+            })
+            .take_while(|_| !self.changed.load(Ordering::Relaxed))
+    }
+
+    /// Whether the input file changed after it was checked (its items then ended early).
+    pub fn changed(&self) -> bool {
+        self.changed.load(Ordering::Relaxed)
     }
 
     /// Keep only the items and bad lines of `shard`.
     pub fn shard(mut self, shard: Shard) -> Input {
-        self.entries.retain(|e| shard.contains(e.index));
+        self.shard = Some(shard);
         self.bad.retain(|b| shard.contains(b.index));
         self
     }
+}
+
+/// The name of the repeat at `index` of an earlier item's URL.
+fn renamed_name(name: &str, index: u64) -> String {
+    format!("{name}-{index}")
+}
+
+/// The first line whose item is named `name` (for the message about a duplicate).
+fn first_line_named(source: &Source, name: &str) -> Option<u64> {
+    let mut index = 0u64;
+    for next in lines(source).ok()? {
+        let (line, raw) = next.ok()?;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if parse_line(trimmed, line, index).is_ok_and(|i| i.name == name) {
+            return Some(line);
+        }
+        index += 1;
+    }
+    None
 }
 
 fn item_named_by_input(line: &str) -> bool {
@@ -340,5 +478,42 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, (0..103).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_file_is_read_twice_and_gives_what_its_text_gives() {
+        let text = "# c\nhttps://h/a\nnot a url\nhttps://h/a\n\n{\"url\":\"https://h/b\",\"name\":\"b\"}\nhttps://h/c\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, text).expect("write");
+        let file = Input::open(&path).expect("open");
+        let mem = Input::parse(text);
+        assert_eq!(file.bad, mem.bad);
+        assert_eq!(file.len(), 4);
+        let names = |i: &Input| {
+            i.items()
+                .map(|i| (i.line, i.index, i.name))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&file), names(&mem));
+        assert_eq!(names(&file).len(), file.len());
+        for k in 0..3 {
+            let part = Input::open(&path).expect("open").shard(Shard { k, n: 3 });
+            assert_eq!(part.items().count(), part.len(), "shard {k}");
+        }
+        assert!(!file.changed());
+        // The file changes after the check: its items end, and the input says so.
+        std::fs::write(&path, "https://h/other\n").expect("write");
+        assert_eq!(file.items().count(), 0);
+        assert!(file.changed());
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, b"https://h/a\nhttps://h/\xff\n").expect("write");
+        let e = Input::open(&path).expect_err("not UTF-8");
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 }

@@ -283,6 +283,13 @@ impl Batch {
         if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }
+        if input.changed() {
+            return Err(Error::Io(
+                "the input file changed while the batch ran, so its remaining items were not \
+                 started; the items done are recorded: run the same command again to fetch the rest"
+                    .into(),
+            ));
+        }
         if let Some(e) = manifest_error {
             return Err(e);
         }

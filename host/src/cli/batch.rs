@@ -56,17 +56,18 @@ pub struct BatchArgs {
 }
 
 pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
-    let text = if args.input == "-" {
+    // A file is checked line by line and read again as the batch goes, never held whole: memory
+    // stays flat however many items it has. Stdin can be read only once, so it is kept.
+    let input = if args.input == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
             .map_err(|e| Error::Io(format!("reading the input from stdin: {e}")))?;
-        s
+        Input::parse(&s)
     } else {
-        std::fs::read_to_string(&args.input)
+        Input::open(std::path::Path::new(&args.input))
             .map_err(|e| Error::Io(format!("reading the input {}: {e}", args.input)))?
     };
-    let input = Input::parse(&text);
     let bad = match args.shard {
         Some(s) => input.bad.iter().filter(|b| s.contains(b.index)).count(),
         None => input.bad.len(),

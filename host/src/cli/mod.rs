@@ -142,11 +142,18 @@ impl Cli {
     }
 }
 
+/// Threads for blocking work (file I/O) in the CLI's runtime.
+const BLOCKING_THREADS: usize = 8;
+
 /// Run a parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(cli.verbose);
+    // Blocking work is file I/O (batch outputs, `fetch -o`), which a handful of threads keep up
+    // with; tokio's default of up to 512 threads would each bring a malloc arena that memory
+    // grows by on long batches.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(r) => r,
