@@ -95,6 +95,14 @@ impl SandboxEnv {
     /// Load `component` (compiled once per test process, then taken from memory). Loading blocks
     /// its thread: tests that run guests concurrently load them first.
     pub fn load(&self, component: &str) -> Plugin {
+        if let Some(plugin) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(component)
+        {
+            return plugin.clone();
+        }
         // One compilation at a time: the first fills the on-disk cache, the others hit it.
         static COMPILING: Mutex<()> = Mutex::new(());
         let _one = COMPILING.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,7 +199,8 @@ pub fn secret_needles(token: &[u8], key_pem: &str) -> Vec<(&'static str, Vec<u8>
     needles
 }
 
-/// Whether `needle` occurs in `hay`.
+/// Whether `needle` occurs in `hay` (memchr's substring search: the logs of a test process are
+/// megabytes, searched for dozens of needles).
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(hay, needle).is_some()
 }

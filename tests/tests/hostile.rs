@@ -14,6 +14,11 @@ use fapi_tests::sandbox_env::SandboxEnv;
 use futures_util::future::join_all;
 use serde_json::Value;
 
+/// The tests of this file run one at a time: the exhaustion test measures how long a well-behaved
+/// plugin waits, which the other tests' compilations and request storms on the same 2 cores would
+/// blur.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A sandbox whose allow-list is two data-provider endpoints only (so that `/echo`, which would show
 /// the guest the host's Authorization header, is outside it), with an audit file.
 async fn narrow_env(limits: impl FnOnce(&mut fapi_host::SandboxSettings)) -> (SandboxEnv, Audit) {
@@ -78,6 +83,7 @@ async fn no_secrets(env: &SandboxEnv, outs: &[&RunOutcome], audit: &Audit) {
 
 #[tokio::test]
 async fn a_plugin_cannot_read_the_credentials_open_sockets_or_look_up_names() {
+    let _serial = SERIAL.lock().await;
     let (env, audit) = narrow_env(|_| {}).await;
     let settings = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
     let as_authority = env
@@ -134,6 +140,7 @@ async fn a_plugin_cannot_read_the_credentials_open_sockets_or_look_up_names() {
 
 #[tokio::test]
 async fn a_plugin_cannot_reach_the_authorization_server_or_other_origins_by_any_spelling() {
+    let _serial = SERIAL.lock().await;
     let (env, audit) = narrow_env(|_| {}).await;
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();
     sink.set_nonblocking(true).unwrap();
@@ -208,6 +215,7 @@ async fn a_plugin_cannot_reach_the_authorization_server_or_other_origins_by_any_
 
 #[tokio::test]
 async fn a_plugin_cannot_set_credentials_or_smuggle_headers() {
+    let _serial = SERIAL.lock().await;
     let (env, audit) = narrow_env(|_| {}).await;
     let url = env.fed.data_json_url();
     // Warm the token so that its bytes exist to be searched for.
@@ -244,6 +252,7 @@ async fn a_plugin_cannot_set_credentials_or_smuggle_headers() {
 
 #[tokio::test]
 async fn oversized_wasi_http_fields_stop_the_plugin_not_the_host() {
+    let _serial = SERIAL.lock().await;
     let (env, audit) = narrow_env(|_| {}).await;
     let url = env.fed.data_json_url();
     let before = env.fed.counters();
@@ -265,6 +274,7 @@ async fn oversized_wasi_http_fields_stop_the_plugin_not_the_host() {
 
 #[tokio::test]
 async fn a_plugin_cannot_exceed_its_budgets_by_mixing_interfaces() {
+    let _serial = SERIAL.lock().await;
     let (env, audit) = narrow_env(|s| {
         s.max_concurrent_requests = 3;
         s.max_requests = 8;
@@ -323,6 +333,7 @@ async fn a_plugin_cannot_exceed_its_budgets_by_mixing_interfaces() {
 
 #[tokio::test]
 async fn request_bodies_over_the_limit_are_refused_through_both_interfaces() {
+    let _serial = SERIAL.lock().await;
     let (env, audit) = narrow_env(|s| s.max_request_body = 1 << 20).await;
     let url = env.fed.data_json_url();
     let out = env
@@ -347,6 +358,7 @@ async fn request_bodies_over_the_limit_are_refused_through_both_interfaces() {
 // Several worker threads, as `fapi-host run` and `batch` have: a guest runs on one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausting_plugins_are_stopped_while_the_host_serves_others() {
+    let _serial = SERIAL.lock().await;
     let audit = Audit::new();
     let env = SandboxEnv::start_with(
         true,
