@@ -43,11 +43,19 @@ impl Bench {
 }
 
 /// A plain reqwest client over `tls`, no token handling, keeping up to `max_idle` connections.
+///
+/// Its transport settings are the ones any production HTTP client has and FapiClient's reqwest
+/// client has too (connect and read timeouts, a user agent, no redirects, no proxy), so that the
+/// comparison isolates what fapi-host adds over mTLS: token handling, interaction ids, checks.
 pub fn plain_client(tls: rustls::ClientConfig, max_idle: usize) -> reqwest::Client {
+    let defaults = fapi_host::ClientOptions::default();
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .connect_timeout(defaults.connect_timeout)
+        .read_timeout(defaults.timeout)
+        .user_agent("plain-reqwest")
         .pool_max_idle_per_host(max_idle)
         .build()
         .unwrap()

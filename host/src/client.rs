@@ -147,7 +147,8 @@ impl FapiClient {
     /// Send a request: token, mTLS, interaction id, `invalid_token` replay and retries.
     pub async fn send(&self, request: FapiRequest) -> Result<FapiResponse> {
         let inner = &self.inner;
-        let url = check_url(&request.url)?;
+        check_url(&request.url)?;
+        let url = request.url;
         check_headers(&request.headers)?;
         let interaction_id = match request.interaction_id {
             Some(id) => Some(id.to_string()),
@@ -252,8 +253,7 @@ impl FapiClient {
             }
             return Ok(FapiResponse {
                 status,
-                headers: response.headers().clone(),
-                url: url.clone(),
+                url,
                 interaction_id,
                 attempts,
                 elapsed: started.elapsed(),
@@ -382,7 +382,7 @@ fn check_headers(headers: &HeaderMap) -> Result<()> {
     Ok(())
 }
 
-fn check_url(url: &url::Url) -> Result<url::Url> {
+fn check_url(url: &url::Url) -> Result<()> {
     if url.scheme() != "https" {
         return Err(Error::InvalidRequest(format!(
             "{url}: only https URLs can be called (FAPI requires TLS)"
@@ -397,7 +397,7 @@ fn check_url(url: &url::Url) -> Result<url::Url> {
     if url.host_str().is_none() {
         return Err(Error::InvalidRequest(format!("{url}: no host")));
     }
-    Ok(url.clone())
+    Ok(())
 }
 
 fn check_interaction_echo(headers: &HeaderMap, sent: Option<&str>) {
@@ -515,7 +515,6 @@ impl fmt::Display for AuthProblem {
 #[derive(Debug)]
 pub struct FapiResponse {
     status: StatusCode,
-    headers: HeaderMap,
     url: url::Url,
     interaction_id: Option<String>,
     attempts: u32,
@@ -531,7 +530,7 @@ impl FapiResponse {
     }
     /// Headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.inner.headers()
     }
     /// The URL requested.
     pub fn url(&self) -> &url::Url {
@@ -555,8 +554,8 @@ impl FapiResponse {
     }
     /// The next chunk of the body, or None at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
-        let url = self.url.clone();
-        self.inner.chunk().await.map_err(|e| body_error(&url, e))
+        let url = &self.url;
+        self.inner.chunk().await.map_err(|e| body_error(url, e))
     }
     /// The body as a stream of chunks.
     pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + 'static {
@@ -568,15 +567,27 @@ impl FapiResponse {
 
     /// The whole body, up to `limit` bytes.
     pub async fn bytes_limited(mut self, limit: u64) -> Result<Bytes> {
-        let mut out = bytes::BytesMut::new();
-        while let Some(chunk) = self.chunk().await? {
+        let too_large = |url: &url::Url| {
+            Error::TooLarge(format!("the body of {url} is larger than {limit} bytes"))
+        };
+        // Most bodies arrive in one chunk: return it as it is, without copying.
+        let Some(first) = self.chunk().await? else {
+            return Ok(Bytes::new());
+        };
+        if first.len() as u64 > limit {
+            return Err(too_large(&self.url));
+        }
+        let Some(second) = self.chunk().await? else {
+            return Ok(first);
+        };
+        let mut out = bytes::BytesMut::from(&first[..]);
+        let mut next = Some(second);
+        while let Some(chunk) = next {
             if (out.len() + chunk.len()) as u64 > limit {
-                return Err(Error::TooLarge(format!(
-                    "the body of {} is larger than {limit} bytes",
-                    self.url
-                )));
+                return Err(too_large(&self.url));
             }
             out.extend_from_slice(&chunk);
+            next = self.chunk().await?;
         }
         Ok(out.freeze())
     }
