@@ -13,16 +13,11 @@ use fapi_host::batch::{Batch, BatchOptions, Input, Outcome, Record, Shard};
 use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
 use fapi_host::{FapiClient, Overrides, Settings};
 use fapi_tests::guests;
+use fapi_tests::sandbox_env::contains;
 use sha2::{Digest as _, Sha256};
 
 fn logs() -> Arc<Mutex<Vec<u8>>> {
     fapi_tests::capture_logs("warn,fapi_host=info")
-}
-
-/// Substring search with std's (optimised) `str::contains`: the logs are megabytes.
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let needle = std::str::from_utf8(needle).unwrap();
-    !needle.is_empty() && String::from_utf8_lossy(hay).contains(needle)
 }
 
 struct Env {
