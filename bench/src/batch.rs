@@ -9,7 +9,7 @@ use fapi_host::FapiClient;
 use fapi_host::batch::{Batch, BatchOptions, Input};
 
 use crate::memory::peak_kib;
-use crate::setup::Bench;
+use crate::setup::{Bench, fapi_get, plain_get};
 
 pub fn input(origin: &str, n: u64) -> String {
     (0..n).map(|i| format!("{origin}/items/{i}\n")).collect()
@@ -115,11 +115,7 @@ pub async fn native_rate(client: &FapiClient, origin: &str, items: u64, conc: us
     let client = client.clone();
     rate(origin, items, conc, move |url| {
         let client = client.clone();
-        async move {
-            let r = client.get(url).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
-        }
+        async move { fapi_get(&client, &url).await }
     })
     .await
 }
@@ -135,16 +131,7 @@ pub async fn plain_rate(
     let (client, bearer) = (client.clone(), bearer.to_owned());
     rate(origin, items, conc, move |url| {
         let (client, bearer) = (client.clone(), bearer.clone());
-        async move {
-            let r = client
-                .get(url)
-                .header("authorization", bearer)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
-        }
+        async move { plain_get(&client, &url, &bearer).await }
     })
     .await
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::setup::Bench;
+use crate::setup::{Bench, fapi_get, plain_get};
 use crate::{median, time};
 
 pub async fn run(requests: usize, rounds: usize) {
@@ -16,21 +16,12 @@ pub async fn run(requests: usize, rounds: usize) {
 
     let fapi_round = || async {
         for _ in 0..requests {
-            let r = client.get(url.clone()).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
+            fapi_get(&client, &url).await;
         }
     };
     let plain_round = || async {
         for _ in 0..requests {
-            let r = plain
-                .get(&url)
-                .header("authorization", &bearer)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
+            plain_get(&plain, &url, &bearer).await;
         }
     };
     // Warm up both (connections, introspection cache).

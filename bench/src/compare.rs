@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::batch::{batch_rate, federation_json, native_rate, plain_rate, reference_blocking};
 use crate::memory::{fapi_host_bin, run_child};
 use crate::sandbox::guest;
-use crate::setup::{Bench, plain_client};
+use crate::setup::{Bench, fapi_get, plain_client, plain_get, plain_head};
 use crate::{cpu, median};
 
 /// What `compare` does and where it writes.
@@ -191,21 +191,12 @@ async fn client_thread(env: ThreadEnv) -> ThreadOut {
 
     let plain_round = || async {
         for _ in 0..n {
-            let r = plain
-                .get(&url)
-                .header("authorization", &bearer)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
+            plain_get(&plain, &url, &bearer).await;
         }
     };
     let fapi_round = || async {
         for _ in 0..n {
-            let r = client.get(url.clone()).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
+            fapi_get(&client, &url).await;
         }
     };
     let guest_round = |cmd: &'static str| {
@@ -448,13 +439,7 @@ pub async fn plain_fetch(cert: &Path, key: &Path, ca: &Path, url: &str) {
         .with_client_auth_cert(certs, key)
         .unwrap();
     let bearer = std::env::var("FAPI_BENCH_BEARER").unwrap();
-    let mut r = plain_client(tls, 1)
-        .get(url)
-        .header("authorization", bearer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let mut r = plain_head(&plain_client(tls, 1), url, &bearer).await;
     let mut n = 0u64;
     while let Some(c) = r.chunk().await.unwrap() {
         n += c.len() as u64;

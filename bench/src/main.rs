@@ -16,6 +16,7 @@ mod compare;
 mod cpu;
 mod lang;
 mod memory;
+mod profile;
 mod sandbox;
 mod setup;
 
@@ -115,6 +116,16 @@ enum What {
         #[arg(long, default_value_t = 5)]
         cached_runs: usize,
     },
+    /// One client's per-request loop alone, on a thread named `fapi-client`, for profilers
+    /// (`perf record -g`, then `perf report --comm fapi-client`).
+    Loop {
+        /// The client.
+        #[arg(value_enum)]
+        which: profile::Which,
+        /// Sequential requests (after 200 of warm-up).
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+    },
     /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
     Memory {
         /// The largest response, MiB.
@@ -154,6 +165,7 @@ async fn main() {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
         What::Sandbox { requests, rounds } => sandbox::run(requests, rounds).await,
         What::Memory { max_mib } => memory::run(max_mib).await,
+        What::Loop { which, requests } => profile::run(which, requests).await,
         What::Lang {
             requests,
             rounds,

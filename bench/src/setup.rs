@@ -60,3 +60,27 @@ pub fn plain_client(tls: rustls::ClientConfig, max_idle: usize) -> reqwest::Clie
         .build()
         .unwrap()
 }
+
+/// One GET through plain reqwest with a fixed bearer header: the response head (status 200).
+pub async fn plain_head(client: &reqwest::Client, url: &str, bearer: &str) -> reqwest::Response {
+    let r = client
+        .get(url)
+        .header("authorization", bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r
+}
+
+/// One GET through plain reqwest with a fixed bearer header, body read in full (status 200).
+pub async fn plain_get(client: &reqwest::Client, url: &str, bearer: &str) {
+    plain_head(client, url, bearer).await.bytes().await.unwrap();
+}
+
+/// One GET through FapiClient, body read in full (status 200).
+pub async fn fapi_get(client: &FapiClient, url: &str) {
+    let r = client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+}

@@ -5,7 +5,6 @@
 //! cache. It is written into requests' `Authorization` headers and into the introspection form
 //! body, and nowhere else; nothing returns it to a caller.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::OnceCell;
 
 use crate::config::ClientOptions;
 use crate::discovery::{self, ServerMetadata};
@@ -67,19 +66,20 @@ pub(crate) struct Lease {
     pub(crate) generation: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct CacheKey {
-    issuer: String,
-    client_id: String,
-    thumbprint: String,
-    scope: String,
-}
-
 struct Cached {
     bearer: BearerHeader,
     info: TokenInfo,
     refresh_at: Instant,
     generation: u64,
+}
+
+impl Cached {
+    fn lease(&self) -> Lease {
+        Lease {
+            bearer: self.bearer.clone(),
+            generation: self.generation,
+        }
+    }
 }
 
 /// Discovery plus the token cache of one identity.
@@ -91,9 +91,12 @@ pub(crate) struct TokenManager {
     thumbprint: String,
     options: ClientOptions,
     metadata: OnceCell<ServerMetadata>,
-    /// This identity's cache key (issuer, client, certificate thumbprint, scopes), made once.
-    key: CacheKey,
-    cache: Mutex<HashMap<CacheKey, Cached>>,
+    /// The token of this identity (issuer, client, certificate, scopes: one manager each). A
+    /// synchronous lock, held only to look or swap, never across an await: the hot path of every
+    /// request reads it without hashing, allocating or yielding.
+    cache: std::sync::Mutex<Option<Cached>>,
+    /// Held while a token request is in flight, so that concurrent callers share one acquisition.
+    acquiring: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     requests: AtomicU64,
 }
@@ -130,12 +133,6 @@ impl TokenManager {
         thumbprint: String,
         options: ClientOptions,
     ) -> TokenManager {
-        let key = CacheKey {
-            issuer: issuer.clone(),
-            client_id: client_id.clone(),
-            thumbprint: thumbprint.clone(),
-            scope: scopes.join(" "),
-        };
         TokenManager {
             http,
             issuer,
@@ -144,8 +141,8 @@ impl TokenManager {
             thumbprint,
             options,
             metadata: OnceCell::new(),
-            key,
-            cache: Mutex::new(HashMap::new()),
+            cache: std::sync::Mutex::new(None),
+            acquiring: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }
@@ -175,64 +172,74 @@ impl TokenManager {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// The cached token while it is fresh.
+    fn cached(&self) -> Option<(Lease, TokenInfo)> {
+        let cache = self.slot();
+        cache
+            .as_ref()
+            .filter(|c| Instant::now() < c.refresh_at)
+            .map(|c| (c.lease(), c.info.clone()))
+    }
+
     /// A valid token for one request: the cached one, or a new one (the hot path of every
-    /// request: no allocation when the cached token is valid).
+    /// request: no allocation, hashing or await when the cached token is valid).
     pub(crate) async fn bearer(&self) -> Result<Lease> {
         {
-            let cache = self.cache.lock().await;
-            if let Some(c) = cache.get(&self.key)
+            let cache = self.slot();
+            if let Some(c) = cache.as_ref()
                 && Instant::now() < c.refresh_at
             {
-                return Ok(Lease {
-                    bearer: c.bearer.clone(),
-                    generation: c.generation,
-                });
+                return Ok(c.lease());
             }
         }
         Ok(self.lease().await?.0)
     }
 
     /// A valid token and its metadata: the cached one, or a new one. Concurrent callers share one
-    /// acquisition: the cache lock is held while the token request is in flight.
+    /// acquisition: `acquiring` is held while the token request is in flight, and whoever waited
+    /// for it finds the new token in the cache.
     pub(crate) async fn lease(&self) -> Result<(Lease, TokenInfo)> {
-        let key = self.key.clone();
-        let mut cache = self.cache.lock().await;
-        if let Some(c) = cache.get(&key)
-            && Instant::now() < c.refresh_at
-        {
-            return Ok((
-                Lease {
-                    bearer: c.bearer.clone(),
-                    generation: c.generation,
-                },
-                c.info.clone(),
-            ));
+        if let Some(fresh) = self.cached() {
+            return Ok(fresh);
         }
-        cache.remove(&key);
+        let _acquiring = self.acquiring.lock().await;
+        if let Some(fresh) = self.cached() {
+            return Ok(fresh);
+        }
+        self.store(None);
         let metadata = self.metadata().await?;
         let (bearer, info, lifetime) = self.request_token(metadata).await?;
         let margin = self.options.token_refresh_margin.min(lifetime / 2);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let lease = Lease {
-            bearer: bearer.clone(),
+        let cached = Cached {
+            bearer,
+            info: info.clone(),
+            refresh_at: Instant::now() + lifetime - margin,
             generation,
         };
-        cache.insert(
-            key,
-            Cached {
-                bearer,
-                info: info.clone(),
-                refresh_at: Instant::now() + lifetime - margin,
-                generation,
-            },
-        );
+        let lease = cached.lease();
+        self.store(Some(cached));
         Ok((lease, info))
     }
 
-    /// Drop the token of `generation` if it is still the cached one (after `invalid_token`).
+    fn store(&self, value: Option<Cached>) {
+        *self.slot() = value;
+    }
+
+    /// The cache slot (a panic elsewhere while it was held leaves a valid `Option`).
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drop the token of `generation` (the server said `invalid_token`), unless a newer one has
+    /// replaced it already.
     pub(crate) async fn invalidate(&self, generation: u64) {
-        let mut cache = self.cache.lock().await;
-        cache.retain(|_, c| c.generation != generation);
+        let mut cache = self.slot();
+        if cache.as_ref().is_some_and(|c| c.generation == generation) {
+            *cache = None;
+        }
     }
 
     async fn request_token(

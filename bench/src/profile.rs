@@ -1,0 +1,136 @@
+//! `fapi-bench loop`: one client's per-request loop, alone, for profilers.
+//!
+//! The federation runs on the main runtime; the chosen client runs `requests` sequential GETs on
+//! one keep-alive connection on a dedicated thread named `fapi-client` with a current-thread
+//! runtime, so that `perf record -g ./target/release/fapi-bench loop fapi` and
+//! `perf report --comm fapi-client` show the client's work and nothing of the servers'.
+
+use std::time::Instant;
+
+use clap::ValueEnum;
+use fapi_host::FapiClient;
+use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
+
+use crate::cpu;
+use crate::sandbox::guest;
+use crate::setup::{Bench, fapi_get, plain_client, plain_get};
+
+/// Which client the loop runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Which {
+    /// Plain reqwest mTLS with a fixed bearer header (the baseline).
+    Plain,
+    /// FapiClient.
+    Fapi,
+    /// A guest through `fapi-fetch` (the probe's `repeat`).
+    Fetch,
+    /// A guest through intercepted `wasi:http` (the probe's `http-repeat`).
+    Http,
+    /// The batch engine at concurrency 16, writing under `FAPI_BENCH_OUT` (default: the system's
+    /// temporary directory); its blocking threads are named `fapi-blocking`.
+    Batch,
+}
+
+pub async fn run(which: Which, requests: usize) {
+    let b = Bench::start().await;
+    let settings = b.settings.clone();
+    let tls = b.plain_tls();
+    let url = format!("{}/items/42", b.fed.data_origin());
+    let (wall, cpu) = std::thread::Builder::new()
+        .name("fapi-client".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("fapi-blocking")
+                .build()
+                .unwrap();
+            rt.block_on(one(which, requests, &settings, tls, &url))
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let n = requests as u32;
+    println!(
+        "{which:?}: {requests} requests, {:?} per request, {:?} CPU per request (this thread)",
+        wall / n,
+        cpu / n
+    );
+}
+
+async fn one(
+    which: Which,
+    n: usize,
+    settings: &fapi_host::Settings,
+    tls: rustls::ClientConfig,
+    url: &str,
+) -> (std::time::Duration, std::time::Duration) {
+    let client = FapiClient::from_settings(settings).unwrap().0;
+    let bearer = format!(
+        "Bearer {}",
+        client.danger_reveal_token().await.unwrap().as_str()
+    );
+    let plain = plain_client(tls, 1);
+    // Only the guests load the sandbox, from a lasting compilation cache, so that profiles and
+    // instruction counts hold no compilation.
+    let guest = match which {
+        Which::Fetch | Which::Http => {
+            let sb = Sandbox::new(
+                client.clone(),
+                SandboxOptions {
+                    cache_dir: Some(std::env::temp_dir().join("fapi-bench-loop-cache")),
+                    stdio: Stdio::Capture,
+                    ..SandboxOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            let probe = sb.load(&guest("probe.wasm")).unwrap();
+            Some((sb, probe))
+        }
+        _ => None,
+    };
+    let round = |n: usize| {
+        let (plain, client, bearer, guest) = (&plain, &client, &bearer, &guest);
+        async move {
+            match which {
+                Which::Plain => {
+                    for _ in 0..n {
+                        plain_get(plain, url, bearer).await;
+                    }
+                }
+                Which::Fapi => {
+                    for _ in 0..n {
+                        fapi_get(client, url).await;
+                    }
+                }
+                Which::Batch => {
+                    let under = std::env::var_os("FAPI_BENCH_OUT").map(std::path::PathBuf::from);
+                    let origin = url.trim_end_matches("/items/42");
+                    crate::batch::batch_rate(
+                        client.clone(),
+                        origin,
+                        n as u64,
+                        16,
+                        under.as_deref(),
+                    )
+                    .await;
+                }
+                Which::Fetch | Which::Http => {
+                    let (sb, probe) = guest.as_ref().unwrap();
+                    let cmd = if matches!(which, Which::Fetch) {
+                        "repeat"
+                    } else {
+                        "http-repeat"
+                    };
+                    let args = [cmd.to_string(), url.to_string(), n.to_string()];
+                    let out = sb.run(probe, &args, Stdio::Capture).await.unwrap();
+                    assert_eq!(out.exit_code, 0);
+                }
+            }
+        }
+    };
+    round(200).await;
+    let (t0, c0) = (Instant::now(), cpu::thread());
+    round(n).await;
+    (t0.elapsed(), cpu::thread() - c0)
+}
