@@ -3,7 +3,11 @@
 //! - TLS 1.3, and TLS 1.2 only with the FAPI cipher suites (ECDHE with AES-GCM); no CBC, no
 //!   CHACHA20 under 1.2, no RSA key exchange.
 //! - Servers are verified in full (chain to the system roots plus `ca_bundle`, host name,
-//!   validity) by rustls's WebPKI verifier. There is no switch that turns this off.
+//!   validity) by rustls's WebPKI verifier. There is no switch that turns this off. A server
+//!   whose chain ends at `ca_bundle` (every Open Energy endpoint) is verified against the bundle
+//!   alone; the system roots (hundreds of certificates, ~10-20 ms to read and parse) are loaded
+//!   only when a server's chain does not end there, so that a `fapi-host` process does not pay for
+//!   them at every start.
 //! - The client certificate chain is presented whenever a server asks for it (token endpoint and
 //!   resource servers alike).
 //! - Redirects are never followed, proxies from the environment are ignored, and only https URLs
@@ -13,12 +17,16 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::ResolvesClientCert;
+use std::sync::OnceLock;
+
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, RootCertStore, SignatureScheme, SupportedCipherSuite};
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::ClientOptions;
 use crate::credentials::Identity;
@@ -42,42 +50,159 @@ pub fn fapi_provider() -> CryptoProvider {
     provider
 }
 
-/// The trust anchors for servers: the system roots plus the certificates of `ca_bundle`.
-pub fn root_store(ca_bundle: Option<&Path>) -> Result<RootCertStore> {
+/// The system's trust anchors (a malformed system certificate is skipped, as browsers do).
+fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A malformed system certificate is skipped, as browsers do.
+    for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
-    if let Some(path) = ca_bundle {
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::Config(format!("cannot read `ca_bundle` {}: {e}", path.display()))
-        })?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| {
-                Error::Config(format!(
-                    "`ca_bundle` {} is not a PEM file ({e})",
-                    path.display()
-                ))
-            })?;
-        if certs.is_empty() {
-            return Err(Error::Config(format!(
-                "`ca_bundle` {} has no `-----BEGIN CERTIFICATE-----` block",
+    roots
+}
+
+/// The certificates of the `ca_bundle` file, checked.
+fn bundle_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::Config(format!("cannot read `ca_bundle` {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Config(format!(
+                "`ca_bundle` {} is not a PEM file ({e})",
                 path.display()
-            )));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| {
-                Error::Config(format!(
-                    "`ca_bundle` {}: a certificate is not a usable trust anchor ({e})",
-                    path.display()
-                ))
-            })?;
-        }
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "`ca_bundle` {} has no `-----BEGIN CERTIFICATE-----` block",
+            path.display()
+        )));
     }
-    Ok(roots)
+    Ok(certs)
+}
+
+fn add_bundle_cert(roots: &mut RootCertStore, cert: CertificateDer<'_>, path: &Path) -> Result<()> {
+    roots.add(cert).map_err(|e| {
+        Error::Config(format!(
+            "`ca_bundle` {}: a certificate is not a usable trust anchor ({e})",
+            path.display()
+        ))
+    })
+}
+
+/// Server verification against the system roots plus `ca_bundle`, trying `ca_bundle` alone
+/// first: the system roots are read and parsed only when a server's chain does not end at the
+/// bundle (or when there is no bundle), once per identity. The answer is the full verifier's
+/// whenever the bundle alone does not accept the server, so what is trusted is exactly the union.
+#[derive(Debug)]
+struct BundleFirst {
+    provider: Arc<CryptoProvider>,
+    /// The bundle's anchors, and a verifier over them alone (None without `ca_bundle`).
+    bundle: Option<(RootCertStore, Arc<WebPkiServerVerifier>)>,
+    /// System roots plus the bundle, built on first need.
+    full: OnceLock<std::result::Result<Arc<WebPkiServerVerifier>, rustls::Error>>,
+}
+
+impl BundleFirst {
+    fn new(ca_bundle: Option<&Path>, provider: Arc<CryptoProvider>) -> Result<BundleFirst> {
+        let bundle = match ca_bundle {
+            None => None,
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in bundle_certs(path)? {
+                    add_bundle_cert(&mut roots, cert, path)?;
+                }
+                let verifier = verifier(roots.clone(), &provider)
+                    .map_err(|e| Error::Config(format!("`ca_bundle` {}: {e}", path.display())))?;
+                Some((roots, verifier))
+            }
+        };
+        Ok(BundleFirst {
+            provider,
+            bundle,
+            full: OnceLock::new(),
+        })
+    }
+
+    fn full(&self) -> std::result::Result<&Arc<WebPkiServerVerifier>, rustls::Error> {
+        self.full
+            .get_or_init(|| {
+                let mut roots = system_roots();
+                if let Some((bundle, _)) = &self.bundle {
+                    roots.roots.extend(bundle.roots.iter().cloned());
+                }
+                verifier(roots, &self.provider)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn verifier(
+    roots: RootCertStore,
+    provider: &Arc<CryptoProvider>,
+) -> std::result::Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(format!("no usable trust anchors ({e})")))
+}
+
+impl ServerCertVerifier for BundleFirst {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if let Some((_, bundle)) = &self.bundle
+            && let Ok(verified) = bundle.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            )
+        {
+            return Ok(verified);
+        }
+        self.full()?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Presents the one client certificate chain whenever the server asks for one.
@@ -111,23 +236,12 @@ impl ResolvesClientCert for Presenter {
     }
 }
 
-/// The rustls configuration of one identity.
-pub fn client_config(
-    identity: &Identity,
-    roots: RootCertStore,
-    tls13_only: bool,
-) -> Result<rustls::ClientConfig> {
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(fapi_provider()))
-        .with_protocol_versions(versions)
-        .map_err(|e| Error::Tls(format!("TLS configuration: {e}")))?
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(Presenter(identity.certified_key())));
-    Ok(config)
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn protocol_versions(tls13_only: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if tls13_only { TLS13_ONLY } else { TLS13_AND_12 }
 }
 
 /// The reqwest client of one identity: mTLS, no redirects, no proxies, https only.
@@ -136,7 +250,14 @@ pub fn http_client(
     ca_bundle: Option<&Path>,
     options: &ClientOptions,
 ) -> Result<reqwest::Client> {
-    let config = client_config(identity, root_store(ca_bundle)?, options.tls13_only)?;
+    let provider = Arc::new(fapi_provider());
+    let verifier = Arc::new(BundleFirst::new(ca_bundle, provider.clone())?);
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(protocol_versions(options.tls13_only))
+        .map_err(|e| Error::Tls(format!("TLS configuration: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(Presenter(identity.certified_key())));
     http_client_from(config, options)
 }
 

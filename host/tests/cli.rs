@@ -343,3 +343,89 @@ fn dev_runs_the_federation_until_sigterm() {
     );
     assert!(stop(&mut child).success());
 }
+
+/// An HTTPS server with `server`'s certificate that answers every request with `200 body`.
+async fn https_responder(server: &fapi_federation::ServerIdentity, body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Servers are trusted when they chain to `ca_bundle` OR to the system roots: the bundle is tried
+/// first (the system roots are read only when it does not answer), and the union is what counts.
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR` stand in for the system roots.
+#[tokio::test]
+async fn servers_chaining_to_the_system_roots_are_trusted_beside_the_bundle() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let pki = f.fed.pki();
+    let outside = pki.issue_server(&["127.0.0.1"], true).unwrap();
+    let port = https_responder(&outside, "outside the bundle").await;
+    let url = format!("https://127.0.0.1:{port}/data");
+    let no_dir = f.path("no-system-certs");
+    std::fs::create_dir_all(&no_dir).unwrap();
+    let with_its_ca = f.path("system-with-its-ca.pem");
+    std::fs::write(&with_its_ca, &outside.ca_pem).unwrap();
+    let without = f.path("system-without-it.pem");
+    std::fs::write(&without, "").unwrap();
+
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let run = |system: std::path::PathBuf| {
+        let (cfg, dir, url, no_dir) = (cfg.clone(), dir.clone(), url.clone(), no_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            common::fapi_host_env(
+                &["--config", &cfg, "fetch", &url],
+                &dir,
+                &[("SSL_CERT_FILE", &system), ("SSL_CERT_DIR", &no_dir)],
+            )
+        })
+    };
+    // The token comes from the federation (its chain ends at the bundle); the server's chain ends
+    // at a "system" root.
+    let (code, out, err) = run(with_its_ca).await.unwrap();
+    assert_eq!(code, 0, "{}", s(&err));
+    assert_eq!(s(&out), "outside the bundle");
+    assert_eq!(f.fed.counters().token_requests, 1);
+
+    // Neither the bundle nor the (now empty) system roots hold its CA: refused at the handshake.
+    let (code, out, err) = run(without).await.unwrap();
+    assert_eq!(
+        code,
+        5,
+        "a TLS failure is a network error (exit 5): {}",
+        s(&err)
+    );
+    assert!(out.is_empty());
+    let err = s(&err).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(
+        err.contains("unknownissuer") || err.contains("unknown issuer"),
+        "{err}"
+    );
+}

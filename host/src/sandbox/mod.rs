@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
@@ -207,9 +207,17 @@ impl Ticker {
         let thread = std::thread::Builder::new()
             .name("fapi-epoch".into())
             .spawn(move || {
+                // Parked between ticks, so that dropping the ticker stops it at once (a plain
+                // sleep would hold every process exit back by up to a tick).
+                let mut next = Instant::now() + EPOCH_TICK;
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::park_timeout(next - now);
+                        continue;
+                    }
                     engine.increment_epoch();
+                    next = (next + EPOCH_TICK).max(now);
                 }
             })
             .ok();
@@ -221,6 +229,7 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

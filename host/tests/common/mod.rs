@@ -102,9 +102,15 @@ impl Fed {
 
 /// Run the `fapi-host` binary with arguments; returns (status, stdout, stderr).
 pub fn fapi_host(args: &[&str], cwd: &Path) -> (i32, Vec<u8>, Vec<u8>) {
+    fapi_host_env(args, cwd, &[])
+}
+
+/// [`fapi_host`] with extra environment variables.
+pub fn fapi_host_env(args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> (i32, Vec<u8>, Vec<u8>) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fapi-host"))
         .args(args)
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .env_remove("FAPI_CONFIG")
         .stdin(std::process::Stdio::null())
         .output()
