@@ -151,7 +151,18 @@ pub fn run(cli: Cli) -> ExitCode {
     // Blocking work is file I/O (batch outputs, `fetch -o`), which a handful of threads keep up
     // with; tokio's default of up to 512 threads would each bring a malloc arena that memory
     // grows by on long batches.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    //
+    // One-shot client commands run on the calling thread alone: every buffer is allocated and
+    // freed by the thread that reads the socket, so a long download does not spread over several
+    // malloc arenas (and no worker threads start). The servers (`dev`, `demo`), the sandbox and
+    // the batch keep a multi-thread runtime.
+    let mut builder = match cli.command {
+        Command::Fetch(_) | Command::Token(_) | Command::Introspect(_) | Command::Check => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
