@@ -23,6 +23,11 @@ pub fn thread() -> Duration {
     total(UsageWho::RUSAGE_THREAD)
 }
 
+/// User + system CPU time of this whole process.
+pub fn process() -> Duration {
+    total(UsageWho::RUSAGE_SELF)
+}
+
 /// User + system CPU time of all waited-for children of this process.
 pub fn children() -> Duration {
     total(UsageWho::RUSAGE_CHILDREN)

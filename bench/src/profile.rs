@@ -5,7 +5,7 @@
 //! runtime, so that `perf record -g ./target/release/fapi-bench loop fapi` and
 //! `perf report --comm fapi-client` show the client's work and nothing of the servers'.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use fapi_host::FapiClient;
@@ -26,6 +26,8 @@ pub enum Which {
     Fetch,
     /// A guest through intercepted `wasi:http` (the probe's `http-repeat`).
     Http,
+    /// FapiClient from 16 tasks at once, bodies kept in memory (the batch's baseline).
+    Fapi16,
     /// The batch engine at concurrency 16, writing under `FAPI_BENCH_OUT` (default: the system's
     /// temporary directory); its blocking threads are named `fapi-blocking`.
     Batch,
@@ -36,7 +38,7 @@ pub async fn run(which: Which, requests: usize) {
     let settings = b.settings.clone();
     let tls = b.plain_tls();
     let url = format!("{}/items/42", b.fed.data_origin());
-    let (wall, cpu) = std::thread::Builder::new()
+    let (wall, cpu, process) = std::thread::Builder::new()
         .name("fapi-client".into())
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -51,9 +53,10 @@ pub async fn run(which: Which, requests: usize) {
         .unwrap();
     let n = requests as u32;
     println!(
-        "{which:?}: {requests} requests, {:?} per request, {:?} CPU per request (this thread)",
+        "{which:?}: {requests} requests, {:?} per request, {:?} CPU per request on the client's thread, {:?} CPU per request in the whole process (servers included)",
         wall / n,
-        cpu / n
+        cpu / n,
+        process / n
     );
 }
 
@@ -63,7 +66,7 @@ async fn one(
     settings: &fapi_host::Settings,
     tls: rustls::ClientConfig,
     url: &str,
-) -> (std::time::Duration, std::time::Duration) {
+) -> (Duration, Duration, Duration) {
     let client = FapiClient::from_settings(settings).unwrap().0;
     let bearer = format!(
         "Bearer {}",
@@ -103,6 +106,10 @@ async fn one(
                         fapi_get(client, url).await;
                     }
                 }
+                Which::Fapi16 => {
+                    let origin = url.trim_end_matches("/items/42");
+                    crate::batch::native_rate(client, origin, n as u64, 16).await;
+                }
                 Which::Batch => {
                     let under = std::env::var_os("FAPI_BENCH_OUT").map(std::path::PathBuf::from);
                     let origin = url.trim_end_matches("/items/42");
@@ -130,7 +137,7 @@ async fn one(
         }
     };
     round(200).await;
-    let (t0, c0) = (Instant::now(), cpu::thread());
+    let (t0, c0, p0) = (Instant::now(), cpu::thread(), cpu::process());
     round(n).await;
-    (t0.elapsed(), cpu::thread() - c0)
+    (t0.elapsed(), cpu::thread() - c0, cpu::process() - p0)
 }

@@ -17,8 +17,8 @@ pub fn default_name(url: &url::Url) -> String {
     let mut readable = String::new();
     readable.push_str(url.host_str().unwrap_or("nohost"));
     if let Some(port) = url.port() {
-        readable.push('_');
-        readable.push_str(&port.to_string());
+        use std::fmt::Write as _;
+        let _ = write!(readable, "_{port}");
     }
     readable.push_str(url.path());
     if let Some(q) = url.query() {
@@ -42,8 +42,11 @@ pub fn default_name(url: &url::Url) -> String {
     }
     let out = out.trim_matches(|c| c == '_' || c == '.');
     let digest = Sha256::digest(url.as_str().as_bytes());
-    let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{out}-{hash}")
+    let mut name = String::with_capacity(out.len() + 13);
+    name.push_str(out);
+    name.push('-');
+    name.push_str(&super::manifest::hex(&digest[..6]));
+    name
 }
 
 /// Check a name given in the input: one path component that is safe on common filesystems.
