@@ -149,7 +149,18 @@ pub async fn batch_rate(
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
-    let mut options = BatchOptions::new(dir.path());
+    batch_rate_in(client, origin, items, conc, dir.path()).await
+}
+
+/// [`batch_rate`] writing into `out` (which must not hold a manifest of these items yet).
+pub async fn batch_rate_in(
+    client: FapiClient,
+    origin: &str,
+    items: u64,
+    conc: usize,
+    out: &Path,
+) -> f64 {
+    let mut options = BatchOptions::new(out);
     options.concurrency = conc;
     let batch = Batch::new(client, options);
     let t0 = Instant::now();

@@ -92,8 +92,12 @@ async fn one(
         }
         _ => None,
     };
+    let out = match std::env::var_os("FAPI_BENCH_OUT") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
     let round = |n: usize| {
-        let (plain, client, bearer, guest) = (&plain, &client, &bearer, &guest);
+        let (plain, client, bearer, guest, out) = (&plain, &client, &bearer, &guest, &out);
         async move {
             match which {
                 Which::Plain => {
@@ -111,16 +115,10 @@ async fn one(
                     crate::batch::native_rate(client, origin, n as u64, 16).await;
                 }
                 Which::Batch => {
-                    let under = std::env::var_os("FAPI_BENCH_OUT").map(std::path::PathBuf::from);
+                    // A new directory per round, removed after the measurement.
                     let origin = url.trim_end_matches("/items/42");
-                    crate::batch::batch_rate(
-                        client.clone(),
-                        origin,
-                        n as u64,
-                        16,
-                        under.as_deref(),
-                    )
-                    .await;
+                    let out = out.path().join(format!("round-{n}"));
+                    crate::batch::batch_rate_in(client.clone(), origin, n as u64, 16, &out).await;
                 }
                 Which::Fetch | Which::Http => {
                     let (sb, probe) = guest.as_ref().unwrap();
