@@ -116,6 +116,14 @@ enum What {
         #[arg(long, default_value_t = 5)]
         cached_runs: usize,
     },
+    /// Run a program and print its peak RSS (KiB), wall and CPU time (µs) and whether it failed
+    /// (used by the other benchmarks to measure child processes exactly).
+    #[command(hide = true)]
+    ExecPeak {
+        bin: std::path::PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// One client's per-request loop alone, on a thread named `fapi-client`, for profilers
     /// (`perf record -g`, then `perf report --comm fapi-client`).
     Loop {
@@ -150,6 +158,9 @@ pub async fn time<F: std::future::Future<Output = ()>>(f: F) -> Duration {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let What::ExecPeak { bin, args } = &args.what {
+        return memory::exec_peak(bin, args);
+    }
     println!(
         "machine: {} cores, {}",
         std::thread::available_parallelism()
@@ -165,6 +176,7 @@ async fn main() {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
         What::Sandbox { requests, rounds } => sandbox::run(requests, rounds).await,
         What::Memory { max_mib } => memory::run(max_mib).await,
+        What::ExecPeak { .. } => unreachable!("handled above"),
         What::Loop { which, requests } => profile::run(which, requests).await,
         What::Lang {
             requests,

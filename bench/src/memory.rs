@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use nix::sys::resource::{UsageWho, getrusage};
 use std::time::{Duration, Instant};
 
 use crate::sandbox::guest;
@@ -34,39 +36,55 @@ pub fn peak_kib(args: &[String]) -> (u64, Duration, bool) {
     (c.peak_kib, c.took, c.ok)
 }
 
-/// Run `bin` to completion (stdout and stderr discarded), sampling its peak resident set. Its CPU
-/// time is the RUSAGE_CHILDREN delta across its wait: run one child at a time.
+/// Run `bin` to completion (stdout and stderr discarded) and measure it exactly: it runs under
+/// `fapi-bench exec-peak`, whose only child it is, so that the kernel's own accounting of that
+/// one child (`getrusage(RUSAGE_CHILDREN)`: peak resident set, CPU) is the answer, even for a
+/// process that lives a few milliseconds (sampling /proc would miss it).
 pub fn run_child(bin: &Path, args: &[String], env: &[(&str, &str)]) -> Child {
-    let cpu0 = crate::cpu::children();
-    let t0 = Instant::now();
-    let mut child = Command::new(bin)
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("exec-peak")
+        .arg(bin)
         .args(args)
         .envs(env.iter().copied())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(v.len(), 4, "exec-peak printed {text:?}");
+    Child {
+        peak_kib: v[0],
+        took: Duration::from_micros(v[1]),
+        cpu: Duration::from_micros(v[2]),
+        ok: v[3] == 0,
+    }
+}
+
+/// `fapi-bench exec-peak BIN ARGS...`: run BIN (stdout and stderr discarded) and print its peak
+/// RSS (KiB), wall time (µs), CPU time (µs) and exit status (0 = success), space-separated.
+pub fn exec_peak(bin: &Path, args: &[String]) {
+    let t0 = Instant::now();
+    let status = Command::new(bin)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
+        .status()
         .unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path) {
-            for line in s.lines() {
-                if let Some(v) = line.strip_prefix("VmHWM:") {
-                    let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                    peak = peak.max(kib);
-                }
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            return Child {
-                peak_kib: peak,
-                took: t0.elapsed(),
-                cpu: crate::cpu::children() - cpu0,
-                ok: status.success(),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let took = t0.elapsed();
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| {
+        t.tv_sec().max(0) as u64 * 1_000_000 + t.tv_usec().max(0) as u64
+    };
+    println!(
+        "{} {} {} {}",
+        usage.max_rss().max(0),
+        took.as_micros(),
+        tv(usage.user_time()) + tv(usage.system_time()),
+        u8::from(!status.success())
+    );
 }
 
 pub async fn run(max_mib: u64) {
