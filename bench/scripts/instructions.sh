@@ -5,13 +5,13 @@
 # Each client runs twice, with N1 and N2 requests; (Ir(N2) - Ir(N1)) / (N2 - N1) takes out the
 # set-up, warm-up and exit. Instruction counts do not move with the machine's load, unlike times.
 #
-#   bench/scripts/instructions.sh [N1 N2 [CLIENT...]]     (default: 300 1300 plain fapi fetch http)
+#   bench/scripts/instructions.sh [N1 N2 [CLIENT...]]     (default: 300 1300 plain plain-headers fapi fetch http)
 set -euo pipefail
 n1=${1:-300}
 n2=${2:-1300}
 shift 2 || true
 clients=("$@")
-[ ${#clients[@]} -gt 0 ] || clients=(plain fapi fetch http)
+[ ${#clients[@]} -gt 0 ] || clients=(plain plain-headers fapi fetch http)
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release/fapi-bench"
 [ -x "$bin" ] || { echo "build first: cargo build --release -p fapi-bench" >&2; exit 2; }

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::batch::{batch_rate, federation_json, native_rate, plain_rate, reference_blocking};
 use crate::memory::{fapi_host_bin, run_child};
 use crate::sandbox::guest;
-use crate::setup::{Bench, fapi_get, plain_client, plain_get, plain_head};
+use crate::setup::{Bench, fapi_get, plain_client, plain_fapi_headers_get, plain_get, plain_head};
 use crate::{cpu, median};
 
 /// What `compare` does and where it writes.
@@ -197,6 +197,14 @@ async fn client_thread(env: ThreadEnv) -> ThreadOut {
             }
         }
     };
+    let headers_round = |n: usize| {
+        let (plain, url, bearer) = (&plain, &url, &bearer);
+        async move {
+            for _ in 0..n {
+                plain_fapi_headers_get(plain, url, bearer).await;
+            }
+        }
+    };
     let fapi_round = |n: usize| {
         let (client, url) = (&client, &url);
         async move {
@@ -234,10 +242,14 @@ async fn client_thread(env: ThreadEnv) -> ThreadOut {
         python = None;
     }
 
-    let names: [(&str, &str); 6] = [
+    let names: [(&str, &str); 7] = [
         (
             "plain_reqwest",
             "plain reqwest mTLS, fixed bearer header (baseline)",
+        ),
+        (
+            "plain_fapi_headers",
+            "plain reqwest mTLS + bearer + x-fapi-interaction-id (same request bytes)",
         ),
         ("fapi_client", "FapiClient (native)"),
         ("guest_fapi_fetch", "guest through fapi-fetch"),
@@ -270,30 +282,34 @@ async fn client_thread(env: ThreadEnv) -> ThreadOut {
                     push(0, measure(plain_round(n)).await)
                 }
                 1 => {
-                    fapi_round(warm).await;
-                    push(1, measure(fapi_round(n)).await)
+                    headers_round(warm).await;
+                    push(1, measure(headers_round(n)).await)
                 }
                 2 => {
-                    guest_round("repeat", warm).await;
-                    push(2, measure(guest_round("repeat", n)).await)
+                    fapi_round(warm).await;
+                    push(2, measure(fapi_round(n)).await)
                 }
                 3 => {
-                    guest_round("http-repeat", warm).await;
-                    push(3, measure(guest_round("http-repeat", n)).await)
+                    guest_round("repeat", warm).await;
+                    push(3, measure(guest_round("repeat", n)).await)
                 }
                 4 => {
+                    guest_round("http-repeat", warm).await;
+                    push(4, measure(guest_round("http-repeat", n)).await)
+                }
+                5 => {
                     // curl: (N + 1 URLs) minus (1 URL) takes out process start, TLS handshake, exit.
                     let (w1, c1, _) = curl(&env.dir, &bearer, &url, 1);
                     let (wn, cn, conns) = curl(&env.dir, &bearer, &url, n + 1);
                     curl_connections = conns;
-                    push(4, (wn.saturating_sub(w1), cn.saturating_sub(c1)));
+                    push(5, (wn.saturating_sub(w1), cn.saturating_sub(c1)));
                 }
                 _ => {
                     if let Some(py) = &python
                         && let Some(r) = reference_blocking(py, &env.fed_json, n as u64)
                     {
                         push(
-                            5,
+                            6,
                             (
                                 Duration::from_secs_f64(r.seconds),
                                 Duration::from_secs_f64(r.cpu_seconds),
@@ -587,6 +603,19 @@ pub async fn run(opts: Options) {
                 met: lw <= 1.10 && lc <= 1.10,
             });
         }
+    }
+    // The host's own overhead: FapiClient against plain reqwest sending the same request bytes.
+    if let (Some(f), Some(h)) = (find("fapi_client"), find("plain_fapi_headers")) {
+        let (lw, lc) = (
+            f.wall.as_secs_f64() / h.wall.as_secs_f64(),
+            f.cpu.as_secs_f64() / h.cpu.as_secs_f64(),
+        );
+        targets.push(Target {
+            what: "host overhead over plain mTLS sending the same request (bearer + interaction id): FapiClient".into(),
+            goal: "≤ 1.10x (latency and CPU)".into(),
+            measured: format!("latency {lw:.2}x, CPU {lc:.2}x"),
+            met: lw <= 1.10 && lc <= 1.10,
+        });
     }
     let python_rate = find("python_reference").map(|c| 1.0 / c.wall.as_secs_f64());
 

@@ -13,13 +13,16 @@ use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
 
 use crate::cpu;
 use crate::sandbox::guest;
-use crate::setup::{Bench, fapi_get, plain_client, plain_get};
+use crate::setup::{Bench, fapi_get, plain_client, plain_fapi_headers_get, plain_get};
 
 /// Which client the loop runs.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Which {
     /// Plain reqwest mTLS with a fixed bearer header (the baseline).
     Plain,
+    /// Plain reqwest mTLS with the fixed bearer and a fresh `x-fapi-interaction-id` header: the
+    /// same request bytes as FapiClient's.
+    PlainHeaders,
     /// FapiClient.
     Fapi,
     /// A guest through `fapi-fetch` (the probe's `repeat`).
@@ -103,6 +106,11 @@ async fn one(
                 Which::Plain => {
                     for _ in 0..n {
                         plain_get(plain, url, bearer).await;
+                    }
+                }
+                Which::PlainHeaders => {
+                    for _ in 0..n {
+                        plain_fapi_headers_get(plain, url, bearer).await;
                     }
                 }
                 Which::Fapi => {

@@ -73,6 +73,22 @@ pub async fn plain_head(client: &reqwest::Client, url: &str, bearer: &str) -> re
     r
 }
 
+/// One GET through plain reqwest with the headers a FAPI request carries — the fixed bearer and
+/// a fresh `x-fapi-interaction-id` (UUID v4) — body read in full (status 200). The same bytes
+/// on the wire as `FapiClient`'s request, so the same work for the data provider; none of the
+/// host's logic.
+pub async fn plain_fapi_headers_get(client: &reqwest::Client, url: &str, bearer: &str) {
+    let r = client
+        .get(url)
+        .header("authorization", bearer)
+        .header("x-fapi-interaction-id", uuid::Uuid::new_v4().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+}
+
 /// One GET through plain reqwest with a fixed bearer header, body read in full (status 200).
 pub async fn plain_get(client: &reqwest::Client, url: &str, bearer: &str) {
     plain_head(client, url, bearer).await.bytes().await.unwrap();
