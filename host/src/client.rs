@@ -139,6 +139,13 @@ impl FapiClient {
         self.inner.tokens.danger_reveal_token().await
     }
 
+    /// Whether the authorization server could not be reached the last time a token was needed
+    /// (and no token has arrived since): a network failure of a request is then the token's,
+    /// not the resource server's.
+    pub(crate) fn authorization_server_unreachable(&self) -> bool {
+        self.inner.tokens.unreachable()
+    }
+
     /// Token requests sent so far by this client (all clones).
     pub fn token_requests(&self) -> u64 {
         self.inner.tokens.token_requests()

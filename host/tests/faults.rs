@@ -939,6 +939,10 @@ async fn batch_with_the_authorization_server_down_fails_once_with_a_clear_error(
     let (code, err) = run(c).await;
     assert_eq!(code, 5, "{err}");
     assert!(err.contains(&issuer), "{err}");
+    assert!(
+        err.contains("stopped: the authorization server cannot be reached"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert_eq!(f.fed.counters().dp_requests, 0);
@@ -995,6 +999,98 @@ async fn batch_stops_when_the_authorization_server_starts_refusing_mid_run() {
     assert!(
         recs.iter()
             .all(|r| !r.error.as_ref().unwrap().message.is_empty())
+    );
+    assert_consistent(&out, &recs);
+}
+
+#[tokio::test]
+async fn batch_stops_when_the_authorization_server_becomes_unreachable_mid_run() {
+    use fapi_host::batch::{Batch, BatchOptions, Input};
+    let f = Fed::start(FederationConfig {
+        introspection_cache_ttl: Duration::ZERO,
+        ..FederationConfig::default()
+    })
+    .await;
+    // As `fapi-host batch` does: no client-level retries of resource requests; one token retry.
+    let mut st = quick(f.settings(), Duration::from_millis(400), 1);
+    st.client.retries = 0;
+    let client = client_of(&st);
+    client.token_info().await.unwrap();
+    let o = f.fed.data_origin();
+    let items = 400;
+    let text: String = (0..items).map(|i| format!("{o}/items/{i}\n")).collect();
+    let out = f.path("unreachable-out");
+    let mut options = BatchOptions::new(&out);
+    options.concurrency = 4;
+    options.retries = 2;
+    let batch = Batch::new(client, options);
+    let input = text.clone();
+    let run = tokio::spawn(async move { batch.run(Input::parse(&input)).await });
+    // Some items are done; then the token is revoked and the token endpoint stops answering (the
+    // requests time out, as they do when the server is down behind a firewall).
+    let t0 = Instant::now();
+    while f.fed.counters().dp_requests < 20 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = f.fed.counters();
+    f.fed
+        .set_as_fault(Some(AsFault::SlowToken(Duration::from_secs(30))));
+    f.fed.revoke_all_tokens();
+    // Without the stop, the 400 items would each wait for token timeouts, one acquisition at a
+    // time: minutes.
+    let err = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the batch stops instead of failing item after item")
+        .unwrap()
+        .unwrap_err();
+    let stopped_after = t0.elapsed();
+    let after = f.fed.counters();
+    assert_eq!(err.kind(), fapi_host::ErrorKind::Network, "{err}");
+    assert!(
+        err.to_string().contains("timed out") || err.to_string().contains("no response"),
+        "{err}"
+    );
+    // Stopped, not failed item by item: at most the items in flight asked for a token (each with
+    // its one retry), and the run ended in seconds, not after 400 items' timeouts.
+    let token_requests = after.token_requests - before.token_requests;
+    assert!(
+        (1..=8).contains(&token_requests),
+        "{token_requests} token requests"
+    );
+    assert!(stopped_after < Duration::from_secs(15), "{stopped_after:?}");
+    let recs = manifest(&out);
+    let failed: Vec<_> = recs.iter().filter(|r| r.outcome == "failed").collect();
+    assert!(!failed.is_empty() && failed.len() <= 4, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|r| r.error.as_ref().unwrap().kind == "network"),
+        "{failed:?}"
+    );
+    assert!(recs.len() < items, "the batch stopped starting items");
+    assert_consistent(&out, &recs);
+
+    // The server is back: the same run completes every item, each exactly once.
+    f.fed.set_as_fault(None);
+    let mut options = BatchOptions::new(&out);
+    options.concurrency = 4;
+    let summary = Batch::new(client_of(&st), options)
+        .run(Input::parse(&text))
+        .await
+        .unwrap();
+    assert_eq!(summary.failed, 0, "{summary}");
+    let recs = manifest(&out);
+    let mut done: Vec<u64> = recs
+        .iter()
+        .filter(|r| r.outcome == "done")
+        .map(|r| r.index)
+        .collect();
+    done.sort_unstable();
+    assert_eq!(
+        done,
+        (0..items as u64).collect::<Vec<_>>(),
+        "every item done exactly once"
     );
     assert_consistent(&out, &recs);
 }

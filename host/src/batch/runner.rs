@@ -166,6 +166,11 @@ impl Batch {
         })
     }
 
+    /// The client the batch fetches with.
+    pub fn client(&self) -> &FapiClient {
+        &self.shared.client
+    }
+
     /// The live counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
@@ -403,8 +408,13 @@ impl Shared {
                 Err(e) => {
                     attempts += 1;
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    if e.kind() == ErrorKind::Authorization {
-                        // Every other item would get the same answer: stop here.
+                    // The authorization server refused, or cannot be reached for the token every
+                    // item needs: every other item would get the same answer, so stop here
+                    // (the run says how to resume) rather than fail them one by one.
+                    if e.kind() == ErrorKind::Authorization
+                        || (e.kind() == ErrorKind::Network
+                            && self.client.authorization_server_unreachable())
+                    {
                         let record = self.failed(
                             item,
                             error_kind(&e),

@@ -105,11 +105,19 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     let signals = tokio::spawn(watch_signals(stop));
     let summary = batch.run(input).await;
     signals.abort();
+    let client_unreachable = batch.client().authorization_server_unreachable();
     let summary = match summary {
         Err(e) if e.kind() == ErrorKind::Authorization => {
             eprintln!(
                 "fapi-host batch: stopped: no item can be fetched without a token; fix the problem \
                  below and run again: the items not started are fetched then"
+            );
+            return Err(e);
+        }
+        Err(e) if e.kind() == ErrorKind::Network && client_unreachable => {
+            eprintln!(
+                "fapi-host batch: stopped: the authorization server cannot be reached for a new \
+                 token; the items done are recorded: run the same command again when it is back"
             );
             return Err(e);
         }
