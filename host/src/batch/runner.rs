@@ -223,9 +223,17 @@ impl Batch {
             })?;
             sh.stats.record_failure("input");
         }
-        let is_done =
-            |item: &Item| completed.contains_key(&(item.name.clone(), item.url.to_string()));
-        let skipped = input.items().filter(|i| is_done(i)).count();
+        // A fresh output directory (the usual case) has nothing to skip: no pass over the input
+        // to count, no key built per item.
+        let is_done = |item: &Item| {
+            !completed.is_empty()
+                && completed.contains_key(&(item.name.clone(), item.url.to_string()))
+        };
+        let skipped = if completed.is_empty() {
+            0
+        } else {
+            input.items().filter(|i| is_done(i)).count()
+        };
         sh.stats
             .skipped
             .fetch_add(skipped as u64, Ordering::Relaxed);
