@@ -64,6 +64,17 @@ impl Drop for OidcServer {
 }
 
 impl OidcServer {
+    /// `out` ended with exit status `code`; if not, its stderr and the provider's log say why.
+    fn assert_exit(&self, out: &Output, code: i32) {
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}\n{}",
+            text(&out.stderr),
+            self.log()
+        );
+    }
+
     fn start(pki_dir: &Path, clients: &Value, token_ttl: u64) -> OidcServer {
         let clients_file = pki_dir.join("oidc-clients.json");
         std::fs::write(&clients_file, clients.to_string()).unwrap();
@@ -370,13 +381,7 @@ async fn fetch_run_and_batch_read_data_with_oidc_provider_tokens() {
             ],
         )
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        env.oidc.log()
-    );
+    env.oidc.assert_exit(&out, 0);
     let csv = data::csv(data::DEFAULT_ROWS);
     assert!(
         out.stdout.starts_with(csv.as_bytes()),
@@ -415,13 +420,7 @@ async fn fetch_run_and_batch_read_data_with_oidc_provider_tokens() {
             ],
         )
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        env.oidc.log()
-    );
+    env.oidc.assert_exit(&out, 0);
     assert_eq!(out.stdout, csv.as_bytes());
     assert_eq!(
         env.oidc.tokens().len(),
@@ -454,13 +453,7 @@ async fn fetch_run_and_batch_read_data_with_oidc_provider_tokens() {
             ],
         )
         .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        env.oidc.log()
-    );
+    env.oidc.assert_exit(&out, 0);
     assert_eq!(env.oidc.tokens().len(), 3, "{}", env.oidc.log());
     let manifest = std::fs::read_to_string(out_dir.join("manifest.jsonl")).unwrap();
     let records: Vec<Value> = manifest
@@ -622,13 +615,7 @@ async fn tokens_are_refreshed_after_expiry_and_not_before() {
         )
         .await;
     let took = started.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        env.oidc.log()
-    );
+    env.oidc.assert_exit(&out, 0);
     let batch_tokens: Vec<Value> = env.oidc.tokens()[before..].to_vec();
     let n = batch_tokens.len();
     // At most one token per 2 s of run time (plus the first), and at least one refresh.
@@ -844,13 +831,7 @@ async fn dev_command_points_the_data_provider_at_an_external_issuer() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        oidc.log()
-    );
+    oidc.assert_exit(&out, 0);
     assert_eq!(out.stdout, data::csv(data::DEFAULT_ROWS).as_bytes());
     assert_eq!(oidc.tokens().len(), 1, "{}", oidc.log());
     assert_eq!(oidc.events("introspection").len(), 1, "{}", oidc.log());
