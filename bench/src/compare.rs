@@ -854,7 +854,7 @@ pub async fn run(opts: Options) {
         ),
         (
             "guest",
-            "guest streaming through fapi-fetch: `fapi-host run probe stream`",
+            "guest streaming through fapi-fetch: `fapi-host run probe stream-count`",
         ),
     ] {
         let mut got = Vec::new();
@@ -893,7 +893,7 @@ pub async fn run(opts: Options) {
                         &limit,
                         &probe,
                         "--",
-                        "stream",
+                        "stream-count",
                         &url,
                     ]);
                     child(host.clone(), args, vec![]).await

@@ -43,10 +43,24 @@ pub fn post(url: &str, bytes: usize) -> Outcome {
 /// (the largest, never more than 65536). The body is never held whole.
 pub fn stream(url: &str) -> Outcome {
     let mut response = fapi_guest::get(url).map_err(fetch_failure)?;
-    let (len, sha256, chunks, max_chunk) = drain(&mut response)?;
+    let mut hasher = Sha256::new();
+    let (len, chunks, max_chunk) = drain(&mut response, |c| hasher.update(c))?;
     let mut ok = head(&response);
     ok.insert("len".into(), json!(len));
-    ok.insert("sha256".into(), json!(sha256));
+    ok.insert("sha256".into(), json!(hex(&hasher.finalize())));
+    ok.insert("chunks".into(), json!(chunks));
+    ok.insert("max_chunk".into(), json!(max_chunk));
+    Ok(Value::Object(ok))
+}
+
+/// `stream-count URL`: as `stream`, but the chunks are only counted, not hashed (for throughput
+/// benchmarks, where the native clients do nothing with the bytes either).
+/// `ok` = `{"status", "interaction_id", "headers", "len", "chunks", "max_chunk"}`.
+pub fn stream_count(url: &str) -> Outcome {
+    let mut response = fapi_guest::get(url).map_err(fetch_failure)?;
+    let (len, chunks, max_chunk) = drain(&mut response, |_| {})?;
+    let mut ok = head(&response);
+    ok.insert("len".into(), json!(len));
     ok.insert("chunks".into(), json!(chunks));
     ok.insert("max_chunk".into(), json!(max_chunk));
     Ok(Value::Object(ok))
@@ -120,10 +134,11 @@ pub fn trap_mid_request(url: &str) -> Outcome {
 /// The summary of a response, reading its body in 64 KiB chunks:
 /// `{"status", "interaction_id", "headers": {"name": "value, value"}, "len", "sha256"}`.
 fn summarize(mut response: Response) -> Outcome {
-    let (len, sha256, _, _) = drain(&mut response)?;
+    let mut hasher = Sha256::new();
+    let (len, _, _) = drain(&mut response, |c| hasher.update(c))?;
     let mut ok = head(&response);
     ok.insert("len".into(), json!(len));
-    ok.insert("sha256".into(), json!(sha256));
+    ok.insert("sha256".into(), json!(hex(&hasher.finalize())));
     Ok(Value::Object(ok))
 }
 
@@ -151,16 +166,19 @@ fn head(response: &Response) -> Map<String, Value> {
 }
 
 /// Read the body to the end: (length, sha256 hex, chunks, largest chunk).
-fn drain(response: &mut Response) -> Result<(u64, String, u64, usize), Failure> {
-    let mut hasher = Sha256::new();
+/// Read the body in 64 KiB chunks, handing each to `each`: (length, chunks, largest chunk).
+fn drain(
+    response: &mut Response,
+    mut each: impl FnMut(&[u8]),
+) -> Result<(u64, u64, usize), Failure> {
     let (mut len, mut chunks, mut max_chunk) = (0u64, 0u64, 0usize);
     while let Some(chunk) = response.chunk(CHUNK as u32).map_err(body_failure)? {
-        hasher.update(&chunk);
+        each(&chunk);
         len += chunk.len() as u64;
         chunks += 1;
         max_chunk = max_chunk.max(chunk.len());
     }
-    Ok((len, hex(&hasher.finalize()), chunks, max_chunk))
+    Ok((len, chunks, max_chunk))
 }
 
 fn fetch_failure(e: Error) -> Failure {

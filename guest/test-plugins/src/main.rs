@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         }
         ["post", url, bytes] => parse(bytes).and_then(|n| fapi::post(url, n)),
         ["stream", url] => fapi::stream(url),
+        ["stream-count", url] => fapi::stream_count(url),
         ["read-all", url] => fapi::read_all(url),
         ["echo", url] => fapi::echo(url),
         ["mixed", url, n] => parse(n).and_then(|n| fapi::mixed(url, n)),

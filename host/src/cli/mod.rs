@@ -152,14 +152,17 @@ pub fn run(cli: Cli) -> ExitCode {
     // with; tokio's default of up to 512 threads would each bring a malloc arena that memory
     // grows by on long batches.
     //
-    // One-shot client commands run on the calling thread alone: every buffer is allocated and
-    // freed by the thread that reads the socket, so a long download does not spread over several
-    // malloc arenas (and no worker threads start). The servers (`dev`, `demo`), the sandbox and
-    // the batch keep a multi-thread runtime.
+    // One-shot commands run on the calling thread alone: every buffer is allocated and freed by
+    // the thread that reads the socket, so a long download does not spread over several malloc
+    // arenas (and no worker threads start). That includes `run`: one guest, whose requests the
+    // same thread serves between its steps (the epoch ticker has its own thread). The servers
+    // (`dev`, `demo`) and the batch, with many items in flight, keep a multi-thread runtime.
     let mut builder = match cli.command {
-        Command::Fetch(_) | Command::Token(_) | Command::Introspect(_) | Command::Check => {
-            tokio::runtime::Builder::new_current_thread()
-        }
+        Command::Fetch(_)
+        | Command::Token(_)
+        | Command::Introspect(_)
+        | Command::Check
+        | Command::Run(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = match builder
