@@ -70,27 +70,19 @@ where
             (lo * 1.02, y + 0.97),
             ("sans-serif", 13).into_font().color(&BLACK),
         )])?;
-        let mut l = chart.draw_series([Rectangle::new(
-            [(lo, y + 0.42), (*wall, y + 0.68)],
-            LATENCY.filled(),
-        )])?;
-        if i == 0 {
-            l = l
-                .label("latency per request")
-                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], LATENCY.filled()));
-        }
-        let _ = l;
-        let mut c = chart.draw_series([Rectangle::new(
-            [(lo, y + 0.10), (*cpu, y + 0.36)],
-            CPU.filled(),
-        )])?;
-        if i == 0 {
-            c = c
-                .label("client CPU per request")
-                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], CPU.filled()));
-        }
-        let _ = c;
-        for (v, top) in [(*wall, y + 0.68), (*cpu, y + 0.36)] {
+        // Two bars per client: latency above, CPU below; the first client's bars name the legend.
+        for (v, bottom, color, label) in [
+            (*wall, y + 0.42, LATENCY, "latency per request"),
+            (*cpu, y + 0.10, CPU, "client CPU per request"),
+        ] {
+            let top = bottom + 0.26;
+            let bar =
+                chart.draw_series([Rectangle::new([(lo, bottom), (v, top)], color.filled())])?;
+            if i == 0 {
+                bar.label(label).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                });
+            }
             chart.draw_series([Text::new(
                 format!("{v:.2}x"),
                 (v * 1.03, top),

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
+use fapi_host::sandbox::Stdio;
 use fapi_host::{FapiClient, Settings};
 use serde_json::{Value, json};
 
 use crate::batch::{batch_rate, federation_json, native_rate, plain_rate, reference_blocking};
 use crate::memory::{fapi_host_bin, run_child};
-use crate::sandbox::guest;
-use crate::setup::{Bench, fapi_get, plain_client, plain_fapi_headers_get, plain_get, plain_head};
+use crate::profile::{Sequential, Which};
+use crate::sandbox::{capture_sandbox, guest};
+use crate::setup::{Bench, plain_client, plain_head};
 use crate::{cpu, median};
 
 /// What `compare` does and where it writes.
@@ -170,71 +171,24 @@ fn curl(dir: &Path, bearer: &str, url: &str, n: usize) -> (Duration, Duration, u
 /// The per-request comparison, instantiate-and-run and memory per instance, on this thread.
 async fn client_thread(env: ThreadEnv) -> ThreadOut {
     let n = env.requests;
-    let client = FapiClient::from_settings(&env.settings).unwrap().0;
-    // The baseline and curl send the same token as a fixed header: same server work, no token logic.
-    let token = client.danger_reveal_token().await.unwrap();
-    let bearer = format!("Bearer {}", token.as_str());
-    let plain = plain_client(env.tls.clone(), 1);
+    // The baselines and curl send the same token as a fixed header: same server work, no token
+    // logic.
     let cache = tempfile::tempdir().unwrap();
-    let sb = Sandbox::new(
-        FapiClient::from_settings(&env.settings).unwrap().0,
-        SandboxOptions {
-            cache_dir: Some(cache.path().to_path_buf()),
-            stdio: Stdio::Capture,
-            ..SandboxOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    let probe = sb.load(&guest("probe.wasm")).unwrap();
-    let url = env.url.clone();
-
-    let plain_round = |n: usize| {
-        let (plain, url, bearer) = (&plain, &url, &bearer);
-        async move {
-            for _ in 0..n {
-                plain_get(plain, url, bearer).await;
-            }
-        }
-    };
-    let headers_round = |n: usize| {
-        let (plain, url, bearer) = (&plain, &url, &bearer);
-        async move {
-            for _ in 0..n {
-                plain_fapi_headers_get(plain, url, bearer).await;
-            }
-        }
-    };
-    let fapi_round = |n: usize| {
-        let (client, url) = (&client, &url);
-        async move {
-            for _ in 0..n {
-                fapi_get(client, url).await;
-            }
-        }
-    };
-    let guest_round = |cmd: &'static str, n: usize| {
-        let (sb, probe, url) = (&sb, &probe, url.clone());
-        async move {
-            let out = sb
-                .run(probe, &[cmd.into(), url, n.to_string()], Stdio::Capture)
-                .await
-                .unwrap();
-            assert_eq!(out.exit_code, 0);
-            assert!(
-                out.stdout.starts_with(b"{\"ok\""),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-    };
+    let seq = Sequential::new(&env.settings, env.tls.clone(), &env.url, Some(cache.path())).await;
+    let (sb, _) = seq.guest.as_ref().unwrap();
+    let (url, bearer) = (&env.url, &seq.bearer);
 
     // Warm-up: connections, token caches, the data provider's introspection cache.
-    plain_round(n).await;
-    fapi_round(n).await;
-    guest_round("repeat", n).await;
-    guest_round("http-repeat", n).await;
-    curl(&env.dir, &bearer, &url, 2);
+    for which in [
+        Which::Plain,
+        Which::PlainHeaders,
+        Which::Fapi,
+        Which::Fetch,
+        Which::Http,
+    ] {
+        seq.run(which, n).await;
+    }
+    curl(&env.dir, bearer, url, 2);
     let mut python = env.python.clone();
     if let Some(py) = &python
         && reference_blocking(py, &env.fed_json, 10).is_none()
@@ -277,30 +231,21 @@ async fn client_thread(env: ThreadEnv) -> ThreadOut {
         let warm = (n / 10).max(20);
         for step in 0..names.len() {
             match (step + round) % names.len() {
-                0 => {
-                    plain_round(warm).await;
-                    push(0, measure(plain_round(n)).await)
-                }
-                1 => {
-                    headers_round(warm).await;
-                    push(1, measure(headers_round(n)).await)
-                }
-                2 => {
-                    fapi_round(warm).await;
-                    push(2, measure(fapi_round(n)).await)
-                }
-                3 => {
-                    guest_round("repeat", warm).await;
-                    push(3, measure(guest_round("repeat", n)).await)
-                }
-                4 => {
-                    guest_round("http-repeat", warm).await;
-                    push(4, measure(guest_round("http-repeat", n)).await)
+                i @ 0..5 => {
+                    let which = [
+                        Which::Plain,
+                        Which::PlainHeaders,
+                        Which::Fapi,
+                        Which::Fetch,
+                        Which::Http,
+                    ][i];
+                    seq.run(which, warm).await;
+                    push(i, measure(seq.run(which, n)).await)
                 }
                 5 => {
                     // curl: (N + 1 URLs) minus (1 URL) takes out process start, TLS handshake, exit.
-                    let (w1, c1, _) = curl(&env.dir, &bearer, &url, 1);
-                    let (wn, cn, conns) = curl(&env.dir, &bearer, &url, n + 1);
+                    let (w1, c1, _) = curl(&env.dir, bearer, url, 1);
+                    let (wn, cn, conns) = curl(&env.dir, bearer, url, n + 1);
                     curl_connections = conns;
                     push(5, (wn.saturating_sub(w1), cn.saturating_sub(c1)));
                 }
@@ -369,16 +314,11 @@ async fn client_thread(env: ThreadEnv) -> ThreadOut {
     let (k1, k2) = env.instances;
     let mut settings = env.settings.clone();
     settings.sandbox.max_wall = Duration::from_millis(1500 + 25 * k2 as u64);
-    let spin_sb = Sandbox::new(
+    let spin_sb = capture_sandbox(
         FapiClient::from_settings(&settings).unwrap().0,
-        SandboxOptions {
-            cache_dir: Some(cache.path().to_path_buf()),
-            stdio: Stdio::Capture,
-            ..SandboxOptions::default()
-        },
+        Some(cache.path()),
     )
-    .await
-    .unwrap();
+    .await;
     let spin = spin_sb.load(&guest("probe.wasm")).unwrap();
     let loop_args = ["loop".to_string()];
     let mut grow = Vec::new();

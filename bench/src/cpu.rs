@@ -33,6 +33,14 @@ pub fn children() -> Duration {
     total(UsageWho::RUSAGE_CHILDREN)
 }
 
+/// The largest peak resident set (KiB) of the waited-for children: with a single child, its own.
+pub fn children_peak_kib() -> u64 {
+    getrusage(UsageWho::RUSAGE_CHILDREN)
+        .unwrap()
+        .max_rss()
+        .max(0) as u64
+}
+
 /// This process's resident set (VmRSS), KiB.
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

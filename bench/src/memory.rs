@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use nix::sys::resource::{UsageWho, getrusage};
 use std::time::{Duration, Instant};
 
 use crate::sandbox::guest;
@@ -74,15 +72,11 @@ pub fn exec_peak(bin: &Path, args: &[String]) {
         .status()
         .unwrap();
     let took = t0.elapsed();
-    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
-    let tv = |t: nix::sys::time::TimeVal| {
-        t.tv_sec().max(0) as u64 * 1_000_000 + t.tv_usec().max(0) as u64
-    };
     println!(
         "{} {} {} {}",
-        usage.max_rss().max(0),
+        crate::cpu::children_peak_kib(),
         took.as_micros(),
-        tv(usage.user_time()) + tv(usage.system_time()),
+        crate::cpu::children().as_micros(),
         u8::from(!status.success())
     );
 }

@@ -5,14 +5,16 @@
 //! runtime, so that `perf record -g ./target/release/fapi-bench loop fapi` and
 //! `perf report --comm fapi-client` show the client's work and nothing of the servers'.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use fapi_host::FapiClient;
-use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
+
+use fapi_host::sandbox::{Plugin, Sandbox};
+use fapi_host::{FapiClient, Settings};
 
 use crate::cpu;
-use crate::sandbox::guest;
+use crate::sandbox::{capture_sandbox, guest, probe_repeat};
 use crate::setup::{Bench, fapi_get, plain_client, plain_fapi_headers_get, plain_get};
 
 /// Which client the loop runs.
@@ -63,82 +65,116 @@ pub async fn run(which: Which, requests: usize) {
     );
 }
 
+/// The sequential per-request clients that `compare` and `loop` time, each on one keep-alive
+/// connection: plain reqwest (with and without `FapiClient`'s extra header), `FapiClient`, and a
+/// guest through either interface.
+pub struct Sequential {
+    pub url: String,
+    pub plain: reqwest::Client,
+    /// `Bearer <token>`, the token `client` holds, for the plain clients.
+    pub bearer: String,
+    pub client: FapiClient,
+    /// The sandbox and the probe component, when guests are timed.
+    pub guest: Option<(Sandbox, Plugin)>,
+}
+
+impl Sequential {
+    /// The clients for `url`; the guests' sandbox (over its own `FapiClient`) compiles into
+    /// `cache` when given.
+    pub async fn new(
+        settings: &Settings,
+        tls: rustls::ClientConfig,
+        url: &str,
+        guests_cache: Option<&Path>,
+    ) -> Sequential {
+        let client = FapiClient::from_settings(settings).unwrap().0;
+        let bearer = format!(
+            "Bearer {}",
+            client.danger_reveal_token().await.unwrap().as_str()
+        );
+        let guest = match guests_cache {
+            Some(cache) => {
+                let sb =
+                    capture_sandbox(FapiClient::from_settings(settings).unwrap().0, Some(cache))
+                        .await;
+                let probe = sb.load(&guest("probe.wasm")).unwrap();
+                Some((sb, probe))
+            }
+            None => None,
+        };
+        Sequential {
+            url: url.to_owned(),
+            plain: plain_client(tls, 1),
+            bearer,
+            client,
+            guest,
+        }
+    }
+
+    /// `n` sequential requests through `which` (one of the sequential clients).
+    pub async fn run(&self, which: Which, n: usize) {
+        let (url, bearer) = (self.url.as_str(), self.bearer.as_str());
+        match which {
+            Which::Plain => {
+                for _ in 0..n {
+                    plain_get(&self.plain, url, bearer).await;
+                }
+            }
+            Which::PlainHeaders => {
+                for _ in 0..n {
+                    plain_fapi_headers_get(&self.plain, url, bearer).await;
+                }
+            }
+            Which::Fapi => {
+                for _ in 0..n {
+                    fapi_get(&self.client, url).await;
+                }
+            }
+            Which::Fetch | Which::Http => {
+                let (sb, probe) = self.guest.as_ref().expect("built with a guests cache");
+                let cmd = if matches!(which, Which::Fetch) {
+                    "repeat"
+                } else {
+                    "http-repeat"
+                };
+                probe_repeat(sb, probe, cmd, url, n).await;
+            }
+            Which::Fapi16 | Which::Batch => unreachable!("not a sequential client"),
+        }
+    }
+}
+
 async fn one(
     which: Which,
     n: usize,
-    settings: &fapi_host::Settings,
+    settings: &Settings,
     tls: rustls::ClientConfig,
     url: &str,
 ) -> (Duration, Duration, Duration) {
-    let client = FapiClient::from_settings(settings).unwrap().0;
-    let bearer = format!(
-        "Bearer {}",
-        client.danger_reveal_token().await.unwrap().as_str()
-    );
-    let plain = plain_client(tls, 1);
     // Only the guests load the sandbox, from a lasting compilation cache, so that profiles and
     // instruction counts hold no compilation.
-    let guest = match which {
-        Which::Fetch | Which::Http => {
-            let sb = Sandbox::new(
-                client.clone(),
-                SandboxOptions {
-                    cache_dir: Some(std::env::temp_dir().join("fapi-bench-loop-cache")),
-                    stdio: Stdio::Capture,
-                    ..SandboxOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-            let probe = sb.load(&guest("probe.wasm")).unwrap();
-            Some((sb, probe))
-        }
-        _ => None,
-    };
+    let cache = std::env::temp_dir().join("fapi-bench-loop-cache");
+    let guests = matches!(which, Which::Fetch | Which::Http).then_some(cache.as_path());
+    let seq = Sequential::new(settings, tls, url, guests).await;
     let out = match std::env::var_os("FAPI_BENCH_OUT") {
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
     let round = |n: usize| {
-        let (plain, client, bearer, guest, out) = (&plain, &client, &bearer, &guest, &out);
+        let (seq, out) = (&seq, &out);
         async move {
+            let origin = url.trim_end_matches("/items/42");
             match which {
-                Which::Plain => {
-                    for _ in 0..n {
-                        plain_get(plain, url, bearer).await;
-                    }
-                }
-                Which::PlainHeaders => {
-                    for _ in 0..n {
-                        plain_fapi_headers_get(plain, url, bearer).await;
-                    }
-                }
-                Which::Fapi => {
-                    for _ in 0..n {
-                        fapi_get(client, url).await;
-                    }
-                }
                 Which::Fapi16 => {
-                    let origin = url.trim_end_matches("/items/42");
-                    crate::batch::native_rate(client, origin, n as u64, 16).await;
+                    crate::batch::native_rate(&seq.client, origin, n as u64, 16).await;
                 }
                 Which::Batch => {
                     // A new directory per round, removed after the measurement.
-                    let origin = url.trim_end_matches("/items/42");
                     let out = out.path().join(format!("round-{n}"));
-                    crate::batch::batch_rate_in(client.clone(), origin, n as u64, 16, &out).await;
+                    crate::batch::batch_rate_in(seq.client.clone(), origin, n as u64, 16, &out)
+                        .await;
                 }
-                Which::Fetch | Which::Http => {
-                    let (sb, probe) = guest.as_ref().unwrap();
-                    let cmd = if matches!(which, Which::Fetch) {
-                        "repeat"
-                    } else {
-                        "http-repeat"
-                    };
-                    let args = [cmd.to_string(), url.to_string(), n.to_string()];
-                    let out = sb.run(probe, &args, Stdio::Capture).await.unwrap();
-                    assert_eq!(out.exit_code, 0);
-                }
+                _ => seq.run(which, n).await,
             }
         }
     };

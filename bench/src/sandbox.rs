@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
+use fapi_host::sandbox::{Plugin, Sandbox, SandboxOptions, Stdio};
 
 use crate::setup::Bench;
 use crate::{median, time};
@@ -24,8 +24,13 @@ pub fn guest(name: &str) -> std::path::PathBuf {
 }
 
 pub async fn sandbox(b: &Bench, cache: Option<&Path>) -> Sandbox {
+    capture_sandbox(b.client(), cache).await
+}
+
+/// A sandbox over `client` that captures the guests' output, compiling into `cache`.
+pub async fn capture_sandbox(client: fapi_host::FapiClient, cache: Option<&Path>) -> Sandbox {
     Sandbox::new(
-        b.client(),
+        client,
         SandboxOptions {
             cache_dir: cache.map(Path::to_path_buf),
             stdio: Stdio::Capture,
@@ -36,36 +41,33 @@ pub async fn sandbox(b: &Bench, cache: Option<&Path>) -> Sandbox {
     .unwrap()
 }
 
+/// Run the probe's `cmd URL N` (`repeat`, `http-repeat`): N sequential GETs from the guest; it must
+/// succeed.
+pub async fn probe_repeat(sb: &Sandbox, probe: &Plugin, cmd: &str, url: &str, n: usize) {
+    let args = [cmd.to_string(), url.to_string(), n.to_string()];
+    let out = sb.run(probe, &args, Stdio::Capture).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(
+        out.stdout.starts_with(b"{\"ok\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 pub async fn run(requests: usize, rounds: usize) {
     let b = Bench::start().await;
     let cache = tempfile::tempdir().unwrap();
     let sb = sandbox(&b, Some(cache.path())).await;
     let url = format!("{}/items/42", b.fed.data_origin());
     let probe = sb.load(&guest("probe.wasm")).unwrap();
-    let n = requests.to_string();
 
     let native = sb.client().clone();
     let native_round = || async {
         for _ in 0..requests {
-            let r = native.get(url.clone()).send().await.unwrap();
-            r.bytes().await.unwrap();
+            crate::setup::fapi_get(&native, &url).await;
         }
     };
-    let guest_round = |cmd: &'static str| {
-        let (sb, probe, url, n) = (&sb, &probe, url.clone(), n.clone());
-        async move {
-            let out = sb
-                .run(probe, &[cmd.into(), url, n], Stdio::Capture)
-                .await
-                .unwrap();
-            assert_eq!(out.exit_code, 0);
-            assert!(
-                out.stdout.starts_with(b"{\"ok\""),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-    };
+    let guest_round = |cmd: &'static str| probe_repeat(&sb, &probe, cmd, &url, requests);
     native_round().await;
     guest_round("repeat").await;
     guest_round("http-repeat").await;

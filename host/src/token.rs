@@ -74,6 +74,11 @@ struct Cached {
 }
 
 impl Cached {
+    /// Still usable (before its refresh point).
+    fn fresh(&self) -> bool {
+        Instant::now() < self.refresh_at
+    }
+
     fn lease(&self) -> Lease {
         Lease {
             bearer: self.bearer.clone(),
@@ -186,7 +191,7 @@ impl TokenManager {
         let cache = self.slot();
         cache
             .as_ref()
-            .filter(|c| Instant::now() < c.refresh_at)
+            .filter(|c| c.fresh())
             .map(|c| (c.lease(), c.info.clone()))
     }
 
@@ -195,9 +200,7 @@ impl TokenManager {
     pub(crate) async fn bearer(&self) -> Result<Lease> {
         {
             let cache = self.slot();
-            if let Some(c) = cache.as_ref()
-                && Instant::now() < c.refresh_at
-            {
+            if let Some(c) = cache.as_ref().filter(|c| c.fresh()) {
                 return Ok(c.lease());
             }
         }
