@@ -59,8 +59,8 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-/// The certificates of the `ca_bundle` file, checked.
-fn bundle_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The trust anchors of the `ca_bundle` file, checked.
+fn bundle_roots(path: &Path) -> Result<RootCertStore> {
     let pem = std::fs::read(path)
         .map_err(|e| Error::Config(format!("cannot read `ca_bundle` {}: {e}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
@@ -77,16 +77,16 @@ fn bundle_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
             path.display()
         )));
     }
-    Ok(certs)
-}
-
-fn add_bundle_cert(roots: &mut RootCertStore, cert: CertificateDer<'_>, path: &Path) -> Result<()> {
-    roots.add(cert).map_err(|e| {
-        Error::Config(format!(
-            "`ca_bundle` {}: a certificate is not a usable trust anchor ({e})",
-            path.display()
-        ))
-    })
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| {
+            Error::Config(format!(
+                "`ca_bundle` {}: a certificate is not a usable trust anchor ({e})",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(roots)
 }
 
 /// Server verification against the system roots plus `ca_bundle`, trying `ca_bundle` alone
@@ -107,10 +107,7 @@ impl BundleFirst {
         let bundle = match ca_bundle {
             None => None,
             Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in bundle_certs(path)? {
-                    add_bundle_cert(&mut roots, cert, path)?;
-                }
+                let roots = bundle_roots(path)?;
                 let verifier = verifier(roots.clone(), &provider)
                     .map_err(|e| Error::Config(format!("`ca_bundle` {}: {e}", path.display())))?;
                 Some((roots, verifier))

@@ -198,13 +198,15 @@ impl TokenManager {
     /// A valid token for one request: the cached one, or a new one (the hot path of every
     /// request: no allocation, hashing or await when the cached token is valid).
     pub(crate) async fn bearer(&self) -> Result<Lease> {
-        {
-            let cache = self.slot();
-            if let Some(c) = cache.as_ref().filter(|c| c.fresh()) {
-                return Ok(c.lease());
-            }
+        let fresh = self
+            .slot()
+            .as_ref()
+            .filter(|c| c.fresh())
+            .map(Cached::lease);
+        match fresh {
+            Some(lease) => Ok(lease),
+            None => Ok(self.lease().await?.0),
         }
-        Ok(self.lease().await?.0)
     }
 
     /// A valid token and its metadata: the cached one, or a new one. Concurrent callers share one
