@@ -1047,6 +1047,8 @@ async fn batch_stops_when_the_authorization_server_becomes_unreachable_mid_run()
     let stopped_after = t0.elapsed();
     let after = f.fed.counters();
     assert_eq!(err.kind(), fapi_host::ErrorKind::Network, "{err}");
+    assert_no_token(&err.to_string(), None);
+    assert_no_token(&format!("{err:?}"), None);
     assert!(
         err.to_string().contains("timed out") || err.to_string().contains("no response"),
         "{err}"
