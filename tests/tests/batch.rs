@@ -496,3 +496,46 @@ async fn plugins_transform_items_and_a_trap_fails_only_its_item() {
     }
     assert_no_partials(&out);
 }
+
+/// Bodies around and far above the size kept in memory (256 KiB) land whole, with their hash,
+/// whether they are written by the writer in one piece or spilled to the temporary file in many,
+/// with and without fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_every_size_land_whole_with_and_without_fsync() {
+    let env = Env::start().await;
+    let sizes = [0u64, 1, 262_143, 262_144, 262_145, 3_000_000];
+    let text: String = sizes
+        .iter()
+        .map(|n| env.url(&format!("/sized?bytes={n}")) + "\n")
+        .collect();
+    let expected = |total: u64| -> Vec<u8> {
+        (0..total.div_ceil(data::CHUNK as u64))
+            .flat_map(|k| data::sized_chunk(k, total).to_vec())
+            .collect()
+    };
+    for fsync in [false, true] {
+        let out = env.out(&format!("sizes-fsync-{fsync}"));
+        let mut o = BatchOptions::new(&out);
+        o.fsync = fsync;
+        o.concurrency = 3;
+        let s = Batch::new(env.client(), o)
+            .run(Input::parse(&text))
+            .await
+            .unwrap();
+        assert_eq!((s.done, s.failed), (sizes.len() as u64, 0), "{s}");
+        assert_eq!(s.bytes, sizes.iter().sum::<u64>(), "{s}");
+        let recs = records(&out);
+        assert_eq!(recs.len(), sizes.len());
+        for r in &recs {
+            let n = sizes[r.index as usize];
+            let file = std::fs::read(out.join(r.file.as_ref().unwrap())).unwrap();
+            assert!(
+                file == expected(n),
+                "item of {n} bytes (fsync {fsync}) differs"
+            );
+            assert_eq!(r.bytes, n);
+        }
+        assert_done_files_match(&out, &recs);
+        assert_no_partials(&out);
+    }
+}

@@ -67,6 +67,19 @@ pub struct Record {
     pub error: Option<RecordError>,
 }
 
+impl Record {
+    /// Append this record's manifest line (JSON and a newline) to `buf`.
+    pub(crate) fn write_line(&self, buf: &mut Vec<u8>) {
+        // A record is strings and numbers: serializing it into memory does not fail, and if it
+        // ever did, no partial line would be left behind.
+        let start = buf.len();
+        match serde_json::to_writer(&mut *buf, self) {
+            Ok(()) => buf.push(b'\n'),
+            Err(_) => buf.truncate(start),
+        }
+    }
+}
+
 /// The appending side of a manifest.
 #[derive(Debug)]
 pub struct Manifest {
@@ -104,11 +117,15 @@ impl Manifest {
 
     /// Append one record (one `write`, so lines of concurrent writers never interleave).
     pub fn append(&self, record: &Record) -> Result<()> {
-        let mut line =
-            serde_json::to_vec(record).map_err(|e| Error::Io(format!("manifest record: {e}")))?;
-        line.push(b'\n');
+        let mut line = Vec::new();
+        record.write_line(&mut line);
+        self.append_lines(&line)
+    }
+
+    /// Append whole lines built with [`Record::write_line`], in one `write`.
+    pub(crate) fn append_lines(&self, lines: &[u8]) -> Result<()> {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(&line)
+        file.write_all(lines)
             .and_then(|()| file.flush())
             .map_err(|e| {
                 Error::Io(format!(

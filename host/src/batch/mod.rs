@@ -6,8 +6,8 @@
 //! - [`Batch`]: the concurrent engine over one shared [`crate::FapiClient`].
 //! - [`Stats`] / [`Summary`]: progress and the final summary.
 //!
-//! Guarantees: a file appears under its final name only complete, fsynced and with a 2xx
-//! status (or the plugin's whole output); the manifest never records a file that is not there;
+//! Guarantees: a file appears under its final name only complete (and fsynced, with `fsync`) and
+//! with a 2xx status (or the plugin's whole output); the manifest never records a file that is not there;
 //! non-idempotent requests are never sent twice automatically; nothing written carries a
 //! credential.
 
@@ -18,6 +18,8 @@ mod politeness;
 mod progress;
 #[cfg(feature = "sandbox")]
 mod runner;
+#[cfg(feature = "sandbox")]
+mod writer;
 
 pub use input::{BadLine, Input, Item, Shard};
 pub use manifest::{Manifest, Outcome, Record, RecordError, completed, read};

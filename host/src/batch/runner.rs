@@ -1,21 +1,21 @@
 //! The engine: N workers over one shared [`FapiClient`] (one token cache, one connection pool),
 //! paced by `--rate` and per-origin politeness, retrying transient failures of idempotent items,
-//! writing each body atomically (temporary file, SHA-256 on the fly, fsync, rename) and recording
-//! each item in the manifest.
+//! hashing each body as it arrives and handing it to the [writer](super::writer), which puts it in
+//! place atomically (temporary file, optional fsync, rename) and records it in the manifest.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{Semaphore, watch};
 
 use super::input::{Input, Item, Shard};
 use super::manifest::{self, Manifest, Outcome, Record, RecordError};
 use super::politeness::{Politeness, Rate, RateLimiter};
 use super::progress::{Display, Progress, Stats, Summary};
+use super::writer::{Chunks, Job, Output, Writer, create_new};
 use crate::client::{FapiClient, FapiRequest, FapiResponse};
 use crate::error::{Error, ErrorKind, Result};
 use crate::retry;
@@ -201,10 +201,11 @@ impl Batch {
         let out = &sh.options.out;
         std::fs::create_dir_all(out)
             .map_err(|e| Error::Io(format!("output directory {}: {e}", out.display())))?;
-        let manifest = Arc::new(Manifest::open(out)?);
+        let manifest = Manifest::open(out)?;
         let completed = manifest::completed(out, &manifest::read(out)?);
+        let (jobs, writer) = Writer::start(manifest, sh.stats.clone(), sh.stop.clone())?;
         for bad in &input.bad {
-            manifest.append(&Record {
+            let record = Record {
                 outcome: Outcome::Failed,
                 line: bad.line,
                 index: bad.index,
@@ -220,8 +221,12 @@ impl Batch {
                     kind: "input".into(),
                     message: bad.message.clone(),
                 }),
-            })?;
-            sh.stats.record_failure("input");
+            };
+            let _ = jobs.send(Job {
+                output: Output::Nothing,
+                record,
+                permit: None,
+            });
         }
         // A fresh output directory (the usual case) has nothing to skip: no pass over the input
         // to count, no key built per item.
@@ -252,7 +257,6 @@ impl Batch {
 
         let permits = Arc::new(Semaphore::new(sh.options.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut manifest_error = None;
         for item in input.items().filter(|i| !is_done(i)) {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p {
@@ -265,34 +269,25 @@ impl Batch {
                 break;
             }
             let sh2 = self.shared.clone();
-            let m = manifest.clone();
+            let jobs = jobs.clone();
             tasks.spawn(async move {
-                let _permit = permit;
-                let record = tokio::select! {
+                let (output, record) = tokio::select! {
                     r = sh2.fetch_item(&item) => r,
-                    _ = sh2.stop.reached(CANCELLED) => sh2.failed(&item, "interrupted",
-                        "cancelled by a signal before it finished".into(), None, 0, None, Instant::now()),
+                    _ = sh2.stop.reached(CANCELLED) => (Output::Nothing, sh2.failed(&item, "interrupted",
+                        "cancelled by a signal before it finished".into(), None, 0, None, Instant::now())),
                 };
-                let appended = m.append(&record);
-                if appended.is_err() {
-                    // Nothing more can be recorded (a full disk, say): fetching on would only
-                    // be lost work. The items in flight end; the run ends with this error.
-                    sh2.stop.stop_starting();
-                }
-                appended
+                // The writer ends only after every sender is gone, so it is there to receive.
+                let _ = jobs.send(Job {
+                    output,
+                    record,
+                    permit: Some(permit),
+                });
             });
-            while let Some(done) = tasks.try_join_next() {
-                if let Ok(Err(e)) = done {
-                    manifest_error.get_or_insert(e);
-                }
-            }
+            while tasks.try_join_next().is_some() {}
         }
-        while let Some(done) = tasks.join_next().await {
-            if let Ok(Err(e)) = done {
-                manifest_error.get_or_insert(e);
-            }
-        }
-        manifest.sync()?;
+        while tasks.join_next().await.is_some() {}
+        drop(jobs);
+        let written = writer.finish().await;
         if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }
@@ -303,9 +298,7 @@ impl Batch {
                     .into(),
             ));
         }
-        if let Some(e) = manifest_error {
-            return Err(e);
-        }
+        written?;
         Ok(sh.stats.summary(sh.stop.is_stopping()))
     }
 }
@@ -314,6 +307,14 @@ impl Batch {
 struct TempFile {
     path: PathBuf,
     armed: bool,
+}
+
+impl TempFile {
+    /// Hand the path on (to the writer, which removes the file if it cannot put it in place).
+    fn disarm(mut self) -> PathBuf {
+        self.armed = false;
+        std::mem::take(&mut self.path)
+    }
 }
 
 impl Drop for TempFile {
@@ -369,7 +370,6 @@ impl Shared {
         interaction_id: Option<String>,
         t0: Instant,
     ) -> Record {
-        self.stats.record_failure(kind);
         Record {
             outcome: Outcome::Failed,
             line: item.line,
@@ -389,7 +389,15 @@ impl Shared {
         }
     }
 
-    async fn fetch_item(&self, item: &Item) -> Record {
+    async fn fetch_item(&self, item: &Item) -> (Output, Record) {
+        self.attempt(item)
+            .await
+            .unwrap_or_else(|failed| (Output::Nothing, failed))
+    }
+
+    /// Fetch an item (retrying as allowed) and stage its output: what the writer must do and the
+    /// record to append, or the failure's record.
+    async fn attempt(&self, item: &Item) -> std::result::Result<(Output, Record), Record> {
         let t0 = Instant::now();
         let origin = item.url.origin().ascii_serialization();
         let idempotent = retry::is_idempotent(&item.method);
@@ -437,13 +445,13 @@ impl Shared {
                             .unwrap_or_else(|p| p.into_inner())
                             .get_or_insert(e);
                         self.stop.stop_starting();
-                        return record;
+                        return Err(record);
                     }
                     if may_retry && e.kind() == ErrorKind::Network && !matches!(e, Error::Tls(_)) {
                         tokio::time::sleep(retry::delay(tries, None, client_options)).await;
                         continue;
                     }
-                    return self.failed(
+                    return Err(self.failed(
                         item,
                         error_kind(&e),
                         e.to_string(),
@@ -451,7 +459,7 @@ impl Shared {
                         attempts,
                         None,
                         t0,
-                    );
+                    ));
                 }
             };
             attempts += response.attempts();
@@ -480,7 +488,7 @@ impl Shared {
                 if let Some(p) = response.auth_problem() {
                     message = format!("{message}: {p}");
                 }
-                return self.failed(
+                return Err(self.failed(
                     item,
                     "http",
                     message,
@@ -488,13 +496,11 @@ impl Shared {
                     attempts,
                     interaction_id,
                     t0,
-                );
+                ));
             }
             match self.write_output(item, response).await {
-                Ok((bytes, sha256)) => {
-                    self.stats.done.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
-                    return Record {
+                Ok((output, bytes, sha256)) => {
+                    let record = Record {
                         outcome: Outcome::Done,
                         line: item.line,
                         index: item.index,
@@ -508,6 +514,7 @@ impl Shared {
                         file: Some(item.name.clone()),
                         error: None,
                     };
+                    return Ok((output, record));
                 }
                 Err(WriteError::Body(msg)) => {
                     if may_retry {
@@ -515,7 +522,7 @@ impl Shared {
                         tokio::time::sleep(retry::delay(tries, None, client_options)).await;
                         continue;
                     }
-                    return self.failed(
+                    return Err(self.failed(
                         item,
                         "body",
                         msg,
@@ -523,10 +530,10 @@ impl Shared {
                         attempts,
                         interaction_id,
                         t0,
-                    );
+                    ));
                 }
                 Err(WriteError::Other(kind, msg)) => {
-                    return self.failed(
+                    return Err(self.failed(
                         item,
                         kind,
                         msg,
@@ -534,20 +541,22 @@ impl Shared {
                         attempts,
                         interaction_id,
                         t0,
-                    );
+                    ));
                 }
             }
         }
     }
 
-    /// Write the body (or the plugin's output) to `out/.NAME.partial-RANDOM`, hashing it, then
-    /// (with `fsync`) sync it, and rename it to `out/NAME`. Without fsync a power loss can leave a
-    /// short file under its final name; resume then finds its hash wrong and fetches it again.
+    /// Read the body (or the plugin's output), hashing it, and stage it for the writer: a small
+    /// one stays in memory, a large one is streamed to `out/.NAME.partial-RANDOM`, and with
+    /// `fsync` either is written and synced here. The writer then renames it to `out/NAME`.
+    /// Without fsync a power loss can leave a short file under its final name; resume then finds
+    /// its hash wrong and fetches it again.
     async fn write_output(
         &self,
         item: &Item,
         mut response: FapiResponse,
-    ) -> std::result::Result<(u64, String), WriteError> {
+    ) -> std::result::Result<(Output, u64, String), WriteError> {
         let out = &self.options.out;
         let io = |e: std::io::Error| {
             WriteError::Other(
@@ -594,94 +603,93 @@ impl Shared {
             };
             hasher.update(&output);
             let bytes = output.len() as u64;
-            write_whole(tmp.path.clone(), fin, output, fsync)
-                .await
-                .map_err(io)?;
-            let mut tmp = tmp;
-            tmp.armed = false;
-            return Ok((bytes, manifest::hex(&hasher.finalize())));
+            let mut data = Chunks::default();
+            data.push(output.into());
+            let staged = stage(tmp, fin, data, fsync).await.map_err(io)?;
+            return Ok((staged, bytes, manifest::hex(&hasher.finalize())));
         }
-        // Small bodies (most API pages) are gathered in memory and written in one blocking call;
-        // larger ones are streamed to the temporary file.
-        let mut buf = Vec::new();
+        // Small bodies (most API pages) are gathered in memory and written by the writer; larger
+        // ones go to the temporary file in pieces of SPILL bytes, one blocking call each.
+        // The chunks are kept as they arrive (no copy) and written with one `writev` a piece.
+        let mut buf = Chunks::default();
         let mut bytes = 0u64;
-        let mut file: Option<tokio::fs::File> = None;
+        let mut file: Option<std::fs::File> = None;
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     hasher.update(&chunk);
                     bytes += chunk.len() as u64;
-                    match file.as_mut() {
-                        Some(f) => f.write_all(&chunk).await.map_err(io)?,
-                        None if buf.len() + chunk.len() <= SMALL_BODY => {
-                            buf.extend_from_slice(&chunk)
-                        }
-                        None => {
-                            let mut f = tokio::fs::OpenOptions::new()
-                                .write(true)
-                                .create_new(true)
-                                .open(&tmp.path)
-                                .await
-                                .map_err(io)?;
-                            f.write_all(&buf).await.map_err(io)?;
-                            f.write_all(&chunk).await.map_err(io)?;
-                            buf = Vec::new();
-                            file = Some(f);
-                        }
+                    buf.push(chunk);
+                    if buf.len >= SPILL {
+                        let (f, b) = spill(file.take(), &tmp.path, buf, false)
+                            .await
+                            .map_err(io)?;
+                        (file, buf) = (Some(f), b);
                     }
                 }
                 Ok(None) => break,
                 Err(e) => return Err(WriteError::Body(e.to_string())),
             }
         }
-        match file {
-            None => write_whole(tmp.path.clone(), fin, buf, fsync)
-                .await
-                .map_err(io)?,
-            Some(mut f) => {
-                f.flush().await.map_err(io)?;
-                if fsync {
-                    f.sync_all().await.map_err(io)?;
+        let staged = match file {
+            None => stage(tmp, fin, buf, fsync).await.map_err(io)?,
+            Some(f) => {
+                spill(Some(f), &tmp.path, buf, fsync).await.map_err(io)?;
+                Output::Rename {
+                    tmp: tmp.disarm(),
+                    fin,
                 }
-                drop(f);
-                finish(&tmp.path, &fin).await.map_err(io)?;
             }
-        }
-        let mut tmp = tmp;
-        tmp.armed = false;
-        Ok((bytes, manifest::hex(&hasher.finalize())))
+        };
+        Ok((staged, bytes, manifest::hex(&hasher.finalize())))
     }
 }
 
-/// Bodies up to this size are written in one blocking call.
-const SMALL_BODY: usize = 256 << 10;
+/// Bodies up to this size stay in memory until the writer writes them; a larger one is written
+/// to its temporary file in pieces of about this size (bounded memory per item, few hand-offs).
+const SPILL: usize = 256 << 10;
 
-/// Create `tmp`, write `data`, optionally fsync, and rename it to `fin`, in one blocking task.
-async fn write_whole(
-    tmp: PathBuf,
-    fin: PathBuf,
-    data: Vec<u8>,
-    fsync: bool,
-) -> std::io::Result<()> {
+/// The writer's part for a whole output in memory: without `fsync`, all of it (no file-system call
+/// on this task); with `fsync`, the file is written and synced here, on the blocking pool (syncs
+/// in parallel), and the writer only renames it.
+async fn stage(tmp: TempFile, fin: PathBuf, data: Chunks, fsync: bool) -> std::io::Result<Output> {
+    if !fsync {
+        return Ok(Output::Whole {
+            tmp: tmp.disarm(),
+            fin,
+            data,
+        });
+    }
+    spill(None, &tmp.path, data, true).await?;
+    Ok(Output::Rename {
+        tmp: tmp.disarm(),
+        fin,
+    })
+}
+
+/// On the blocking pool: append `data` to `file` (creating `path` if there is no file yet), and
+/// with `sync`, fsync it. The file and the emptied buffer come back for the next piece.
+async fn spill(
+    file: Option<std::fs::File>,
+    path: &std::path::Path,
+    mut data: Chunks,
+    sync: bool,
+) -> std::io::Result<(std::fs::File, Chunks)> {
+    let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(&data)?;
-        if fsync {
+        let mut f = match file {
+            Some(f) => f,
+            None => create_new(&path)?,
+        };
+        data.write_to(&mut f)?;
+        if sync {
             f.sync_all()?;
         }
-        drop(f);
-        std::fs::rename(&tmp, &fin)
+        data.clear();
+        Ok((f, data))
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-async fn finish(tmp: &Path, fin: &Path) -> std::io::Result<()> {
-    tokio::fs::rename(tmp, fin).await
 }
 
 /// How long the CLI lets in-flight items finish after Ctrl-C or SIGTERM before cancelling them.
