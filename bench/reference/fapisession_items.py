@@ -1,8 +1,9 @@
-"""The reference Python client (ib1-openenergy-support's FAPISession) fetching N small items
+"""The reference Python client (ib1-openenergy-support's FAPISession) fetching N items
 sequentially over one keep-alive connection, as a baseline for `fapi-bench batch` and
 `fapi-bench compare`.
 
-Usage: python fapisession_items.py FEDERATION_JSON N
+Usage: python fapisession_items.py FEDERATION_JSON N [PATH_TEMPLATE]
+PATH_TEMPLATE is the data provider's path of item {i} (default: /items/{i}, a small JSON item).
 Prints one JSON line: {"items": N, "seconds": S, "cpu_seconds": C, "bytes": B}: the wall time and
 the interpreter's CPU time (time.process_time()) of the timed loop.
 Needs: pip install 'ib1-openenergy-support==0.2.17' 'urllib3<2'  (FAPISession uses urllib3 1.x's
@@ -20,6 +21,7 @@ logging.disable(logging.WARNING)
 def main():
     info = json.load(open(sys.argv[1]))
     n = int(sys.argv[2])
+    template = sys.argv[3] if len(sys.argv) > 3 else "/items/{i}"
     os.environ["REQUESTS_CA_BUNDLE"] = info["ca_bundle"]
     import requests
     from ib1.openenergy.support import FAPISession, OpenIDConfiguration, build
@@ -46,13 +48,13 @@ def main():
     )
     origin = info["data_url"].rsplit("/", 1)[0]
     # First call acquires the token; not timed.
-    r = session.session.get(f"{origin}/items/0")
+    r = session.session.get(origin + template.format(i=0))
     r.raise_for_status()
     t0 = time.perf_counter()
     c0 = time.process_time()
     total = 0
     for i in range(n):
-        r = session.session.get(f"{origin}/items/{i}")
+        r = session.session.get(origin + template.format(i=i))
         r.raise_for_status()
         total += len(r.content)
     seconds = time.perf_counter() - t0

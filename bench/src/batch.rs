@@ -1,18 +1,53 @@
-//! `fapi-host batch` against the native client's best concurrent throughput on the same small items,
-//! and the batch process's peak memory as the item count grows.
+//! `fapi-host batch` against the native client's best concurrent throughput and the reference
+//! Python client on the same items — 10,000 small ones and 100 large ones — and the batch
+//! process's peak memory as the item count grows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use fapi_host::FapiClient;
 use fapi_host::batch::{Batch, BatchOptions, Input};
+use sha2::{Digest as _, Sha256};
 
 use crate::memory::peak_kib;
-use crate::setup::{Bench, fapi_get, plain_get};
+use crate::setup::{Bench, fapi_drain, fapi_get, plain_get};
 
-pub fn input(origin: &str, n: u64) -> String {
-    (0..n).map(|i| format!("{origin}/items/{i}\n")).collect()
+/// The items of a throughput run.
+#[derive(Clone, Copy, Debug)]
+pub struct Items {
+    /// How many.
+    pub count: u64,
+    /// None: `/items/{i}` (a small JSON document, ~100 bytes); Some(n): `/sized?bytes=n&item={i}`.
+    pub bytes: Option<u64>,
+}
+
+impl Items {
+    /// `count` small JSON items.
+    pub fn small(count: u64) -> Items {
+        Items { count, bytes: None }
+    }
+
+    /// The path of item `{i}`, as the reference script takes it.
+    fn template(&self) -> String {
+        match self.bytes {
+            None => "/items/{i}".into(),
+            Some(n) => format!("/sized?bytes={n}&item={{i}}"),
+        }
+    }
+
+    /// The path of item `i`.
+    pub fn path(&self, i: u64) -> String {
+        self.template().replace("{i}", &i.to_string())
+    }
+
+    /// The batch input: one URL per line.
+    pub fn input(&self, origin: &str) -> String {
+        (0..self.count)
+            .map(|i| format!("{origin}{}\n", self.path(i)))
+            .collect()
+    }
 }
 
 /// Write the `federation.json` that `reference/fapisession_items.py` reads (with the consumer's
@@ -43,14 +78,21 @@ pub struct Reference {
     pub cpu_seconds: f64,
 }
 
-/// The reference Python FAPISession fetching `n` items sequentially over one connection (blocking),
-/// or None, with the reason on stderr, when the interpreter lacks `ib1-openenergy-support`.
+/// The reference Python FAPISession fetching `n` small items sequentially over one connection
+/// (blocking), or None, with the reason on stderr, when the interpreter lacks
+/// `ib1-openenergy-support`.
 pub fn reference_blocking(python: &str, federation_json: &Path, n: u64) -> Option<Reference> {
+    reference_items(python, federation_json, Items::small(n))
+}
+
+/// [`reference_blocking`] for any [`Items`].
+fn reference_items(python: &str, federation_json: &Path, items: Items) -> Option<Reference> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/fapisession_items.py");
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(federation_json)
-        .arg(n.to_string())
+        .arg(items.count.to_string())
+        .arg(items.template())
         .output()
         .ok()?;
     if !out.status.success() {
@@ -70,20 +112,20 @@ pub fn reference_blocking(python: &str, federation_json: &Path, n: u64) -> Optio
     })
 }
 
-/// The reference Python FAPISession fetching `n` items sequentially: items/s, or None when the
+/// The reference Python FAPISession fetching `items` sequentially: items/s, or None when the
 /// interpreter lacks `ib1-openenergy-support`.
-async fn reference(b: &Bench, python: &str, n: u64) -> Option<f64> {
+async fn reference(b: &Bench, python: &str, items: Items) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
     let json = federation_json(b, dir.path());
     let python = python.to_owned();
-    let r = tokio::task::spawn_blocking(move || reference_blocking(&python, &json, n))
+    let r = tokio::task::spawn_blocking(move || reference_items(&python, &json, items))
         .await
         .unwrap()?;
-    Some(n as f64 / r.seconds)
+    Some(items.count as f64 / r.seconds)
 }
 
-/// Items/s of `conc` tasks sharing `get` to fetch `/items/0..items` (each body read in full).
-async fn rate<F, Fut>(origin: &str, items: u64, conc: usize, get: F) -> f64
+/// Items/s of `conc` tasks sharing `get` to fetch `items` (each body read in full).
+async fn rate<F, Fut>(origin: &str, items: Items, conc: usize, get: F) -> f64
 where
     F: Fn(String) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -96,28 +138,73 @@ where
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= items {
+                if i >= items.count {
                     break;
                 }
-                get(format!("{origin}/items/{i}")).await;
+                get(format!("{origin}{}", items.path(i))).await;
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    items as f64 / t0.elapsed().as_secs_f64()
+    items.count as f64 / t0.elapsed().as_secs_f64()
 }
 
-/// Items/s of the native client at concurrency `conc` (bodies kept in memory).
-pub async fn native_rate(client: &FapiClient, origin: &str, items: u64, conc: usize) -> f64 {
+/// Items/s of the native client at concurrency `conc` (small bodies read whole into memory, large
+/// ones read chunk by chunk and dropped).
+pub async fn native_rate(client: &FapiClient, origin: &str, items: Items, conc: usize) -> f64 {
     client.token_info().await.unwrap();
     let client = client.clone();
     rate(origin, items, conc, move |url| {
         let client = client.clone();
-        async move { fapi_get(&client, &url).await }
+        async move {
+            match items.bytes {
+                None => fapi_get(&client, &url).await,
+                Some(n) => assert_eq!(fapi_drain(&client, &url).await, n),
+            }
+        }
     })
     .await
+}
+
+/// A fresh directory under `under`, or under the system's temporary directory.
+fn fresh_dir(under: Option<&Path>) -> tempfile::TempDir {
+    match under {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Items/s of the same job written by hand over the native client: each body read whole, hashed
+/// (SHA-256) and written to its own file with `tokio::fs::write` in a fresh directory under `under`
+/// (or the system's temporary directory) — no temporary name and rename, no manifest, no resume.
+pub async fn native_files_rate(
+    client: &FapiClient,
+    origin: &str,
+    items: Items,
+    conc: usize,
+    under: Option<&Path>,
+) -> f64 {
+    let dir = fresh_dir(under);
+    client.token_info().await.unwrap();
+    let (client, out) = (client.clone(), Arc::new(dir.path().to_owned()));
+    let files = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n = files.clone();
+    let rate = rate(origin, items, conc, move |url| {
+        let (client, out, n) = (client.clone(), out.clone(), n.clone());
+        async move {
+            let r = client.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body = r.bytes().await.unwrap();
+            let digest = Sha256::digest(&body);
+            let name = format!("{}-{:02x}", n.fetch_add(1, Ordering::Relaxed), digest[0]);
+            tokio::fs::write(out.join(name), &body).await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(files.load(Ordering::Relaxed), items.count);
+    rate
 }
 
 /// Items/s of plain reqwest mTLS with a fixed bearer header at concurrency `conc`.
@@ -125,7 +212,7 @@ pub async fn plain_rate(
     client: &reqwest::Client,
     bearer: &str,
     origin: &str,
-    items: u64,
+    items: Items,
     conc: usize,
 ) -> f64 {
     let (client, bearer) = (client.clone(), bearer.to_owned());
@@ -141,14 +228,11 @@ pub async fn plain_rate(
 pub async fn batch_rate(
     client: FapiClient,
     origin: &str,
-    items: u64,
+    items: Items,
     conc: usize,
     under: Option<&Path>,
 ) -> f64 {
-    let dir = match under {
-        Some(d) => tempfile::tempdir_in(d).unwrap(),
-        None => tempfile::tempdir().unwrap(),
-    };
+    let dir = fresh_dir(under);
     batch_rate_in(client, origin, items, conc, dir.path()).await
 }
 
@@ -156,7 +240,7 @@ pub async fn batch_rate(
 pub async fn batch_rate_in(
     client: FapiClient,
     origin: &str,
-    items: u64,
+    items: Items,
     conc: usize,
     out: &Path,
 ) -> f64 {
@@ -164,48 +248,153 @@ pub async fn batch_rate_in(
     options.concurrency = conc;
     let batch = Batch::new(client, options);
     let t0 = Instant::now();
-    let summary = batch
-        .run(Input::parse(&input(origin, items)))
-        .await
-        .unwrap();
-    assert_eq!(summary.done, items, "{summary}");
-    items as f64 / t0.elapsed().as_secs_f64()
+    let summary = batch.run(Input::parse(&items.input(origin))).await.unwrap();
+    assert_eq!(summary.done, items.count, "{summary}");
+    if let Some(n) = items.bytes {
+        assert_eq!(summary.bytes, n * items.count, "{summary}");
+    }
+    items.count as f64 / t0.elapsed().as_secs_f64()
 }
 
-pub async fn run(items: u64, memory_items: &[u64], python: &str) {
+/// One client's figures over a set of concurrencies.
+struct Series {
+    name: &'static str,
+    rates: Vec<(usize, f64)>,
+}
+
+impl Series {
+    fn best(&self) -> (usize, f64) {
+        self.rates
+            .iter()
+            .copied()
+            .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a })
+    }
+}
+
+/// The native client, the batch on the disk and (where there is one) on tmpfs, at each
+/// concurrency, then the reference client; one table, ratios to the native client's best.
+async fn throughput(b: &Bench, python: &str, items: Items, concs: &[usize], n_ref: u64) {
+    let origin = b.fed.data_origin();
+    let shm = Path::new("/dev/shm");
+    let tmpfs = shm.is_dir().then_some(shm);
+    let mut series = vec![
+        Series {
+            name: "FapiClient, native (bodies not written)",
+            rates: Vec::new(),
+        },
+        Series {
+            name: "FapiClient + SHA-256 + tokio::fs::write per item, by hand, on the disk",
+            rates: Vec::new(),
+        },
+        Series {
+            name: "fapi-host batch, output on the disk (system temp dir)",
+            rates: Vec::new(),
+        },
+    ];
+    if tmpfs.is_some() {
+        series.push(Series {
+            name: "FapiClient + SHA-256 + tokio::fs::write per item, by hand, on tmpfs",
+            rates: Vec::new(),
+        });
+        series.push(Series {
+            name: "fapi-host batch, output on tmpfs (/dev/shm)",
+            rates: Vec::new(),
+        });
+    }
+    for &conc in concs {
+        // Each client in turn at this concurrency, so that drift hits them alike.
+        let r = native_rate(&b.client(), &origin, items, conc).await;
+        series[0].rates.push((conc, r));
+        let r = native_files_rate(&b.client(), &origin, items, conc, None).await;
+        series[1].rates.push((conc, r));
+        let r = batch_rate(b.client(), &origin, items, conc, None).await;
+        series[2].rates.push((conc, r));
+        if let Some(shm) = tmpfs {
+            let r = native_files_rate(&b.client(), &origin, items, conc, Some(shm)).await;
+            series[3].rates.push((conc, r));
+            let r = batch_rate(b.client(), &origin, items, conc, Some(shm)).await;
+            series[4].rates.push((conc, r));
+        }
+    }
+    let (best_conc, best) = series[0].best();
+    let mib = |rate: f64| {
+        items.bytes.map_or(String::new(), |n| {
+            format!(" ({:.0} MiB/s)", rate * n as f64 / 1048576.0)
+        })
+    };
+    let header: Vec<String> = concs.iter().map(|c| c.to_string()).collect();
+    println!(
+        "| client | items/s at concurrency {} | best / the native client's best |",
+        header.join(" / ")
+    );
+    println!("|---|---|---|");
+    for s in &series {
+        let rates: Vec<String> = s.rates.iter().map(|r| format!("{:.0}", r.1)).collect();
+        let (c, v) = s.best();
+        println!(
+            "| {} | {} | {:.2} (concurrency {c}{}) |",
+            s.name,
+            rates.join(" / "),
+            v / best,
+            mib(v)
+        );
+    }
+    let reference_items = Items {
+        count: n_ref.min(items.count),
+        ..items
+    };
+    match reference(b, python, reference_items).await {
+        Some(py) => {
+            println!(
+                "| reference Python FAPISession (ib1-openenergy-support 0.2.17), sequential, {} items | {py:.0}{} | {:.2} |",
+                reference_items.count,
+                mib(py),
+                py / best
+            );
+            println!();
+            for s in &series {
+                println!(
+                    "{}: best {:.1}x the reference client",
+                    s.name,
+                    s.best().1 / py
+                );
+            }
+        }
+        None => println!("\n(reference client skipped)"),
+    }
+    println!(
+        "native best: {best:.0} items/s at concurrency {best_conc}{}",
+        mib(best)
+    );
+    for (by_hand, batch) in [(1, 2), (3, 4)] {
+        if let (Some(h), Some(b)) = (series.get(by_hand), series.get(batch)) {
+            println!(
+                "{}: best {:.2}x of the same job by hand on the same file system",
+                b.name,
+                b.best().1 / h.best().1
+            );
+        }
+    }
+}
+
+/// `fapi-bench batch`: small items, large items, then peak memory against the item count.
+pub async fn run(items: u64, large: u64, large_mib: u64, memory_items: &[u64], python: &str) {
     let b = Bench::start().await;
     let origin = b.fed.data_origin();
-    println!("\n## Throughput on {items} small items (GET /items/{{i}}, ~100 bytes each)\n");
-    println!("| client | concurrency | items/s | ratio to the native client's best |");
-    println!("|---|---|---|---|");
-    let mut rows = Vec::new();
-    let mut best = 0f64;
-    for conc in [1usize, 16, 64, 256] {
-        let rate = native_rate(&b.client(), &origin, items, conc).await;
-        best = best.max(rate);
-        rows.push(("FapiClient, native (in memory)", conc, rate));
+    if items > 0 {
+        println!("\n## Throughput on {items} small items (GET /items/{{i}}, ~100 bytes each)\n");
+        throughput(&b, python, Items::small(items), &[1, 16, 64, 256], 2_000).await;
     }
-    for conc in [16usize, 64, 256] {
-        let rate = batch_rate(b.client(), &origin, items, conc, None).await;
-        rows.push(("fapi-host batch (files + manifest)", conc, rate));
-    }
-    let batch64 = rows
-        .iter()
-        .find(|r| r.0.starts_with("fapi-host") && r.1 == 64)
-        .map(|r| r.2);
-    for (what, conc, rate) in rows {
-        println!("| {what} | {conc} | {rate:.0} | {:.2} |", rate / best);
-    }
-    let n_ref = 2_000.min(items);
-    if let (Some(py), Some(batch64)) = (reference(&b, python, n_ref).await, batch64) {
+    if large > 0 {
+        let bytes = large_mib << 20;
         println!(
-            "| reference Python FAPISession (ib1-openenergy-support 0.2.17), sequential, {n_ref} items | 1 | {py:.0} | {:.2} |",
-            py / best
+            "\n## Throughput on {large} large items (GET /sized?bytes={bytes}&item={{i}}, {large_mib} MiB each)\n"
         );
-        println!(
-            "\n`fapi-host batch` at concurrency 64 / reference client: **{:.1}x**",
-            batch64 / py
-        );
+        let items = Items {
+            count: large,
+            bytes: Some(bytes),
+        };
+        throughput(&b, python, items, &[1, 4, 16], large).await;
     }
     println!(
         "\ntoken requests for all of the above: {}",
@@ -229,7 +418,7 @@ pub async fn run(items: u64, memory_items: &[u64], python: &str) {
     for &n in memory_items {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("input.txt");
-        std::fs::write(&list, input(&origin, n)).unwrap();
+        std::fs::write(&list, Items::small(n).input(&origin)).unwrap();
         let args = vec![
             "--config".into(),
             config.display().to_string(),

@@ -23,7 +23,9 @@ use fapi_host::sandbox::Stdio;
 use fapi_host::{FapiClient, Settings};
 use serde_json::{Value, json};
 
-use crate::batch::{batch_rate, federation_json, native_rate, plain_rate, reference_blocking};
+use crate::batch::{
+    Items, batch_rate, federation_json, native_rate, plain_rate, reference_blocking,
+};
 use crate::memory::{fapi_host_bin, run_child};
 use crate::profile::{Sequential, Which};
 use crate::sandbox::{capture_sandbox, guest};
@@ -577,12 +579,12 @@ pub async fn run(opts: Options) {
     }
     for conc in [1usize, 16, 64, 256] {
         let plain = plain_client(b.plain_tls(), conc);
-        let p = plain_rate(&plain, &bearer, &origin, opts.items, conc).await;
+        let p = plain_rate(&plain, &bearer, &origin, Items::small(opts.items), conc).await;
         let native = b.client();
-        let f = native_rate(&native, &origin, opts.items, conc).await;
+        let f = native_rate(&native, &origin, Items::small(opts.items), conc).await;
         let batch = b.client();
         batch.token_info().await.unwrap();
-        let bt = batch_rate(batch, &origin, opts.items, conc, None).await;
+        let bt = batch_rate(batch, &origin, Items::small(opts.items), conc, None).await;
         series[0].1.push((conc, p));
         series[1].1.push((conc, f));
         series[2].1.push((conc, bt));
@@ -599,7 +601,7 @@ pub async fn run(opts: Options) {
         if let Some(shm) = tmpfs {
             let batch = b.client();
             batch.token_info().await.unwrap();
-            let bs = batch_rate(batch, &origin, opts.items, conc, Some(shm)).await;
+            let bs = batch_rate(batch, &origin, Items::small(opts.items), conc, Some(shm)).await;
             series[3].1.push((conc, bs));
             measured.push((
                 "batch_tmpfs",

@@ -49,11 +49,17 @@ enum What {
     },
     /// `fapi-host batch` against the native client's best throughput; batch memory vs item count.
     Batch {
-        /// Items per throughput run.
+        /// Small items per throughput run (0 to skip).
         #[arg(long, default_value_t = 10_000)]
         items: u64,
-        /// Item counts of the memory runs (comma-separated; empty to skip).
-        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        /// Large items per throughput run (0 to skip).
+        #[arg(long, default_value_t = 100)]
+        large: u64,
+        /// Size of each large item, MiB.
+        #[arg(long, default_value_t = 8)]
+        large_mib: u64,
+        /// Item counts of the memory runs (comma-separated; the flag with no value skips them).
+        #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,10000,100000")]
         memory_items: Vec<u64>,
         /// Python with `ib1-openenergy-support==0.2.17` and `urllib3<2` installed, for the
         /// reference-client comparison (skipped when the import fails).
@@ -214,8 +220,10 @@ async fn main() {
         }
         What::Batch {
             items,
+            large,
+            large_mib,
             memory_items,
             python,
-        } => batch::run(items, &memory_items, &python).await,
+        } => batch::run(items, large, large_mib, &memory_items, &python).await,
     }
 }

@@ -166,13 +166,25 @@ async fn one(
             let origin = url.trim_end_matches("/items/42");
             match which {
                 Which::Fapi16 => {
-                    crate::batch::native_rate(&seq.client, origin, n as u64, 16).await;
+                    crate::batch::native_rate(
+                        &seq.client,
+                        origin,
+                        crate::batch::Items::small(n as u64),
+                        16,
+                    )
+                    .await;
                 }
                 Which::Batch => {
                     // A new directory per round, removed after the measurement.
                     let out = out.path().join(format!("round-{n}"));
-                    crate::batch::batch_rate_in(seq.client.clone(), origin, n as u64, 16, &out)
-                        .await;
+                    crate::batch::batch_rate_in(
+                        seq.client.clone(),
+                        origin,
+                        crate::batch::Items::small(n as u64),
+                        16,
+                        &out,
+                    )
+                    .await;
                 }
                 _ => seq.run(which, n).await,
             }

@@ -100,3 +100,14 @@ pub async fn fapi_get(client: &FapiClient, url: &str) {
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
 }
+
+/// GET `url` with the native client, reading the body chunk by chunk and dropping it: its length.
+pub async fn fapi_drain(client: &FapiClient, url: &str) -> u64 {
+    let mut r = client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut n = 0;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        n += chunk.len() as u64;
+    }
+    n
+}
