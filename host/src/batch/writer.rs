@@ -13,13 +13,12 @@
 //! one thread loses no parallelism on them and saves two thread hand-offs per item.
 
 use std::io::{IoSlice, Write};
-
-use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::manifest::{Manifest, Outcome, Record, RecordError};
