@@ -956,6 +956,32 @@ async fn batch_with_the_authorization_server_down_fails_once_with_a_clear_error(
     assert_consistent(&out, &recs);
 }
 
+/// With `--keep-going`, the bad lines are in the manifest even when the batch then stops because
+/// the authorization server cannot be reached.
+#[tokio::test]
+async fn bad_lines_are_recorded_although_the_authorization_server_is_down() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let input = f.path("bad-down.txt");
+    let o = f.fed.data_origin();
+    std::fs::write(&input, format!("{o}/items/1\nnot a url\n{o}/items/2\n")).unwrap();
+    let out = f.path("bad-down-out");
+    let mut c = batch_cmd(&f.config, &input, &out, &["--keep-going", "--retries", "0"]);
+    c.env(
+        "FAPI_ISSUER_URL",
+        format!("https://127.0.0.1:{}", closed_port()),
+    );
+    let (code, err) = run(c).await;
+    assert_eq!(code, 5, "{err}");
+    let recs = manifest(&out);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!((recs[0].index, recs[0].outcome.as_str()), (1, "failed"));
+    assert_eq!(
+        recs[0].error.as_ref().map(|e| e.kind.as_str()),
+        Some("input")
+    );
+    assert_eq!(f.fed.counters().dp_requests, 0);
+}
+
 #[tokio::test]
 async fn batch_stops_when_the_authorization_server_starts_refusing_mid_run() {
     use fapi_host::batch::{Batch, BatchOptions, Input};

@@ -248,9 +248,17 @@ impl Batch {
         // One token before the first item: an authorization server that is down or refuses is
         // reported once, as the batch's error, instead of once per item.
         if input.len() > skipped {
-            tokio::select! {
-                r = sh.warm_up() => r?,
-                _ = sh.stop.reached(DRAINING) => {}
+            let warm = tokio::select! {
+                r = sh.warm_up() => r,
+                _ = sh.stop.reached(DRAINING) => Ok(()),
+            };
+            if let Err(e) = warm {
+                // The bad lines sent above are recorded before the batch ends with this error.
+                drop(jobs);
+                if let Err(w) = writer.finish().await {
+                    tracing::warn!(error = %w, "the bad lines could not be recorded");
+                }
+                return Err(e);
             }
         }
         let _progress = Progress::start(sh.stats.clone(), sh.options.display);
