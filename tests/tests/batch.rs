@@ -539,3 +539,58 @@ async fn bodies_of_every_size_land_whole_with_and_without_fsync() {
         assert_no_partials(&out);
     }
 }
+
+/// Cancelling a batch in the middle of large downloads leaves no temporary file behind, also
+/// when a piece of a body is still being written on the blocking pool as the item is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_large_downloads_leave_no_temporary_files() {
+    let env = Env::start().await;
+    let text: String = (0..4)
+        .map(|i| {
+            env.url(&format!(
+                "/sized?bytes=3000000&item={i}&fault=slow&delay_ms=1"
+            )) + "\n"
+        })
+        .collect();
+    let out = env.out("cancelled-large");
+    let mut o = BatchOptions::new(&out);
+    o.concurrency = 4;
+    let batch = Batch::new(env.client(), o);
+    let stop = batch.stop_handle();
+    let run = tokio::spawn(async move { batch.run(Input::parse(&text)).await });
+    // Wait until the bodies are being spilled to their temporary files.
+    let t0 = Instant::now();
+    let partials = |dir: &Path| {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().contains(".partial-"))
+            })
+            .count()
+        })
+    };
+    while partials(&out) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no body was spilled"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.stop_starting();
+    stop.cancel();
+    let s = run.await.unwrap().unwrap();
+    assert!(s.interrupted, "{s}");
+    assert_eq!(s.done, 0, "{s}");
+    // A piece still being written when its item was dropped ends within moments.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_no_partials(&out);
+    let recs = records(&out);
+    assert_eq!(recs.len(), 4);
+    for r in &recs {
+        assert_eq!(
+            r.error.as_ref().map(|e| e.kind.as_str()),
+            Some("interrupted"),
+            "{r:?}"
+        );
+    }
+}

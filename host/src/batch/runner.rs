@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -311,13 +311,24 @@ impl Batch {
     }
 }
 
-/// Removes a temporary file unless disarmed (on error, cancellation or panic).
+/// Removes a temporary file unless disarmed (on error, cancellation or panic). A write still
+/// running on the blocking pool when it is dropped sees `abandoned` when it ends and removes the
+/// file itself, so a file that write creates after the drop is not left behind either.
 struct TempFile {
     path: PathBuf,
     armed: bool,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl TempFile {
+    fn new(path: PathBuf) -> TempFile {
+        TempFile {
+            path,
+            armed: true,
+            abandoned: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// Hand the path on (to the writer, which removes the file if it cannot put it in place).
     fn disarm(mut self) -> PathBuf {
         self.armed = false;
@@ -328,6 +339,7 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if self.armed {
+            self.abandoned.store(true, Ordering::SeqCst);
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -576,17 +588,13 @@ impl Shared {
                 ),
             )
         };
-        let tmp = TempFile {
-            path: out.join(format!(
-                ".{}.partial-{}",
-                item.name,
-                uuid::Uuid::new_v4().simple()
-            )),
-            armed: true,
-        };
+        let tmp = TempFile::new(out.join(format!(
+            ".{}.partial-{}",
+            item.name,
+            uuid::Uuid::new_v4().simple()
+        )));
         let fin = out.join(&item.name);
         let fsync = self.options.fsync;
-        let mut hasher = Sha256::new();
         if let Some((sandbox, plugin)) = &self.plugin {
             let pi = ProcessItem {
                 index: item.index,
@@ -609,52 +617,131 @@ impl Shared {
                 }
                 Err(e) => return Err(WriteError::Other("plugin", e.to_string())),
             };
-            hasher.update(&output);
+            let digest = Sha256::digest(&output);
             let bytes = output.len() as u64;
             let mut data = Chunks::default();
             data.push(output.into());
             let staged = stage(tmp, fin, data, fsync).await.map_err(io)?;
-            return Ok((staged, bytes, manifest::hex(&hasher.finalize())));
+            return Ok((staged, bytes, manifest::hex(&digest)));
         }
-        // Small bodies (most API pages) are gathered in memory and written by the writer; larger
-        // ones go to the temporary file in pieces of SPILL bytes, one blocking call each.
-        // The chunks are kept as they arrive (no copy) and written with one `writev` a piece.
+        // Small bodies (most API pages) are gathered in memory, hashed here and written by the
+        // writer. A larger one goes to the temporary file in pieces of SPILL bytes, each written
+        // and hashed on the blocking pool while the next is received. The chunks are kept as they
+        // arrive (no copy) and written with one `writev` a piece.
         let mut buf = Chunks::default();
         let mut bytes = 0u64;
-        let mut file: Option<std::fs::File> = None;
+        let mut spool: Option<Spool> = None;
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    hasher.update(&chunk);
                     bytes += chunk.len() as u64;
                     buf.push(chunk);
                     if buf.len >= SPILL {
-                        let (f, b) = spill(file.take(), &tmp.path, buf, false)
-                            .await
-                            .map_err(io)?;
-                        (file, buf) = (Some(f), b);
+                        let piece = std::mem::take(&mut buf);
+                        match spool.as_mut() {
+                            Some(s) => s.push(piece).await.map_err(io)?,
+                            None => spool = Some(Spool::start(&tmp, piece)),
+                        }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => return Err(WriteError::Body(e.to_string())),
             }
         }
-        let staged = match file {
-            None => stage(tmp, fin, buf, fsync).await.map_err(io)?,
-            Some(f) => {
-                spill(Some(f), &tmp.path, buf, fsync).await.map_err(io)?;
-                Output::Rename {
-                    tmp: tmp.disarm(),
-                    fin,
-                }
-            }
+        let Some(spool) = spool else {
+            let mut hasher = Sha256::new();
+            buf.each(|c| hasher.update(c));
+            let staged = stage(tmp, fin, buf, fsync).await.map_err(io)?;
+            return Ok((staged, bytes, manifest::hex(&hasher.finalize())));
         };
-        Ok((staged, bytes, manifest::hex(&hasher.finalize())))
+        let digest = spool.finish(buf, fsync).await.map_err(io)?;
+        let staged = Output::Rename {
+            tmp: tmp.disarm(),
+            fin,
+        };
+        Ok((staged, bytes, manifest::hex(&digest)))
+    }
+}
+
+/// A large output on its way to its temporary file: pieces written and hashed on the blocking
+/// pool, in order, one at a time, while the task receives the next.
+struct Spool {
+    path: PathBuf,
+    abandoned: Arc<AtomicBool>,
+    in_flight: tokio::task::JoinHandle<std::io::Result<(std::fs::File, Sha256)>>,
+}
+
+impl Spool {
+    /// Create the temporary file of `tmp` and start writing `first` to it.
+    fn start(tmp: &TempFile, first: Chunks) -> Spool {
+        let (path, abandoned) = (tmp.path.clone(), tmp.abandoned.clone());
+        let in_flight = Spool::write(path.clone(), abandoned.clone(), None, first, false);
+        Spool {
+            path,
+            abandoned,
+            in_flight,
+        }
+    }
+
+    /// Start writing `piece` once the piece in flight is written.
+    async fn push(&mut self, piece: Chunks) -> std::io::Result<()> {
+        let (file, hasher) = (&mut self.in_flight)
+            .await
+            .map_err(std::io::Error::other)??;
+        self.in_flight = Spool::write(
+            self.path.clone(),
+            self.abandoned.clone(),
+            Some((file, hasher)),
+            piece,
+            false,
+        );
+        Ok(())
+    }
+
+    /// Write the last piece (and with `sync`, fsync the file): the whole output's SHA-256.
+    async fn finish(mut self, last: Chunks, sync: bool) -> std::io::Result<[u8; 32]> {
+        let (file, hasher) = (&mut self.in_flight)
+            .await
+            .map_err(std::io::Error::other)??;
+        let last = Spool::write(self.path, self.abandoned, Some((file, hasher)), last, sync);
+        let (_, hasher) = last.await.map_err(std::io::Error::other)??;
+        Ok(hasher.finalize().into())
+    }
+
+    /// On the blocking pool: append `piece` to the file (creating `path` first if there is no
+    /// file yet) and to the hash, with `sync` fsync the file; if the item was abandoned meanwhile,
+    /// remove the file.
+    fn write(
+        path: PathBuf,
+        abandoned: Arc<AtomicBool>,
+        open: Option<(std::fs::File, Sha256)>,
+        piece: Chunks,
+        sync: bool,
+    ) -> tokio::task::JoinHandle<std::io::Result<(std::fs::File, Sha256)>> {
+        tokio::task::spawn_blocking(move || {
+            let written = (|| {
+                let (mut file, mut hasher) = match open {
+                    Some(o) => o,
+                    None => (create_new(&path)?, Sha256::new()),
+                };
+                piece.write_to(&mut file)?;
+                piece.each(|c| hasher.update(c));
+                if sync {
+                    file.sync_all()?;
+                }
+                Ok((file, hasher))
+            })();
+            if abandoned.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&path);
+            }
+            written
+        })
     }
 }
 
 /// Bodies up to this size stay in memory until the writer writes them; a larger one is written
-/// to its temporary file in pieces of about this size (bounded memory per item, few hand-offs).
+/// to its temporary file in pieces of about this size (at most two pieces in memory per item,
+/// few hand-offs).
 const SPILL: usize = 256 << 10;
 
 /// The writer's part for a whole output in memory: without `fsync`, all of it (no file-system call
@@ -668,36 +755,13 @@ async fn stage(tmp: TempFile, fin: PathBuf, data: Chunks, fsync: bool) -> std::i
             data,
         });
     }
-    spill(None, &tmp.path, data, true).await?;
+    Spool::write(tmp.path.clone(), tmp.abandoned.clone(), None, data, true)
+        .await
+        .map_err(std::io::Error::other)??;
     Ok(Output::Rename {
         tmp: tmp.disarm(),
         fin,
     })
-}
-
-/// On the blocking pool: append `data` to `file` (creating `path` if there is no file yet), and
-/// with `sync`, fsync it. The file and the emptied buffer come back for the next piece.
-async fn spill(
-    file: Option<std::fs::File>,
-    path: &std::path::Path,
-    mut data: Chunks,
-    sync: bool,
-) -> std::io::Result<(std::fs::File, Chunks)> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut f = match file {
-            Some(f) => f,
-            None => create_new(&path)?,
-        };
-        data.write_to(&mut f)?;
-        if sync {
-            f.sync_all()?;
-        }
-        data.clear();
-        Ok((f, data))
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }
 
 /// How long the CLI lets in-flight items finish after Ctrl-C or SIGTERM before cancelling them.

@@ -188,10 +188,11 @@ impl Chunks {
         Ok(())
     }
 
-    /// Drop the chunks, keeping the list's room for the next piece.
-    pub(super) fn clear(&mut self) {
-        self.chunks.clear();
-        self.len = 0;
+    /// Call `f` on every chunk, in order.
+    pub(super) fn each(&self, mut f: impl FnMut(&[u8])) {
+        for c in &self.chunks {
+            f(c);
+        }
     }
 }
 
@@ -269,9 +270,12 @@ mod tests {
         };
         c.write_to(&mut out).expect("write");
         assert_eq!(out.got, b"alphabgamma-delta");
-        c.clear();
-        assert_eq!(c.len, 0);
-        c.write_to(&mut out).expect("nothing to write");
+        let mut seen = Vec::new();
+        c.each(|chunk| seen.extend_from_slice(chunk));
+        assert_eq!(seen, b"alphabgamma-delta");
+        Chunks::default()
+            .write_to(&mut out)
+            .expect("nothing to write");
         assert_eq!(out.got.len(), 17);
     }
 
