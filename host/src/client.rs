@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
-use crate::error::{Error, Result, Warning};
+use crate::error::{Error, ErrorKind, Result, Warning};
 use crate::retry;
 use crate::tls;
 use crate::token::{TokenInfo, TokenManager};
@@ -139,11 +139,11 @@ impl FapiClient {
         self.inner.tokens.danger_reveal_token().await
     }
 
-    /// Whether the authorization server could not be reached the last time a token was needed
-    /// (and no token has arrived since): a network failure of a request is then the token's,
-    /// not the resource server's.
-    pub(crate) fn authorization_server_unreachable(&self) -> bool {
-        self.inner.tokens.unreachable()
+    /// Whether `e`, an error of this client's request, is the token's: the authorization server
+    /// could not be reached the last time a token was needed (and no token has arrived since),
+    /// so every other request would fail the same way until it is back.
+    pub(crate) fn is_token_unreachable(&self, e: &Error) -> bool {
+        e.kind() == ErrorKind::Network && self.inner.tokens.unreachable()
     }
 
     /// Token requests sent so far by this client (all clones).
@@ -237,7 +237,7 @@ impl FapiClient {
                 let challenge = www_authenticate::bearer(response.headers());
                 if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
                     tracing::info!(%url, "invalid_token: dropping the token, getting a new one, replaying once");
-                    inner.tokens.invalidate(lease.generation).await;
+                    inner.tokens.invalidate(lease.generation);
                     replayed = true;
                     continue;
                 }

@@ -186,24 +186,20 @@ impl TokenManager {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// The cached token while it is fresh.
+    /// `f` of the cached token while it is fresh.
+    fn fresh<T>(&self, f: impl FnOnce(&Cached) -> T) -> Option<T> {
+        self.slot().as_ref().filter(|c| c.fresh()).map(f)
+    }
+
+    /// The cached token and its metadata while it is fresh.
     fn cached(&self) -> Option<(Lease, TokenInfo)> {
-        let cache = self.slot();
-        cache
-            .as_ref()
-            .filter(|c| c.fresh())
-            .map(|c| (c.lease(), c.info.clone()))
+        self.fresh(|c| (c.lease(), c.info.clone()))
     }
 
     /// A valid token for one request: the cached one, or a new one (the hot path of every
     /// request: no allocation, hashing or await when the cached token is valid).
     pub(crate) async fn bearer(&self) -> Result<Lease> {
-        let fresh = self
-            .slot()
-            .as_ref()
-            .filter(|c| c.fresh())
-            .map(Cached::lease);
-        match fresh {
+        match self.fresh(Cached::lease) {
             Some(lease) => Ok(lease),
             None => Ok(self.lease().await?.0),
         }
@@ -253,7 +249,7 @@ impl TokenManager {
 
     /// Drop the token of `generation` (the server said `invalid_token`), unless a newer one has
     /// replaced it already.
-    pub(crate) async fn invalidate(&self, generation: u64) {
+    pub(crate) fn invalidate(&self, generation: u64) {
         let mut cache = self.slot();
         if cache.as_ref().is_some_and(|c| c.generation == generation) {
             *cache = None;

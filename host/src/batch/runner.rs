@@ -447,9 +447,7 @@ impl Shared {
                     // The authorization server refused, or cannot be reached for the token every
                     // item needs: every other item would get the same answer, so stop here
                     // (the run says how to resume) rather than fail them one by one.
-                    if e.kind() == ErrorKind::Authorization
-                        || (e.kind() == ErrorKind::Network
-                            && self.client.authorization_server_unreachable())
+                    if e.kind() == ErrorKind::Authorization || self.client.is_token_unreachable(&e)
                     {
                         let record = self.failed(
                             item,

@@ -105,7 +105,6 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     let signals = tokio::spawn(watch_signals(stop));
     let summary = batch.run(input).await;
     signals.abort();
-    let client_unreachable = batch.client().authorization_server_unreachable();
     let summary = match summary {
         Err(e) if e.kind() == ErrorKind::Authorization => {
             eprintln!(
@@ -114,7 +113,7 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
             );
             return Err(e);
         }
-        Err(e) if e.kind() == ErrorKind::Network && client_unreachable => {
+        Err(e) if batch.client().is_token_unreachable(&e) => {
             eprintln!(
                 "fapi-host batch: stopped: the authorization server cannot be reached for a new \
                  token; the items done are recorded: run the same command again when it is back"
