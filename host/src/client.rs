@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
-use crate::error::{Error, ErrorKind, Result, Warning};
+use crate::error::{Error, Result, Warning};
 use crate::retry;
 use crate::tls;
 use crate::token::{TokenInfo, TokenManager};
@@ -139,13 +139,6 @@ impl FapiClient {
         self.inner.tokens.danger_reveal_token().await
     }
 
-    /// Whether `e`, an error of this client's request, is the token's: the authorization server
-    /// could not be reached the last time a token was needed (and no token has arrived since),
-    /// so every other request would fail the same way until it is back.
-    pub(crate) fn is_token_unreachable(&self, e: &Error) -> bool {
-        e.kind() == ErrorKind::Network && self.inner.tokens.unreachable()
-    }
-
     /// Token requests sent so far by this client (all clones).
     pub fn token_requests(&self) -> u64 {
         self.inner.tokens.token_requests()
@@ -209,11 +202,7 @@ impl FapiClient {
                 Ok(r) => r,
                 Err((err, transient)) => {
                     // A TLS failure is not transient; a refused or reset connection is.
-                    if transient
-                        && idempotent
-                        && retries < inner.options.retries
-                        && !matches!(err, Error::Tls(_))
-                    {
+                    if transient && idempotent && retries < inner.options.retries && !err.is_tls() {
                         retries += 1;
                         let d = retry::delay(retries, None, &inner.options);
                         tracing::warn!(%url, error = %err, ?d, "request failed; retrying");

@@ -39,6 +39,18 @@ pub enum Error {
     #[error("unusable token response: {0}")]
     TokenResponse(String),
 
+    /// No token could be had because the authorization server could not be reached: connection
+    /// refused or reset, no answer in time, or TLS with it failed (`tls`). Nothing was sent to the
+    /// data provider. Every request needs the token, so every other one would fail the same way
+    /// until the server is back. Fix: the message says how the connection failed.
+    #[error("no token: {} ({message})", unreachable_how(*.tls))]
+    TokenUnreachable {
+        /// How the connection failed (context and cause; never a token).
+        message: String,
+        /// TLS with the server failed (a certificate or trust problem: trying again will not help).
+        tls: bool,
+    },
+
     /// TLS failed (untrusted server certificate, wrong host name, handshake failure).
     #[error("TLS error: {0}")]
     Tls(String),
@@ -64,6 +76,14 @@ pub enum Error {
     /// against wit/fapi.wit.
     #[error("component error: {0}")]
     Component(String),
+}
+
+fn unreachable_how(tls: bool) -> &'static str {
+    if tls {
+        "TLS with the authorization server failed"
+    } else {
+        "the authorization server could not be reached"
+    }
 }
 
 fn describe(description: &Option<String>) -> String {
@@ -116,11 +136,42 @@ impl Error {
             Error::Discovery(_) | Error::TokenRefused { .. } | Error::TokenResponse(_) => {
                 ErrorKind::Authorization
             }
-            Error::Tls(_) | Error::Network(_) => ErrorKind::Network,
+            Error::Tls(_) | Error::Network(_) | Error::TokenUnreachable { .. } => {
+                ErrorKind::Network
+            }
             Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
             Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::Io(_) => ErrorKind::Io,
             Error::Component(_) => ErrorKind::Component,
+        }
+    }
+
+    /// A TLS failure (with the data provider or the authorization server): a certificate or trust
+    /// problem, which trying again does not mend.
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            Error::Tls(_) | Error::TokenUnreachable { tls: true, .. }
+        )
+    }
+
+    /// The token could not be had because the authorization server could not be reached: every
+    /// request of this client fails the same way until it is back.
+    pub fn is_token_unreachable(&self) -> bool {
+        matches!(self, Error::TokenUnreachable { .. })
+    }
+
+    /// An error of the token step (discovery and the token request), as the callers of the client
+    /// see it: a network or TLS failure becomes [`Error::TokenUnreachable`], so that it is not
+    /// taken for the data provider's.
+    pub(crate) fn in_token_step(self) -> Error {
+        match self {
+            Error::Network(message) => Error::TokenUnreachable {
+                message,
+                tls: false,
+            },
+            Error::Tls(message) => Error::TokenUnreachable { message, tls: true },
+            other => other,
         }
     }
 
@@ -170,3 +221,43 @@ impl fmt::Display for Warning {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_and_tls_failures_of_the_token_step_are_the_tokens() {
+        let e = Error::Network("token request to https://as.example/token: timed out".into())
+            .in_token_step();
+        assert!(e.is_token_unreachable() && !e.is_tls(), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::Network);
+        assert_eq!(
+            e.to_string(),
+            "no token: the authorization server could not be reached \
+             (token request to https://as.example/token: timed out)"
+        );
+
+        let e = Error::Tls("fetching https://as.example/.well-known: UnknownIssuer".into())
+            .in_token_step();
+        assert!(e.is_token_unreachable() && e.is_tls(), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::Network);
+        assert!(
+            e.to_string()
+                .starts_with("no token: TLS with the authorization server failed"),
+            "{e}"
+        );
+
+        // The authorization server's answers keep their own variants.
+        let refused = Error::TokenRefused {
+            status: 400,
+            error: "invalid_scope".into(),
+            description: None,
+        }
+        .in_token_step();
+        assert!(matches!(refused, Error::TokenRefused { .. }));
+        assert!(!refused.is_token_unreachable());
+        assert!(!Error::Network("GET https://dp.example/x: reset".into()).is_token_unreachable());
+        assert!(Error::Tls("GET https://dp.example/x: UnknownIssuer".into()).is_tls());
+    }
+}

@@ -104,9 +104,6 @@ pub(crate) struct TokenManager {
     acquiring: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     requests: AtomicU64,
-    /// The last attempt to get a token failed on the network (the authorization server is down or
-    /// unreachable); cleared by the next token that arrives.
-    unreachable: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for TokenManager {
@@ -153,7 +150,6 @@ impl TokenManager {
             acquiring: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            unreachable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -174,11 +170,6 @@ impl TokenManager {
     /// Discovery with its warnings, uncached (for `fapi-host check`).
     pub(crate) async fn discover_fresh(&self) -> Result<(ServerMetadata, Vec<Warning>)> {
         discovery::discover(&self.http, &self.issuer, &self.scopes).await
-    }
-
-    /// Whether the last attempt to get a token failed on the network (and none has arrived since).
-    pub(crate) fn unreachable(&self) -> bool {
-        self.unreachable.load(Ordering::Relaxed)
     }
 
     /// How many token requests this manager has sent.
@@ -217,12 +208,9 @@ impl TokenManager {
             return Ok(fresh);
         }
         self.store(None);
-        let acquired = async { self.request_token(self.metadata().await?).await }.await;
-        self.unreachable.store(
-            matches!(&acquired, Err(e) if e.kind() == crate::error::ErrorKind::Network),
-            Ordering::Relaxed,
-        );
-        let (bearer, info, lifetime) = acquired?;
+        let (bearer, info, lifetime) = async { self.request_token(self.metadata().await?).await }
+            .await
+            .map_err(Error::in_token_step)?;
         let margin = self.options.token_refresh_margin.min(lifetime / 2);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let cached = Cached {

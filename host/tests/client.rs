@@ -391,7 +391,10 @@ async fn untrusted_server_certificate_fails_before_any_request() {
         .token_info()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Tls(_)), "{err}");
+    assert!(
+        matches!(err, Error::TokenUnreachable { tls: true, .. }),
+        "{err}"
+    );
     assert_eq!(
         f.fed.counters().discovery_requests,
         before,
@@ -419,7 +422,10 @@ async fn wrong_server_name_fails() {
         .token_info()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Tls(_)), "{err}");
+    assert!(
+        matches!(err, Error::TokenUnreachable { tls: true, .. }),
+        "{err}"
+    );
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"

@@ -53,6 +53,16 @@ impl SandboxEnv {
         settings: impl FnOnce(&Federation, &mut SandboxSettings),
         options: SandboxOptions,
     ) -> SandboxEnv {
+        SandboxEnv::start_configured(faults, |fed, s| settings(fed, &mut s.sandbox), options).await
+    }
+
+    /// As [`SandboxEnv::start_for`], with all the host's settings at hand (the client's timeouts
+    /// and retries, say).
+    pub async fn start_configured(
+        faults: bool,
+        settings: impl FnOnce(&Federation, &mut Settings),
+        options: SandboxOptions,
+    ) -> SandboxEnv {
         crate::capture_logs("trace");
         let cfg = FederationConfig {
             faults_enabled: faults,
@@ -67,7 +77,7 @@ impl SandboxEnv {
             .write_client_config(dir.path(), "consumer")
             .expect("the client configuration");
         let mut loaded = Settings::load(Some(&config), &Overrides::default()).expect("settings");
-        settings(&fed, &mut loaded.sandbox);
+        settings(&fed, &mut loaded);
         let (client, _) = FapiClient::from_settings(&loaded).expect("a client");
         let options = SandboxOptions {
             cache_dir: Some(cache_dir()),

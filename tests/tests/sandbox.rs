@@ -358,6 +358,70 @@ fn sha2_hex_of_sized(n: u64) -> String {
 }
 
 #[tokio::test]
+async fn a_missing_token_reaches_the_guest_as_token_unavailable() {
+    use fapi_federation::AsFault;
+    // Token requests give up after a second and are not tried again, so that a silent
+    // authorization server is reported quickly.
+    let e = Env::start_configured(
+        false,
+        |_, s| {
+            s.client.timeout = Duration::from_secs(1);
+            s.client.token_retries = 0;
+        },
+        SandboxOptions::default(),
+    )
+    .await;
+    let url = e.fed.data_url();
+
+    // The authorization server refuses: its RFC 6749 error code, through either interface.
+    e.fed.set_as_fault(Some(AsFault::InvalidClient));
+    let v = e.probe(&["fetch", &url]).await;
+    let (name, detail) = err(&v);
+    assert_eq!(name, "TokenUnavailable", "{v}");
+    assert!(detail.starts_with("invalid_client"), "{v}");
+    let v = e.probe(&["http", &url]).await;
+    let (name, detail) = err(&v);
+    assert_eq!(name, "InternalError", "{v}");
+    assert!(detail.contains("token unavailable: invalid_client"), "{v}");
+
+    // The authorization server does not answer: the token is unavailable (a guest can tell this
+    // from the data provider being unreachable or slow), and the message says how it failed.
+    e.fed
+        .set_as_fault(Some(AsFault::SlowToken(Duration::from_secs(10))));
+    let t0 = std::time::Instant::now();
+    let v = e.probe(&["fetch", &url]).await;
+    let (name, detail) = err(&v);
+    assert_eq!(name, "TokenUnavailable", "{v}");
+    assert!(
+        detail.starts_with("authorization_server_unreachable") && detail.contains("timed out"),
+        "{v}"
+    );
+    let v = e.probe(&["http", &url]).await;
+    let (name, detail) = err(&v);
+    assert_eq!(name, "InternalError", "{v}");
+    assert!(
+        detail.contains("token unavailable: authorization_server_unreachable"),
+        "{v}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "each guest waited one token timeout, not the server's 10 s: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        e.fed.counters().dp_requests,
+        0,
+        "nothing reached the data provider"
+    );
+
+    // The server is back: the next request gets a token and its data.
+    e.fed.set_as_fault(None);
+    let v = e.probe(&["fetch", &url]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    assert_eq!(e.fed.counters().tokens_issued, 1);
+}
+
+#[tokio::test]
 async fn tokens_never_reach_the_guest_or_the_logs() {
     let files = tempfile::tempdir().unwrap();
     let audit = files.path().join("audit.jsonl");

@@ -367,7 +367,7 @@ impl Shared {
                 Ok(_) => return Ok(()),
                 Err(e)
                     if e.kind() == ErrorKind::Network
-                        && !matches!(e, Error::Tls(_))
+                        && !e.is_tls()
                         && tries <= self.options.retries =>
                 {
                     tracing::warn!(error = %e, "no token yet; retrying");
@@ -447,8 +447,7 @@ impl Shared {
                     // The authorization server refused, or cannot be reached for the token every
                     // item needs: every other item would get the same answer, so stop here
                     // (the run says how to resume) rather than fail them one by one.
-                    if e.kind() == ErrorKind::Authorization || self.client.is_token_unreachable(&e)
-                    {
+                    if e.kind() == ErrorKind::Authorization || e.is_token_unreachable() {
                         let record = self.failed(
                             item,
                             error_kind(&e),
@@ -465,7 +464,7 @@ impl Shared {
                         self.stop.stop_starting();
                         return Err(record);
                     }
-                    if may_retry && e.kind() == ErrorKind::Network && !matches!(e, Error::Tls(_)) {
+                    if may_retry && e.kind() == ErrorKind::Network && !e.is_tls() {
                         tokio::time::sleep(retry::delay(tries, None, client_options)).await;
                         continue;
                     }

@@ -113,10 +113,15 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
             );
             return Err(e);
         }
-        Err(e) if batch.client().is_token_unreachable(&e) => {
+        Err(e) if e.is_token_unreachable() => {
+            let why = if e.is_tls() {
+                "TLS with the authorization server failed (fix the problem below)"
+            } else {
+                "the authorization server cannot be reached for a new token"
+            };
             eprintln!(
-                "fapi-host batch: stopped: the authorization server cannot be reached for a new \
-                 token; the items done are recorded: run the same command again when it is back"
+                "fapi-host batch: stopped: {why}; the items done are recorded: run the same \
+                 command again when it is back"
             );
             return Err(e);
         }

@@ -65,6 +65,10 @@ impl GuestError {
                 code: "discovery_failed".into(),
                 description: Some(m),
             },
+            Error::TokenUnreachable { message, .. } => GuestError::TokenUnavailable {
+                code: "authorization_server_unreachable".into(),
+                description: Some(message),
+            },
             Error::Config(m) | Error::Credentials(m) => GuestError::TokenUnavailable {
                 code: "host_configuration".into(),
                 description: Some(m),

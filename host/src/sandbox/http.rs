@@ -32,8 +32,11 @@ fn to_http_error(e: GuestError) -> HttpErr {
         GuestError::Timeout => HttpErr::HttpResponseTimeout,
         GuestError::TooLarge(n) => HttpErr::HttpResponseBodySize(Some(n)),
         GuestError::Unreachable(m) => HttpErr::InternalError(Some(format!("unreachable: {m}"))),
-        GuestError::TokenUnavailable { code, .. } => {
-            HttpErr::InternalError(Some(format!("token unavailable: {code}")))
+        GuestError::TokenUnavailable { code, description } => {
+            HttpErr::InternalError(Some(match description {
+                Some(d) => format!("token unavailable: {code} ({d})"),
+                None => format!("token unavailable: {code}"),
+            }))
         }
         GuestError::LimitExceeded(_) => HttpErr::ConnectionLimitReached,
         GuestError::BodyInterrupted(_) => HttpErr::ConnectionTerminated,
