@@ -189,6 +189,10 @@ async fn apply_fault(
             }
             resp
         }
+        Some(DpFault::SlowHead(delay)) => {
+            tokio::time::sleep(delay).await;
+            next.run(req).await
+        }
         Some(DpFault::SlowBody(delay)) => {
             let resp = next.run(req).await;
             rebody(resp, |body, len| (slow_body(body, delay), len))

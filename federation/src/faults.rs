@@ -41,7 +41,7 @@ pub enum AsFault {
 
 /// A fault of the data provider, applied after the request has been authorised. JSON form
 /// (admin `PUT /dp-fault`): `{"status":{"code":503,"retry_after":2}}`, `{"slow_body":100}`
-/// (milliseconds per 4 KiB chunk), `"reset_mid_body"`, `{"redirect":"https://..."}`.
+/// (milliseconds per 4 KiB chunk), `{"slow_head":100}` (milliseconds before the head), `"reset_mid_body"`, `{"redirect":"https://..."}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DpFault {
@@ -52,6 +52,8 @@ pub enum DpFault {
         /// Seconds for `Retry-After`.
         retry_after: Option<u64>,
     },
+    /// Wait this long before answering (no response head until then).
+    SlowHead(#[serde(with = "millis")] Duration),
     /// Send the body in 4 KiB chunks, waiting this long before each.
     SlowBody(#[serde(with = "millis")] Duration),
     /// Send part of the body, then reset the TCP connection (RST).
@@ -82,6 +84,9 @@ pub(crate) fn from_query(
             retry_after,
         },
         "slow" => DpFault::SlowBody(Duration::from_millis(
+            get("delay_ms").and_then(|v| v.parse().ok()).unwrap_or(100),
+        )),
+        "slow_head" => DpFault::SlowHead(Duration::from_millis(
             get("delay_ms").and_then(|v| v.parse().ok()).unwrap_or(100),
         )),
         "reset" => DpFault::ResetMidBody,

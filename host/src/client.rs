@@ -191,7 +191,7 @@ impl FapiClient {
                     )
                 }),
                 Err(_) => Err((
-                    Error::Network(format!(
+                    Error::Timeout(format!(
                         "{} {url}: no response within {:?}",
                         request.method, timeout
                     )),
@@ -267,7 +267,7 @@ fn body_error(url: &url::Url, e: reqwest::Error) -> Error {
     let timeout = e.is_timeout();
     let chain = crate::error::error_chain(&e.without_url());
     if timeout || chain.to_ascii_lowercase().contains("timed out") {
-        Error::Network(format!(
+        Error::Timeout(format!(
             "reading the body of {url}: timed out: nothing arrived for the configured `timeout_seconds` ({chain})"
         ))
     } else {

@@ -55,9 +55,14 @@ pub enum Error {
     #[error("TLS error: {0}")]
     Tls(String),
 
-    /// The network failed (connection refused, reset, timeout).
+    /// The network failed (connection refused or reset, a body cut short).
     #[error("network error: {0}")]
     Network(String),
+
+    /// Nothing arrived in time: no response head within the timeout, or a body that stalled
+    /// longer than `timeout_seconds` between chunks. The message says which and the setting.
+    #[error("network error: {0}")]
+    Timeout(String),
 
     /// The request itself is not acceptable (bad URL, forbidden header, bad method).
     #[error("invalid request: {0}")]
@@ -136,9 +141,10 @@ impl Error {
             Error::Discovery(_) | Error::TokenRefused { .. } | Error::TokenResponse(_) => {
                 ErrorKind::Authorization
             }
-            Error::Tls(_) | Error::Network(_) | Error::TokenUnreachable { .. } => {
-                ErrorKind::Network
-            }
+            Error::Tls(_)
+            | Error::Network(_)
+            | Error::Timeout(_)
+            | Error::TokenUnreachable { .. } => ErrorKind::Network,
             Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
             Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::Io(_) => ErrorKind::Io,
@@ -166,7 +172,7 @@ impl Error {
     /// taken for the data provider's.
     pub(crate) fn in_token_step(self) -> Error {
         match self {
-            Error::Network(message) => Error::TokenUnreachable {
+            Error::Network(message) | Error::Timeout(message) => Error::TokenUnreachable {
                 message,
                 tls: false,
             },
@@ -185,7 +191,7 @@ impl Error {
             || lower.contains("handshake")
             || lower.contains("alert");
         if err.is_timeout() {
-            Error::Network(format!("{context}: timed out ({chain})"))
+            Error::Timeout(format!("{context}: timed out ({chain})"))
         } else if is_tls {
             Error::Tls(format!("{context}: {chain}"))
         } else {
@@ -246,6 +252,13 @@ mod tests {
             e.to_string()
                 .starts_with("no token: TLS with the authorization server failed"),
             "{e}"
+        );
+
+        let e = Error::Timeout("token request to https://as.example/token: timed out".into())
+            .in_token_step();
+        assert!(
+            matches!(e, Error::TokenUnreachable { tls: false, .. }),
+            "{e:?}"
         );
 
         // The authorization server's answers keep their own variants.

@@ -425,7 +425,7 @@ async fn dp_slow_bodies_flow_and_stalled_bodies_time_out() {
         Err(e) => Err(e),
     };
     let err = result.unwrap_err();
-    assert!(matches!(err, Error::Network(_)), "{err}");
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
     assert!(err.to_string().contains("timed out"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
 }

@@ -357,20 +357,26 @@ fn sha2_hex_of_sized(n: u64) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test]
-async fn a_missing_token_reaches_the_guest_as_token_unavailable() {
-    use fapi_federation::AsFault;
-    // Token requests give up after a second and are not tried again, so that a silent
-    // authorization server is reported quickly.
-    let e = Env::start_configured(
-        false,
+/// An environment whose client waits one second (`timeout_seconds`) and never tries a request or
+/// a token request again, so that each failure case is one request and quick.
+async fn impatient_env(faults: bool) -> Env {
+    Env::start_configured(
+        faults,
         |_, s| {
             s.client.timeout = Duration::from_secs(1);
+            s.client.retries = 0;
             s.client.token_retries = 0;
         },
         SandboxOptions::default(),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_missing_token_reaches_the_guest_as_token_unavailable() {
+    use fapi_federation::AsFault;
+    // A silent authorization server is reported after one token request's second.
+    let e = impatient_env(false).await;
     let url = e.fed.data_url();
 
     // The authorization server refuses: its RFC 6749 error code, through either interface.
@@ -419,6 +425,67 @@ async fn a_missing_token_reaches_the_guest_as_token_unavailable() {
     let v = e.probe(&["fetch", &url]).await;
     assert_eq!(v["ok"]["status"], 200, "{v}");
     assert_eq!(e.fed.counters().tokens_issued, 1);
+}
+
+#[tokio::test]
+async fn timeouts_reach_the_guest_as_timeout() {
+    let e = impatient_env(true).await;
+    let slow_head = e.url("/items/1?fault=slow_head&delay_ms=4000");
+    // Loaded and with a token before anything is timed.
+    let v = e.probe(&["fetch", &e.url("/items/1")]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+
+    // The guest's own limit until the response head, through either interface.
+    let t0 = std::time::Instant::now();
+    let v = e.probe(&["fetch-timeout", &slow_head, "300"]).await;
+    assert_eq!(
+        (err(&v), &v["stage"]),
+        (("Timeout", ""), &json_str("fetch")),
+        "{v}"
+    );
+    let v = e.probe(&["http-timeout", &slow_head, "300"]).await;
+    assert_eq!(err(&v).0, "HttpResponseTimeout", "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the guests' 300 ms, not the client's 1 s or the server's 4 s: {:?}",
+        t0.elapsed()
+    );
+    // Without one, the client's `timeout_seconds`.
+    let t0 = std::time::Instant::now();
+    let v = e.probe(&["fetch", &slow_head]).await;
+    assert_eq!(err(&v).0, "Timeout", "{v}");
+    let took = t0.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&took),
+        "{took:?}"
+    );
+
+    // A body that stalls longer than `timeout_seconds`: a timeout while reading it.
+    let stalled = e.url("/sized?bytes=20000&fault=slow&delay_ms=4000");
+    let v = e.probe(&["fetch", &stalled]).await;
+    assert_eq!(
+        (err(&v), &v["stage"]),
+        (("Timeout", ""), &json_str("body")),
+        "{v}"
+    );
+    let v = e.probe(&["http", &stalled]).await;
+    assert_eq!(
+        (err(&v), &v["stage"]),
+        (("StreamError", "HTTP response timeout"), &json_str("body")),
+        "{v}"
+    );
+    // A body cut short is not a timeout.
+    let reset = e.url("/sized?bytes=200000&fault=reset");
+    let v = e.probe(&["fetch", &reset]).await;
+    assert_eq!(
+        (err(&v).0, &v["stage"]),
+        ("BodyInterrupted", &json_str("body")),
+        "{v}"
+    );
+}
+
+fn json_str(s: &str) -> Value {
+    Value::String(s.into())
 }
 
 #[tokio::test]

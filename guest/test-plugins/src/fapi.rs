@@ -14,6 +14,16 @@ pub fn fetch(url: &str) -> Outcome {
     summarize(fapi_guest::get(url).map_err(fetch_failure)?)
 }
 
+/// `fetch-timeout URL MS`: a GET that allows MS milliseconds until the response head.
+pub fn fetch_timeout(url: &str, ms: u32) -> Outcome {
+    summarize(
+        Request::new("GET", url)
+            .timeout(ms)
+            .send()
+            .map_err(fetch_failure)?,
+    )
+}
+
 /// `fetch-method METHOD URL`.
 pub fn fetch_method(method: &str, url: &str) -> Outcome {
     summarize(Request::new(method, url).send().map_err(fetch_failure)?)

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use wasip2::http::outgoing_handler::{self, FutureIncomingResponse};
 use wasip2::http::types::{
     ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
-    Scheme, http_error_code,
+    RequestOptions, Scheme, http_error_code,
 };
 use wasip2::io::streams::StreamError;
 
@@ -28,6 +28,19 @@ use crate::{CHUNK, Failure, Outcome, hex, variant_name};
 pub fn get(url: &str) -> Outcome {
     let response = send(url, Method::Get, Fields::new(), None)?;
     summarize(response)
+}
+
+/// `http-timeout URL MS`: a GET whose `request-options` allow MS milliseconds until the first
+/// byte of the response.
+pub fn get_timeout(url: &str, ms: u64) -> Outcome {
+    let request = build(url, Method::Get, Fields::new())?;
+    let options = RequestOptions::new();
+    options
+        .set_first_byte_timeout(Some(ms * 1_000_000))
+        .map_err(|()| Failure::new("Unsupported", "options", "first-byte-timeout refused"))?;
+    let future =
+        outgoing_handler::handle(request, Some(options)).map_err(|e| error_code("handle", e))?;
+    summarize(wait(&future)?)
 }
 
 /// `http-header URL NAME VALUE`: GET with one extra header (`\r`, `\n`, `\0`, `\\` unescaped).

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     let outcome = match args.as_slice() {
         ["fetch", url] => fapi::fetch(url),
         ["fetch-method", method, url] => fapi::fetch_method(method, url),
+        ["fetch-timeout", url, ms] => parse(ms).and_then(|ms| fapi::fetch_timeout(url, ms)),
         ["fetch-header", url, name, value] => fapi::fetch_header(url, name, value),
         ["many-headers", url, count, size] => {
             parse2(count, size).and_then(|(c, s)| fapi::many_headers(url, c, s))
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         ["repeat", url, n] => parse(n).and_then(|n| fapi::repeat(url, n)),
         ["http-repeat", url, n] => parse(n).and_then(|n| http::repeat(url, n)),
         ["http", url] => http::get(url),
+        ["http-timeout", url, ms] => parse(ms).and_then(|ms| http::get_timeout(url, ms)),
         ["http-header", url, name, value] => http::get_with_header(url, name, value),
         ["http-post", url, bytes] => parse(bytes).and_then(|n| http::post(url, n)),
         ["concurrent-http", url, n] => parse(n).and_then(|n| http::concurrent(url, n)),

@@ -73,9 +73,7 @@ impl GuestError {
                 code: "host_configuration".into(),
                 description: Some(m),
             },
-            Error::Network(m) if m.contains("timed out") || m.contains("no response within") => {
-                GuestError::Timeout
-            }
+            Error::Timeout(_) => GuestError::Timeout,
             Error::Tls(m) | Error::Network(m) => GuestError::Unreachable(m),
             Error::InvalidRequest(m) => GuestError::InvalidRequest(m),
             Error::TooLarge(m) => GuestError::Unreachable(m),
@@ -367,10 +365,9 @@ impl GuestBody {
                 self.stream = None;
                 let msg = e.to_string();
                 self.record.error = Some(msg.clone());
-                Some(Err(if msg.contains("timed out") {
-                    GuestError::Timeout
-                } else {
-                    GuestError::BodyInterrupted(msg)
+                Some(Err(match e {
+                    Error::Timeout(_) => GuestError::Timeout,
+                    _ => GuestError::BodyInterrupted(msg),
                 }))
             }
         }
