@@ -185,19 +185,36 @@ impl Error {
     pub(crate) fn from_reqwest(context: &str, err: reqwest::Error) -> Error {
         let err = err.without_url();
         let chain = error_chain(&err);
-        let lower = chain.to_ascii_lowercase();
-        let is_tls = lower.contains("certificate")
-            || lower.contains("tls")
-            || lower.contains("handshake")
-            || lower.contains("alert");
         if err.is_timeout() {
             Error::Timeout(format!("{context}: timed out ({chain})"))
-        } else if is_tls {
+        } else if caused_by_tls(&err) {
             Error::Tls(format!("{context}: {chain}"))
         } else {
             Error::Network(format!("{context}: {chain}"))
         }
     }
+}
+
+/// Whether rustls itself failed somewhere in `err`'s chain: a certificate it refused, an alert
+/// the peer sent, a protocol violation. A connection closed or reset during the handshake is not
+/// (rustls reports no error of its own then): that is the network's failure, worth trying again.
+fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // An io::Error's `source` skips the error it wraps (tokio-rustls hands rustls's error
+        // over in one, and hyper-rustls wraps that in another): look inside instead.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 /// `err: source: source...` in one line.

@@ -198,52 +198,86 @@ async fn as_5xx_and_bad_token_responses() {
     assert_eq!(info.expires_in, st.client.default_token_lifetime.as_secs());
 }
 
+/// A TCP server on loopback that counts the connections it accepts and hands each to `serve`.
+struct CountingServer {
+    port: u16,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingServer {
+    async fn start<F, Fut>(serve: F) -> CountingServer
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let seen = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(tcp));
+            }
+        });
+        CountingServer {
+            port,
+            accepted,
+            task,
+        }
+    }
+
+    fn origin(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A TLS listener that records how many handshakes completed and how many application bytes it
 /// received: a server with a bad certificate must receive no HTTP bytes, so no token.
 struct TlsProbe {
-    port: u16,
+    server: CountingServer,
     handshakes: Arc<AtomicU64>,
     app_bytes: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsProbe {
     async fn start(cfg: Arc<rustls::ServerConfig>) -> TlsProbe {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         let handshakes = Arc::new(AtomicU64::new(0));
         let app_bytes = Arc::new(AtomicU64::new(0));
         let (h, b) = (handshakes.clone(), app_bytes.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, h, b) = (acceptor.clone(), h.clone(), b.clone());
-                tokio::spawn(async move {
-                    if let Ok(mut tls) = acceptor.accept(tcp).await {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = tls.read(&mut buf).await {
-                            if n == 0 {
-                                break;
-                            }
-                            b.fetch_add(n as u64, Ordering::SeqCst);
+        let server = CountingServer::start(move |tcp| {
+            let (acceptor, h, b) = (acceptor.clone(), h.clone(), b.clone());
+            async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 {
+                            break;
                         }
+                        b.fetch_add(n as u64, Ordering::SeqCst);
                     }
-                });
+                }
             }
-        });
+        })
+        .await;
         TlsProbe {
-            port,
+            server,
             handshakes,
             app_bytes,
-            task,
         }
-    }
-}
-
-impl Drop for TlsProbe {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -266,7 +300,7 @@ async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp(
     let token = good.danger_reveal_token().await.unwrap();
     for (what, server) in &cases {
         let probe = TlsProbe::start(server.server_config().unwrap()).await;
-        let origin = format!("https://127.0.0.1:{}", probe.port);
+        let origin = probe.server.origin();
 
         // As the issuer: discovery fails at the handshake.
         let mut as_settings = st.clone();
@@ -304,6 +338,97 @@ async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp(
         assert_no_token(&err.to_string(), Some(token.as_str()));
         assert_no_token(&format!("{err:?}"), Some(token.as_str()));
     }
+}
+
+/// A server that takes the connection, reads the ClientHello and hangs up: the handshake never
+/// ends, as when a load balancer drops connections. That is the network's failure (tried again),
+/// not a certificate problem (which trying again cannot mend).
+#[tokio::test]
+async fn a_handshake_the_server_hangs_up_on_is_a_network_failure_and_tried_again() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let server = CountingServer::start(|mut tcp| async move {
+        let mut hello = [0u8; 512];
+        let _ = tcp.read(&mut hello).await;
+    })
+    .await;
+    let origin = server.origin();
+    let st = quick(f.settings(), Duration::from_secs(5), 2);
+    let client = client_of(&st);
+    client.token_info().await.unwrap();
+
+    // A data provider: the GET is tried 1 + 2 times, and fails as a network error.
+    let err = client
+        .get(format!("{origin}/data.csv"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Network(_)), "{err:?}");
+    assert!(!err.is_tls(), "{err:?}");
+    assert_eq!(server.accepted(), 3, "{err}");
+
+    // The authorization server: no token because it could not be reached, not a TLS failure.
+    let mut st = st.clone();
+    st.issuer_url = origin.clone();
+    let err = client_of(&st).token_info().await.unwrap_err();
+    assert!(
+        matches!(err, Error::TokenUnreachable { tls: false, .. }),
+        "{err:?}"
+    );
+}
+
+/// A data provider whose TLS refuses the client's certificate (it trusts another CA) answers the
+/// handshake with an alert: a TLS failure, which trying again cannot mend, so it is not retried.
+#[tokio::test]
+async fn a_server_that_refuses_the_client_certificate_is_a_tls_failure_not_tried_again() {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let f = Fed::start(FederationConfig::default()).await;
+    let identity = f
+        .fed
+        .pki()
+        .issue_server(&["127.0.0.1", "localhost"], false)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(fapi_federation::Pki::generate().unwrap().ca_der())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let server = CountingServer::start(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let _ = acceptor.accept(tcp).await;
+        }
+    })
+    .await;
+    let origin = server.origin();
+    let st = quick(f.settings(), Duration::from_secs(5), 2);
+    let client = client_of(&st);
+    let token = client.danger_reveal_token().await.unwrap();
+
+    let err = client
+        .get(format!("{origin}/data.csv"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    assert_eq!(server.accepted(), 1, "not tried again: {err}");
+    assert_no_token(&err.to_string(), Some(token.as_str()));
 }
 
 // ---------------------------------------------------------------------------------------------
