@@ -264,9 +264,10 @@ impl FapiClient {
 /// connection was cut, reset or stalled. Always a network error, never a TLS one, even when
 /// rustls is the layer that noticed the missing close_notify.
 fn body_error(url: &url::Url, e: reqwest::Error) -> Error {
+    // reqwest finds a timeout anywhere in the chain (its read timeout, hyper's, an io TimedOut).
     let timeout = e.is_timeout();
     let chain = crate::error::error_chain(&e.without_url());
-    if timeout || chain.to_ascii_lowercase().contains("timed out") {
+    if timeout {
         Error::Timeout(format!(
             "reading the body of {url}: timed out: nothing arrived for the configured `timeout_seconds` ({chain})"
         ))
