@@ -5,8 +5,9 @@
 
 use std::fmt;
 
-/// Everything that can go wrong in the host.
+/// Everything that can go wrong in the host. More cases may come (a match needs a `_` arm).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration (file, environment or flags) is missing a setting or has a bad value.
     /// Fix: the message names the setting and the file.
@@ -116,6 +117,7 @@ fn fix(error: &str) -> &'static str {
 
 /// What kind of failure an [`Error`] is, for exit codes and for guests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Configuration or credentials: fix the settings.
     Config,
