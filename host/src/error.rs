@@ -292,4 +292,20 @@ mod tests {
         assert!(!Error::Network("GET https://dp.example/x: reset".into()).is_token_unreachable());
         assert!(Error::Tls("GET https://dp.example/x: UnknownIssuer".into()).is_tls());
     }
+
+    #[test]
+    fn rustls_errors_are_found_inside_nested_io_errors_and_nothing_else_is_tls() {
+        use std::io::{Error as IoError, ErrorKind as Io};
+        // As hyper-rustls hands over a refused certificate: io(Other, io(InvalidData, rustls)).
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let nested = IoError::other(IoError::new(Io::InvalidData, refused));
+        assert!(caused_by_tls(&nested));
+        assert!(caused_by_tls(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+        )));
+        // A connection closed during the handshake carries no rustls error, whatever its words.
+        let eof = IoError::other(IoError::new(Io::UnexpectedEof, "tls handshake eof"));
+        assert!(!caused_by_tls(&eof));
+        assert!(!caused_by_tls(&IoError::from(Io::ConnectionReset)));
+    }
 }
