@@ -92,7 +92,8 @@ fn unreachable_how(tls: bool) -> &'static str {
     }
 }
 
-fn describe(description: &Option<String>) -> String {
+/// ` (description)`, or nothing when there is none (an RFC 6749 `error_description`, say).
+pub(crate) fn describe(description: &Option<String>) -> String {
     match description {
         Some(d) if !d.is_empty() => format!(" ({d})"),
         _ => String::new(),

@@ -95,10 +95,7 @@ impl std::fmt::Display for GuestError {
             GuestError::TokenUnavailable { code, description } => write!(
                 f,
                 "token-unavailable: {code}{}",
-                description
-                    .as_ref()
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default()
+                crate::error::describe(description)
             ),
         }
     }

@@ -14,6 +14,7 @@ use wasmtime_wasi_http::{
 };
 
 use super::egress::{Egress, GuestError, GuestRequest, Interface};
+use crate::error::describe;
 use crate::policy;
 
 /// The hooks of one guest.
@@ -32,12 +33,9 @@ fn to_http_error(e: GuestError) -> HttpErr {
         GuestError::Timeout => HttpErr::HttpResponseTimeout,
         GuestError::TooLarge(n) => HttpErr::HttpResponseBodySize(Some(n)),
         GuestError::Unreachable(m) => HttpErr::InternalError(Some(format!("unreachable: {m}"))),
-        GuestError::TokenUnavailable { code, description } => {
-            HttpErr::InternalError(Some(match description {
-                Some(d) => format!("token unavailable: {code} ({d})"),
-                None => format!("token unavailable: {code}"),
-            }))
-        }
+        GuestError::TokenUnavailable { code, description } => HttpErr::InternalError(Some(
+            format!("token unavailable: {code}{}", describe(&description)),
+        )),
         GuestError::LimitExceeded(_) => HttpErr::ConnectionLimitReached,
         GuestError::BodyInterrupted(_) => HttpErr::ConnectionTerminated,
     }
