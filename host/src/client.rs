@@ -529,6 +529,11 @@ impl FapiResponse {
     pub fn headers(&self) -> &HeaderMap {
         self.inner.headers()
     }
+    /// Take the headers out of the response (leaving it none), for a caller that passes them on
+    /// and streams the body: no copy of the map.
+    pub fn take_headers(&mut self) -> HeaderMap {
+        std::mem::take(self.inner.headers_mut())
+    }
     /// The URL requested.
     pub fn url(&self) -> &url::Url {
         &self.url

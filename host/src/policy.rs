@@ -6,6 +6,7 @@
 //! default ports and dot segments; the allow-list is matched on that normalised form, and the
 //! normalised URL is what the host sends. Anything the rules do not clearly allow is denied.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -84,8 +85,10 @@ fn suggestion(url: &str) -> String {
     }
 }
 
-/// The normalised host and port of a URL, or the reason it is refused.
-fn host_port(url: &url::Url) -> std::result::Result<(String, u16), Denial> {
+/// The normalised host and port of a URL, or the reason it is refused. The host is borrowed from
+/// the URL (the parser has already lower-cased domains and written IP literals in their canonical
+/// form), so the check of a guest request allocates nothing for it.
+fn host_port(url: &url::Url) -> std::result::Result<(Cow<'_, str>, u16), Denial> {
     let shown = || url.as_str().to_owned();
     if url.scheme() != "https" {
         return Err(Denial::NotHttps(shown()));
@@ -103,14 +106,19 @@ fn host_port(url: &url::Url) -> std::result::Result<(String, u16), Denial> {
             if d.is_empty() || d.ends_with('.') {
                 return Err(Denial::Invalid(shown()));
             }
-            d.to_ascii_lowercase()
+            if d.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(d.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(d)
+            }
         }
-        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv4(_)) => Cow::Borrowed(url.host_str().unwrap_or_default()),
         Some(url::Host::Ipv6(ip)) => {
             if ip.to_ipv4_mapped().is_some() {
                 return Err(Denial::MappedAddress(shown()));
             }
-            format!("[{ip}]")
+            // "[...]", as the parser serialises it.
+            Cow::Borrowed(url.host_str().unwrap_or_default())
         }
         None => return Err(Denial::Invalid(shown())),
     };
@@ -138,8 +146,8 @@ impl Policy {
     pub fn new(allow: &[String], authorization_server: &[url::Url]) -> Result<Policy> {
         let mut policy = Policy::default();
         for url in authorization_server {
-            if let Ok(hp) = host_port(url) {
-                policy.blocked.push(hp);
+            if let Ok((host, port)) = host_port(url) {
+                policy.blocked.push((host.into_owned(), port));
             }
         }
         for entry in allow {
@@ -153,7 +161,8 @@ impl Policy {
                 return Err(bad("must not have a query or fragment"));
             }
             let (host, port) = host_port(&url).map_err(|d| bad(&d.to_string()))?;
-            if policy.blocked.contains(&(host.clone(), port)) {
+            let host = host.into_owned();
+            if policy.blocked.iter().any(|(h, p)| *h == host && *p == port) {
                 return Err(bad(
                     "is the authorization server's origin, which guests may never reach",
                 ));

@@ -126,7 +126,8 @@ pub(crate) struct Egress {
     in_flight: Arc<Semaphore>,
     requests: AtomicU64,
     limits: SandboxSettings,
-    guest: String,
+    /// Shared with every pending audit record (a reference count, not a copy, per request).
+    guest: Arc<str>,
 }
 
 /// A request as the guest gave it, already parsed.
@@ -154,7 +155,7 @@ impl Egress {
             policy,
             audit,
             limits,
-            guest,
+            guest: guest.into(),
         }
     }
 
@@ -191,7 +192,7 @@ impl Egress {
                 audit: self.audit.clone(),
                 guest: self.guest.clone(),
                 interface: "batch",
-                method: "GET".into(),
+                method: Method::GET,
                 url: response.url().to_string(),
                 status: response.status().as_u16(),
                 interaction_id: response.interaction_id().map(str::to_owned),
@@ -266,7 +267,7 @@ impl Egress {
             audit: self.audit.clone(),
             guest: self.guest.clone(),
             interface: req.interface.name(),
-            method: req.method.to_string(),
+            method: req.method.clone(),
             url: response.url().to_string(),
             status: response.status().as_u16(),
             interaction_id: response.interaction_id().map(str::to_owned),
@@ -287,9 +288,9 @@ impl Egress {
 
 struct PendingAudit {
     audit: Arc<Audit>,
-    guest: String,
+    guest: Arc<str>,
     interface: &'static str,
-    method: String,
+    method: Method,
     url: String,
     status: u16,
     interaction_id: Option<String>,
@@ -304,7 +305,7 @@ impl Drop for PendingAudit {
             guest: &self.guest,
             interface: self.interface,
             decision: "allow",
-            method: &self.method,
+            method: self.method.as_str(),
             url: &self.url,
             status: Some(self.status),
             bytes: self.bytes,

@@ -2,7 +2,7 @@
 //! `fapi-fetch` (policy, budget, token, mTLS, audit), behind the `WasiHttpHooks` of wasmtime 48.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -21,6 +21,10 @@ use crate::policy;
 pub(crate) struct EgressHooks {
     pub(crate) egress: Arc<Egress>,
 }
+
+/// Made once: wasmtime-wasi-http asks for the filter for every header a guest sets.
+static FORBIDDEN: LazyLock<ForbiddenHeaderFilter> =
+    LazyLock::new(|| Arc::new(policy::forbidden_header));
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpErr>> + Send>;
 
@@ -43,7 +47,7 @@ fn to_http_error(e: GuestError) -> HttpErr {
 
 impl WasiHttpHooks for EgressHooks {
     fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
-        Arc::new(policy::forbidden_header)
+        FORBIDDEN.clone()
     }
 
     fn is_supported_scheme(&mut self, scheme: &Scheme) -> bool {
@@ -91,9 +95,10 @@ impl WasiHttpHooks for EgressHooks {
                 timeout,
                 interface: Interface::WasiHttp,
             };
-            let (response, mut guest_body) = egress.send(request).await.map_err(to_http_error)?;
+            let (mut response, mut guest_body) =
+                egress.send(request).await.map_err(to_http_error)?;
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = response.take_headers();
             guest_body.attach(response);
             let stream = guest_body.map(|r| r.map(Frame::data).map_err(to_http_error));
             let mut out = http::Response::new(StreamBody::new(stream).boxed_unsync());
