@@ -1227,7 +1227,7 @@ async fn batch_stops_when_the_authorization_server_becomes_unreachable_mid_run()
     assert!(
         failed
             .iter()
-            .all(|r| r.error.as_ref().unwrap().kind == "network"),
+            .all(|r| r.error.as_ref().unwrap().kind == "token_unreachable"),
         "{failed:?}"
     );
     assert!(recs.len() < items, "the batch stopped starting items");

@@ -346,6 +346,11 @@ impl Drop for TempFile {
 }
 
 fn error_kind(e: &Error) -> &'static str {
+    if e.is_token_unreachable() {
+        // The authorization server, not the data provider, could not be reached: a kind of its
+        // own, so that nobody reads the manifest as the provider failing.
+        return "token_unreachable";
+    }
     match e.kind() {
         ErrorKind::Network => "network",
         ErrorKind::Authorization => "authorization",
