@@ -22,6 +22,10 @@ pub struct ServerMetadata {
     pub auth_methods_supported: Option<Vec<String>>,
     /// Whether the token endpoint came from `mtls_endpoint_aliases`.
     pub token_endpoint_is_alias: bool,
+    /// Every other endpoint the document names (`*_endpoint` at the top level, whether or not an
+    /// mTLS alias replaces it, every alias, and `jwks_uri`): never this client's to call, never a
+    /// guest's to reach.
+    pub other_endpoints: Vec<url::Url>,
 }
 
 impl ServerMetadata {
@@ -31,6 +35,7 @@ impl ServerMetadata {
         let mut v = vec![self.token_endpoint.clone()];
         v.extend(self.introspection_endpoint.clone());
         v.extend(self.revocation_endpoint.clone());
+        v.extend(self.other_endpoints.iter().cloned());
         v
     }
 }
@@ -46,6 +51,9 @@ struct Document {
     grant_types_supported: Option<Vec<String>>,
     tls_client_certificate_bound_access_tokens: Option<bool>,
     mtls_endpoint_aliases: Option<serde_json::Map<String, Value>>,
+    /// Everything else, searched for more endpoints.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
 }
 
 /// The discovery URL of an issuer: any trailing `/` removed, then `/.well-known/openid-configuration`.
@@ -169,6 +177,25 @@ pub fn check_document(
             }
         }
     }
+    // Every URL the document gives for an endpoint, wherever it is and whether or not this client
+    // uses it: values that are not URLs are skipped here (the ones the client uses were checked).
+    let named = [
+        &doc.token_endpoint,
+        &doc.introspection_endpoint,
+        &doc.revocation_endpoint,
+    ];
+    let other_endpoints = named
+        .into_iter()
+        .flatten()
+        .chain(
+            doc.rest
+                .iter()
+                .filter(|(k, _)| k.ends_with("_endpoint") || *k == "jwks_uri")
+                .map(|(_, v)| v),
+        )
+        .chain(doc.mtls_endpoint_aliases.iter().flat_map(|m| m.values()))
+        .filter_map(|v| v.as_str().and_then(|s| url::Url::parse(s).ok()))
+        .collect();
     Ok((
         ServerMetadata {
             issuer: doc_issuer,
@@ -178,6 +205,7 @@ pub fn check_document(
             scopes_supported: doc.scopes_supported,
             auth_methods_supported: doc.token_endpoint_auth_methods_supported,
             token_endpoint_is_alias,
+            other_endpoints,
         },
         warnings,
     ))
@@ -238,6 +266,38 @@ mod tests {
         let (m, _) = check_document(ISS, "u", &doc(""), &[]).expect("valid");
         assert_eq!(m.token_endpoint.as_str(), "https://as.example/token");
         assert!(!m.token_endpoint_is_alias);
+    }
+
+    #[test]
+    fn every_endpoint_the_document_names_is_kept_for_the_policy() {
+        let body = doc(
+            r#","introspection_endpoint":"https://plain.example/introspect",
+               "userinfo_endpoint":"https://userinfo.example/me","jwks_uri":"https://keys.example/jwks",
+               "op_tos_uri":"https://docs.example/tos","registration_endpoint":42,
+               "mtls_endpoint_aliases":{"token_endpoint":"https://mtls.example/token",
+                 "introspection_endpoint":"https://mtls.example/introspect",
+                 "device_authorization_endpoint":"https://device.example/d"}"#,
+        );
+        let (m, _) = check_document(ISS, "u", &body, &[]).expect("valid");
+        let hosts: std::collections::BTreeSet<String> = m
+            .endpoints()
+            .iter()
+            .filter_map(|u| u.host_str().map(str::to_owned))
+            .collect();
+        // The plain-TLS endpoints the aliases replace, the ones this client never calls, the
+        // aliases; not a document's other links (terms of service), not values that are no URL.
+        let expected = [
+            "as.example",
+            "device.example",
+            "keys.example",
+            "mtls.example",
+            "plain.example",
+            "userinfo.example",
+        ];
+        assert_eq!(
+            hosts.iter().map(String::as_str).collect::<Vec<_>>(),
+            expected
+        );
     }
 
     #[test]

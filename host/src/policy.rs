@@ -227,17 +227,41 @@ pub fn forbidden_header(name: &HeaderName) -> bool {
     ) || n.starts_with("x-fapi-")
 }
 
-/// Check a guest's method.
+/// The methods a guest may use (no TRACE or CONNECT, nothing unregistered).
+const METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Check a guest's method, given as text.
 pub fn check_method(method: &str) -> std::result::Result<Method, String> {
     let upper = method.to_ascii_uppercase();
-    match upper.as_str() {
-        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
-            Method::from_bytes(upper.as_bytes()).map_err(|_| format!("bad method {method:?}"))
-        }
-        _ => Err(format!(
-            "method {method:?} is not allowed (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)"
-        )),
+    match Method::from_bytes(upper.as_bytes()) {
+        Ok(m) if allowed_method(&m) => Ok(m),
+        _ => Err(format!("method {method:?} is not allowed ({METHODS})")),
     }
+}
+
+/// Check a method that is already parsed (wasi:http guests name any method, TRACE included).
+pub fn check_parsed_method(method: &Method) -> std::result::Result<(), String> {
+    if allowed_method(method) {
+        Ok(())
+    } else {
+        Err(format!(
+            "method {:?} is not allowed ({METHODS})",
+            method.as_str()
+        ))
+    }
+}
+
+fn allowed_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
 }
 
 /// Check a guest's headers: names and values valid (no CR, LF, NUL), none the host owns, within

@@ -139,6 +139,32 @@ async fn a_plugin_cannot_read_the_credentials_open_sockets_or_look_up_names() {
 }
 
 #[tokio::test]
+async fn the_authorization_servers_plain_tls_endpoints_cannot_be_allow_listed_either() {
+    let _serial = SERIAL.lock().await;
+    let (env, _audit) = narrow_env(|_| {}).await;
+    let meta = env.client.server_metadata().await.unwrap();
+    // The federation's discovery names its endpoints twice: the mTLS aliases on the issuer's
+    // origin, which the client uses, and the top-level ones on a plain-TLS listener of their own.
+    let issuer = env.fed.issuer_url();
+    let plain = meta
+        .other_endpoints
+        .iter()
+        .map(|u| u.origin().ascii_serialization())
+        .find(|o| *o != issuer)
+        .expect("an endpoint outside the issuer's origin");
+    let options = SandboxOptions {
+        allow: vec![format!("{plain}/")],
+        ..SandboxOptions::default()
+    };
+    let e = fapi_host::sandbox::Sandbox::new(env.client.clone(), options)
+        .await
+        .expect_err("allow-listing the authorization server's plain-TLS origin");
+    let text = e.to_string();
+    assert!(text.contains("authorization server"), "{text}");
+    assert!(text.contains(&plain), "{text}");
+}
+
+#[tokio::test]
 async fn a_plugin_cannot_reach_the_authorization_server_or_other_origins_by_any_spelling() {
     let _serial = SERIAL.lock().await;
     let (env, audit) = narrow_env(|_| {}).await;
@@ -225,11 +251,25 @@ async fn a_plugin_cannot_set_credentials_or_smuggle_headers() {
     assert_eq!(out.stopped, None, "{out:?}");
     let after = env.fed.counters();
     let attempts = attempts(&out);
-    assert!(attempts.len() >= 2 * (14 + 9 + 3), "{attempts:?}");
+    assert!(attempts.len() >= 2 * (4 + 14 + 9 + 3), "{attempts:?}");
+    let methods = attempts
+        .iter()
+        .filter(|a| a["attack"].as_str().unwrap().starts_with("method:"))
+        .count();
+    assert_eq!(methods, 2 * 4, "{attempts:?}");
     for a in &attempts {
         let name = err_name(a);
+        let attack = a["attack"].as_str().unwrap();
         match a["via"].as_str().unwrap() {
             "fapi-fetch" => assert_eq!(name, "InvalidRequest", "{a}"),
+            // wasi:http has no error case for a refused method: an internal error that says so.
+            _ if attack.starts_with("method:") => {
+                assert_eq!(name, "InternalError", "{a}");
+                assert!(
+                    a["detail"].as_str().unwrap().contains("is not allowed"),
+                    "{a}"
+                );
+            }
             _ => assert!(
                 matches!(
                     name,
@@ -246,8 +286,74 @@ async fn a_plugin_cannot_set_credentials_or_smuggle_headers() {
         after.dp_requests, before.dp_requests,
         "a refused request reached the data provider"
     );
+    // Refused before a request could be built or after: every method refusal is audited.
+    let records = String::from_utf8_lossy(&audit.bytes()).into_owned();
+    for via in ["fapi-fetch", "wasi-http"] {
+        assert!(
+            records.lines().any(|l| l.contains(r#""method":"TRACE""#)
+                && l.contains(&format!(r#""interface":"{via}""#))
+                && l.contains(r#""decision":"deny""#)),
+            "no audit record of the refused TRACE via {via}"
+        );
+    }
     eprintln!("hostile-headers: {} attempts, all refused", attempts.len());
     no_secrets(&env, &[&out], &audit).await;
+}
+
+#[tokio::test]
+async fn refused_requests_count_against_the_budget_and_cannot_flood_the_audit() {
+    let _serial = SERIAL.lock().await;
+    let (env, audit) = narrow_env(|s| s.max_requests = 5).await;
+    // A URL of 100 KB (over the policy's 8 KiB), refused 200 times in a loop.
+    let huge = format!("{}/x/{}", env.fed.data_origin(), "a".repeat(100_000));
+    let before = env.fed.counters();
+    let v = env.probe(&["fetch-many", &huge, "200"]).await;
+    assert_eq!(v["ok"]["ok"], 0, "{v}");
+    // The first five are refused for what they are; then the budget is spent.
+    assert_eq!(v["ok"]["errors"]["InvalidRequest"], 5, "{v}");
+    assert_eq!(v["ok"]["errors"]["LimitExceeded"], 195, "{v}");
+    assert_eq!(env.fed.counters().dp_requests, before.dp_requests);
+    // Recorded: the five and the first past the budget, each URL shortened to its start and
+    // length; not 200 records of 100 KB.
+    let bytes = audit.bytes();
+    let records: Vec<Value> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 6, "{records:?}");
+    for r in &records {
+        assert_eq!(r["decision"], "deny", "{r}");
+        let url = r["url"].as_str().unwrap();
+        let shortened = format!("... ({} bytes)", huge.len());
+        assert!(url.len() < 400 && url.ends_with(&shortened), "{url}");
+    }
+    assert!(bytes.len() < 10_000, "{} bytes of audit", bytes.len());
+    no_secrets(&env, &[], &audit).await;
+}
+
+#[tokio::test]
+async fn wasi_http_requests_take_their_place_in_flight_before_their_bodies_are_read() {
+    let _serial = SERIAL.lock().await;
+    let (env, audit) = narrow_env(|s| s.max_concurrent_requests = 3).await;
+    let url = env.fed.data_json_url();
+    // Five POSTs started, bodies written last to first. The host admits requests when they are
+    // sent, so the first three hold the places and the last two are refused before any of their
+    // body is read into host memory (admitted when their bodies were complete, the last three
+    // would have gone out instead, and every body of every request started been buffered).
+    let v = env.probe(&["http-held-posts", &url, "5", "100000"]).await;
+    let results = v["ok"]["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{v}");
+    for r in &results[..3] {
+        assert!(r.is_u64(), "the first three were sent: {v}");
+    }
+    for r in &results[3..] {
+        assert_eq!(
+            r.as_str().map(|e| e.rsplit("::").next().unwrap()),
+            Some("ConnectionLimitReached"),
+            "{v}"
+        );
+    }
+    no_secrets(&env, &[], &audit).await;
 }
 
 #[tokio::test]

@@ -503,6 +503,38 @@ async fn timeouts_reach_the_guest_as_timeout() {
 }
 
 #[tokio::test]
+async fn a_guest_timeout_bounds_the_whole_request_retries_and_waits_included() {
+    // Retries on, and a provider that answers 503 with `Retry-After: 5` ten times: without a
+    // deadline over the whole request the guest would wait 5 s per retry.
+    let e = Env::start_configured(
+        true,
+        |_, s| {
+            s.client.retries = 3;
+        },
+        SandboxOptions::default(),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let v = e.probe(&["fetch", &e.url("/items/1")]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    let busy = e.url("/items/1?fault=503&fault_times=10&retry_after=5");
+    let t0 = std::time::Instant::now();
+    let v = e.probe(&["fetch-timeout", &busy, "800"]).await;
+    seen.push(v.to_string());
+    assert_eq!(err(&v).0, "Timeout", "{v}");
+    let v = e.probe(&["http-timeout", &busy, "800"]).await;
+    seen.push(v.to_string());
+    assert_eq!(err(&v).0, "HttpResponseTimeout", "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "two requests of 800 ms took {:?}",
+        t0.elapsed()
+    );
+    let seen: Vec<&[u8]> = seen.iter().map(|s| s.as_bytes()).collect();
+    e.assert_no_secrets(&seen).await;
+}
+
+#[tokio::test]
 async fn tokens_never_reach_the_guest_or_the_logs() {
     let files = tempfile::tempdir().unwrap();
     let audit = files.path().join("audit.jsonl");

@@ -127,6 +127,24 @@ pub fn mixed(url: &str, n: usize) -> Outcome {
     }))
 }
 
+/// `fetch-many URL N`: N sequential GETs, each response dropped at once, whatever each answer;
+/// prints `{"ok": {"ok": <responses>, "errors": {<case>: <count>}}}`.
+pub fn fetch_many(url: &str, n: usize) -> Outcome {
+    let mut ok = 0;
+    let mut errors = Map::new();
+    for _ in 0..n {
+        match fapi_guest::get(url) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                let name = fetch_failure(e).err;
+                let count = errors.get(&name).and_then(Value::as_u64).unwrap_or(0);
+                errors.insert(name, json!(count + 1));
+            }
+        }
+    }
+    Ok(json!({ "ok": ok, "errors": errors }))
+}
+
 /// `trap-mid-request URL`: GET, read one chunk, print `{"ok": {"status", "read": <bytes>}}`, then abort
 /// (a wasm `unreachable` trap) with the body still open. A failed fetch prints the failure instead.
 pub fn trap_mid_request(url: &str) -> Outcome {

@@ -13,7 +13,7 @@
 
 use std::io::Write;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use wasip2::http::outgoing_handler::{self, FutureIncomingResponse};
 use wasip2::http::types::{
@@ -51,6 +51,46 @@ pub fn get_with_header(url: &str, name: &str, value: &str) -> Outcome {
         .append(&name, value.as_bytes())
         .map_err(|e| Failure::new(variant_name(&format!("{e:?}")), "fields", format!("{e:?}")))?;
     summarize(send(url, Method::Get, fields, None)?)
+}
+
+/// `http-method URL METHOD`: a request with that method and no body (`TRACE`, `CONNECT` and other
+/// names are sent as wasi:http lets a guest name them).
+pub fn with_method(url: &str, method: &str) -> Outcome {
+    let method = match method {
+        "GET" => Method::Get,
+        "TRACE" => Method::Trace,
+        "CONNECT" => Method::Connect,
+        other => Method::Other(other.to_owned()),
+    };
+    summarize(send(url, method, Fields::new(), None)?)
+}
+
+/// `http-held-posts URL N BYTES`: start N POSTs (`handle()` called, bodies not yet written), then
+/// write and finish the bodies in reverse order, then wait for each response in order. Prints
+/// `{"ok": {"results": [<status> | <error case>, ...]}}`, the first request first: which requests
+/// the host let through depends on whether it admits them when they are sent or when their bodies
+/// are complete.
+pub fn held_posts(url: &str, n: usize, bytes: usize) -> Outcome {
+    let mut started = Vec::new();
+    for _ in 0..n {
+        started.push(start(url, Method::Post, Fields::new(), true)?);
+    }
+    let body = vec![b'p'; bytes];
+    let mut futures = Vec::new();
+    for (future, outgoing) in started.into_iter().rev() {
+        // A refused request's body may not be writable any more; its response says why.
+        let _ = outgoing.map(|o| write_body(o, &body));
+        futures.push(future);
+    }
+    futures.reverse();
+    let results: Vec<Value> = futures
+        .iter()
+        .map(|f| match wait(f) {
+            Ok(response) => json!(response.status()),
+            Err(e) => json!(e.err),
+        })
+        .collect();
+    Ok(json!({ "results": results }))
 }
 
 /// `http-many-headers URL COUNT SIZE`: GET with headers `x-h-0` .. `x-h-{COUNT-1}`, each a value of

@@ -32,12 +32,16 @@ fn main() -> ExitCode {
         ["read-all", url] => fapi::read_all(url),
         ["echo", url] => fapi::echo(url),
         ["mixed", url, n] => parse(n).and_then(|n| fapi::mixed(url, n)),
+        ["fetch-many", url, n] => parse(n).and_then(|n| fapi::fetch_many(url, n)),
         ["trap-mid-request", url] => fapi::trap_mid_request(url),
         ["repeat", url, n] => parse(n).and_then(|n| fapi::repeat(url, n)),
         ["http-repeat", url, n] => parse(n).and_then(|n| http::repeat(url, n)),
         ["http", url] => http::get(url),
         ["http-timeout", url, ms] => parse(ms).and_then(|ms| http::get_timeout(url, ms)),
         ["http-header", url, name, value] => http::get_with_header(url, name, value),
+        ["http-held-posts", url, n, bytes] => {
+            parse2(n, bytes).and_then(|(n, b)| http::held_posts(url, n, b))
+        }
         ["http-post", url, bytes] => parse(bytes).and_then(|n| http::post(url, n)),
         ["concurrent-http", url, n] => parse(n).and_then(|n| http::concurrent(url, n)),
         ["read-file", path] => sandbox::read_file(path),

@@ -164,13 +164,30 @@ impl Egress {
     }
 
     fn deny(&self, req: &GuestRequest, err: GuestError) -> GuestError {
-        tracing::warn!(guest = %self.guest, interface = req.interface.name(), "request refused: {err}");
+        self.refuse(req.interface, req.method.as_str(), &req.url, err)
+    }
+
+    /// Record a refused request: a log line and an audit record, with the URL as the guest gave
+    /// it (shortened when it is longer than any URL the policy accepts). Past the request budget
+    /// only the first refusal is recorded, so that a guest looping on refused requests cannot fill
+    /// the log or the audit file.
+    pub(crate) fn refuse(
+        &self,
+        interface: Interface,
+        method: &str,
+        url: &str,
+        err: GuestError,
+    ) -> GuestError {
+        if self.requests.load(Ordering::Relaxed) > self.limits.max_requests.saturating_add(1) {
+            return err;
+        }
+        tracing::warn!(guest = %self.guest, interface = interface.name(), "request refused: {err}");
         self.audit.record(&AuditEvent {
             guest: &self.guest,
-            interface: req.interface.name(),
+            interface: interface.name(),
             decision: "deny",
-            method: req.method.as_str(),
-            url: &req.url,
+            method: shortened(method, 32).as_ref(),
+            url: shortened(url, crate::policy::MAX_URL).as_ref(),
             status: None,
             bytes: 0,
             duration_ms: 0,
@@ -178,6 +195,31 @@ impl Egress {
             error: Some(err.to_string()),
         });
         err
+    }
+
+    /// Count a request against the run's total, whether it is then allowed or refused.
+    fn count(&self) -> Result<(), GuestError> {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limits.max_requests {
+            return Err(GuestError::LimitExceeded(format!(
+                "more than {} requests in this run ([sandbox] max_requests / --max-requests)",
+                self.limits.max_requests
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse a request the guest could not even state (a bad method, header or body), counting
+    /// it like any other.
+    pub(crate) fn refuse_unsent(
+        &self,
+        interface: Interface,
+        method: &str,
+        url: &str,
+        err: GuestError,
+    ) -> GuestError {
+        let err = self.count().err().unwrap_or(err);
+        self.refuse(interface, method, url, err)
     }
 
     /// A body for a response the host fetched itself (batch items handed to a processor). It
@@ -209,33 +251,38 @@ impl Egress {
         &self,
         req: GuestRequest,
     ) -> Result<(FapiResponse, GuestBody), GuestError> {
+        let admitted = self.admit(&req)?;
+        self.send_admitted(req, admitted).await
+    }
+
+    /// Everything that decides whether a request may go out, before its body is read: counted
+    /// against the run's total, policy, method, headers, body size (when known), and a place
+    /// among the requests in flight. A request refused here is recorded.
+    pub(crate) fn admit(&self, req: &GuestRequest) -> Result<Admitted, GuestError> {
+        self.count().map_err(|e| self.deny(req, e))?;
         let url = match self.policy.check_url(&req.url) {
             Ok(u) => u,
             Err(d @ Denial::Invalid(_)) => {
-                return Err(self.deny(&req, GuestError::InvalidRequest(d.to_string())));
+                return Err(self.deny(req, GuestError::InvalidRequest(d.to_string())));
             }
-            Err(d) => return Err(self.deny(&req, GuestError::Denied(d.to_string()))),
+            Err(d) => return Err(self.deny(req, GuestError::Denied(d.to_string()))),
         };
+        // One rule for both interfaces (wasi:http lets a guest name any method, TRACE included).
+        if let Err(m) = crate::policy::check_parsed_method(&req.method) {
+            return Err(self.deny(req, GuestError::InvalidRequest(m)));
+        }
         for name in req.headers.keys() {
             if crate::policy::forbidden_header(name) {
                 let e = GuestError::InvalidRequest(format!(
                     "header {name} is set by the host and cannot be given"
                 ));
-                return Err(self.deny(&req, e));
+                return Err(self.deny(req, e));
             }
         }
         if let Some(b) = &req.body
             && b.len() as u64 > self.limits.max_request_body
         {
-            return Err(self.deny(&req, GuestError::TooLarge(self.limits.max_request_body)));
-        }
-        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.limits.max_requests {
-            let e = GuestError::LimitExceeded(format!(
-                "more than {} requests in this run ([sandbox] max_requests / --max-requests)",
-                self.limits.max_requests
-            ));
-            return Err(self.deny(&req, e));
+            return Err(self.deny(req, GuestError::TooLarge(self.limits.max_request_body)));
         }
         let permit = match self.in_flight.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -244,9 +291,26 @@ impl Egress {
                     "more than {} requests in flight ([sandbox] max_concurrent_requests / --max-concurrent-requests); finish or drop a response body first",
                     self.limits.max_concurrent_requests
                 ));
-                return Err(self.deny(&req, e));
+                return Err(self.deny(req, e));
             }
         };
+        Ok(Admitted { url, permit })
+    }
+
+    /// Send a request [`Egress::admit`] let through (its body read since, if it has one). The
+    /// guest's timeout bounds the whole request: the token, every attempt and the waits between
+    /// them.
+    pub(crate) async fn send_admitted(
+        &self,
+        req: GuestRequest,
+        admitted: Admitted,
+    ) -> Result<(FapiResponse, GuestBody), GuestError> {
+        let Admitted { url, permit } = admitted;
+        if let Some(b) = &req.body
+            && b.len() as u64 > self.limits.max_request_body
+        {
+            return Err(self.deny(&req, GuestError::TooLarge(self.limits.max_request_body)));
+        }
         let started = Instant::now();
         let request = FapiRequest {
             method: req.method.clone(),
@@ -256,7 +320,13 @@ impl Egress {
             interaction_id: None,
             timeout: req.timeout,
         };
-        let response = match self.client.send(request).await {
+        let sent = match req.timeout {
+            Some(t) => tokio::time::timeout(t, self.client.send(request))
+                .await
+                .unwrap_or_else(|_| Err(Error::Timeout(String::new()))),
+            None => self.client.send(request).await,
+        };
+        let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 drop(permit);
@@ -284,6 +354,24 @@ impl Egress {
         };
         Ok((response, body))
     }
+}
+
+/// A request let through by [`Egress::admit`]: its checked URL and its place in flight.
+pub(crate) struct Admitted {
+    url: url::Url,
+    permit: OwnedSemaphorePermit,
+}
+
+/// `text`, or its first bytes and its length when it is longer than `max`.
+fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.min(256);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len()).into()
 }
 
 struct PendingAudit {

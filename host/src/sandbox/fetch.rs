@@ -72,9 +72,19 @@ pub(super) fn into_guest_response(
 
 impl fapi_fetch::Host for GuestState {
     async fn fetch(&mut self, req: Request) -> wasmtime::Result<Result<Response, FetchError>> {
+        let egress = self.egress.clone();
+        let refuse = |m: String| {
+            let e = GuestError::InvalidRequest(m);
+            Ok(Err(to_fetch_error(egress.refuse_unsent(
+                Interface::FapiFetch,
+                &req.method,
+                &req.url,
+                e,
+            ))))
+        };
         let method = match policy::check_method(&req.method) {
             Ok(m) => m,
-            Err(e) => return Ok(Err(FetchError::InvalidRequest(e))),
+            Err(e) => return refuse(e),
         };
         let headers = match policy::check_headers(
             req.headers
@@ -82,7 +92,7 @@ impl fapi_fetch::Host for GuestState {
                 .map(|h| (h.name.as_str(), h.value.as_slice())),
         ) {
             Ok(h) => h,
-            Err(e) => return Ok(Err(FetchError::InvalidRequest(e))),
+            Err(e) => return refuse(e),
         };
         let request = GuestRequest {
             method,
@@ -94,7 +104,6 @@ impl fapi_fetch::Host for GuestState {
                 .map(|ms| Duration::from_millis(u64::from(ms))),
             interface: Interface::FapiFetch,
         };
-        let egress = self.egress.clone();
         match egress.send(request).await {
             Ok((response, body)) => Ok(Ok(into_guest_response(&mut self.table, response, body)?)),
             Err(e) => Ok(Err(to_fetch_error(e))),

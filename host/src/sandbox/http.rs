@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use http::uri::Scheme;
 use http_body::Frame;
-use http_body_util::{BodyExt as _, Limited, StreamBody};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited, StreamBody};
 use wasmtime_wasi_http::{
     Error as HttpErr, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
 };
@@ -69,12 +69,7 @@ impl WasiHttpHooks for EgressHooks {
         let egress = self.egress.clone();
         Box::new(async move {
             let (parts, body) = request.into_parts();
-            let limit = egress.limits().max_request_body;
-            let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-                .collect()
-                .await
-                .map_err(|_| HttpErr::HttpRequestBodySize(Some(limit)))?
-                .to_bytes();
+            let url = parts.uri.to_string();
             // The same header rules as fapi-fetch: the filter above has already refused the
             // host's headers; this enforces the count and size limits.
             let headers = policy::check_headers(
@@ -83,20 +78,57 @@ impl WasiHttpHooks for EgressHooks {
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_bytes())),
             )
-            .map_err(|_| HttpErr::HttpRequestHeaderSectionSize(None))?;
+            .map_err(|m| {
+                let e = GuestError::InvalidRequest(m);
+                egress.refuse_unsent(Interface::WasiHttp, parts.method.as_str(), &url, e);
+                HttpErr::HttpRequestHeaderSectionSize(None)
+            })?;
             let timeout = options
                 .and_then(|o| o.first_byte_timeout)
                 .map(|t| t.max(Duration::from_millis(1)));
-            let request = GuestRequest {
+            let mut request = GuestRequest {
                 method: parts.method,
-                url: parts.uri.to_string(),
+                url,
                 headers,
-                body: (!body.is_empty()).then_some(body),
+                body: None,
                 timeout,
                 interface: Interface::WasiHttp,
             };
-            let (mut response, mut guest_body) =
-                egress.send(request).await.map_err(to_http_error)?;
+            // Admitted (counted, checked, a place in flight taken) before the body is read, so
+            // that the bodies held in host memory are at most the requests in flight.
+            let admitted = egress.admit(&request).map_err(to_http_error)?;
+            let limit = egress.limits().max_request_body;
+            let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                .collect()
+                .await
+                .map_err(|e| {
+                    let too_large = e.downcast_ref::<LengthLimitError>().is_some();
+                    let (refusal, out) = if too_large {
+                        (
+                            GuestError::TooLarge(limit),
+                            HttpErr::HttpRequestBodySize(Some(limit)),
+                        )
+                    } else {
+                        let m = format!("the request body failed before its end: {e}");
+                        (
+                            GuestError::InvalidRequest(m.clone()),
+                            HttpErr::InternalError(Some(format!("invalid request: {m}"))),
+                        )
+                    };
+                    egress.refuse(
+                        Interface::WasiHttp,
+                        request.method.as_str(),
+                        &request.url,
+                        refusal,
+                    );
+                    out
+                })?
+                .to_bytes();
+            request.body = (!body.is_empty()).then_some(body);
+            let (mut response, mut guest_body) = egress
+                .send_admitted(request, admitted)
+                .await
+                .map_err(to_http_error)?;
             let status = response.status();
             let headers = response.take_headers();
             guest_body.attach(response);

@@ -117,10 +117,50 @@ impl SandboxOptions {
     }
 }
 
-/// Memory limits that remember being hit, so that the trap that follows can be explained.
+/// Memory and table limits over the whole guest, not per memory or table (a component can hold
+/// many core instances, each with its own linear memory), that remember being hit so that the
+/// trap that follows can be explained.
 struct GuestLimiter {
     inner: StoreLimits,
+    /// The most bytes of linear memory, all memories together.
+    max_memory: usize,
+    /// Bytes of linear memory granted so far, all memories together.
+    memory: usize,
+    /// The most table elements, all tables together.
+    max_table_elements: usize,
+    /// Table elements granted so far, all tables together.
+    table_elements: usize,
     memory_hit: bool,
+}
+
+impl GuestLimiter {
+    fn new(max_memory: u64) -> GuestLimiter {
+        let max_memory = usize::try_from(max_memory).unwrap_or(usize::MAX);
+        GuestLimiter {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(max_memory)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .build(),
+            max_memory,
+            memory: 0,
+            max_table_elements: MAX_TABLE_ELEMENTS,
+            table_elements: 0,
+            memory_hit: false,
+        }
+    }
+}
+
+/// Table elements, all tables of a guest together.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// `total` with one item grown from `current` to `desired`, if that stays within `max`.
+fn grown(total: usize, current: usize, desired: usize, max: usize) -> Option<usize> {
+    total
+        .checked_add(desired.saturating_sub(current))
+        .filter(|t| *t <= max)
 }
 
 impl ResourceLimiter for GuestLimiter {
@@ -130,7 +170,14 @@ impl ResourceLimiter for GuestLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        let ok = self.inner.memory_growing(current, desired, maximum)?
+            && match grown(self.memory, current, desired, self.max_memory) {
+                Some(total) => {
+                    self.memory = total;
+                    true
+                }
+                None => false,
+            };
         self.memory_hit |= !ok;
         Ok(ok)
     }
@@ -141,7 +188,19 @@ impl ResourceLimiter for GuestLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
+        Ok(self.inner.table_growing(current, desired, maximum)?
+            && match grown(
+                self.table_elements,
+                current,
+                desired,
+                self.max_table_elements,
+            ) {
+                Some(total) => {
+                    self.table_elements = total;
+                    true
+                }
+                None => false,
+            })
     }
 
     fn instances(&self) -> usize {
@@ -508,13 +567,6 @@ impl Sandbox {
             self.limits.clone(),
             plugin.name.clone(),
         ));
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(self.limits.max_memory).unwrap_or(usize::MAX))
-            .instances(64)
-            .tables(64)
-            .memories(16)
-            .table_elements(1_000_000)
-            .build();
         let state = GuestState {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
@@ -523,10 +575,7 @@ impl Sandbox {
                 egress: egress.clone(),
             },
             egress,
-            limiter: GuestLimiter {
-                inner: limits,
-                memory_hit: false,
-            },
+            limiter: GuestLimiter::new(self.limits.max_memory),
             cpu_exhausted: false,
         };
         let mut store = Store::new(&self.engine, state);
@@ -621,5 +670,45 @@ impl Sandbox {
             stdout,
             stderr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_memory_limit_covers_all_memories_together() {
+        let mut l = GuestLimiter::new(256 << 20);
+        // Two core instances, each with its own memory: together they may not pass the limit,
+        // although each alone stays under it (a per-memory limit would grant all of this).
+        assert!(matches!(l.memory_growing(0, 200 * MIB, None), Ok(true)));
+        assert!(matches!(l.memory_growing(0, 100 * MIB, None), Ok(false)));
+        assert!(l.memory_hit);
+        assert!(matches!(l.memory_growing(0, 50 * MIB, None), Ok(true)));
+        // Growing one memory counts only what it adds.
+        assert!(matches!(
+            l.memory_growing(50 * MIB, 56 * MIB, None),
+            Ok(true)
+        ));
+        assert!(matches!(
+            l.memory_growing(56 * MIB, 57 * MIB, None),
+            Ok(false)
+        ));
+        assert_eq!(l.memory, 256 * MIB);
+    }
+
+    #[test]
+    fn the_table_limit_covers_all_tables_together() {
+        let mut l = GuestLimiter::new(256 << 20);
+        assert!(matches!(l.table_growing(0, 600_000, None), Ok(true)));
+        assert!(matches!(l.table_growing(0, 600_000, None), Ok(false)));
+        assert!(matches!(
+            l.table_growing(600_000, 1_000_000, None),
+            Ok(true)
+        ));
+        assert!(matches!(l.table_growing(0, 1, None), Ok(false)));
     }
 }

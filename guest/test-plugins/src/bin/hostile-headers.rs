@@ -11,6 +11,9 @@
 
 use test_plugins::{Failure, Report, fapi, http};
 
+/// Methods no guest may use.
+const METHODS: &[&str] = &["TRACE", "CONNECT", "TRACK", "PROPFIND"];
+
 const FORBIDDEN: &[&str] = &[
     "Authorization",
     "authorization",
@@ -78,6 +81,16 @@ fn main() {
             &url,
             http::get_with_header(&url, name, "Bearer stolen"),
         );
+    }
+    for method in METHODS {
+        let attack = format!("method:{method}");
+        report.record(
+            &attack,
+            "fapi-fetch",
+            &url,
+            fapi::fetch_method(method, &url),
+        );
+        report.record(&attack, "wasi:http", &url, http::with_method(&url, method));
     }
     for (how, name, value) in INJECTIONS {
         let attack = format!("injection:{how}");
