@@ -225,10 +225,16 @@ impl FapiClient {
             if status == StatusCode::UNAUTHORIZED && !replayed {
                 let challenge = www_authenticate::bearer(response.headers());
                 if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
-                    tracing::info!(%url, "invalid_token: dropping the token, getting a new one, replaying once");
-                    inner.tokens.invalidate(lease.generation);
-                    replayed = true;
-                    continue;
+                    if inner.tokens.invalidate(lease.generation) {
+                        tracing::info!(%url, "invalid_token: dropping the token, getting a new one, replaying once");
+                        replayed = true;
+                        continue;
+                    }
+                    tracing::warn!(
+                        %url,
+                        "invalid_token for a token obtained moments ago to replace a refused one: \
+                         not getting another (this server may not accept the issuer's tokens)"
+                    );
                 }
             }
             if retry::is_retryable_status(status) && idempotent && retries < inner.options.retries {

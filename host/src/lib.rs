@@ -53,7 +53,7 @@ pub use error::{Error, ErrorKind, Result, Warning};
 pub use policy::{Denial, Policy, check_headers, check_method};
 pub use retry::{is_idempotent, is_retryable_status};
 pub use tls::fapi_provider;
-pub use token::TokenInfo;
+pub use token::{FORCED_REFRESH_MIN_AGE, TokenInfo};
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers of everything that
 /// comes from outside the host, each a pure function of its input.

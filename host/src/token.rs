@@ -71,7 +71,16 @@ struct Cached {
     info: TokenInfo,
     refresh_at: Instant,
     generation: u64,
+    obtained: Instant,
+    /// Obtained because a server refused the previous token with `invalid_token`.
+    forced: bool,
 }
+
+/// A token that replaced a refused one is not itself replaced on `invalid_token` before it is
+/// this old: a resource that refuses a token moments old will refuse the next one too (it does
+/// not accept this issuer's tokens), and replacing it per request would send the authorization
+/// server a token request per request (a guest could make that happen).
+pub const FORCED_REFRESH_MIN_AGE: Duration = Duration::from_secs(5);
 
 impl Cached {
     /// Still usable (before its refresh point).
@@ -104,6 +113,8 @@ pub(crate) struct TokenManager {
     acquiring: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     requests: AtomicU64,
+    /// The next token stored replaces one refused with `invalid_token`.
+    next_is_forced: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for TokenManager {
@@ -150,6 +161,7 @@ impl TokenManager {
             acquiring: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            next_is_forced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -218,6 +230,8 @@ impl TokenManager {
             info: info.clone(),
             refresh_at: Instant::now() + lifetime - margin,
             generation,
+            obtained: Instant::now(),
+            forced: self.next_is_forced.swap(false, Ordering::Relaxed),
         };
         let lease = cached.lease();
         self.store(Some(cached));
@@ -235,12 +249,22 @@ impl TokenManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Drop the token of `generation` (the server said `invalid_token`), unless a newer one has
-    /// replaced it already.
-    pub(crate) fn invalidate(&self, generation: u64) {
+    /// A server refused the token of `generation` with `invalid_token`: drop it, unless a newer
+    /// one has replaced it already. Whether replaying with another token is worth it: not when
+    /// this token itself replaced a refused one less than [`FORCED_REFRESH_MIN_AGE`] ago.
+    pub(crate) fn invalidate(&self, generation: u64) -> bool {
         let mut cache = self.slot();
-        if cache.as_ref().is_some_and(|c| c.generation == generation) {
-            *cache = None;
+        match cache.as_ref() {
+            Some(c) if c.generation == generation => {
+                if c.forced && c.obtained.elapsed() < FORCED_REFRESH_MIN_AGE {
+                    return false;
+                }
+                *cache = None;
+                self.next_is_forced.store(true, Ordering::Relaxed);
+                true
+            }
+            // Replaced already (or being replaced): the replay gets the newer token.
+            _ => true,
         }
     }
 
