@@ -4,10 +4,11 @@
 //! next index (0-based), bad or not, so that `--shard K/N` splits a file the same way whatever its
 //! errors are.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -59,9 +60,10 @@ impl fmt::Display for BadLine {
 ///
 /// Every line is validated up front (so a bad line stops the batch before it starts), but items
 /// are not kept: [`Input::items`] reads the source again and materialises each item when it is
-/// needed. An input read from a file ([`Input::open`]) is read twice and never held, so memory
-/// stays flat whatever the item count (about 10 bytes per item while the first pass checks names
-/// for duplicates, freed after it); text given whole ([`Input::parse`], stdin) is kept as it is.
+/// needed. An input read from a regular file ([`Input::open`]) is read twice and never held, so
+/// memory stays flat whatever the item count (a 16-byte map entry per name, 20 to 40 bytes with the
+/// map's slack, while the first pass checks names for duplicates, freed after it); text given whole ([`Input::parse`], [`Input::read`]:
+/// stdin, a pipe, a FIFO) is kept as it is.
 #[derive(Clone, Debug, Default)]
 pub struct Input {
     source: Source,
@@ -175,13 +177,44 @@ struct JsonLine {
 impl Input {
     /// Parse the text of an input file (kept in memory; for a file, [`Input::open`] is lighter).
     pub fn parse(text: &str) -> Input {
-        Input::check(Source::Text(text.to_owned())).expect("text cannot fail to read")
+        Input::from_text(text.to_owned())
+    }
+
+    fn from_text(text: String) -> Input {
+        Input::check(Source::Text(text)).expect("text cannot fail to read")
+    }
+
+    /// Read a whole input from `reader` (stdin, a pipe: what can be read only once) and keep it in
+    /// memory. Fails when it cannot be read or is not UTF-8 (the error names the line).
+    pub fn read(mut reader: impl Read) -> std::io::Result<Input> {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {line}: stream did not contain valid UTF-8"),
+            )
+        })?;
+        Ok(Input::from_text(text))
     }
 
     /// Check the input file at `path`, line by line, without keeping it: [`Input::items`] reads
-    /// it again. Fails when it cannot be read or is not UTF-8 (the error names the line).
+    /// it again. What is not a regular file (a pipe, a FIFO, `<(cmd)`, `/dev/stdin`) can be read
+    /// only once: it is read whole and kept, as [`Input::read`] does. Fails when it cannot be read
+    /// or is not UTF-8 (the error names the line).
     pub fn open(path: &Path) -> std::io::Result<Input> {
         let meta = std::fs::metadata(path)?;
+        if meta.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "is a directory; give a file of URLs or JSON lines (or - for stdin)",
+            ));
+        }
+        if !meta.is_file() {
+            return Input::read(File::open(path)?);
+        }
         Input::check(Source::File {
             path: path.to_owned(),
             len: meta.len(),
@@ -191,8 +224,8 @@ impl Input {
 
     fn check(source: Source) -> std::io::Result<Input> {
         let mut input = Input::default();
-        // Names seen so far, by hash. Dropped after the check.
-        let mut names: HashSet<u64> = HashSet::new();
+        // The line of each name seen so far, by the name's hash. Dropped after the check.
+        let mut names: HashMap<u64, u64> = HashMap::new();
         let mut index = 0u64;
         let mut last = 0u64;
         for next in lines(&source)? {
@@ -203,27 +236,12 @@ impl Input {
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            match parse_line(trimmed, line, index) {
-                Ok(item) => {
-                    if !names.insert(name_hash(&item.name)) {
-                        if item_named_by_input(trimmed) {
-                            let first = first_line_named(&source, &item.name).unwrap_or(0);
-                            input.bad.push(BadLine {
-                                line,
-                                index,
-                                message: format!(
-                                    "the name {:?} is already used by line {first}",
-                                    item.name
-                                ),
-                            });
-                            index += 1;
-                            continue;
-                        }
-                        // The same URL twice: a stable, distinct name for the repeat.
-                        input.renamed.push(index);
-                        names.insert(name_hash(&renamed_name(&item.name, index)));
-                    }
-                }
+            let claimed = parse_line(trimmed, line, index)
+                .and_then(|(item, named)| claim_name(&mut names, &item.name, named, line, index));
+            match claimed {
+                Ok(false) => {}
+                // A default name already taken (the same URL twice): a stable, distinct name.
+                Ok(true) => input.renamed.push(index),
                 Err(message) => input.bad.push(BadLine {
                     line,
                     index,
@@ -305,7 +323,7 @@ impl Input {
                     return None;
                 }
                 match parse_line(trimmed, line, i) {
-                    Ok(mut item) => {
+                    Ok((mut item, _)) => {
                         if rename {
                             item.name = renamed_name(&item.name, i);
                         }
@@ -338,31 +356,109 @@ fn renamed_name(name: &str, index: u64) -> String {
     format!("{name}-{index}")
 }
 
-/// The first line whose item is named `name` (for the message about a duplicate).
-fn first_line_named(source: &Source, name: &str) -> Option<u64> {
-    let mut index = 0u64;
-    for next in lines(source).ok()? {
-        let (line, raw) = next.ok()?;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
+/// Record `name`, the name of the item at `line` (`named`: given by the input, else its URL's
+/// default), in `names` (the line of each name, by the name's hash). `Ok(true)`: the default name
+/// is taken, so the item is renamed with [`renamed_name`] (recorded too); `Err`: the name (or the
+/// renamed one) is already used by another line.
+fn claim_name(
+    names: &mut HashMap<u64, u64>,
+    name: &str,
+    named: bool,
+    line: u64,
+    index: u64,
+) -> Result<bool, String> {
+    let first = match names.entry(name_hash(name)) {
+        Entry::Vacant(e) => {
+            e.insert(line);
+            return Ok(false);
         }
-        if parse_line(trimmed, line, index).is_ok_and(|i| i.name == name) {
-            return Some(line);
-        }
-        index += 1;
+        Entry::Occupied(e) => *e.get(),
+    };
+    if named {
+        return Err(format!(
+            "the name {name:?} is already used by line {first}; give one of the two lines \
+             another \"name\""
+        ));
     }
-    None
+    let renamed = renamed_name(name, index);
+    match names.entry(name_hash(&renamed)) {
+        Entry::Vacant(e) => {
+            e.insert(line);
+            Ok(true)
+        }
+        Entry::Occupied(e) => Err(format!(
+            "the name {name:?} is already used by line {first}, and {renamed:?}, the name a \
+             repeat gets, by line {}; give this line a name of its own as a JSON line \
+             {{\"url\": \"...\", \"name\": \"...\"}}",
+            e.get()
+        )),
+    }
 }
 
-fn item_named_by_input(line: &str) -> bool {
-    line.starts_with('{')
+/// What a JSON line must be, in our words (for the message about one that is not).
+const JSON_ITEM: &str = "a JSON item is {\"url\": \"https://...\"} with optional \"method\", \
+                         \"body\" and \"name\" (strings) and \"headers\" (an object of strings)";
+
+/// Why a JSON line is not an item, in words of our own: serde's own text quotes the offending
+/// value (a header's value: maybe a secret), and this message goes to stderr and the manifest.
+fn json_problem(line: &str, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let column = e.column();
+    match e.classify() {
+        Category::Syntax => {
+            format!("not valid JSON (a syntax error at column {column}); {JSON_ITEM}")
+        }
+        Category::Eof => format!(
+            "not valid JSON (the line ends at column {column} before the object does); \
+             {JSON_ITEM}"
+        ),
+        Category::Data | Category::Io => format!(
+            "not a valid JSON item (at column {column}): {}; {JSON_ITEM}",
+            json_data_problem(line)
+        ),
+    }
 }
 
-fn parse_line(line: &str, number: u64, index: u64) -> Result<Item, String> {
+/// Which field of a syntactically valid JSON line is wrong (never quoting a value or a key).
+fn json_data_problem(line: &str) -> &'static str {
+    use serde_json::Value;
+    let Ok(value) = serde_json::from_str::<Value>(line) else {
+        return "a value is not of the expected type";
+    };
+    let Value::Object(fields) = value else {
+        return "the line is not a JSON object";
+    };
+    for (key, value) in &fields {
+        let ok = match key.as_str() {
+            "url" => value.is_string(),
+            "method" | "body" | "name" => value.is_string() || value.is_null(),
+            "headers" => value
+                .as_object()
+                .is_some_and(|h| h.values().all(Value::is_string)),
+            _ => return "a field is not one of url, method, headers, body, name (in lower case)",
+        };
+        if !ok {
+            return match key.as_str() {
+                "url" => "\"url\" is not a string",
+                "method" => "\"method\" is not a string",
+                "body" => "\"body\" is not a string",
+                "name" => "\"name\" is not a string",
+                _ => {
+                    "\"headers\" is not an object whose values are strings, like {\"Accept\": \"text/csv\"}"
+                }
+            };
+        }
+    }
+    if !fields.contains_key("url") {
+        return "\"url\" is missing";
+    }
+    "a field is given twice"
+}
+
+/// Parse one line (not blank, not a comment): the item, and whether the input named it.
+fn parse_line(line: &str, number: u64, index: u64) -> Result<(Item, bool), String> {
     let (url, method, headers, body, name) = if line.starts_with('{') {
-        let j: JsonLine =
-            serde_json::from_str(line).map_err(|e| format!("not a valid JSON item ({e})"))?;
+        let j: JsonLine = serde_json::from_str(line).map_err(|e| json_problem(line, &e))?;
         (j.url, j.method, j.headers, j.body, j.name)
     } else {
         if line.contains(char::is_whitespace) {
@@ -386,6 +482,7 @@ fn parse_line(line: &str, number: u64, index: u64) -> Result<Item, String> {
         let (n, v) = parse_header(n, v).map_err(|e| e.to_string())?;
         map.append(n, v);
     }
+    let named = name.is_some();
     let name = match name {
         Some(n) => {
             naming::check_name(&n)?;
@@ -393,7 +490,7 @@ fn parse_line(line: &str, number: u64, index: u64) -> Result<Item, String> {
         }
         None => naming::default_name(&url),
     };
-    Ok(Item {
+    let item = Item {
         line: number,
         index,
         url,
@@ -401,7 +498,8 @@ fn parse_line(line: &str, number: u64, index: u64) -> Result<Item, String> {
         headers: map,
         body: body.map(Bytes::from),
         name,
-    })
+    };
+    Ok((item, named))
 }
 
 #[cfg(test)]
@@ -506,6 +604,200 @@ mod tests {
         std::fs::write(&path, "https://h/other\n").expect("write");
         assert_eq!(file.items().count(), 0);
         assert!(file.changed());
+    }
+
+    /// A FIFO (like `--input <(cmd)` or a piped `/dev/stdin`) can be read only once: it is read
+    /// whole, and gives every item its text gives.
+    #[test]
+    fn a_fifo_is_read_once_and_gives_all_its_items() {
+        let text = "https://h/a\n# c\nhttps://h/a\n{\"url\":\"https://h/b\",\"name\":\"b\"}\nhttps://h/c\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("in.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(&fifo, text).expect("write the FIFO"))
+        };
+        let input = Input::open(&fifo).expect("open");
+        writer.join().expect("writer");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let items: Vec<_> = input.items().map(|i| (i.line, i.index, i.name)).collect();
+            let _ = tx.send((items, input.changed()));
+        });
+        // Should the FIFO be opened again, a writer that closes at once lets that read end.
+        let t0 = std::time::Instant::now();
+        let (items, changed) = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(got) => break got,
+                Err(_) => {
+                    assert!(t0.elapsed().as_secs() < 30, "the items never ended");
+                    drop(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&fifo),
+                    );
+                }
+            }
+        };
+        let mem: Vec<_> = Input::parse(text)
+            .items()
+            .map(|i| (i.line, i.index, i.name))
+            .collect();
+        assert_eq!(items.len(), 4);
+        assert_eq!(items, mem);
+        assert!(!changed);
+    }
+
+    #[test]
+    fn a_directory_is_refused_with_what_to_give() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = Input::open(dir.path()).expect_err("a directory");
+        assert!(e.to_string().contains("directory"), "{e}");
+    }
+
+    #[test]
+    fn read_input_that_is_not_utf8_is_refused_with_its_line() {
+        let e = Input::read(&b"https://h/a\n\nhttps://h/\xff\n"[..]).expect_err("not UTF-8");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let ok = Input::read(&b"https://h/a\n"[..]).expect("UTF-8");
+        assert_eq!(ok.len(), 1);
+    }
+
+    /// A JSON line without "name" gets its URL's default name, renamed `-INDEX` when repeated, as a
+    /// URL line does; only a name the input gives twice is refused.
+    #[test]
+    fn json_lines_without_a_name_are_renamed_like_url_lines() {
+        let text = "{\"url\":\"https://h/x\",\"method\":\"POST\",\"body\":\"a=1\"}\n{\"url\":\"https://h/x\",\"method\":\"POST\",\"body\":\"a=2\"}\nhttps://h/x\n";
+        let input = Input::parse(text);
+        assert!(input.bad.is_empty(), "{:?}", input.bad);
+        let items: Vec<Item> = input.items().collect();
+        let base = naming::default_name(&items[0].url);
+        let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![base.clone(), format!("{base}-1"), format!("{base}-2")]
+        );
+        assert_eq!(items[1].body.as_deref(), Some(&b"a=2"[..]));
+    }
+
+    /// The line holding a name first is remembered, not searched for again: 10,000 names each
+    /// given twice are reported at once, each with the right first line.
+    #[test]
+    fn duplicate_names_are_reported_quickly_with_their_first_line() {
+        let n = 10_000u64;
+        let text: String = (0..2 * n)
+            .map(|i| format!("{{\"url\":\"https://h/{i}\",\"name\":\"n{}\"}}\n", i % n))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Input::parse(&text));
+        });
+        let input = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("checked in linear time, not one pass over the input per duplicate");
+        assert_eq!(input.bad.len() as u64, n);
+        assert_eq!(input.len() as u64, n);
+        for b in &input.bad {
+            let first = b.line - n;
+            assert!(
+                b.message.starts_with(&format!(
+                    "the name \"n{}\" is already used by line {first};",
+                    first - 1
+                )),
+                "{b}"
+            );
+        }
+    }
+
+    /// A repeat of a URL is renamed `NAME-INDEX`; when another line gives that name, the repeat
+    /// is a bad line (never two items writing one file).
+    #[test]
+    fn a_renamed_repeat_never_takes_a_name_another_line_gives() {
+        let url = url::Url::parse("https://h/a").expect("url");
+        let taken = format!("{}-2", naming::default_name(&url));
+        let text = format!(
+            "{{\"url\":\"https://h/other\",\"name\":\"{taken}\"}}\nhttps://h/a\nhttps://h/a\n"
+        );
+        let input = Input::parse(&text);
+        assert_eq!(input.bad.len(), 1, "{:?}", input.bad);
+        let bad = &input.bad[0];
+        assert_eq!((bad.line, bad.index), (3, 2));
+        assert!(bad.message.contains("by line 1"), "{bad}");
+        assert!(bad.message.contains("\"name\""), "{bad}");
+        let names: Vec<String> = input.items().map(|i| i.name).collect();
+        assert_eq!(names.len(), 2);
+        assert_ne!(names[0], names[1]);
+        // The other way round: the renamed repeat comes first, the line giving its name is bad.
+        let text = format!(
+            "https://h/a\nhttps://h/a\n{{\"url\":\"https://h/other\",\"name\":\"{}-1\"}}\n",
+            naming::default_name(&url)
+        );
+        let input = Input::parse(&text);
+        assert_eq!(input.bad.len(), 1, "{:?}", input.bad);
+        assert_eq!(input.bad[0].line, 3);
+        assert!(
+            input.bad[0].message.contains("by line 2"),
+            "{}",
+            input.bad[0]
+        );
+    }
+
+    /// A bad JSON line's message says where and what is expected, in our words: it never quotes
+    /// the line's values (a header's value may be a secret).
+    #[test]
+    fn json_errors_never_quote_the_line() {
+        let lines = [
+            (
+                r#"{"url":"https://h/x","headers":"X-Api-Key: s3cret"}"#,
+                "\"headers\"",
+            ),
+            (
+                r#"{"url":"https://h/x","headers":{"X-Api-Key":["s3cret"]}}"#,
+                "\"headers\"",
+            ),
+            (
+                r#"{"url":"https://h/x","body":{"s3cret":"s3cret"}}"#,
+                "\"body\"",
+            ),
+            (
+                r#"{"url":"https://h/x","s3cret":"s3cret"}"#,
+                "not one of url",
+            ),
+            (r#"{"url":["s3cret"]}"#, "\"url\" is not a string"),
+            (
+                r#"{"headers":{"X-Api-Key":"s3cret"}}"#,
+                "\"url\" is missing",
+            ),
+            (r#"{"url":"https://h/x","url":"https://s3cret/"}"#, "twice"),
+            (
+                r#"{"url":"https://h/x","headers":{"X-Api-Key":"s3cret"}"#,
+                "line ends",
+            ),
+            (
+                r#"{"url":"https://h/x","headers":{"X-Api-Key":"s3cret" s3cret}}"#,
+                "syntax",
+            ),
+            (
+                r#"{"url":"https://h/x","headers":{"X-Api-Key":"s3cret\q"}}"#,
+                "syntax",
+            ),
+            (r#"{"url":"https://h/x","name":12345678}"#, "\"name\""),
+        ];
+        let text: String = lines.iter().map(|(l, _)| format!("{l}\n")).collect();
+        let input = Input::parse(&text);
+        assert_eq!(input.bad.len(), lines.len(), "{:#?}", input.bad);
+        for (b, (_, expect)) in input.bad.iter().zip(lines) {
+            let m = b.to_string();
+            assert!(!m.contains("s3cret") && !m.contains("12345678"), "{m}");
+            assert!(m.contains(expect), "{m} should say {expect}");
+            assert!(m.contains("column"), "{m}");
+        }
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! A line is written with one `write` on a file opened with `O_APPEND`, after the item's file has
 //! been renamed into place: a crash can lose the last line (the item is then fetched again) but
 //! never records a file that is not there. Shards writing to one directory append to one file.
+//! An append that fails (a full disk) may leave part of a line: the next append starts with a
+//! newline, so that the fragment is a line of its own, which readers skip, and the next record
+//! is whole.
 //! Records carry URLs, statuses, sizes, hashes and error texts built from those — never a header
 //! value, so never a credential.
 
@@ -84,7 +87,36 @@ impl Record {
 #[derive(Debug)]
 pub struct Manifest {
     path: PathBuf,
-    file: Mutex<std::fs::File>,
+    file: Mutex<Appender<std::fs::File>>,
+}
+
+/// Appends whole lines to `out`, ending first a line that a failed append may have left cut.
+#[derive(Debug)]
+struct Appender<W> {
+    out: W,
+    /// The last append failed: part of its lines may have been written, without a newline.
+    torn: bool,
+}
+
+impl<W: std::io::Write> Appender<W> {
+    fn new(out: W) -> Appender<W> {
+        Appender { out, torn: false }
+    }
+
+    /// Append `lines` (whole lines) in one `write`, after a newline if the last append failed.
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        let r = if self.torn {
+            let mut after_a_fragment = Vec::with_capacity(lines.len() + 1);
+            after_a_fragment.push(b'\n');
+            after_a_fragment.extend_from_slice(lines);
+            self.out.write_all(&after_a_fragment)
+        } else {
+            self.out.write_all(lines)
+        }
+        .and_then(|()| self.out.flush());
+        self.torn = r.is_err();
+        r
+    }
 }
 
 impl Manifest {
@@ -111,7 +143,7 @@ impl Manifest {
         }
         Ok(Manifest {
             path,
-            file: Mutex::new(file),
+            file: Mutex::new(Appender::new(file)),
         })
     }
 
@@ -125,37 +157,42 @@ impl Manifest {
     /// Append whole lines built with [`Record::write_line`], in one `write`.
     pub(crate) fn append_lines(&self, lines: &[u8]) -> Result<()> {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(lines)
-            .and_then(|()| file.flush())
-            .map_err(|e| {
+        file.append(lines).map_err(|e| {
                 Error::Io(format!(
                     "manifest {}: {e}; free space (or fix the directory), then run the same command again: items without a line are fetched again",
                     self.path.display()
-                ))
-            })
+            ))
+        })
     }
 
     /// Flush to stable storage (at the end of a run).
     pub fn sync(&self) -> Result<()> {
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.sync_all()
+        file.out
+            .sync_all()
             .map_err(|e| Error::Io(format!("manifest {}: {e}", self.path.display())))
     }
 }
 
 /// Read every record of `dir/manifest.jsonl` (none when it does not exist). Lines that do not
-/// parse (a line cut by a crash) are skipped.
+/// parse (a line cut by a crash or a failed write, even in the middle of a UTF-8 character) are
+/// skipped.
 pub fn read(dir: &Path) -> Result<Vec<Record>> {
     let path = dir.join(MANIFEST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::Io(format!("manifest {}: {e}", path.display()))),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    Ok(parse_records(&bytes))
+}
+
+/// The records of a manifest's bytes, skipping every line that is not one.
+fn parse_records(bytes: &[u8]) -> Vec<Record> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect()
 }
 
 /// The items a previous run finished: `(file, url)` of each `done` record whose file is present
@@ -276,6 +313,95 @@ mod tests {
         let mut files: Vec<_> = done.keys().map(|(f, _)| f.as_str()).collect();
         files.sort();
         assert_eq!(files, vec!["a", "c", "f"]);
+    }
+
+    /// Takes `budget` bytes, then fails once (a full disk), then takes everything.
+    struct FillsUp {
+        got: Vec<u8>,
+        budget: Option<usize>,
+    }
+
+    impl std::io::Write for FillsUp {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match self.budget {
+                Some(0) => {
+                    self.budget = None;
+                    Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+                }
+                Some(left) => {
+                    let n = buf.len().min(left);
+                    self.budget = Some(left - n);
+                    self.got.extend_from_slice(&buf[..n]);
+                    Ok(n)
+                }
+                None => {
+                    self.got.extend_from_slice(buf);
+                    Ok(buf.len())
+                }
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// After an append that failed half-way, the next one starts on a line of its own: the
+    /// fragment is skipped when read, the records after it are read.
+    #[test]
+    fn an_append_after_a_failed_one_starts_a_new_line() {
+        let lines = |records: &[Record]| {
+            let mut buf = Vec::new();
+            for r in records {
+                r.write_line(&mut buf);
+            }
+            buf
+        };
+        let mut torn = record(1, "b", b"beta");
+        torn.url = "https://h/caf\u{e9}".into(); // cut inside its 'é'
+        let first = lines(&[record(0, "a", b"alpha")]);
+        let second = lines(&[torn]);
+        let cut = second
+            .iter()
+            .position(|&b| b == 0xc3)
+            .expect("two-byte character")
+            + 1;
+        let mut a = Appender::new(FillsUp {
+            got: Vec::new(),
+            budget: Some(first.len() + cut),
+        });
+        a.append(&first).expect("room for the first");
+        a.append(&second).expect_err("the disk fills up");
+        a.append(&lines(&[
+            record(2, "c", b"gamma"),
+            record(3, "d", b"delta"),
+        ]))
+        .expect("room again");
+        a.append(&lines(&[record(4, "e", b"")])).expect("room");
+        let got = parse_records(&a.out.got);
+        let indexes: Vec<u64> = got.iter().map(|r| r.index).collect();
+        assert_eq!(
+            indexes,
+            vec![0, 2, 3, 4],
+            "{:?}",
+            String::from_utf8_lossy(&a.out.got)
+        );
+        // Only the line after the failure starts with a newline.
+        assert_eq!(a.out.got.iter().filter(|&&b| b == b'\n').count(), 5);
+    }
+
+    /// The same through the file: a fragment in the middle of the manifest, cut inside a UTF-8
+    /// character, loses only its own record.
+    #[test]
+    fn a_manifest_with_a_fragment_cut_inside_a_character_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut bytes = Vec::new();
+        record(0, "a", b"alpha").write_line(&mut bytes);
+        bytes.extend_from_slice(b"{\"outcome\":\"failed\",\"url\":\"https://h/caf\xc3\n");
+        record(2, "c", b"gamma").write_line(&mut bytes);
+        std::fs::write(dir.path().join(MANIFEST), &bytes).expect("write");
+        let got = read(dir.path()).expect("read");
+        let indexes: Vec<u64> = got.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, vec![0, 2]);
     }
 
     #[test]

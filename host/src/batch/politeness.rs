@@ -1,5 +1,5 @@
-//! Pacing: `--rate` (a token bucket shared by all workers) and per-origin politeness (a shared
-//! "not before" instant per origin, pushed back by 429 and `Retry-After`).
+//! Pacing: `--rate` (requests evenly spaced over all workers, never a burst) and per-origin
+//! politeness (a shared "not before" instant per origin, pushed back by 429 and `Retry-After`).
 //!
 //! A small limiter of our own rather than `governor`: the batch needs one global bucket and a
 //! map of deadlines, both a few lines over `tokio::time`.
@@ -11,7 +11,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// `--rate N/s`: requests per second (also `N/m`, `N/h`, or a bare `N` per second).
+/// The slowest rate accepted: one request an hour. Slower paces are a scheduler's job (a run per
+/// item); the bound also keeps every interval, and every instant computed from one, far from the
+/// limits of `Duration` and `Instant` (`1e-20/s` would be an interval of 3e12 years).
+pub const MIN_PER_SECOND: f64 = 1.0 / 3600.0;
+
+/// The longest interval between two requests: that of [`MIN_PER_SECOND`].
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `--rate N/s`: requests per second (also `N/m`, `N/h`, or a bare `N` per second), at least
+/// [`MIN_PER_SECOND`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rate {
     /// Requests per second.
@@ -33,31 +42,43 @@ impl FromStr for Rate {
             _ => return Err(format!("{s:?}: the unit must be s, m or h")),
         };
         if !(n.is_finite() && n > 0.0) {
-            return Err(format!("{s:?}: the rate must be positive"));
+            return Err(format!(
+                "{s:?}: the rate must be a positive number, e.g. 50/s"
+            ));
         }
-        Ok(Rate {
-            per_second: n / per,
-        })
+        let per_second = n / per;
+        if per_second < MIN_PER_SECOND {
+            return Err(format!(
+                "{s:?}: the slowest rate is 1/h (one request an hour); for a slower pace, run the \
+                 batch from a scheduler on a part of the input at a time"
+            ));
+        }
+        Ok(Rate { per_second })
     }
 }
 
-/// A token bucket: at most `burst` requests at once, refilled at the rate. Shared by reference.
+/// Requests evenly spaced, one every `1/rate` (rounded up to the nanosecond), over everyone who
+/// shares it: no burst, so any one-second window holds at most `rate` of them (rounded up). A
+/// slot not used is not saved for later. Shared by reference.
 #[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
-    burst: u32,
-    /// The theoretical arrival time of the next request (GCRA).
+    /// The earliest start of the next request.
     next: Mutex<Instant>,
 }
 
 impl RateLimiter {
-    /// A limiter for `rate`, with a burst of one second's worth (at least 1).
+    /// A limiter for `rate`. A rate below [`MIN_PER_SECOND`] (which parsing refuses) gets its
+    /// interval; an infinite one none.
     pub fn new(rate: Rate) -> RateLimiter {
-        let interval = Duration::from_secs_f64(1.0 / rate.per_second);
-        let burst = (rate.per_second.floor() as u32).max(1);
+        let nanos = (1e9 / rate.per_second).ceil();
+        let interval = if nanos >= 0.0 && nanos < MAX_INTERVAL.as_nanos() as f64 {
+            Duration::from_nanos(nanos as u64)
+        } else {
+            MAX_INTERVAL
+        };
         RateLimiter {
             interval,
-            burst,
             next: Mutex::new(Instant::now()),
         }
     }
@@ -66,11 +87,10 @@ impl RateLimiter {
     pub async fn until_ready(&self) {
         let at = {
             let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let tolerance = self.interval * self.burst.saturating_sub(1);
-            let tat = (*next).max(now);
-            *next = tat + self.interval;
-            tat.checked_sub(tolerance).unwrap_or(now).max(now)
+            let at = (*next).max(Instant::now());
+            // An instant past what the clock can represent: no pacing left to keep.
+            *next = at.checked_add(self.interval).unwrap_or(at);
+            at
         };
         tokio::time::sleep_until(at).await;
     }
@@ -123,19 +143,72 @@ mod tests {
         }
     }
 
+    /// Rates slower than one an hour are refused when parsed, with the bound in the message.
+    #[test]
+    fn rates_below_one_an_hour_are_refused() {
+        assert_eq!(
+            "1/h".parse::<Rate>().map(|r| r.per_second),
+            Ok(MIN_PER_SECOND)
+        );
+        assert!("0.5/m".parse::<Rate>().is_ok());
+        for bad in [
+            "1e-20/s", "1e-19/s", "0.9/h", "1e-300/h", "inf/s", "NaN/s", "1e400/s",
+        ] {
+            let e = bad.parse::<Rate>().expect_err(bad);
+            assert!(e.contains("rate"), "{bad}: {e}");
+        }
+        assert!("1e-20/s".parse::<Rate>().expect_err("slow").contains("1/h"));
+    }
+
+    /// A limiter made from a rate parsing would refuse neither panics nor overflows.
     #[tokio::test(start_paused = true)]
-    async fn limiter_paces_after_a_burst() {
-        let l = RateLimiter::new("10/s".parse().expect("rate"));
+    async fn a_limiter_for_an_extreme_rate_paces_within_bounds() {
+        for per_second in [1e-20, 1e-300, 0.0, -1.0, f64::NAN] {
+            let l = RateLimiter::new(Rate { per_second });
+            let t0 = Instant::now();
+            l.until_ready().await;
+            l.until_ready().await;
+            assert_eq!(t0.elapsed(), MAX_INTERVAL, "{per_second}");
+        }
+        let l = RateLimiter::new(Rate {
+            per_second: f64::INFINITY,
+        });
         let t0 = Instant::now();
-        for _ in 0..30 {
+        for _ in 0..100 {
             l.until_ready().await;
         }
-        // 10 at once, then 20 more at 100 ms each.
-        let took = t0.elapsed();
-        assert!(
-            took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
-            "{took:?}"
-        );
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+
+    /// `--rate N/s` as the README says: requests evenly spaced, at most N in any one-second
+    /// window, from the first second on.
+    #[tokio::test(start_paused = true)]
+    async fn limiter_spaces_requests_evenly_with_no_burst() {
+        for (rate, n) in [("10/s", 10usize), ("3/s", 3), ("7/s", 7), ("120/m", 2)] {
+            let l = RateLimiter::new(rate.parse().expect("rate"));
+            // Rounded up, never down: N intervals are not shorter than a second.
+            assert!(l.interval * n as u32 >= Duration::from_secs(1), "{rate}");
+            let t0 = Instant::now();
+            let mut at = Vec::new();
+            for _ in 0..(3 * n + 1) {
+                l.until_ready().await;
+                at.push(t0.elapsed());
+            }
+            for (i, start) in at.iter().enumerate() {
+                let in_window = at[i..]
+                    .iter()
+                    .take_while(|t| **t - *start < Duration::from_secs(1))
+                    .count();
+                assert!(in_window <= n, "{rate}: {in_window} from {start:?}: {at:?}");
+            }
+            // And no slower than the rate: 3N intervals take 3 s (timers tick by the millisecond).
+            let took = at[3 * n];
+            assert!(
+                took >= Duration::from_secs(3)
+                    && took <= Duration::from_millis(3000 + 3 * n as u64),
+                "{rate}: {took:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

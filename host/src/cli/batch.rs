@@ -1,6 +1,5 @@
 //! `fapi-host batch`: fetch every item of an input into a directory, with a manifest; resumable.
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,7 +32,8 @@ pub struct BatchArgs {
     /// Items in flight at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
-    /// Requests per second over all workers: N/s, N/m or N/h.
+    /// Requests per second over all workers, evenly spaced (no burst): N/s, N/m or N/h; at
+    /// least 1/h.
     #[arg(long, value_name = "N/s")]
     pub rate: Option<Rate>,
     /// Only the items whose index modulo N is K (0-based).
@@ -56,14 +56,12 @@ pub struct BatchArgs {
 }
 
 pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
-    // A file is checked line by line and read again as the batch goes, never held whole: memory
-    // stays flat however many items it has. Stdin can be read only once, so it is kept.
+    // A regular file is checked line by line and read again as the batch goes, never held whole:
+    // memory stays flat however many items it has. Stdin (and a pipe or FIFO given as a path) can
+    // be read only once, so it is kept.
     let input = if args.input == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| Error::Io(format!("reading the input from stdin: {e}")))?;
-        Input::parse(&s)
+        Input::read(std::io::stdin().lock())
+            .map_err(|e| Error::Io(format!("reading the input from stdin: {e}")))?
     } else {
         Input::open(std::path::Path::new(&args.input))
             .map_err(|e| Error::Io(format!("reading the input {}: {e}", args.input)))?
