@@ -20,7 +20,7 @@ pub const MIN_PER_SECOND: f64 = 1.0 / 3600.0;
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// `--rate N/s`: requests per second (also `N/m`, `N/h`, or a bare `N` per second), at least
-/// [`MIN_PER_SECOND`].
+/// one an hour (`MIN_PER_SECOND`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rate {
     /// Requests per second.
@@ -68,8 +68,8 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter for `rate`. A rate below [`MIN_PER_SECOND`] (which parsing refuses) gets its
-    /// interval; an infinite one none.
+    /// A limiter for `rate`. A rate below one an hour (which parsing refuses) gets the
+    /// one-hour interval; an infinite one none.
     pub fn new(rate: Rate) -> RateLimiter {
         let nanos = (1e9 / rate.per_second).ceil();
         let interval = if nanos >= 0.0 && nanos < MAX_INTERVAL.as_nanos() as f64 {
