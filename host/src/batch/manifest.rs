@@ -197,9 +197,18 @@ fn parse_records(bytes: &[u8]) -> Vec<Record> {
 
 /// The items a previous run finished: `(file, url)` of each `done` record whose file is present
 /// in `dir` with the recorded size and SHA-256. These are skipped on resume; the rest are retried.
-pub fn completed(dir: &Path, records: &[Record]) -> HashMap<(String, String), Record> {
+pub fn completed(
+    dir: &Path,
+    records: &[Record],
+    stopping: impl Fn() -> bool,
+) -> HashMap<(String, String), Record> {
     let mut done = HashMap::new();
     for r in records {
+        // Every file is read and hashed: a resume over much output takes a while, and a signal
+        // ends it (the items not checked yet are not counted done; the next run checks them).
+        if stopping() {
+            break;
+        }
         if r.outcome != Outcome::Done {
             continue;
         }
@@ -309,10 +318,19 @@ mod tests {
         let records = read(d).expect("read");
         assert_eq!(records.len(), 6);
         std::fs::write(d.join("f"), b"").expect("write");
-        let done = completed(d, &records);
+        let done = completed(d, &records, || false);
         let mut files: Vec<_> = done.keys().map(|(f, _)| f.as_str()).collect();
         files.sort();
         assert_eq!(files, vec!["a", "c", "f"]);
+        // A signal during the check ends it: what was checked before it counts, nothing after.
+        let asked = std::cell::Cell::new(0);
+        let done = completed(d, &records, || {
+            asked.set(asked.get() + 1);
+            asked.get() > 1
+        });
+        let files: Vec<_> = done.keys().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(files, vec!["a"]);
+        assert_eq!(asked.get(), 2);
     }
 
     /// Takes `budget` bytes, then fails once (a full disk), then takes everything.

@@ -202,7 +202,21 @@ impl Batch {
         std::fs::create_dir_all(out)
             .map_err(|e| Error::Io(format!("output directory {}: {e}", out.display())))?;
         let manifest = Manifest::open(out)?;
-        let completed = manifest::completed(out, &manifest::read(out)?);
+        // Checking the files of a resumed run reads and hashes each of them: off the runtime, so
+        // that the signal handler runs, and ended by a signal.
+        let records = manifest::read(out)?;
+        let completed = {
+            let (out, stop) = (out.clone(), sh.stop.clone());
+            tokio::task::spawn_blocking(move || {
+                manifest::completed(&out, &records, || stop.is_stopping())
+            })
+            .await
+            .map_err(|e| Error::Io(format!("checking the files of the last run: {e}")))?
+        };
+        if sh.stop.is_stopping() {
+            // Interrupted before anything started: nothing to record, nothing lost.
+            return Ok(sh.stats.summary(true));
+        }
         let (jobs, writer) = Writer::start(manifest, sh.stats.clone(), sh.stop.clone())?;
         for bad in &input.bad {
             let record = Record {
