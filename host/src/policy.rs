@@ -53,6 +53,9 @@ pub enum Denial {
     AuthorizationServer(String),
     /// Not under any allow-list entry.
     NotAllowed(String),
+    /// Under an entry's path prefix only as spelled: the path holds an encoded `/` or `\`, or a
+    /// `..;` segment, which a server may read as a path outside the prefix.
+    AmbiguousPath(String),
 }
 
 impl fmt::Display for Denial {
@@ -68,6 +71,12 @@ impl fmt::Display for Denial {
             Denial::AuthorizationServer(u) => write!(
                 f,
                 "{u}: the authorization server is never reachable from a guest (the host gets tokens itself)"
+            ),
+            Denial::AmbiguousPath(u) => write!(
+                f,
+                "{u}: under an allow-list path prefix, a path may not hold an encoded '/' or '\\' \
+                 (%2F, %5C) or a '..;' / '.;' segment, which a server may read as a path outside \
+                 the prefix; write the path plainly, or allow the whole origin"
             ),
             Denial::NotAllowed(u) => write!(
                 f,
@@ -126,6 +135,19 @@ fn host_port(url: &url::Url) -> std::result::Result<(Cow<'_, str>, u16), Denial>
         .port_or_known_default()
         .ok_or_else(|| Denial::Invalid(shown()))?;
     Ok((host, port))
+}
+
+/// Whether a path (as the parser normalised it) may mean another path to a server that decodes or
+/// normalises further: an encoded `/` or `\` (`%2F`, `%5C`), or a segment starting `..;` or `.;`
+/// (Tomcat-style path parameters on a dot segment, dots percent-encoded or not).
+fn ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.split('/').any(|segment| {
+            let segment = segment.replace("%2e", ".");
+            segment.starts_with("..;") || segment.starts_with(".;")
+        })
 }
 
 fn path_under(path: &str, prefix: &str) -> bool {
@@ -192,14 +214,23 @@ impl Policy {
         if self.blocked.iter().any(|(h, p)| *h == host && *p == port) {
             return Err(Denial::AuthorizationServer(url.as_str().to_owned()));
         }
-        let allowed = self
+        let path = url.path();
+        let mut under = self
             .allow
             .iter()
-            .any(|e| e.host == host && e.port == port && path_under(url.path(), &e.path_prefix));
-        if allowed {
-            Ok(url)
-        } else {
-            Err(Denial::NotAllowed(url.as_str().to_owned()))
+            .filter(|e| e.host == host && e.port == port && path_under(path, &e.path_prefix));
+        match under.next() {
+            None => Err(Denial::NotAllowed(url.as_str().to_owned())),
+            // A path prefix holds only when the server reads the path as spelled; the whole
+            // origin ("/") holds whatever it reads.
+            Some(first) => {
+                let whole_origin = first.path_prefix == "/" || under.any(|e| e.path_prefix == "/");
+                if whole_origin || !ambiguous_path(path) {
+                    Ok(url)
+                } else {
+                    Err(Denial::AmbiguousPath(url.as_str().to_owned()))
+                }
+            }
         }
     }
 }
@@ -375,6 +406,37 @@ mod tests {
             .check_url("https://127.0.0.1:9443/introspect")
             .expect_err("denied");
         assert!(matches!(d, Denial::AuthorizationServer(_)));
+    }
+
+    #[test]
+    fn paths_a_server_may_read_otherwise_are_refused_under_a_path_prefix() {
+        let p = policy();
+        for ambiguous in [
+            "https://data.example/api/..%2Fsecret",
+            "https://data.example/api/..%2fsecret",
+            "https://data.example/api/a%2F..%2F..%2Fsecret",
+            "https://data.example/api/..%5Csecret",
+            "https://data.example/api/..;/secret",
+            "https://data.example/api/.;/x",
+            "https://data.example/api/%2e%2e;/secret",
+            "https://files.example/v1/%2E%2E%3B/x"
+                .replace("%3B", ";")
+                .as_str(),
+        ] {
+            let d = p.check_url(ambiguous).expect_err(ambiguous);
+            assert!(matches!(d, Denial::AmbiguousPath(_)), "{ambiguous}: {d}");
+            assert!(d.to_string().contains("%2F"), "{d}");
+        }
+        // Under the whole origin there is no prefix to leave; plain paths stay allowed.
+        for fine in [
+            "https://127.0.0.1:8443/a%2Fb",
+            "https://127.0.0.1:8443/..;/x",
+            "https://data.example/api/a;b=c/x",
+            "https://data.example/api/report%20q1.csv",
+            "https://data.example/api/x?q=a%2Fb",
+        ] {
+            assert!(p.check_url(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]
