@@ -81,7 +81,8 @@ pub struct Input {
 
 #[derive(Clone, Debug)]
 enum Source {
-    Text(String),
+    /// Read whole (a string given, stdin, a pipe): its bytes, UTF-8 or not.
+    Text(Vec<u8>),
     /// A file, with its length and modification time when it was checked.
     File {
         path: PathBuf,
@@ -92,7 +93,7 @@ enum Source {
 
 impl Default for Source {
     fn default() -> Self {
-        Source::Text(String::new())
+        Source::Text(Vec::new())
     }
 }
 
@@ -104,26 +105,58 @@ fn name_hash(name: &str) -> u64 {
 }
 
 /// Numbered lines (1-based); a read error ends them with `Err`.
-type Lines<'a> = Box<dyn Iterator<Item = std::io::Result<(u64, String)>> + Send + 'a>;
+/// A line of the input: its text, or, when it is not UTF-8, how many of its bytes are.
+type Line = Result<String, usize>;
 
-/// The lines of a source, each with its 1-based number; a read error ends them with `Err`.
+type Lines<'a> = Box<dyn Iterator<Item = std::io::Result<(u64, Line)>> + Send + 'a>;
+
+/// The lines of a source (split at `\n`, a `\r` before it removed, a UTF-8 byte order mark at
+/// the start removed), each with its 1-based number; a read error ends them with `Err`. A line
+/// that is not UTF-8 is one bad line, not the end of the input.
 fn lines(source: &Source) -> std::io::Result<Lines<'_>> {
+    let line = |(n, bytes): (usize, Vec<u8>)| -> (u64, Line) {
+        let mut bytes = bytes;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        if n == 0 && bytes.starts_with(b"\xEF\xBB\xBF") {
+            bytes.drain(..3);
+        }
+        let text = String::from_utf8(bytes).map_err(|e| e.utf8_error().valid_up_to());
+        (n as u64 + 1, text)
+    };
     Ok(match source {
-        Source::Text(text) => Box::new(
-            text.lines()
-                .enumerate()
-                .map(|(n, l)| Ok((n as u64 + 1, l.to_owned()))),
-        ),
+        Source::Text(text) => {
+            // No line after a final newline (as `str::lines`).
+            let text = text.strip_suffix(b"\n").unwrap_or(text);
+            let pieces = (!text.is_empty()).then(|| text.split(|b| *b == b'\n'));
+            Box::new(
+                pieces
+                    .into_iter()
+                    .flatten()
+                    .map(<[u8]>::to_vec)
+                    .enumerate()
+                    .map(move |l| Ok(line(l))),
+            )
+        }
         Source::File { path, .. } => {
             let reader = BufReader::new(File::open(path)?);
             Box::new(
                 reader
-                    .lines()
+                    .split(b'\n')
                     .enumerate()
-                    .map(|(n, l)| l.map(|l| (n as u64 + 1, l))),
+                    .map(move |(n, l)| l.map(|l| line((n, l)))),
             )
         }
     })
+}
+
+/// The message about a line that is not UTF-8.
+fn not_utf8(valid: usize) -> String {
+    format!(
+        "the line is not UTF-8 (a byte that is not, after {valid} bytes that are); save the input \
+         as UTF-8"
+    )
 }
 
 /// `--shard K/N`: only the items whose index modulo N is K.
@@ -177,33 +210,25 @@ struct JsonLine {
 impl Input {
     /// Parse the text of an input file (kept in memory; for a file, [`Input::open`] is lighter).
     pub fn parse(text: &str) -> Input {
-        Input::from_text(text.to_owned())
+        Input::from_bytes(text.as_bytes().to_vec())
     }
 
-    fn from_text(text: String) -> Input {
-        Input::check(Source::Text(text)).expect("text cannot fail to read")
+    fn from_bytes(bytes: Vec<u8>) -> Input {
+        Input::check(Source::Text(bytes)).expect("bytes in memory cannot fail to read")
     }
 
     /// Read a whole input from `reader` (stdin, a pipe: what can be read only once) and keep it in
-    /// memory. Fails when it cannot be read or is not UTF-8 (the error names the line).
+    /// memory. Fails when it cannot be read; a line that is not UTF-8 is a bad line.
     pub fn read(mut reader: impl Read) -> std::io::Result<Input> {
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes)?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("line {line}: stream did not contain valid UTF-8"),
-            )
-        })?;
-        Ok(Input::from_text(text))
+        Ok(Input::from_bytes(bytes))
     }
 
     /// Check the input file at `path`, line by line, without keeping it: [`Input::items`] reads
     /// it again. What is not a regular file (a pipe, a FIFO, `<(cmd)`, `/dev/stdin`) can be read
-    /// only once: it is read whole and kept, as [`Input::read`] does. Fails when it cannot be read
-    /// or is not UTF-8 (the error names the line).
+    /// only once: it is read whole and kept, as [`Input::read`] does. Fails when it cannot be read;
+    /// a line that is not UTF-8 is a bad line.
     pub fn open(path: &Path) -> std::io::Result<Input> {
         let meta = std::fs::metadata(path)?;
         if meta.is_dir() {
@@ -232,6 +257,18 @@ impl Input {
             let (line, raw) =
                 next.map_err(|e| std::io::Error::new(e.kind(), format!("line {}: {e}", last + 1)))?;
             last = line;
+            let raw = match raw {
+                Ok(raw) => raw,
+                Err(valid) => {
+                    input.bad.push(BadLine {
+                        line,
+                        index,
+                        message: not_utf8(valid),
+                    });
+                    index += 1;
+                    continue;
+                }
+            };
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
@@ -309,13 +346,23 @@ impl Input {
                 Some((line, raw))
             })
             .filter_map(move |(line, raw)| {
+                // A line that is not UTF-8 is a bad line of the check: an index, no item.
+                let (raw, utf8) = match raw {
+                    Ok(raw) => (raw, true),
+                    Err(_) => (String::new(), false),
+                };
                 let trimmed = raw.trim();
-                if trimmed.is_empty() || trimmed.starts_with('#') {
+                if utf8 && (trimmed.is_empty() || trimmed.starts_with('#')) {
                     return None;
                 }
                 let i = index;
                 index += 1;
                 if bad.next_if_eq(&i).is_some() {
+                    return None;
+                }
+                if !utf8 {
+                    // Not a bad line when checked: the file changed since.
+                    fail();
                     return None;
                 }
                 let rename = renamed.next_if_eq(&i).is_some();
@@ -662,11 +709,36 @@ mod tests {
     }
 
     #[test]
-    fn read_input_that_is_not_utf8_is_refused_with_its_line() {
-        let e = Input::read(&b"https://h/a\n\nhttps://h/\xff\n"[..]).expect_err("not UTF-8");
-        assert!(e.to_string().contains("line 3"), "{e}");
-        let ok = Input::read(&b"https://h/a\n"[..]).expect("UTF-8");
-        assert_eq!(ok.len(), 1);
+    fn a_line_read_whole_that_is_not_utf8_is_one_bad_line() {
+        let input =
+            Input::read(&b"https://h/a\n\nhttps://h/\xff\nhttps://h/c\n"[..]).expect("read");
+        assert_eq!(input.bad.len(), 1, "{:?}", input.bad);
+        assert_eq!((input.bad[0].line, input.bad[0].index), (3, 1));
+        assert!(
+            input.bad[0].message.contains("not UTF-8"),
+            "{:?}",
+            input.bad
+        );
+        let items: Vec<_> = input.items().map(|i| (i.line, i.index)).collect();
+        assert_eq!(items, vec![(1, 0), (4, 2)]);
+        assert!(!input.changed());
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_crlf_line_ends_are_not_part_of_the_lines() {
+        let text = b"\xEF\xBB\xBFhttps://h/a\r\n{\"url\":\"https://h/b\",\"name\":\"b\"}\r\n";
+        let from_memory = Input::read(&text[..]).expect("read");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, text).expect("write");
+        let from_file = Input::open(&path).expect("open");
+        for input in [from_memory, from_file] {
+            assert!(input.bad.is_empty(), "{:?}", input.bad);
+            let names: Vec<_> = input.items().map(|i| (i.url.to_string(), i.name)).collect();
+            assert_eq!(names.len(), 2);
+            assert_eq!(names[0].0, "https://h/a");
+            assert_eq!(names[1], ("https://h/b".to_string(), "b".to_string()));
+        }
     }
 
     /// A JSON line without "name" gets its URL's default name, renamed `-INDEX` when repeated, as a
@@ -801,11 +873,15 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_utf8_is_refused_with_its_line() {
+    fn a_file_line_that_is_not_utf8_is_one_bad_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("in.txt");
-        std::fs::write(&path, b"https://h/a\nhttps://h/\xff\n").expect("write");
-        let e = Input::open(&path).expect_err("not UTF-8");
-        assert!(e.to_string().contains("line 2"), "{e}");
+        std::fs::write(&path, b"https://h/a\nhttps://h/\xff\n\nhttps://h/c").expect("write");
+        let input = Input::open(&path).expect("open");
+        assert_eq!(input.bad.len(), 1, "{:?}", input.bad);
+        assert_eq!((input.bad[0].line, input.bad[0].index), (2, 1));
+        let items: Vec<_> = input.items().map(|i| (i.line, i.index)).collect();
+        assert_eq!(items, vec![(1, 0), (4, 2)]);
+        assert!(!input.changed());
     }
 }
