@@ -391,6 +391,26 @@ async fn bad_lines_stop_the_batch_or_are_recorded_with_keep_going() {
         kinds.contains(&(4, Outcome::Failed, Some("input".into()))),
         "{kinds:?}"
     );
+
+    // The bad lines recorded are part of the run's total (progress never passes 100 %); with
+    // shards, only this shard's bad lines are recorded and counted.
+    let mut options = BatchOptions::new(env.out("bad-out-api"));
+    options.keep_going = true;
+    let text = std::fs::read_to_string(&input).unwrap();
+    let s = Batch::new(env.client(), options)
+        .run(Input::parse(&text))
+        .await
+        .unwrap();
+    assert_eq!((s.total, s.done, s.failed), (3, 1, 2), "{s:?}");
+    let mut options = BatchOptions::new(env.out("bad-out-shard"));
+    options.keep_going = true;
+    options.shard = Some(Shard { k: 1, n: 2 });
+    let s = Batch::new(env.client(), options)
+        .run(Input::parse(&text))
+        .await
+        .unwrap();
+    // Indexes 0 (good), 1 and 2 (bad): shard 1/2 holds index 1 only.
+    assert_eq!((s.total, s.done, s.failed), (1, 0, 1), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

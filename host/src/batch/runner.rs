@@ -256,9 +256,11 @@ impl Batch {
         sh.stats
             .skipped
             .fetch_add(skipped as u64, Ordering::Relaxed);
-        sh.stats
-            .total
-            .store((input.len() - skipped) as u64, Ordering::Relaxed);
+        // The bad lines recorded above count as failed: they are part of the total.
+        sh.stats.total.store(
+            (input.len() - skipped + input.bad.len()) as u64,
+            Ordering::Relaxed,
+        );
         // One token before the first item: an authorization server that is down or refuses is
         // reported once, as the batch's error, instead of once per item.
         if input.len() > skipped {

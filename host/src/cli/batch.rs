@@ -66,12 +66,14 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
         Input::open(std::path::Path::new(&args.input))
             .map_err(|e| Error::Io(format!("reading the input {}: {e}", args.input)))?
     };
-    let bad = match args.shard {
-        Some(s) => input.bad.iter().filter(|b| s.contains(b.index)).count(),
-        None => input.bad.len(),
-    };
-    if bad > 0 && !args.keep_going {
-        for b in &input.bad {
+    // The bad lines of this shard: another shard's are that shard's to report.
+    let bad: Vec<_> = input
+        .bad
+        .iter()
+        .filter(|b| args.shard.is_none_or(|s| s.contains(b.index)))
+        .collect();
+    if !bad.is_empty() && !args.keep_going {
+        for b in bad {
             eprintln!("fapi-host batch: {}: {b}", args.input);
         }
         eprintln!("fapi-host batch: nothing fetched; fix these lines or use --keep-going");
