@@ -77,12 +77,18 @@ export class Response {
   header(name) {
     const lower = name.toLowerCase();
     const found = this.headers.find(([n]) => n.toLowerCase() === lower);
-    return found ? new TextDecoder('latin1').decode(found[1]) : undefined;
+    // ISO-8859-1, byte for byte (TextDecoder's 'latin1' is windows-1252, which remaps 0x80-0x9f).
+    return found ? String.fromCharCode(...found[1]) : undefined;
   }
 
-  /** Throw a `FapiError` of kind `status` unless the status is 2xx; return the response for chaining. */
+  /**
+   * Throw a `FapiError` of kind `status` unless the status is 2xx; return the response for chaining.
+   * The body of a response that throws is released first: it would otherwise hold one of the host's
+   * places for requests in flight until the end of the run.
+   */
   raiseForStatus() {
     if (!this.ok) {
+      this.close();
       throw new FapiError('status', `HTTP status ${this.status} (interaction id ${this.interactionId})`, this);
     }
     return this;

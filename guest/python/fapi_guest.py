@@ -157,8 +157,11 @@ class Response:
         return None
 
     def raise_for_status(self):
-        """Raise ``HTTPStatusError`` unless the status is 2xx; return the response for chaining."""
+        """Raise ``HTTPStatusError`` unless the status is 2xx; return the response for chaining.
+        The body of a response that raises is released first: it would otherwise hold one of the
+        host's places for requests in flight until it is collected."""
         if not self.ok:
+            self.close()
             raise HTTPStatusError(self)
         return self
 

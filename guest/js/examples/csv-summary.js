@@ -1,4 +1,4 @@
-// csv-summary URL: the JavaScript twin of guest/examples/csv-summary.
+// csv-summary URL...: the JavaScript twin of guest/examples/csv-summary.
 //
 // Fetches the provider's postcode consumption CSV through fapi-host and prints the number of postcodes,
 // total meters, total kWh, the mean of the per-postcode means and the top 5 postcodes by total
@@ -66,21 +66,24 @@ export function summarise(lines) {
   return out.join('\n') + '\n';
 }
 
+/** Summarise each URL in turn; one that fails is reported and the others still summarised. */
 function main(args) {
-  if (args.length !== 2) {
-    console.error('usage: csv-summary URL');
+  if (args.length < 2) {
+    console.error('usage: csv-summary URL...');
     return false;
   }
-  const url = args[1];
-  try {
-    const response = get(url).raiseForStatus();
-    const summary = summarise(response.lines());
-    write(`interaction id:     ${response.interactionId}\n${summary}`);
-    return true;
-  } catch (e) {
-    console.error(`csv-summary: ${url}: ${e instanceof FapiError || e instanceof Error ? e.message : e}`);
-    return false;
+  let ok = true;
+  for (const url of args.slice(1)) {
+    try {
+      const response = get(url).raiseForStatus();
+      const summary = summarise(response.lines());
+      write(`interaction id:     ${response.interactionId}\n${summary}`);
+    } catch (e) {
+      console.error(`csv-summary: ${url}: ${e instanceof FapiError || e instanceof Error ? e.message : e}`);
+      ok = false;
+    }
   }
+  return ok;
 }
 
 /** The `wasi:cli/run` export: the plugin's `main`. Throwing makes the exit status 1. */

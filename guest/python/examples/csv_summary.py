@@ -1,4 +1,4 @@
-"""csv-summary URL: the Python twin of guest/examples/csv-summary.
+"""csv-summary URL...: the Python twin of guest/examples/csv-summary.
 
 Fetches the provider's postcode consumption CSV through fapi-host and prints the number of postcodes,
 total meters, total kWh, the mean of the per-postcode means and the top 5 postcodes by total
@@ -69,18 +69,21 @@ def summarise(lines):
 
 
 def main(args):
-    if len(args) != 2:
-        print("usage: csv-summary URL", file=sys.stderr)
+    """Summarise each URL in turn; one that fails is reported and the others still summarised."""
+    if len(args) < 2:
+        print("usage: csv-summary URL...", file=sys.stderr)
         return False
-    url = args[1]
-    try:
-        response = fapi_guest.get(url).raise_for_status()
-        summary = summarise(response.iter_lines())
-    except (fapi_guest.FapiError, ValueError, UnicodeDecodeError) as e:
-        print(f"csv-summary: {url}: {e}", file=sys.stderr)
-        return False
-    sys.stdout.write(f"interaction id:     {response.interaction_id}\n{summary}")
-    return True
+    ok = True
+    for url in args[1:]:
+        try:
+            response = fapi_guest.get(url).raise_for_status()
+            summary = summarise(response.iter_lines())
+        except (fapi_guest.FapiError, ValueError, UnicodeDecodeError) as e:
+            print(f"csv-summary: {url}: {e}", file=sys.stderr)
+            ok = False
+            continue
+        sys.stdout.write(f"interaction id:     {response.interaction_id}\n{summary}")
+    return ok
 
 
 class Run(exports.Run):

@@ -1,7 +1,7 @@
-//! `csv-summary URL`: fetch the provider's postcode consumption CSV through the host and print a small
-//! summary: the number of postcodes, total meters, total kWh, the mean of the per-postcode means, and
-//! the top 5 postcodes by total consumption. The body is parsed line by line as it streams in, so its
-//! size does not matter. Pure std besides `fapi-guest`.
+//! `csv-summary URL...`: for each URL, fetch the provider's postcode consumption CSV through the
+//! host and print a small summary: the number of postcodes, total meters, total kWh, the mean of
+//! the per-postcode means, and the top 5 postcodes by total consumption. The body is parsed line
+//! by line as it streams in, so its size does not matter. Pure std besides `fapi-guest`.
 //!
 //! Expected header: `postcode,num_meters,total_consumption_kwh,mean_consumption_kwh,median_consumption_kwh`
 //! (the columns are found by name, so their order does not matter).
@@ -17,18 +17,20 @@ use summary::Summary;
 const READ_CHUNK: usize = 64 * 1024;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url] = args.as_slice() else {
-        eprintln!("usage: csv-summary URL");
+    let urls: Vec<String> = std::env::args().skip(1).collect();
+    if urls.is_empty() {
+        eprintln!("usage: csv-summary URL...");
         return ExitCode::from(2);
-    };
-    match run(url) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+    }
+    // Each URL in turn; one that fails is reported and the others still summarised.
+    let mut code = ExitCode::SUCCESS;
+    for url in &urls {
+        if let Err(message) = run(url) {
             eprintln!("csv-summary: {url}: {message}");
-            ExitCode::FAILURE
+            code = ExitCode::FAILURE;
         }
     }
+    code
 }
 
 fn run(url: &str) -> Result<(), String> {
