@@ -25,10 +25,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let from_map = bearer(&map);
+    // Bytes, not text: a value with bytes >= 0x80 (UTF-8 in a description) is still a challenge.
     let parsed = parse(
         map.get_all(http::header::WWW_AUTHENTICATE)
             .iter()
-            .filter_map(|v| v.to_str().ok()),
+            .map(http::HeaderValue::as_bytes),
     );
     assert_eq!(
         from_map.is_some(),

@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 /// The file read when neither `--config` nor `$FAPI_CONFIG` names one.
 pub const DEFAULT_CONFIG_FILE: &str = "fapi.toml";
 
+/// The longest token lifetime believed: a server's `expires_in` is capped to it, and
+/// `default_token_lifetime_seconds` may not exceed it (one day).
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
+
 /// The file as written by the user.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +60,7 @@ struct FileSandbox {
     max_response_body_mib: Option<u64>,
     max_concurrent_requests: Option<u32>,
     max_requests: Option<u64>,
+    max_output_mib: Option<u64>,
 }
 
 /// Settings given on the command line or in the environment; each one wins over the file.
@@ -80,13 +85,16 @@ pub struct Overrides {
 pub struct ClientOptions {
     /// Retries of idempotent requests on 429, 502, 503, 504 and connection failures (default 3).
     pub retries: u32,
-    /// Timeout of a whole request until the response head (default 30 s).
+    /// Timeout of a whole request until the response head, and of a stall while reading a
+    /// resource's body (default 30 s). Exchanges with the authorization server (discovery, token,
+    /// introspection) must end within it, body included.
     pub timeout: Duration,
     /// Timeout of a TCP + TLS connection (default 10 s).
     pub connect_timeout: Duration,
     /// Send a fresh `x-fapi-interaction-id` with every request (default true).
     pub interaction_id: bool,
-    /// Lifetime assumed for a token whose response has no `expires_in` (default 300 s).
+    /// Lifetime assumed for a token whose response has no `expires_in` (default 300 s; the file
+    /// accepts 1 s to a day, and a longer one set here is taken as a day).
     pub default_token_lifetime: Duration,
     /// Refresh a token this long before it expires (default 30 s, at most half the lifetime).
     pub token_refresh_margin: Duration,
@@ -139,6 +147,10 @@ pub struct SandboxSettings {
     pub max_concurrent_requests: u32,
     /// Requests a guest may make in one run (default 10,000).
     pub max_requests: u64,
+    /// Largest output a batch processor may return for one item, in bytes (default 128 MiB):
+    /// the item fails beyond it. Outputs are held in memory until written, so the batch holds at
+    /// most about `--concurrency` times this.
+    pub max_output: u64,
 }
 
 impl Default for SandboxSettings {
@@ -152,6 +164,7 @@ impl Default for SandboxSettings {
             max_response_body: 1 << 30,
             max_concurrent_requests: 8,
             max_requests: 10_000,
+            max_output: 128 << 20,
         }
     }
 }
@@ -294,6 +307,15 @@ impl Settings {
                 "[client] timeouts must be at least 1 second".into(),
             ));
         }
+        if let Some(v) = c.default_token_lifetime_seconds
+            && !(1..=MAX_TOKEN_LIFETIME.as_secs()).contains(&v)
+        {
+            return Err(Error::Config(format!(
+                "[client] default_token_lifetime_seconds = {v} is out of range: give 1 to {} \
+                 (a day, the longest `expires_in` honoured), or leave it out for 300",
+                MAX_TOKEN_LIFETIME.as_secs()
+            )));
+        }
 
         let s = file.sandbox;
         let sd = SandboxSettings::default();
@@ -315,6 +337,7 @@ impl Settings {
                 .max_concurrent_requests
                 .unwrap_or(sd.max_concurrent_requests),
             max_requests: s.max_requests.unwrap_or(sd.max_requests),
+            max_output: s.max_output_mib.map(mib).unwrap_or(sd.max_output),
         };
         if sandbox.max_concurrent_requests == 0 || sandbox.max_requests == 0 {
             return Err(Error::Config(
@@ -450,13 +473,37 @@ certificate = "certs/a.pem"
     }
 
     #[test]
+    fn default_token_lifetime_must_be_one_second_to_a_day() {
+        // 0: a token per request; 3e11 s: past what a date can show; i64::MAX (the largest TOML
+        // integer): past what an `Instant` can hold.
+        for bad in [0, 86_401, 300_000_000_000, i64::MAX] {
+            let text = format!("{BASE}\n[client]\ndefault_token_lifetime_seconds = {bad}\n");
+            let err = Settings::from_toml(&text, Path::new("/"), &Overrides::default())
+                .expect_err("out of range");
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Config(_)), "{bad}: {msg}");
+            assert!(
+                msg.contains("default_token_lifetime_seconds") && msg.contains("1 to 86400"),
+                "{bad}: {msg}"
+            );
+        }
+        for good in [1u64, 300, 86_400] {
+            let text = format!("{BASE}\n[client]\ndefault_token_lifetime_seconds = {good}\n");
+            let s =
+                Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect("valid");
+            assert_eq!(s.client.default_token_lifetime, Duration::from_secs(good));
+        }
+    }
+
+    #[test]
     fn sandbox_table_is_read() {
         let text = format!(
-            "{BASE}\n[sandbox]\nallow = [\"https://data.example/\"]\nmax_memory_mib = 64\n[client]\nretries = 0\n"
+            "{BASE}\n[sandbox]\nallow = [\"https://data.example/\"]\nmax_memory_mib = 64\nmax_output_mib = 3\n[client]\nretries = 0\n"
         );
         let s = Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect("valid");
         assert_eq!(s.sandbox.allow, vec!["https://data.example/"]);
         assert_eq!(s.sandbox.max_memory, 64 << 20);
+        assert_eq!(s.sandbox.max_output, 3 << 20);
         assert_eq!(s.client.retries, 0);
     }
 }

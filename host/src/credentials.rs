@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
@@ -83,21 +83,21 @@ impl Identity {
             return Err(Error::Credentials(format!(
                 "{}: the certificate for {subject} is not valid yet (valid from {}); check the clock, or wait",
                 cert_name.display(),
-                httpdate::fmt_http_date(not_before)
+                fmt_time(not_before)
             )));
         }
         if now > not_after {
             return Err(Error::Credentials(format!(
                 "{}: the certificate for {subject} expired on {}; renew it with your directory and point `certificate` at the new one",
                 cert_name.display(),
-                httpdate::fmt_http_date(not_after)
+                fmt_time(not_after)
             )));
         }
         if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
             warnings.push(Warning(format!(
                 "{}: the certificate for {subject} expires on {}: renew it soon",
                 cert_name.display(),
-                httpdate::fmt_http_date(not_after)
+                fmt_time(not_after)
             )));
         }
 
@@ -198,12 +198,15 @@ fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
 }
 
 fn parse_chain(pem: &[u8], name: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    // The parser's own error is never shown: it can print a line of the file, and a key put in
+    // the certificate file by mistake would be in it.
     let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| {
             Error::Credentials(format!(
-                "{}: not a PEM certificate file ({e})",
-                name.display()
+                "{}: not a usable PEM certificate file: {}",
+                name.display(),
+                pem_problem(&e, pem)
             ))
         })?;
     if chain.is_empty() {
@@ -222,17 +225,54 @@ fn parse_key(pem: &[u8], name: &Path) -> Result<PrivateKeyDer<'static>> {
             name.display()
         )));
     }
+    // The parser's own error is never shown: it can print the line it choked on, which in a key
+    // file that lost its line breaks is the key.
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        if !matches!(e, pem::Error::NoItemsFound) {
+            return Error::Credentials(format!(
+                "{}: not a usable PEM private key file: {}",
+                name.display(),
+                pem_problem(&e, pem)
+            ));
+        }
         let hint = if pem.windows(11).any(|w| w == b"CERTIFICATE") {
             " (the file holds a certificate: did you swap `private_key` and `certificate`?)"
         } else {
             ""
         };
         Error::Credentials(format!(
-            "{}: no usable PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) found: {e}{hint}",
+            "{}: no usable PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) found{hint}",
             name.display()
         ))
     })
+}
+
+/// What is wrong with a PEM file, as a fixed text with the fix: never the parser's error text,
+/// which holds bytes of the file (`MissingSectionEnd` and `IllegalSectionStart` print the line
+/// they stopped at, as a byte list).
+fn pem_problem(e: &pem::Error, pem: &[u8]) -> &'static str {
+    match e {
+        pem::Error::MissingSectionEnd { .. } | pem::Error::IllegalSectionStart { .. } => {
+            if pem.windows(2).any(|w| w == b"\\n") {
+                "malformed PEM: it needs line breaks, and it holds literal `\\n` sequences instead \
+                 (as when copied from JSON or an environment variable); turn each `\\n` into a \
+                 newline (e.g. `sed -i 's/\\\\n/\\n/g' FILE` with GNU sed)"
+            } else {
+                "malformed PEM: it needs line breaks: the `-----BEGIN ...-----` line, the base64 \
+                 lines and the `-----END ...-----` line each on a line of their own (was it \
+                 copied onto one line?); restore them, or export the file again"
+            }
+        }
+        pem::Error::Base64Decode(_) => {
+            "malformed PEM: the base64 between the BEGIN and END lines is damaged (a character \
+             that is not base64, or the file was cut short); export the file again"
+        }
+        pem::Error::SectionTooLarge => {
+            "a PEM block is larger than 256 MB: this is not a key or certificate file"
+        }
+        pem::Error::NoItemsFound => "no PEM block of the expected kind was found",
+        _ => "malformed PEM; export the file again",
+    }
 }
 
 fn check_key_strength(x509: &X509Certificate<'_>, name: &Path) -> Result<String> {
@@ -275,10 +315,63 @@ fn check_key_strength(x509: &X509Certificate<'_>, name: &Path) -> Result<String>
     }
 }
 
+/// A time as RFC 3339 in UTC (`1950-01-01T00:00:00Z`), for any time a certificate can hold
+/// (`httpdate` panics before 1970 and from the year 10000 on); never panics.
+pub(crate) fn fmt_time(t: SystemTime) -> String {
+    let secs: i128 = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i128::from(d.as_secs()),
+        // Before the epoch: whole seconds rounded down.
+        Err(e) => {
+            let d = e.duration();
+            -i128::from(d.as_secs()) - i128::from(d.subsec_nanos() > 0)
+        }
+    };
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm), in i128: no overflow for
+    // any SystemTime.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn to_system_time(unix: i64) -> SystemTime {
     if unix >= 0 {
         UNIX_EPOCH + Duration::from_secs(unix as u64)
     } else {
         UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_before_1970_and_after_9999_too() {
+        let at = |unix: i64| fmt_time(to_system_time(unix));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(-631_152_000), "1950-01-01T00:00:00Z");
+        assert_eq!(at(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(at(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(at(253_402_300_800), "10000-01-01T00:00:00Z");
+        assert_eq!(at(-62_167_219_200), "0000-01-01T00:00:00Z");
+        assert_eq!(
+            fmt_time(UNIX_EPOCH - Duration::from_millis(1)),
+            "1969-12-31T23:59:59Z"
+        );
     }
 }

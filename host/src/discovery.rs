@@ -1,5 +1,7 @@
 //! OpenID Connect discovery of the authorization server (OIDD section 4, RFC 8414, RFC 8705 section 5).
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -64,17 +66,23 @@ pub fn well_known_url(issuer: &str) -> String {
     )
 }
 
-/// Fetch and check the discovery document.
-pub async fn discover(
+/// The largest discovery document, token response or introspection response read: 1 MiB (real
+/// ones are a few KiB). A larger body is an error, not a memory exhaustion.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Fetch and check the discovery document. `timeout` bounds the whole request, body included.
+pub(crate) async fn discover(
     http: &reqwest::Client,
     issuer: &str,
     scopes: &[String],
+    timeout: Duration,
 ) -> Result<(ServerMetadata, Vec<Warning>)> {
     let url = well_known_url(issuer);
     tracing::debug!(%url, "fetching the discovery document");
     let response = http
         .get(&url)
         .header(http::header::ACCEPT, "application/json")
+        .timeout(timeout)
         .send()
         .await
         .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e))?;
@@ -84,11 +92,56 @@ pub async fn discover(
             "{url} answered HTTP {status}; check `issuer_url` (it must be the authorization server's issuer)"
         )));
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| Error::from_reqwest(&format!("reading {url}"), e))?;
+    let body = read_limited(
+        response,
+        &format!("the discovery document at {url}"),
+        timeout,
+        Error::Discovery,
+    )
+    .await?;
     check_document(issuer, &url, &body, scopes)
+}
+
+/// Read the body of an authorization server's response (`what` names it), at most
+/// [`MAX_RESPONSE_BYTES`]: a larger one is `too_large`'s error. The request was sent with
+/// `timeout`, which bounds the body too (reqwest's per-read timeout alone would let a server
+/// that trickles a byte now and then hold the caller for ever).
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    what: &str,
+    timeout: Duration,
+    too_large: fn(String) -> Error,
+) -> Result<Vec<u8>> {
+    let refuse = || {
+        too_large(format!(
+            "{what} is larger than 1 MiB, which no such response needs: not read further \
+             (is `issuer_url` the authorization server's issuer?)"
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(refuse());
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => {
+                return Err(Error::Timeout(format!(
+                    "reading {what}: not complete within {timeout:?} (`timeout_seconds` bounds the \
+                     whole request): the server sends too slowly or has stalled"
+                )));
+            }
+            Err(e) => return Err(Error::from_reqwest(&format!("reading {what}"), e)),
+        };
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(refuse());
+        }
+        body.extend_from_slice(&chunk);
+    }
 }
 
 /// Check a discovery document's bytes (separate from the fetch so that it can be fuzzed).

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use crate::config::ClientOptions;
+use crate::config::{ClientOptions, MAX_TOKEN_LIFETIME};
 use crate::discovery::{self, ServerMetadata};
 use crate::error::{Error, Result, Warning};
 use crate::retry;
@@ -169,8 +169,13 @@ impl TokenManager {
     pub(crate) async fn metadata(&self) -> Result<&ServerMetadata> {
         self.metadata
             .get_or_try_init(|| async {
-                let (m, warnings) =
-                    discovery::discover(&self.http, &self.issuer, &self.scopes).await?;
+                let (m, warnings) = discovery::discover(
+                    &self.http,
+                    &self.issuer,
+                    &self.scopes,
+                    self.options.timeout,
+                )
+                .await?;
                 for w in warnings {
                     tracing::warn!("{w}");
                 }
@@ -181,7 +186,7 @@ impl TokenManager {
 
     /// Discovery with its warnings, uncached (for `fapi-host check`).
     pub(crate) async fn discover_fresh(&self) -> Result<(ServerMetadata, Vec<Warning>)> {
-        discovery::discover(&self.http, &self.issuer, &self.scopes).await
+        discovery::discover(&self.http, &self.issuer, &self.scopes, self.options.timeout).await
     }
 
     /// How many token requests this manager has sent.
@@ -228,7 +233,8 @@ impl TokenManager {
         let cached = Cached {
             bearer,
             info: info.clone(),
-            refresh_at: Instant::now() + lifetime - margin,
+            // `lifetime` is at most a day (parse_success), so this cannot overflow.
+            refresh_at: Instant::now() + (lifetime - margin),
             generation,
             obtained: Instant::now(),
             forced: self.next_is_forced.swap(false, Ordering::Relaxed),
@@ -316,9 +322,15 @@ impl TokenManager {
         };
         let status = response.status();
         let received = SystemTime::now();
-        let bytes = response.bytes().await.map_err(|e| {
-            Error::from_reqwest(&format!("reading the token response of {endpoint}"), e)
-        })?;
+        let bytes = zeroize::Zeroizing::new(
+            discovery::read_limited(
+                response,
+                &format!("the token response of {endpoint}"),
+                self.options.timeout,
+                Error::TokenResponse,
+            )
+            .await?,
+        );
         if !status.is_success() {
             if let Ok(err) = serde_json::from_slice::<ErrorResponse>(&bytes) {
                 return Err(Error::TokenRefused {
@@ -337,6 +349,7 @@ impl TokenManager {
             self.options.default_token_lifetime,
             &self.scopes,
         )?;
+        drop(bytes);
         let expires_at = received + lifetime;
         let info = TokenInfo {
             token_type: "Bearer".into(),
@@ -392,14 +405,18 @@ impl TokenManager {
             )
             .header(http::header::ACCEPT, "application/json")
             .body(body.as_str().to_owned())
+            .timeout(self.options.timeout)
             .send()
             .await
             .map_err(|e| Error::from_reqwest(&format!("introspection at {endpoint}"), e))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::from_reqwest(&format!("reading {endpoint}"), e))?;
+        let bytes = discovery::read_limited(
+            response,
+            &format!("the introspection response of {endpoint}"),
+            self.options.timeout,
+            Error::TokenResponse,
+        )
+        .await?;
         if !status.is_success() {
             let detail = serde_json::from_slice::<ErrorResponse>(&bytes)
                 .map(|e| format!(": {}", printable(&e.error)))
@@ -450,7 +467,11 @@ pub(crate) fn parse_success(
         }
     }
     let (lifetime, from_server) = match parsed.expires_in {
-        None | Some(Value::Null) => (default_lifetime, false),
+        // The configuration allows 1 s to a day; a `ClientOptions` built in code may hold anything.
+        None | Some(Value::Null) => (
+            default_lifetime.clamp(Duration::from_secs(1), MAX_TOKEN_LIFETIME),
+            false,
+        ),
         Some(v) => (expires_in(&v, endpoint)?, true),
     };
     let scope = match parsed.scope {
@@ -477,7 +498,9 @@ fn expires_in(v: &Value, endpoint: &url::Url) -> Result<Duration> {
         _ => None,
     };
     match secs {
-        Some(s) if s.is_finite() && s >= 1.0 => Ok(Duration::from_secs_f64(s.min(86_400.0))),
+        Some(s) if s.is_finite() && s >= 1.0 => Ok(Duration::from_secs_f64(
+            s.min(MAX_TOKEN_LIFETIME.as_secs_f64()),
+        )),
         _ => Err(Error::TokenResponse(format!(
             "{endpoint}: `expires_in` is {v}, not a positive number of seconds"
         ))),

@@ -34,12 +34,14 @@ pub struct BearerChallenge {
     pub scope: Option<String>,
 }
 
-/// Parse every challenge of all given header values.
-pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
+/// Parse every challenge of all given header values, as text or as the raw bytes of a header
+/// (bytes >= 0x80, such as UTF-8 in an `error_description`, are kept; quoted strings are read as
+/// UTF-8, invalid sequences replaced).
+pub fn parse<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> Vec<Challenge> {
     let mut out = Vec::new();
     for v in values {
         Parser {
-            s: v.as_bytes(),
+            s: v.as_ref(),
             i: 0,
         }
         .challenges(&mut out);
@@ -47,12 +49,14 @@ pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
     out
 }
 
-/// The first Bearer challenge among the response's `WWW-Authenticate` headers.
+/// The first Bearer challenge among the response's `WWW-Authenticate` headers. The headers are
+/// read as bytes: a value that is not visible ASCII (an `error_description` in UTF-8, say) still
+/// counts.
 pub fn bearer(headers: &http::HeaderMap) -> Option<BearerChallenge> {
     let values = headers
         .get_all(http::header::WWW_AUTHENTICATE)
         .iter()
-        .filter_map(|v| v.to_str().ok());
+        .map(http::HeaderValue::as_bytes);
     parse(values)
         .into_iter()
         .find(|c| c.scheme == "bearer")
@@ -252,6 +256,33 @@ mod tests {
         ] {
             let _ = parse([s]);
         }
+    }
+
+    #[test]
+    fn bearer_with_utf8_and_other_high_bytes_is_read() {
+        // "Jeton expiré" in UTF-8: not visible ASCII, so `HeaderValue::to_str` refuses it.
+        let utf8 = "Bearer error=\"invalid_token\", error_description=\"Jeton expiré\"";
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_bytes(utf8.as_bytes()).expect("valid header bytes"),
+        );
+        assert!(h[http::header::WWW_AUTHENTICATE].to_str().is_err());
+        let b = bearer(&h).expect("bearer");
+        assert_eq!(b.error.as_deref(), Some("invalid_token"));
+        assert_eq!(b.description.as_deref(), Some("Jeton expiré"));
+
+        // Latin-1 (not UTF-8) in the description: the error still counts.
+        let mut latin1 = b"Bearer error=\"invalid_token\", error_description=\"expir".to_vec();
+        latin1.extend_from_slice(&[0xE9, b'"']);
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_bytes(&latin1).expect("valid header bytes"),
+        );
+        let b = bearer(&h).expect("bearer");
+        assert_eq!(b.error.as_deref(), Some("invalid_token"));
+        assert_eq!(b.description.as_deref(), Some("expir\u{FFFD}"));
     }
 
     #[test]

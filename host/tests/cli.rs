@@ -429,3 +429,99 @@ async fn servers_chaining_to_the_system_roots_are_trusted_beside_the_bundle() {
         "{err}"
     );
 }
+
+/// `fapi-host token | head -c1`: the reader of stdout is gone before anything is written. The
+/// command ends quietly (status 0, nothing on stderr) instead of panicking in `println!`.
+#[tokio::test]
+async fn a_closed_stdout_ends_token_introspect_and_check_quietly() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    for args in [
+        vec!["token"],
+        vec!["token", "--json"],
+        vec!["introspect"],
+        vec!["introspect", "--json"],
+        vec!["check"],
+    ] {
+        let (cfg, dir) = (cfg.clone(), dir.clone());
+        let what = args.join(" ");
+        let (status, err) = tokio::task::spawn_blocking(move || {
+            // A pipe whose read end is closed before the command starts: every write fails
+            // with EPIPE (Rust ignores SIGPIPE).
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_fapi-host"))
+                .arg("--config")
+                .arg(&cfg)
+                .args(&args)
+                .current_dir(&dir)
+                .env_remove("FAPI_CONFIG")
+                .stdin(std::process::Stdio::null())
+                .stdout(writer)
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .unwrap();
+            (out.status, s(&out.stderr))
+        })
+        .await
+        .unwrap();
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert_eq!(status.code(), Some(0), "{what}: {err}");
+        assert!(err.is_empty(), "{what}: {err}");
+    }
+}
+
+/// `fetch -H` refuses every header fapi-host sets itself, with one kind of message and before
+/// anything is sent; other headers pass.
+#[tokio::test]
+async fn fetch_refuses_the_headers_the_client_owns() {
+    let f = Fed::with_faults().await;
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let echo = format!("{}/echo", f.fed.data_origin());
+    let run = |header: &str| {
+        let (cfg, dir, echo, header) = (cfg.clone(), dir.clone(), echo.clone(), header.to_owned());
+        tokio::task::spawn_blocking(move || {
+            fapi_host(&["--config", &cfg, "fetch", "-H", &header, &echo], &dir)
+        })
+    };
+    for header in [
+        "Host: evil.example",
+        "host:evil.example",
+        "Content-Length: 5",
+        "Transfer-Encoding: chunked",
+        "Connection: close",
+        "Keep-Alive: timeout=5",
+        "TE: trailers",
+        "Trailer: x-sum",
+        "Upgrade: h2c",
+        "Proxy-Connection: keep-alive",
+        "Authorization: Bearer mine",
+        "Proxy-Authorization: Basic eA==",
+        "x-fapi-interaction-id: 1",
+    ] {
+        let (code, out, err) = run(header).await.unwrap();
+        let err = s(&err);
+        let name = header.split(':').next().unwrap().to_ascii_lowercase();
+        assert_eq!(code, 6, "{header}: {err}");
+        assert!(
+            err.contains(&format!(
+                "header {name} is set by fapi-host itself and cannot be given"
+            )),
+            "{header}: {err}"
+        );
+        assert!(out.is_empty(), "{header}");
+    }
+    let c = f.fed.counters();
+    assert_eq!(
+        (c.token_requests, c.dp_requests),
+        (0, 0),
+        "nothing was sent"
+    );
+
+    // A header of the caller's own passes through.
+    let (code, out, err) = run("X-Request-Note: mine").await.unwrap();
+    assert_eq!(code, 0, "{}", s(&err));
+    assert!(s(&out).contains("mine"), "{}", s(&out));
+}

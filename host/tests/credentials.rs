@@ -213,3 +213,146 @@ fn key_formats_and_strength() {
         eprintln!("SKIP P-192: this openssl cannot make such keys");
     }
 }
+
+/// A fresh self-signed P-256 identity made by rcgen: (certificate PEM, key PEM).
+fn rcgen_identity(params: rcgen::CertificateParams) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The base64 body of a PEM block (its lines joined).
+fn pem_base64(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+/// `msg` holds nothing of `b64`: not the whole, not any 16-character piece, not its bytes printed
+/// as a list (`[77, 73, 71, ...]`, as the PEM parser's errors print them), not a run of it.
+fn assert_holds_nothing_of(msg: &str, b64: &str, what: &str) {
+    assert!(!msg.contains(b64), "{what}: the base64 is in: {msg}");
+    let chars: Vec<char> = b64.chars().collect();
+    for w in chars.windows(16) {
+        let piece: String = w.iter().collect();
+        assert!(!msg.contains(&piece), "{what}: {piece:?} is in: {msg}");
+    }
+    for w in b64.as_bytes().windows(6) {
+        let list = w.iter().map(u8::to_string).collect::<Vec<_>>().join(", ");
+        assert!(!msg.contains(&list), "{what}: bytes {list} are in: {msg}");
+    }
+}
+
+/// A key file that lost its line breaks (copied onto one line, or with literal `\n` from JSON or an
+/// environment variable) is refused with a fixed message that says how to mend it, never with the
+/// PEM parser's own error text, which prints the line it choked on: the key.
+#[test]
+fn malformed_pem_never_puts_the_key_or_certificate_into_the_error() {
+    let (cert_pem, key_pem) =
+        rcgen_identity(rcgen::CertificateParams::new(vec!["client.example".into()]).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let key_b64 = pem_base64(&key_pem);
+    assert!(key_b64.len() > 100, "{key_b64}");
+    let one_line = key_pem.replace('\n', "");
+    let literal_newlines = key_pem.replace('\n', "\\n");
+    let literal_no_final = key_pem.trim_end().replace('\n', "\\n");
+    let begin_glued = format!(
+        "-----BEGIN PRIVATE KEY-----{}\n-----END PRIVATE KEY-----\n",
+        key_b64
+    );
+    for (what, bad_key) in [
+        ("one line", one_line.as_str()),
+        ("literal \\n", literal_newlines.as_str()),
+        ("literal \\n, no final newline", literal_no_final.as_str()),
+        ("base64 glued to BEGIN", begin_glued.as_str()),
+    ] {
+        let err = load(dir.path(), &cert_pem, bad_key).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Credentials(_)), "{what}: {msg}");
+        assert_holds_nothing_of(&msg, &key_b64, what);
+        assert_holds_nothing_of(&format!("{err:?}"), &key_b64, what);
+        assert!(msg.contains("k.pem"), "{what}: names the file: {msg}");
+        assert!(
+            msg.contains("line break"),
+            "{what}: says what is wrong: {msg}"
+        );
+        if bad_key.contains("\\n") {
+            assert!(msg.contains("literal"), "{what}: says how to fix: {msg}");
+        }
+    }
+
+    // The certificate path: a one-line certificate, and a one-line key given as the certificate
+    // (swapped settings), are refused the same way.
+    let cert_b64 = pem_base64(&cert_pem);
+    for (what, bad_cert, secret) in [
+        (
+            "one-line certificate",
+            cert_pem.replace('\n', ""),
+            &cert_b64,
+        ),
+        ("one-line key as certificate", one_line.clone(), &key_b64),
+        (
+            "certificate with literal \\n",
+            cert_pem.replace('\n', "\\n"),
+            &cert_b64,
+        ),
+    ] {
+        let err = load(dir.path(), &bad_cert, &key_pem).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Credentials(_)), "{what}: {msg}");
+        assert_holds_nothing_of(&msg, secret, what);
+        assert!(msg.contains("c.pem"), "{what}: names the file: {msg}");
+        assert!(
+            msg.contains("line break"),
+            "{what}: says what is wrong: {msg}"
+        );
+    }
+}
+
+/// Validity dates outside what an HTTP date can show (before 1970; RFC 5280's "no expiry"
+/// 9999-12-31T23:59:59Z) are shown, in errors and by `check`, without a panic.
+#[test]
+fn validity_dates_before_1970_and_in_9999_are_shown_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    // Expired in 1960: the error names the date.
+    let mut params = rcgen::CertificateParams::new(vec!["old.example".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(1950, 1, 1);
+    params.not_after = rcgen::date_time_ymd(1960, 6, 30);
+    let (cert, key) = rcgen_identity(params);
+    let err = load(dir.path(), &cert, &key).unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert!(err.to_string().contains("1960-06-30"), "{err}");
+
+    // Valid from 1950 to the end of 9999: loads, and its dates read back.
+    let mut params = rcgen::CertificateParams::new(vec!["forever.example".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(1950, 1, 1);
+    params.not_after = rcgen::date_time_ymd(9999, 12, 31);
+    let (cert, key) = rcgen_identity(params);
+    let cert_path = write(dir.path(), "forever.pem", &cert);
+    let key_path = write(dir.path(), "forever.key", &key);
+    let (id, warnings) = Identity::load(&cert_path, &key_path).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(id.not_before() < SystemTime::UNIX_EPOCH);
+
+    // `check` prints them (the issuer is a closed port: the validity line comes before discovery).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write(
+        dir.path(),
+        "fapi.toml",
+        &format!(
+            "client_id = \"c\"\nissuer_url = \"https://127.0.0.1:{port}\"\nrequested_scopes = \"s\"\n\
+             private_key = \"forever.key\"\ncertificate = \"forever.pem\"\n[client]\nretries = 0\n"
+        ),
+    );
+    let (code, out, err) =
+        common::fapi_host(&["--config", config.to_str().unwrap(), "check"], dir.path());
+    let (out, err) = (String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 7, "the discovery check fails: {out}{err}");
+    assert!(
+        out.contains("ok    validity: valid from 1950-01-01T00:00:00Z until 9999-12-31T00:00:00Z"),
+        "{out}"
+    );
+}

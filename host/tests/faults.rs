@@ -1286,3 +1286,285 @@ async fn batch_retries_a_token_endpoint_503_although_items_are_retried_by_the_ba
     assert_eq!(recs.iter().filter(|r| r.outcome == "done").count(), 10);
     assert_consistent(&out, &recs);
 }
+
+// ---------------------------------------------------------------------------------------------
+// An authorization server that sends too slowly or too much
+// ---------------------------------------------------------------------------------------------
+
+/// How the hand-written authorization server below answers one path.
+#[derive(Clone)]
+enum Reply {
+    /// 200 with this JSON body.
+    Json(String),
+    /// 200 announcing `len` bytes, then one byte of it every `every`: each read gets a byte
+    /// well within the per-read timeout, the whole never ends in time.
+    Trickle { len: usize, every: Duration },
+    /// 200 with `len` bytes (spaces inside a JSON object), with a `content-length` or, without
+    /// one, delimited by the end of the connection.
+    Huge { len: usize, content_length: bool },
+}
+
+/// How the server below answers each path.
+type Routes = fn(&str) -> Reply;
+
+/// An HTTPS issuer on loopback (a certificate of the federation's CA, so the client trusts it)
+/// that answers discovery, token and introspection requests as `routes` says. The document it
+/// serves names itself as the issuer and its own `/token` and `/introspect`.
+struct SlowAs {
+    server: CountingServer,
+}
+
+impl SlowAs {
+    async fn start(f: &Fed, routes: Routes) -> SlowAs {
+        use tokio::io::AsyncWriteExt as _;
+        let identity = f.fed.pki().issue_server(&["127.0.0.1"], false).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
+        let server = CountingServer::start(move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let port = tls.get_ref().0.local_addr().unwrap().port();
+                let origin = format!("https://127.0.0.1:{port}");
+                // The request head (and a form body, which is not looked at).
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = s(&head);
+                let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                let reply = match path.as_str() {
+                    "/.well-known/openid-configuration" => match routes(&path) {
+                        Reply::Json(_) => Reply::Json(format!(
+                            r#"{{"issuer":"{origin}","token_endpoint":"{origin}/token",
+                                "introspection_endpoint":"{origin}/introspect",
+                                "token_endpoint_auth_methods_supported":["tls_client_auth"],
+                                "tls_client_certificate_bound_access_tokens":true}}"#
+                        )),
+                        other => other,
+                    },
+                    _ => routes(&path),
+                };
+                let head_of = |len: Option<usize>| {
+                    let framing = len
+                        .map(|n| format!("content-length: {n}\r\n"))
+                        .unwrap_or_default();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{framing}connection: close\r\n\r\n"
+                    )
+                };
+                match reply {
+                    Reply::Json(body) => {
+                        let _ = tls.write_all(head_of(Some(body.len())).as_bytes()).await;
+                        let _ = tls.write_all(body.as_bytes()).await;
+                    }
+                    Reply::Trickle { len, every } => {
+                        let _ = tls.write_all(head_of(Some(len)).as_bytes()).await;
+                        let _ = tls.flush().await;
+                        for _ in 0..len {
+                            tokio::time::sleep(every).await;
+                            if tls.write_all(b" ").await.is_err() || tls.flush().await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Reply::Huge {
+                        len,
+                        content_length,
+                    } => {
+                        let _ = tls
+                            .write_all(head_of(content_length.then_some(len)).as_bytes())
+                            .await;
+                        let mut body = vec![b' '; len];
+                        body[0] = b'{';
+                        body[len - 1] = b'}';
+                        for chunk in body.chunks(64 << 10) {
+                            if tls.write_all(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = tls.shutdown().await;
+            }
+        })
+        .await;
+        SlowAs { server }
+    }
+}
+
+/// The token endpoint's answer in the tests below.
+fn token_json() -> Reply {
+    Reply::Json(
+        r#"{"access_token":"slow-as-token-0123456789abcdef","token_type":"Bearer","expires_in":300}"#
+            .into(),
+    )
+}
+
+/// A discovery document trickled a byte every 300 ms, with a 1 s timeout: the timeout bounds the
+/// whole request (reqwest's per-read timeout restarts with every byte), so discovery fails in
+/// about a second, and so does every caller that waited for it, instead of hanging for ever.
+#[tokio::test]
+async fn a_discovery_document_trickled_byte_by_byte_times_out_as_a_whole() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let slow = SlowAs::start(&f, |path| match path {
+        "/.well-known/openid-configuration" => Reply::Trickle {
+            len: 4096,
+            every: Duration::from_millis(300),
+        },
+        _ => token_json(),
+    })
+    .await;
+    let mut st = quick(f.settings(), Duration::from_secs(1), 0);
+    st.issuer_url = slow.server.origin();
+    let client = client_of(&st);
+    let t0 = Instant::now();
+    let (a, b) = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join(client.token_info(), client.token_info()),
+    )
+    .await
+    .expect("discovery hangs: the timeout does not bound the body");
+    let took = t0.elapsed();
+    for err in [a.unwrap_err(), b.unwrap_err()] {
+        assert!(
+            matches!(err, Error::TokenUnreachable { tls: false, .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("/.well-known/openid-configuration"), "{msg}");
+        assert!(msg.contains("timeout_seconds"), "{msg}");
+    }
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// The same for introspection (a POST with no timeout of its own before).
+#[tokio::test]
+async fn an_introspection_response_trickled_byte_by_byte_times_out_as_a_whole() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let slow = SlowAs::start(&f, |path| match path {
+        "/introspect" => Reply::Trickle {
+            len: 4096,
+            every: Duration::from_millis(300),
+        },
+        _ => token_json(),
+    })
+    .await;
+    let mut st = quick(f.settings(), Duration::from_secs(1), 0);
+    st.issuer_url = slow.server.origin();
+    let client = client_of(&st);
+    let t0 = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), client.introspect())
+        .await
+        .expect("introspection hangs: the timeout does not bound the body")
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("/introspect") && msg.contains("timeout_seconds"),
+        "{msg}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_no_token(&msg, Some("slow-as-token-0123456789abcdef"));
+}
+
+/// Discovery documents, token responses and introspection responses over 1 MiB are refused
+/// with a clear error, whether announced by `content-length` or not, instead of being read into
+/// memory whatever their size.
+#[tokio::test]
+async fn authorization_server_responses_over_1_mib_are_refused() {
+    let f = Fed::start(FederationConfig::default()).await;
+    const BIG: usize = (1 << 20) + 2;
+    let cases: [(&str, Routes); 6] = [
+        ("discovery, content-length", |p| match p {
+            "/.well-known/openid-configuration" => Reply::Huge {
+                len: BIG,
+                content_length: true,
+            },
+            _ => token_json(),
+        }),
+        ("discovery, until close", |p| match p {
+            "/.well-known/openid-configuration" => Reply::Huge {
+                len: BIG,
+                content_length: false,
+            },
+            _ => token_json(),
+        }),
+        ("token, content-length", |p| match p {
+            "/token" => Reply::Huge {
+                len: BIG,
+                content_length: true,
+            },
+            _ => token_json(),
+        }),
+        ("token, until close", |p| match p {
+            "/token" => Reply::Huge {
+                len: BIG,
+                content_length: false,
+            },
+            _ => token_json(),
+        }),
+        ("introspection, content-length", |p| match p {
+            "/introspect" => Reply::Huge {
+                len: BIG,
+                content_length: true,
+            },
+            _ => token_json(),
+        }),
+        ("introspection, until close", |p| match p {
+            "/introspect" => Reply::Huge {
+                len: BIG,
+                content_length: false,
+            },
+            _ => token_json(),
+        }),
+    ];
+    for (what, routes) in cases {
+        let slow = SlowAs::start(&f, routes).await;
+        let mut st = quick(f.settings(), Duration::from_secs(10), 0);
+        st.issuer_url = slow.server.origin();
+        let client = client_of(&st);
+        let err = if what.starts_with("introspection") {
+            client.introspect().await.unwrap_err()
+        } else {
+            client.token_info().await.unwrap_err()
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("larger than 1 MiB"), "{what}: {msg}");
+        assert_eq!(
+            err.kind(),
+            fapi_host::ErrorKind::Authorization,
+            "{what}: {msg}"
+        );
+        if what.starts_with("discovery") {
+            assert!(matches!(err, Error::Discovery(_)), "{what}: {err:?}");
+        } else {
+            assert!(matches!(err, Error::TokenResponse(_)), "{what}: {err:?}");
+        }
+    }
+}
+
+/// The configuration file refuses a default token lifetime outside 1 s to a day (config.rs); one
+/// set in code is taken as a day at most (and 1 s at least), so a token without `expires_in` is
+/// neither a panic (`Instant` overflow) nor a token per request.
+#[tokio::test]
+async fn a_default_token_lifetime_set_in_code_is_kept_within_a_day() {
+    let f = Fed::start(FederationConfig::default()).await;
+    f.fed.set_as_fault(Some(AsFault::OmitExpiresIn));
+    for (set, expected) in [
+        (Duration::MAX, 86_400),
+        (Duration::from_secs(300_000_000_000), 86_400),
+        (Duration::ZERO, 1),
+    ] {
+        let mut st = quick(f.settings(), Duration::from_secs(5), 0);
+        st.client.default_token_lifetime = set;
+        let info = client_of(&st).token_info().await.unwrap();
+        assert!(!info.expires_in_from_server);
+        assert_eq!(info.expires_in, expected, "{set:?}");
+    }
+}

@@ -1,23 +1,25 @@
 //! `fapi-host check`: one line per check, with the fix for each failure.
 
-use super::{Cli, EXIT_CHECK, EXIT_OK};
+use super::{Cli, EXIT_CHECK, EXIT_OK, outln};
 use crate::client::FapiClient;
+use crate::credentials::fmt_time;
 use crate::error::Result;
 
+/// The lines of the report; each write fails only when stdout is closed (the command then stops).
 struct Report {
     failed: bool,
 }
 
 impl Report {
-    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
-        println!("ok    {what}: {detail}");
+    fn ok(&self, what: &str, detail: impl std::fmt::Display) -> Result<()> {
+        outln!("ok    {what}: {detail}")
     }
-    fn warn(&self, what: &str, detail: impl std::fmt::Display) {
-        println!("warn  {what}: {detail}");
+    fn warn(&self, what: &str, detail: impl std::fmt::Display) -> Result<()> {
+        outln!("warn  {what}: {detail}")
     }
-    fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
+    fn fail(&mut self, what: &str, detail: impl std::fmt::Display) -> Result<()> {
         self.failed = true;
-        println!("FAIL  {what}: {detail}");
+        outln!("FAIL  {what}: {detail}")
     }
     fn code(&self) -> u8 {
         if self.failed { EXIT_CHECK } else { EXIT_OK }
@@ -33,11 +35,11 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "flags and environment".into());
-            r.ok("configuration", format!("read from {from}"));
+            r.ok("configuration", format!("read from {from}"))?;
             s
         }
         Err(e) => {
-            r.fail("configuration", e);
+            r.fail("configuration", e)?;
             return Ok(r.code());
         }
     };
@@ -49,7 +51,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
     ] {
         let Some(path) = path else { continue };
         match std::fs::File::open(path) {
-            Ok(_) => r.ok(name, format!("{} is readable", path.display())),
+            Ok(_) => r.ok(name, format!("{} is readable", path.display()))?,
             Err(e) => {
                 files_ok = false;
                 r.fail(
@@ -58,7 +60,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                         "{} cannot be read ({e}): fix the path or the permissions",
                         path.display()
                     ),
-                );
+                )?;
             }
         }
     }
@@ -75,15 +77,15 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                     id.key_description(),
                     id.subject()
                 ),
-            );
+            )?;
             r.ok(
                 "validity",
                 format!(
                     "valid from {} until {}",
-                    httpdate::fmt_http_date(id.not_before()),
-                    httpdate::fmt_http_date(id.not_after())
+                    fmt_time(id.not_before()),
+                    fmt_time(id.not_after())
                 ),
-            );
+            )?;
             r.ok(
                 "chain",
                 format!(
@@ -92,20 +94,20 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                     id.issuer(),
                     id.thumbprint()
                 ),
-            );
+            )?;
             for w in warnings {
-                r.warn("credentials", w);
+                r.warn("credentials", w)?;
             }
             client
         }
         Err(e) => {
-            r.fail("key and certificate", e);
+            r.fail("key and certificate", e)?;
             return Ok(r.code());
         }
     };
     match client.discover().await {
         Ok((m, warnings)) => {
-            r.ok("discovery", format!("issuer {} matches", m.issuer));
+            r.ok("discovery", format!("issuer {} matches", m.issuer))?;
             r.ok(
                 "token endpoint",
                 format!(
@@ -117,23 +119,23 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                         ""
                     }
                 ),
-            );
+            )?;
             match &m.auth_methods_supported {
                 Some(methods) => r.ok(
                     "auth method",
                     format!("tls_client_auth is supported ({})", methods.join(", ")),
-                ),
+                )?,
                 None => r.warn(
                     "auth method",
                     "the server does not list its auth methods; assuming tls_client_auth",
-                ),
+                )?,
             }
             for w in warnings {
-                r.warn("discovery", w);
+                r.warn("discovery", w)?;
             }
         }
         Err(e) => {
-            r.fail("discovery", e);
+            r.fail("discovery", e)?;
             return Ok(r.code());
         }
     }
@@ -142,7 +144,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
             r.ok(
                 "token",
                 format!("obtained, expires in {} s", info.expires_in),
-            );
+            )?;
             let requested = settings.scopes();
             let missing: Vec<_> = requested
                 .iter()
@@ -152,7 +154,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                 r.ok(
                     "scopes",
                     format!("granted as requested: {}", info.scope.join(" ")),
-                );
+                )?;
             } else {
                 r.fail(
                     "scopes",
@@ -163,10 +165,10 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                         missing,
                         settings.client_id
                     ),
-                );
+                )?;
             }
         }
-        Err(e) => r.fail("token", e),
+        Err(e) => r.fail("token", e)?,
     }
     Ok(r.code())
 }

@@ -24,7 +24,8 @@ pub struct FetchArgs {
     #[arg(short = 'X', long = "request", value_name = "METHOD")]
     pub method: Option<String>,
 
-    /// Extra header 'Name: value' (repeatable). Authorization and x-fapi-* are refused: the host
+    /// Extra header 'Name: value' (repeatable). Authorization, Proxy-Authorization, x-fapi-*,
+    /// Host, Content-Length, Transfer-Encoding and the connection's headers are refused: the host
     /// sets them.
     #[arg(short = 'H', long = "header", value_name = "HEADER")]
     pub headers: Vec<String>,
@@ -43,6 +44,17 @@ pub struct FetchArgs {
 }
 
 pub(super) async fn run(cli: &Cli, args: &FetchArgs) -> Result<u8> {
+    // The command line first: a header fapi-host owns is refused before any file is read or any
+    // byte is sent.
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| {
+            Error::InvalidRequest(format!("header {h:?} must look like 'Name: value'"))
+        })?;
+        let (parsed, _) = crate::client::parse_header(name, value)?;
+        check_owned_header(&parsed)?;
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
     let settings = cli.settings()?;
     let (client, _) = FapiClient::from_settings(&settings)?;
     let body = match &args.data {
@@ -55,14 +67,6 @@ pub(super) async fn run(cli: &Cli, args: &FetchArgs) -> Result<u8> {
         None if body.is_some() => Method::POST,
         None => Method::GET,
     };
-    let mut headers = Vec::new();
-    for h in &args.headers {
-        let (name, value) = h.split_once(':').ok_or_else(|| {
-            Error::InvalidRequest(format!("header {h:?} must look like 'Name: value'"))
-        })?;
-        crate::client::parse_header(name, value)?;
-        headers.push((name.trim().to_owned(), value.trim().to_owned()));
-    }
     let mut code = EXIT_OK;
     for (i, url) in args.urls.iter().enumerate() {
         let mut req = client.request(method.clone(), url.clone());
@@ -79,11 +83,33 @@ pub(super) async fn run(cli: &Cli, args: &FetchArgs) -> Result<u8> {
                 .auth_problem()
                 .map(|p| format!(": {p}"))
                 .unwrap_or_default();
-            eprintln!("fapi-host: {url}: HTTP {}{problem}", response.status());
+            let _ = writeln!(
+                std::io::stderr(),
+                "fapi-host: {url}: HTTP {}{problem}",
+                response.status()
+            );
         }
         write_response(response, args.include, args.output.get(i)).await?;
     }
     Ok(code)
+}
+
+/// Refuse the headers the client sets from the request itself (the library refuses the
+/// credentials: `Authorization`, `Proxy-Authorization`, `x-fapi-*`): `Host` comes from the URL
+/// (another one would not match the TLS server name), the framing from the body, and the
+/// connection's own headers are hop-by-hop.
+fn check_owned_header(name: &http::HeaderName) -> Result<()> {
+    let why = match name.as_str() {
+        "host" => "it comes from the URL",
+        "content-length" | "transfer-encoding" | "trailer" => "it comes from the body (-d)",
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "upgrade" | "http2-settings" => {
+            "it belongs to the connection, which fapi-host manages"
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::InvalidRequest(format!(
+        "header {name} is set by fapi-host itself and cannot be given ({why})"
+    )))
 }
 
 fn read_data(d: &str) -> Result<Bytes> {

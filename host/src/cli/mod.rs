@@ -1,8 +1,10 @@
 //! The command line: argument definitions, logging set-up and exit codes. Each subcommand's
 //! work is in its own module.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -172,19 +174,52 @@ pub fn run(cli: Cli) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fapi-host: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "fapi-host: cannot start the async runtime: {e}"
+            );
             return ExitCode::from(EXIT_LOCAL);
         }
     };
     let result = runtime.block_on(dispatch(cli));
     match result {
         Ok(code) => ExitCode::from(code),
+        // The reader of stdout went away (`fapi-host token | head -c1`): it has what it wanted.
+        Err(_) if STDOUT_CLOSED.load(Ordering::Relaxed) => ExitCode::from(EXIT_OK),
         Err(e) => {
-            eprintln!("fapi-host: {e}");
+            // Not `eprintln!`, which panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "fapi-host: {e}");
             ExitCode::from(exit_code(&e))
         }
     }
 }
+
+/// Set when a write to stdout found its reader gone (a broken pipe).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Write to stdout, for the commands' reports (`token`, `introspect`, `check`): unlike `println!`,
+/// a closed stdout is an error, not a panic. When the reader went away (broken pipe) the command
+/// stops at this error and [`run`] ends quietly with status 0, as a reader such as `head` expects.
+pub(crate) fn out(args: std::fmt::Arguments<'_>) -> Result<(), Error> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            }
+            Error::Io(format!("writing to standard output: {e}"))
+        })
+}
+
+/// `println!` through [`out`]: returns `Result<(), Error>`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+use outln;
 
 async fn dispatch(cli: Cli) -> Result<u8, Error> {
     match &cli.command {

@@ -1,7 +1,8 @@
 //! `fapi-host token` and `fapi-host introspect`.
 
-use super::{Cli, EXIT_OK};
+use super::{Cli, EXIT_OK, outln};
 use crate::client::FapiClient;
+use crate::credentials::fmt_time;
 use crate::error::{Error, Result};
 
 /// Arguments of `fapi-host token`.
@@ -35,29 +36,27 @@ pub(super) async fn token(cli: &Cli, args: &TokenArgs) -> Result<u8> {
             v["access_token"] =
                 serde_json::Value::String(client.danger_reveal_token().await?.to_string());
         }
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!("token_type:             {}", info.token_type);
-        println!("scope:                  {}", info.scope.join(" "));
-        println!(
+        outln!("token_type:             {}", info.token_type)?;
+        outln!("scope:                  {}", info.scope.join(" "))?;
+        outln!(
             "expires:                {} (in {} s{})",
-            httpdate::fmt_http_date(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(info.expires_at)
-            ),
+            fmt_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(info.expires_at)),
             info.expires_in,
             if info.expires_in_from_server {
                 ""
             } else {
                 ", assumed: no expires_in"
             }
-        );
-        println!("certificate thumbprint: {}", info.certificate_thumbprint);
-        println!("token endpoint:         {}", info.token_endpoint);
+        )?;
+        outln!("certificate thumbprint: {}", info.certificate_thumbprint)?;
+        outln!("token endpoint:         {}", info.token_endpoint)?;
         if args.reveal_token {
-            println!(
+            outln!(
                 "access_token:           {}",
                 client.danger_reveal_token().await?.as_str()
-            );
+            )?;
         }
     }
     Ok(EXIT_OK)
@@ -67,13 +66,13 @@ pub(super) async fn introspect(cli: &Cli, args: &IntrospectArgs) -> Result<u8> {
     let (client, _) = FapiClient::from_settings(&cli.settings()?)?;
     let v = client.introspect().await?;
     if args.json {
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&v)
                 .map_err(|e| Error::Io(format!("encoding JSON: {e}")))?
-        );
+        )?;
     }
     Ok(EXIT_OK)
 }
