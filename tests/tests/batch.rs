@@ -614,3 +614,315 @@ async fn cancelled_large_downloads_leave_no_temporary_files() {
         );
     }
 }
+
+/// A sandbox for batch processors over `client`, with the tests' shared compilation cache.
+async fn processor_sandbox(client: &FapiClient, options: SandboxOptions) -> Arc<Sandbox> {
+    let options = SandboxOptions {
+        cache_dir: Some(fapi_tests::sandbox_env::cache_dir()),
+        stdio: Stdio::Capture,
+        ..options
+    };
+    Arc::new(Sandbox::new(client.clone(), options).await.unwrap())
+}
+
+/// One JSON input line: `url` (a path of the data provider) processed as `name`.
+fn named(env: &Env, path: &str, name: &str) -> String {
+    format!("{{\"url\":\"{}\",\"name\":\"{name}\"}}\n", env.url(path))
+}
+
+/// `fapi-host batch --plugin test-processor` over the JSON lines `text` (written to `STEM.jsonl`),
+/// into `STEM-out`, with `flags` after the plugin's: the process's output and the directory.
+fn processor_batch(
+    env: &Env,
+    stem: &str,
+    text: &str,
+    flags: &[&str],
+) -> (std::process::Output, PathBuf) {
+    let input = env.out(&format!("{stem}.jsonl"));
+    std::fs::write(&input, text).unwrap();
+    let out = env.out(&format!("{stem}-out"));
+    let cache = fapi_tests::sandbox_env::cache_dir();
+    let mut args = vec![
+        "--plugin",
+        guests::TEST_PROCESSOR,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    args.extend_from_slice(flags);
+    let o = batch_command(env, &input, &out, &args).output().unwrap();
+    (o, out)
+}
+
+/// A batch through the library with the test processor over the JSON lines `text`, into `dir`,
+/// with the client's settings changed by `tweak` (retries 0 before it): its summary.
+async fn processor_run(
+    env: &Env,
+    tweak: impl FnOnce(&mut Settings),
+    dir: &str,
+    text: &str,
+) -> (fapi_host::batch::Summary, PathBuf) {
+    let mut s = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
+    s.client.retries = 0;
+    tweak(&mut s);
+    let client = FapiClient::from_settings(&s).unwrap().0;
+    let sandbox = processor_sandbox(&client, SandboxOptions::default()).await;
+    let plugin = Arc::new(sandbox.load(Path::new(guests::TEST_PROCESSOR)).unwrap());
+    let out = env.out(dir);
+    let summary = Batch::new(client.clone(), BatchOptions::new(&out))
+        .with_plugin(sandbox.clone(), plugin)
+        .unwrap()
+        .run(Input::parse(text))
+        .await
+        .unwrap();
+    (summary, out)
+}
+
+/// The `[sandbox]` limit flags of `fapi-host batch` (`--max-wall-seconds`, `--max-memory-mib`)
+/// bind the processors: they are applied before the client, which the sandbox takes its limits
+/// from, is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_sandbox_limit_flags_bind_the_processor() {
+    let env = Env::start().await;
+    let text = [
+        named(&env, "/items/0", "sleep-4000"),
+        named(&env, "/items/1", "alloc-64"),
+        named(&env, "/items/2", "plain"),
+    ]
+    .concat();
+    let (o, out) = processor_batch(
+        &env,
+        "limits",
+        &text,
+        &["--max-wall-seconds", "1", "--max-memory-mib", "32"],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(9), "{stderr}");
+    let recs = records(&out);
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    for r in &recs {
+        match r.index {
+            0 | 1 => {
+                assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+                let e = r.error.as_ref().unwrap();
+                assert_eq!(e.kind, "plugin_stopped", "{e:?}");
+                let why = if r.index == 0 {
+                    "--max-wall-seconds"
+                } else {
+                    "--max-memory-mib"
+                };
+                assert!(e.message.contains(why), "{e:?}");
+            }
+            _ => assert_eq!(r.outcome, Outcome::Done, "{r:?}"),
+        }
+    }
+    assert_done_files_match(&out, &recs);
+    assert_no_partials(&out);
+}
+
+/// A body that breaks off (truncated, reset, stalled past the client's timeout) while a processor
+/// reads it fails the item as a body cut short, whatever the processor makes of the error: one
+/// that keeps reading gets the same error again (never an end that makes a truncated body look
+/// whole), and the batch retries the item (GET) or records it failed with kind `body` (POST).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_broken_under_a_processor_is_retried_never_written_truncated() {
+    let env = Env::start().await;
+    let text = [
+        // A processor that ignores read errors and keeps reading.
+        named(&env, "/items/0?fault=truncate&fault_times=1", "lenient.0"),
+        named(&env, "/items/1?fault=reset&fault_times=1", "lenient.1"),
+        named(
+            &env,
+            "/items/2?fault=slow&delay_ms=1500&fault_times=1",
+            "lenient.2",
+        ),
+        named(&env, "/items/3", "lenient.3"),
+        // A processor that returns the read error.
+        named(&env, "/items/4?fault=truncate&fault_times=1", "echo.4"),
+        // Not idempotent: not retried, recorded as a body failure (not the plugin's).
+        format!(
+            "{{\"url\":\"{}\",\"method\":\"POST\",\"body\":\"hello\",\"name\":\"lenient.post\"}}\n",
+            env.url("/upload?fault=truncate")
+        ),
+    ]
+    .concat();
+    let slow = |s: &mut Settings| s.client.timeout = Duration::from_secs(1);
+    let (s, out) = processor_run(&env, slow, "broken-bodies", &text).await;
+    assert_eq!((s.done, s.failed), (5, 1), "{s}");
+    let recs = records(&out);
+    for r in &recs {
+        if r.index == 5 {
+            assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+            assert_eq!(r.attempts, 1, "a POST is not replayed: {r:?}");
+            let e = r.error.as_ref().unwrap();
+            assert_eq!(e.kind, "body", "{e:?}");
+            assert!(!out.join("lenient.post").exists());
+            continue;
+        }
+        assert_eq!(r.outcome, Outcome::Done, "{r:?}");
+        let file = std::fs::read(out.join(r.file.as_ref().unwrap())).unwrap();
+        assert_eq!(file, expected_item(r.index), "item {}: {r:?}", r.index);
+        if r.index == 3 {
+            assert_eq!(r.attempts, 1, "{r:?}");
+        } else {
+            assert!(r.attempts >= 2, "item {} was retried: {r:?}", r.index);
+        }
+    }
+    assert_done_files_match(&out, &recs);
+    assert_no_partials(&out);
+}
+
+/// A body larger than a processor may read whole ends with `too-large` for good: reading on in
+/// chunks after a failed `read-all` cannot return the rest of the body as if it were all of it, and
+/// the item fails whatever the processor returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_for_a_processor_fails_its_item() {
+    let env = Env::start().await;
+    let text = [
+        named(&env, "/sized?bytes=6000000", "fallback.large"),
+        named(&env, "/items/1", "fallback.small"),
+    ]
+    .concat();
+    // read-all is bounded by half the memory: 4 MiB.
+    let small = |s: &mut Settings| s.sandbox.max_memory = 8 << 20;
+    let (s, out) = processor_run(&env, small, "too-large-bodies", &text).await;
+    assert_eq!((s.done, s.failed), (1, 1), "{s}");
+    for r in records(&out) {
+        if r.index == 0 {
+            assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+            assert_eq!(r.attempts, 1, "not transient: {r:?}");
+            let e = r.error.unwrap();
+            assert_eq!(e.kind, "plugin", "{e:?}");
+            assert!(
+                e.message.contains("larger than the plugin may read"),
+                "{e:?}"
+            );
+            assert!(!out.join("fallback.large").exists());
+        } else {
+            assert_eq!(r.outcome, Outcome::Done, "{r:?}");
+            let file = std::fs::read(out.join(r.file.unwrap())).unwrap();
+            assert_eq!(file, expected_item(1));
+        }
+    }
+    assert_no_partials(&out);
+}
+
+/// A processor's output over `--max-output-mib` fails its item with a message naming the limit,
+/// and nothing is written; an output at the limit is written, and so is an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_output_over_the_limit_fails_its_item() {
+    let env = Env::start().await;
+    let text = [
+        named(&env, "/items/0", "output-1048576"),
+        named(&env, "/items/1", "output-1048577"),
+        named(&env, "/items/2", "output-0"),
+    ]
+    .concat();
+    let (o, out) = processor_batch(&env, "output", &text, &["--max-output-mib", "1"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(9), "{stderr}");
+    let recs = records(&out);
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    for r in &recs {
+        if r.index != 1 {
+            assert_eq!(r.outcome, Outcome::Done, "{r:?}");
+            assert_eq!(r.bytes, if r.index == 0 { 1 << 20 } else { 0 }, "{r:?}");
+        } else {
+            assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+            let e = r.error.as_ref().unwrap();
+            assert_eq!(e.kind, "plugin", "{e:?}");
+            assert!(
+                e.message.contains("1048577 bytes") && e.message.contains("--max-output-mib"),
+                "{e:?}"
+            );
+            assert!(!out.join("output-1048577").exists());
+        }
+    }
+    assert_done_files_match(&out, &recs);
+    assert_no_partials(&out);
+}
+
+/// The audit record of the body a processor is handed carries the item's method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_record_of_a_processed_item_has_its_method() {
+    let env = Env::start().await;
+    let client = env.client();
+    let audit = env.out("audit.jsonl");
+    let options = SandboxOptions {
+        audit: Some(audit.clone()),
+        ..SandboxOptions::default()
+    };
+    let sandbox = processor_sandbox(&client, options).await;
+    let plugin = Arc::new(sandbox.load(Path::new(guests::TEST_PROCESSOR)).unwrap());
+    let text = format!(
+        "{}{{\"url\":\"{}\",\"method\":\"POST\",\"body\":\"hello\",\"name\":\"posted\"}}\n",
+        named(&env, "/items/0", "got"),
+        env.url("/upload")
+    );
+    let out = env.out("audit-out");
+    let s = Batch::new(client, BatchOptions::new(&out))
+        .with_plugin(sandbox.clone(), plugin)
+        .unwrap()
+        .run(Input::parse(&text))
+        .await
+        .unwrap();
+    assert_eq!((s.done, s.failed), (2, 0), "{s}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let method_of = |path: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|v| v["url"].as_str().unwrap().ends_with(path))
+            .map(|v| {
+                assert_eq!(v["interface"], "batch", "{v}");
+                v["method"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(method_of("/items/0"), ["GET"], "{lines:?}");
+    assert_eq!(method_of("/upload"), ["POST"], "{lines:?}");
+}
+
+/// A processor's own requests are retried on 429/502/503/504 as `fapi-fetch` promises, although
+/// the batch builds its client without retries (it retries items itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processors_own_requests_are_retried_in_a_batch() {
+    let env = Env::start().await;
+    let text = [
+        named(&env, "/items/7?pfault=503&fault_times=1", "refetch.7"),
+        named(&env, "/items/8?pfault=429&fault_times=2", "refetch.8"),
+    ]
+    .concat();
+    let audit = env.out("refetch-audit.jsonl");
+    let (o, out) = processor_batch(
+        &env,
+        "refetch",
+        &text,
+        &["--audit", audit.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    for r in &recs {
+        assert_eq!(r.outcome, Outcome::Done, "{r:?}");
+        let file = std::fs::read(out.join(r.file.as_ref().unwrap())).unwrap();
+        assert_eq!(file, expected_item(7 + r.index), "{r:?}");
+        // The batch's own fetch of the item saw no fault.
+        assert_eq!(r.attempts, 1, "{r:?}");
+    }
+    // One audit record per guest request, with its final status.
+    let guest_requests: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["interface"] == "fapi-fetch")
+        .collect();
+    assert_eq!(guest_requests.len(), 2, "{guest_requests:?}");
+    assert!(
+        guest_requests.iter().all(|v| v["status"] == 200),
+        "{guest_requests:?}"
+    );
+}

@@ -147,7 +147,12 @@ impl Batch {
     }
 
     /// Hand each 2xx response to `plugin` (a batch processor loaded into `sandbox`) and write its
-    /// output instead of the body. Each item runs in a fresh instance.
+    /// output instead of the body. Each item runs in a fresh instance. A body that breaks off
+    /// while the processor reads it fails the item as a body cut short (retried like one),
+    /// whatever the processor returns; an output over `[sandbox] max_output_mib` fails the item.
+    /// If the sandbox shares this batch's client built with `retries = 0`, give it the retries
+    /// with [`Sandbox::with_guest_retries`] (the CLI does), so that the processors' own requests
+    /// are retried.
     pub fn with_plugin(self, sandbox: Arc<Sandbox>, plugin: Arc<Plugin>) -> Result<Batch> {
         if !plugin.is_processor() {
             return Err(Error::Component(format!(
@@ -616,11 +621,42 @@ impl Shared {
         if let Some((sandbox, plugin)) = &self.plugin {
             let pi = ProcessItem {
                 index: item.index,
+                method: item.method.clone(),
                 url: item.url.to_string(),
                 name: item.name.clone(),
             };
             let output = match sandbox.process(plugin, pi, response).await {
                 Ok(ProcessOutcome::Output(b)) => b,
+                // Transient, like a body cut short without a processor: retried if allowed.
+                Ok(ProcessOutcome::BodyBroken(msg)) => {
+                    return Err(WriteError::Body(format!(
+                        "the body broke off while the plugin read it: {msg}"
+                    )));
+                }
+                Ok(ProcessOutcome::BodyTooLarge { limit }) => {
+                    return Err(WriteError::Other(
+                        "plugin",
+                        format!(
+                            "the body is larger than the plugin may read ({limit} bytes: [sandbox] \
+                             max_response_body_mib / --max-response-body-mib, and for read-all half \
+                             of --max-memory-mib); nothing was written"
+                        ),
+                    ));
+                }
+                Ok(ProcessOutcome::TooLarge { bytes, limit }) => {
+                    return Err(WriteError::Other(
+                        "plugin",
+                        format!(
+                            "the plugin's output ({bytes} bytes) is larger than the limit of {} \
+                             ([sandbox] max_output_mib / --max-output-mib); nothing was written",
+                            if limit % (1 << 20) == 0 {
+                                format!("{} MiB", limit >> 20)
+                            } else {
+                                format!("{limit} bytes")
+                            }
+                        ),
+                    ));
+                }
                 Ok(ProcessOutcome::Failed(msg)) => {
                     return Err(WriteError::Other(
                         "plugin",
@@ -638,7 +674,11 @@ impl Shared {
             let digest = Sha256::digest(&output);
             let bytes = output.len() as u64;
             let mut data = Chunks::default();
-            data.push(output.into());
+            // An empty output is an empty file: no chunk (an empty one would be a write of
+            // nothing, which the writer takes for a full disk).
+            if !output.is_empty() {
+                data.push(output.into());
+            }
             let staged = stage(tmp, fin, data, fsync).await.map_err(io)?;
             return Ok((staged, bytes, manifest::hex(&digest)));
         }
@@ -651,6 +691,7 @@ impl Shared {
         let mut spool: Option<Spool> = None;
         loop {
             match response.chunk().await {
+                Ok(Some(chunk)) if chunk.is_empty() => {}
                 Ok(Some(chunk)) => {
                     bytes += chunk.len() as u64;
                     buf.push(chunk);

@@ -50,6 +50,10 @@ pub struct BatchArgs {
     /// re-fetches any file whose SHA-256 does not match the manifest).
     #[arg(long)]
     pub fsync: bool,
+    /// Largest output the plugin may return for one item, MiB (default 128); the item fails
+    /// beyond it.
+    #[arg(long, value_name = "MIB")]
+    pub max_output_mib: Option<u64>,
     /// Sandbox grants and limits for the plugin.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
@@ -81,7 +85,17 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     }
 
     let mut settings = cli.settings()?;
+    // The plugin's limits are part of the settings the client carries, and the sandbox takes
+    // them from there: apply the flags before the client is built.
+    if args.plugin.is_some() {
+        args.sandbox.apply(&mut settings.sandbox)?;
+        if let Some(v) = args.max_output_mib {
+            settings.sandbox.max_output = v.saturating_mul(1 << 20);
+        }
+    }
     // The batch retries items itself, so that it sees every 429 and can slow the whole origin.
+    // The processors' own requests keep the configured retries: the sandbox does them.
+    let guest_retries = settings.client.retries;
     settings.client.retries = 0;
     let (client, _) = FapiClient::from_settings(&settings)?;
     let options = BatchOptions {
@@ -96,8 +110,9 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     };
     let mut batch = Batch::new(client.clone(), options);
     if let Some(path) = &args.plugin {
-        args.sandbox.apply(&mut settings.sandbox)?;
-        let sandbox = Sandbox::new(client, args.sandbox.options()?).await?;
+        let sandbox = Sandbox::new(client, args.sandbox.options()?)
+            .await?
+            .with_guest_retries(guest_retries);
         let plugin = sandbox.load(path)?;
         batch = batch.with_plugin(Arc::new(sandbox), Arc::new(plugin))?;
     }

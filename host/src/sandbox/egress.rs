@@ -2,8 +2,8 @@
 //! client (token, mTLS, replay, retries), response size limit, and the audit log.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,10 @@ pub(crate) struct Egress {
     in_flight: Arc<Semaphore>,
     requests: AtomicU64,
     limits: SandboxSettings,
+    /// Retries of idempotent requests (429, 502, 503, 504, connection failures) done here, on top
+    /// of the client's own: for a client built without retries (the batch's, which retries its
+    /// items itself), so that guests still get the retries the interface promises.
+    retries: u32,
     /// Shared with every pending audit record (a reference count, not a copy, per request).
     guest: Arc<str>,
 }
@@ -146,6 +150,7 @@ impl Egress {
         policy: Arc<Policy>,
         audit: Arc<Audit>,
         limits: SandboxSettings,
+        retries: u32,
         guest: String,
     ) -> Egress {
         Egress {
@@ -155,6 +160,7 @@ impl Egress {
             policy,
             audit,
             limits,
+            retries,
             guest: guest.into(),
         }
     }
@@ -222,19 +228,28 @@ impl Egress {
         self.refuse(interface, method, url, err)
     }
 
-    /// A body for a response the host fetched itself (batch items handed to a processor). It
-    /// takes no in-flight permit of the guest's budget.
-    pub(crate) fn adopt(&self, response: &FapiResponse) -> GuestBody {
+    /// A body for a response the host fetched itself with `method` (batch items handed to a
+    /// processor). It takes no in-flight permit of the guest's budget. If the body fails (breaks
+    /// off, or is larger than the guest may read), the failure is put in `watch`, so that the
+    /// host knows the guest did not get the whole body, whatever it makes of the error.
+    pub(crate) fn adopt(
+        &self,
+        response: &FapiResponse,
+        method: Method,
+        watch: BodyWatch,
+    ) -> GuestBody {
         GuestBody {
             stream: None,
             limit: self.limits.max_response_body,
             read: 0,
+            failed: None,
+            watch: Some(watch),
             _permit: None,
             record: PendingAudit {
                 audit: self.audit.clone(),
                 guest: self.guest.clone(),
                 interface: "batch",
-                method: Method::GET,
+                method,
                 url: response.url().to_string(),
                 status: response.status().as_u16(),
                 interaction_id: response.interaction_id().map(str::to_owned),
@@ -312,19 +327,11 @@ impl Egress {
             return Err(self.deny(&req, GuestError::TooLarge(self.limits.max_request_body)));
         }
         let started = Instant::now();
-        let request = FapiRequest {
-            method: req.method.clone(),
-            url,
-            headers: req.headers.clone(),
-            body: req.body.clone(),
-            interaction_id: None,
-            timeout: req.timeout,
-        };
         let sent = match req.timeout {
-            Some(t) => tokio::time::timeout(t, self.client.send(request))
+            Some(t) => tokio::time::timeout(t, self.send_with_retries(&req, url))
                 .await
                 .unwrap_or_else(|_| Err(Error::Timeout(String::new()))),
-            None => self.client.send(request).await,
+            None => self.send_with_retries(&req, url).await,
         };
         let response = match sent {
             Ok(r) => r,
@@ -349,10 +356,75 @@ impl Egress {
             stream: None,
             limit: self.limits.max_response_body,
             read: 0,
+            failed: None,
+            watch: None,
             _permit: Some(permit),
             record,
         };
         Ok((response, body))
+    }
+
+    /// Send through the client, retrying an idempotent request on 429, 502, 503, 504 and
+    /// connection failures up to [`Egress::retries`] times (none for a client that retries
+    /// itself), with the client's backoff and `Retry-After` cap. Every attempt carries the same
+    /// interaction id, as the client's own retries do.
+    async fn send_with_retries(
+        &self,
+        req: &GuestRequest,
+        url: url::Url,
+    ) -> crate::error::Result<FapiResponse> {
+        let options = &self.client.settings().client;
+        let may_retry = self.retries > 0 && crate::retry::is_idempotent(&req.method);
+        if !may_retry {
+            // The usual path (`run`: the client retries itself): the URL moved, not copied.
+            return self
+                .client
+                .send(FapiRequest {
+                    method: req.method.clone(),
+                    url,
+                    headers: req.headers.clone(),
+                    body: req.body.clone(),
+                    interaction_id: None,
+                    timeout: req.timeout,
+                })
+                .await;
+        }
+        let interaction_id = options.interaction_id.then(uuid::Uuid::new_v4);
+        let mut retried = 0u32;
+        loop {
+            let request = FapiRequest {
+                method: req.method.clone(),
+                url: url.clone(),
+                headers: req.headers.clone(),
+                body: req.body.clone(),
+                interaction_id,
+                timeout: req.timeout,
+            };
+            let sent = self.client.send(request).await;
+            if retried >= self.retries {
+                return sent;
+            }
+            let delay = match &sent {
+                Ok(r) if crate::retry::is_retryable_status(r.status()) => {
+                    let retry_after = crate::retry::retry_after(r.headers());
+                    crate::retry::delay(retried + 1, retry_after, options)
+                }
+                // The data provider could not be reached, or did not answer in time (never TLS,
+                // never the token: those are other errors).
+                Err(Error::Network(_) | Error::Timeout(_)) => {
+                    crate::retry::delay(retried + 1, None, options)
+                }
+                _ => return sent,
+            };
+            retried += 1;
+            let why = match &sent {
+                Ok(r) => format!("HTTP {}", r.status().as_u16()),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(guest = %self.guest, %url, %why, ?delay, "guest request: retrying");
+            drop(sent);
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
@@ -406,12 +478,32 @@ impl Drop for PendingAudit {
 
 type ByteStream = Pin<Box<dyn Stream<Item = crate::error::Result<Bytes>> + Send>>;
 
+/// Why a body the host fetched itself did not reach the guest whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BodyFailure {
+    /// It broke off (connection reset, truncated, stalled past the client's timeout): the
+    /// message says how. Transient: fetching it again may succeed.
+    Broken(String),
+    /// It was larger than the guest may read: this many bytes (`max_response_body`, or for
+    /// `read-all` half the memory limit when lower).
+    TooLarge(u64),
+}
+
+/// Where the first failure of a body the host fetched itself is reported.
+pub(crate) type BodyWatch = Arc<OnceLock<BodyFailure>>;
+
 /// A response body on its way to a guest: counts bytes, enforces the size limit, holds the
-/// in-flight permit, and writes the audit record when dropped.
+/// in-flight permit, and writes the audit record when dropped. Its first error is final: every
+/// later read returns it again, never an end that a guest could take for the whole body.
 pub(crate) struct GuestBody {
     stream: Option<ByteStream>,
     limit: u64,
     read: u64,
+    /// The error that ended the body, returned by every later read.
+    failed: Option<GuestError>,
+    /// For a body the host fetched itself (a batch item): where its failure is reported to the
+    /// host.
+    watch: Option<BodyWatch>,
     _permit: Option<OwnedSemaphorePermit>,
     record: PendingAudit,
 }
@@ -430,6 +522,21 @@ impl GuestBody {
         self.stream = Some(Box::pin(response.into_stream()));
     }
 
+    /// End the body with `err` (`why` for the audit record): the stream is dropped (releasing
+    /// the connection) and every later read returns `err`.
+    pub(crate) fn fail(&mut self, err: GuestError, why: String) -> GuestError {
+        if let Some(watch) = &self.watch {
+            let _ = watch.set(match err {
+                GuestError::TooLarge(limit) => BodyFailure::TooLarge(limit),
+                _ => BodyFailure::Broken(why.clone()),
+            });
+        }
+        self.stream = None;
+        self.record.error.get_or_insert(why);
+        self.failed = Some(err.clone());
+        err
+    }
+
     fn account(
         &mut self,
         item: Option<crate::error::Result<Bytes>>,
@@ -440,27 +547,28 @@ impl GuestBody {
                 self.read += chunk.len() as u64;
                 self.record.bytes = self.read;
                 if self.read > self.limit {
-                    self.stream = None;
-                    self.record.error = Some(format!("response larger than {} bytes", self.limit));
-                    Some(Err(GuestError::TooLarge(self.limit)))
+                    let why = format!("response larger than {} bytes", self.limit);
+                    Some(Err(self.fail(GuestError::TooLarge(self.limit), why)))
                 } else {
                     Some(Ok(chunk))
                 }
             }
             Some(Err(e)) => {
-                self.stream = None;
                 let msg = e.to_string();
-                self.record.error = Some(msg.clone());
-                Some(Err(match e {
+                let err = match e {
                     Error::Timeout(_) => GuestError::Timeout,
-                    _ => GuestError::BodyInterrupted(msg),
-                }))
+                    _ => GuestError::BodyInterrupted(msg.clone()),
+                };
+                Some(Err(self.fail(err, msg)))
             }
         }
     }
 
-    /// The next chunk, None at the end.
+    /// The next chunk, None at the end; after an error, that error again.
     pub(crate) async fn next_chunk(&mut self) -> Option<Result<Bytes, GuestError>> {
+        if let Some(e) = &self.failed {
+            return Some(Err(e.clone()));
+        }
         let item = {
             let stream = self.stream.as_mut()?;
             futures_util::StreamExt::next(stream).await
@@ -473,6 +581,9 @@ impl Stream for GuestBody {
     type Item = Result<Bytes, GuestError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(e) = &self.failed {
+            return Poll::Ready(Some(Err(e.clone())));
+        }
         let Some(stream) = self.stream.as_mut() else {
             return Poll::Ready(None);
         };
@@ -480,5 +591,84 @@ impl Stream for GuestBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(item) => Poll::Ready(self.account(item)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body over `items`, with `limit` bytes allowed and a watch as batch items have.
+    fn body(items: Vec<crate::error::Result<Bytes>>, limit: u64) -> (GuestBody, BodyWatch) {
+        let watch = Arc::new(OnceLock::new());
+        let body = GuestBody {
+            stream: Some(Box::pin(futures_util::stream::iter(items))),
+            limit,
+            read: 0,
+            failed: None,
+            watch: Some(watch.clone()),
+            _permit: None,
+            record: PendingAudit {
+                audit: Arc::new(Audit::log_only()),
+                guest: "test".into(),
+                interface: "batch",
+                method: Method::GET,
+                url: "https://data.example/x".into(),
+                status: 200,
+                interaction_id: None,
+                started: Instant::now(),
+                bytes: 0,
+                error: None,
+            },
+        };
+        (body, watch)
+    }
+
+    #[tokio::test]
+    async fn a_body_error_is_returned_by_every_later_read_and_reported() {
+        let (mut b, watch) = body(
+            vec![
+                Ok(Bytes::from_static(b"first")),
+                Err(Error::Network("reset".into())),
+                Ok(Bytes::from_static(b"never seen")),
+            ],
+            1 << 20,
+        );
+        assert_eq!(b.next_chunk().await, Some(Ok(Bytes::from_static(b"first"))));
+        for _ in 0..3 {
+            assert!(
+                matches!(
+                    b.next_chunk().await,
+                    Some(Err(GuestError::BodyInterrupted(_)))
+                ),
+                "a read after the error must not look like the end of the body"
+            );
+        }
+        assert!(
+            matches!(watch.get(), Some(BodyFailure::Broken(m)) if m.contains("reset")),
+            "{watch:?}"
+        );
+        // The same through the Stream interface (wasi:http).
+        let next = futures_util::StreamExt::next(&mut b).await;
+        assert!(matches!(next, Some(Err(GuestError::BodyInterrupted(_)))));
+
+        let (mut b, watch) = body(vec![Err(Error::Timeout("stalled".into()))], 1 << 20);
+        assert_eq!(b.next_chunk().await, Some(Err(GuestError::Timeout)));
+        assert_eq!(b.next_chunk().await, Some(Err(GuestError::Timeout)));
+        assert!(matches!(watch.get(), Some(BodyFailure::Broken(_))));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_stays_too_large() {
+        let (mut b, watch) = body(
+            vec![
+                Ok(Bytes::from_static(b"0123456789")),
+                Ok(Bytes::from_static(b"end")),
+            ],
+            4,
+        );
+        assert_eq!(b.next_chunk().await, Some(Err(GuestError::TooLarge(4))));
+        assert_eq!(b.next_chunk().await, Some(Err(GuestError::TooLarge(4))));
+        assert_eq!(watch.get(), Some(&BodyFailure::TooLarge(4)));
     }
 }

@@ -141,7 +141,11 @@ impl fapi_fetch::HostBody for GuestState {
         let mut out = std::mem::take(&mut state.leftover).to_vec();
         loop {
             if out.len() as u64 > limit {
-                return Ok(Err(FetchError::TooLarge(limit)));
+                // What was read is gone: the body cannot go on from here, so it ends with this
+                // error (a later `read` must not return the rest as if it were the whole body).
+                let why = format!("read-all: response larger than {limit} bytes");
+                let e = state.body.fail(GuestError::TooLarge(limit), why);
+                return Ok(Err(to_fetch_error(e)));
             }
             match state.body.next_chunk().await {
                 None => return Ok(Ok(out)),
