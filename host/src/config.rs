@@ -153,6 +153,39 @@ pub struct SandboxSettings {
     pub max_output: u64,
 }
 
+impl SandboxSettings {
+    /// Refuse limits that would stop every guest before it starts: each is at least 1 of its
+    /// unit. The message names the file key and the flag.
+    pub fn check(&self) -> Result<()> {
+        let zero = [
+            (self.max_memory == 0, "max_memory_mib", "--max-memory-mib"),
+            (
+                self.max_cpu.is_zero(),
+                "max_cpu_seconds",
+                "--max-cpu-seconds",
+            ),
+            (
+                self.max_wall.is_zero(),
+                "max_wall_seconds",
+                "--max-wall-seconds",
+            ),
+            (
+                self.max_concurrent_requests == 0,
+                "max_concurrent_requests",
+                "--max-concurrent-requests",
+            ),
+            (self.max_requests == 0, "max_requests", "--max-requests"),
+            (self.max_output == 0, "max_output_mib", "--max-output-mib"),
+        ];
+        match zero.iter().find(|(is_zero, ..)| *is_zero) {
+            Some((_, key, flag)) => Err(Error::Config(format!(
+                "[sandbox] {key} (or {flag}) is 0, which would stop every guest: give at least 1"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Default for SandboxSettings {
     fn default() -> Self {
         SandboxSettings {
@@ -339,11 +372,7 @@ impl Settings {
             max_requests: s.max_requests.unwrap_or(sd.max_requests),
             max_output: s.max_output_mib.map(mib).unwrap_or(sd.max_output),
         };
-        if sandbox.max_concurrent_requests == 0 || sandbox.max_requests == 0 {
-            return Err(Error::Config(
-                "[sandbox] max_concurrent_requests and max_requests must be at least 1".into(),
-            ));
-        }
+        sandbox.check()?;
 
         Ok(Settings {
             client_id,
@@ -492,6 +521,25 @@ certificate = "certs/a.pem"
             let s =
                 Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect("valid");
             assert_eq!(s.client.default_token_lifetime, Duration::from_secs(good));
+        }
+    }
+
+    #[test]
+    fn sandbox_limits_of_zero_are_refused_with_their_key() {
+        for key in [
+            "max_memory_mib",
+            "max_cpu_seconds",
+            "max_wall_seconds",
+            "max_concurrent_requests",
+            "max_requests",
+            "max_output_mib",
+        ] {
+            let text = format!("{BASE}\n[sandbox]\n{key} = 0\n");
+            let err =
+                Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect_err(key);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+            let text = format!("{BASE}\n[sandbox]\n{key} = 1\n");
+            Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect(key);
         }
     }
 

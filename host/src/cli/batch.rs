@@ -92,6 +92,7 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
         if let Some(v) = args.max_output_mib {
             settings.sandbox.max_output = v.saturating_mul(1 << 20);
         }
+        settings.sandbox.check()?;
     }
     // The batch retries items itself, so that it sees every 429 and can slow the whole origin.
     // The processors' own requests keep the configured retries: the sandbox does them.

@@ -82,12 +82,7 @@ impl SandboxArgs {
         if let Some(v) = self.max_requests {
             s.max_requests = v;
         }
-        if s.max_concurrent_requests == 0 || s.max_requests == 0 || s.max_wall.is_zero() {
-            return Err(Error::Config(
-                "sandbox limits must be at least 1 (requests, seconds)".into(),
-            ));
-        }
-        Ok(())
+        s.check()
     }
 
     /// The sandbox options these flags describe.
