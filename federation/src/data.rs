@@ -16,6 +16,43 @@ pub const DEFAULT_ROWS: u64 = 500;
 pub const CSV_HEADER: &str =
     "postcode,num_meters,total_consumption_kwh,mean_consumption_kwh,median_consumption_kwh\n";
 
+/// `/consumption-edge-cases.csv`: the same columns as `/consumption.csv`, with the input that CSV
+/// readers disagree on (a byte order mark, quoted fields, `""`, a quoted field spanning two lines,
+/// `NaN`, `inf`, negative and out-of-range numbers, blank lines, `\r\r\n`, no final newline).
+pub const EDGE_CASES_CSV: &str = concat!(
+    "\u{feff}\"postcode\",num_meters,total_consumption_kwh,mean_consumption_kwh,median_consumption_kwh\r\n",
+    "\"AB1 2CD\",12,2500.5,208.4,200.0\r\n",
+    "\"Leeds, LS1\",3,1999.9,33.3,30.0\n",
+    "\"Say \"\"hi\"\"\",1,5e2,500,500\n",
+    "  SP1 1AA  , 7 , 170.25 , 10.0 ,1\n",
+    " \"\u{1f600} 9ZZ\" \t,18446744073709551615,750.75,.75,1\n",
+    "TIE 1AA,2,170.25,85.125,85,extra,\n",
+    "\n",
+    "  \t \n",
+    "NAN 1,1,NaN,1.0,1.0\n",
+    "INF 1,1,inf,1.0,1.0\n",
+    "INF 2,1,1e999,1.0,1.0\n",
+    "INF 3,1,1.0,Infinity,1.0\n",
+    "NEG 1,-2,10.0,5.0,5.0\n",
+    "NEG 2,2,-10.0,5.0,5.0\n",
+    "NEG 3,2,1.0,-0,5.0\n",
+    "BIG 1,18446744073709551616,1.0,1.0,1.0\n",
+    "PLUS 1,+5,1.0,1.0,1.0\n",
+    "HEX 1,0x10,1.0,1.0,1.0\n",
+    "UND 1,1_000,1.0,1.0,1.0\n",
+    "FRAC 1,1.0,1.0,1.0,1.0\n",
+    "EMPTY 1,,1.0,1.0,1.0\n",
+    "SHORT 1,1,1.0\n",
+    ",,,,\n",
+    "\"MULTI\n",
+    "LINE\",1,1.0,1.0,1.0\n",
+    "\"AB\" C,1,1.0,1.0,1.0\n",
+    "AB\"C,1,1.0,1.0,1.0\n",
+    "\"OPEN,1,1.0,1.0,1.0\n",
+    "CR 2,4,10.0,2.5,2.5\r\r\n",
+    "LAST 1,1,0.05,0.05,n/a",
+);
+
 /// Size of the chunks streamed for large bodies.
 pub const CHUNK: usize = 64 * 1024;
 

@@ -47,6 +47,10 @@ pub(crate) fn router(st: Arc<DpState>) -> Router {
     let mut r = Router::new()
         .route("/consumption.csv", get(consumption_csv))
         .route("/consumption.json", get(consumption_json))
+        .route(
+            "/consumption-edge-cases.csv",
+            get(consumption_edge_cases_csv),
+        )
         .route("/sized", get(sized))
         .route("/items/{id}", get(item))
         .route("/upload", post(upload));
@@ -339,6 +343,13 @@ async fn consumption_csv(Query(pairs): Pairs) -> Response {
         }
     };
     with_type(resp, "text/csv; charset=utf-8")
+}
+
+async fn consumption_edge_cases_csv() -> Response {
+    with_type(
+        data::EDGE_CASES_CSV.into_response(),
+        "text/csv; charset=utf-8",
+    )
 }
 
 async fn consumption_json(Query(pairs): Pairs) -> Response {

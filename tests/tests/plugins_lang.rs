@@ -1,6 +1,8 @@
 //! Plugins in other languages: the Python (`guest/python`, componentize-py) and JavaScript (`guest/js`,
 //! componentize-js) csv-summary examples, built at test time from the same `wit/` and run with the
-//! `fapi-host run` binary and the `Sandbox` library against the local federation.
+//! `fapi-host run` binary and the `Sandbox` library against the local federation. The federation's
+//! `/consumption-edge-cases.csv` is summarised by them and by the Rust example (`guests::CSV_SUMMARY`),
+//! and all three must print [`EDGE_CASES_SUMMARY`]: the twins read CSV by the same rules.
 //!
 //! Each component is built into `$CARGO_TARGET_TMPDIR/lang-plugins/`, named by a hash of its sources, the
 //! WIT and the tool's version, so an unchanged plugin is not rebuilt. Compiled code is cached by wasmtime
@@ -19,6 +21,7 @@ use std::time::Instant;
 use fapi_federation::{Federation, FederationConfig, Pki, data};
 use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
 use fapi_host::{FapiClient, Overrides, Settings};
+use fapi_tests::guests;
 use fapi_tests::sandbox_env::{contains, secret_needles};
 use sha2::{Digest, Sha256};
 
@@ -304,6 +307,39 @@ fn check_summary(lang: Lang, how: &str, stdout: &[u8]) {
     assert_eq!(rest, expected_summary(), "{} via {how}", lang.name());
 }
 
+/// What every csv-summary prints for `data::EDGE_CASES_CSV` after its interaction id line: BOM
+/// dropped; quoted fields with `""` and a comma; fields trimmed; a quoted field spanning two lines,
+/// stray quotes, `NaN`, `inf`, `1e999`, negative, signed, hex, fractional and too large meter counts,
+/// missing fields all malformed (20); blank lines ignored; meters summed exactly past `u64::MAX`;
+/// 170.25 rounded half to even; the first of equal totals kept; padding by characters, not UTF-16.
+const EDGE_CASES_SUMMARY: &str = "\
+postcodes:          8
+meters:             18446744073709551645
+total kWh:          6101.7
+mean of means kWh:  105.0
+malformed rows:     20 (skipped)
+
+top 5 postcodes by total consumption:
+rank  postcode     meters        total kWh
+   1  AB1 2CD          12           2500.5
+   2  Leeds, LS1        3           1999.9
+   3  \u{1f600} 9ZZ      18446744073709551615            750.8
+   4  Say \"hi\"          1            500.0
+   5  SP1 1AA           7            170.2
+";
+
+/// Check a csv-summary output for the edge-case CSV.
+fn check_edge_cases(name: &str, stdout: &[u8]) {
+    let out = text(stdout);
+    let (first, rest) = out.split_once('\n').unwrap_or((&out, ""));
+    assert!(first.starts_with("interaction id:     "), "{name}: {out}");
+    assert_eq!(rest, EDGE_CASES_SUMMARY, "{name} on the edge-case CSV");
+}
+
+fn edge_cases_url(fed: &Federation) -> String {
+    format!("{}/consumption-edge-cases.csv", fed.data_origin())
+}
+
 fn run_bin(config: &Path, args: &[&str]) -> (Output, f64) {
     let started = Instant::now();
     let out = Command::new(fapi_host_bin())
@@ -386,7 +422,7 @@ async fn csv_summary_end_to_end(lang: Lang) {
     .unwrap();
     assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert_eq!(err.matches("404").count(), 10, "{name}: {err}");
+    assert_eq!(err.matches("HTTP status 404").count(), 10, "{name}: {err}");
     assert!(!err.contains("limit"), "{name}: {err}");
     check_summary(lang, "after ten 404s", &out.stdout);
     seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
@@ -420,6 +456,14 @@ async fn csv_summary_end_to_end(lang: Lang) {
     );
     seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
 
+    // The edge-case CSV: the same output as the Rust example (`rust_csv_summary_edge_cases`).
+    let out = sandbox
+        .run(&plugin, &[edge_cases_url(&fed)], Stdio::Capture)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{name}: {}", text(&out.stderr));
+    check_edge_cases(name, &out.stdout);
+
     let token = client.danger_reveal_token().await.unwrap();
     let logs = logs.lock().unwrap().clone();
     let needles = secret_needles(token.as_bytes(), &key);
@@ -439,4 +483,30 @@ async fn python_csv_summary_plugin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn javascript_csv_summary_plugin() {
     csv_summary_end_to_end(Lang::JavaScript).await;
+}
+
+/// The Rust twin on the edge-case CSV, with no tool to install: the reference the others must match.
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_csv_summary_edge_cases() {
+    let fed = Federation::start(Pki::generate().unwrap(), FederationConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+    let settings = Settings::load(Some(&config), &Overrides::default()).unwrap();
+    let (client, _) = FapiClient::from_settings(&settings).unwrap();
+    let options = SandboxOptions {
+        cache_dir: Some(cache_dir()),
+        stdio: Stdio::Capture,
+        ..SandboxOptions::default()
+    };
+    let sandbox = Sandbox::new(client, options).await.unwrap();
+    let plugin = sandbox.load(Path::new(guests::CSV_SUMMARY)).unwrap();
+    let out = sandbox
+        .run(&plugin, &[edge_cases_url(&fed)], Stdio::Capture)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "rust: {}", text(&out.stderr));
+    check_edge_cases("rust", &out.stdout);
+    fed.shutdown().await;
 }

@@ -4,7 +4,9 @@
 //! by line as it streams in, so its size does not matter. Pure std besides `fapi-guest`.
 //!
 //! Expected header: `postcode,num_meters,total_consumption_kwh,mean_consumption_kwh,median_consumption_kwh`
-//! (the columns are found by name, so their order does not matter).
+//! (the columns are found by name, so their order does not matter). The CSV rules (RFC 4180 quoting, one
+//! record per line, a leading BOM dropped, rows with negative or non-finite numbers skipped as
+//! malformed) are in `summary.rs`; the JavaScript and Python twins follow them to print the same.
 
 use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
