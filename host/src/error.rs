@@ -190,22 +190,25 @@ impl Error {
         let chain = error_chain(&err);
         if err.is_timeout() {
             Error::Timeout(format!("{context}: timed out ({chain})"))
-        } else if caused_by_tls(&err) {
-            Error::Tls(format!("{context}: {chain}"))
+        } else if let Some(tls) = rustls_error(&err) {
+            match tls_hint(tls) {
+                Some(hint) => Error::Tls(format!("{context}: {chain}; {hint}")),
+                None => Error::Tls(format!("{context}: {chain}")),
+            }
         } else {
             Error::Network(format!("{context}: {chain}"))
         }
     }
 }
 
-/// Whether rustls itself failed somewhere in `err`'s chain: a certificate it refused, an alert
-/// the peer sent, a protocol violation. A connection closed or reset during the handshake is not
+/// The error of rustls itself somewhere in `err`'s chain: a certificate it refused, an alert the
+/// peer sent, a protocol violation. A connection closed or reset during the handshake has none
 /// (rustls reports no error of its own then): that is the network's failure, worth trying again.
-fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut next = Some(err);
     while let Some(e) = next {
-        if e.is::<rustls::Error>() {
-            return true;
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
         // An io::Error's `source` skips the error it wraps (tokio-rustls hands rustls's error
         // over in one, and hyper-rustls wraps that in another): look inside instead.
@@ -217,7 +220,63 @@ fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
             None => e.source(),
         };
     }
-    false
+    None
+}
+
+/// What to do about the common TLS failures: a server certificate this client does not accept,
+/// or a server that does not accept this client's certificate.
+fn tls_hint(err: &rustls::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    match err {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            Cert::UnknownIssuer => Some(
+                "the server's certificate is not from a CA you trust: add its CA to `ca_bundle` \
+                 (a PEM file of extra trust anchors)",
+            ),
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => Some(
+                "the server's certificate is not valid for the host name in the URL: check the \
+                 URL's host (in `issuer_url`, or the URL requested): it must be one of the names \
+                 the certificate lists, IP addresses included",
+            ),
+            Cert::Expired | Cert::ExpiredContext { .. } => Some(
+                "the server's certificate has expired: its operator must renew it (if it should \
+                 still be valid, check this machine's clock)",
+            ),
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => Some(
+                "the server's certificate is not valid yet: check this machine's clock (or wait \
+                 for the certificate to become valid)",
+            ),
+            _ => None,
+        },
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::CertificateRequired
+            | Alert::UnknownCA
+            | Alert::AccessDenied
+            | Alert::CertificateUnknown,
+        ) => Some(
+            "the server refused this client's certificate: check that the certificate \
+             (`certificate`) is registered with the directory for this client_id and issued by a \
+             CA the server trusts",
+        ),
+        // What a server sends when a signature in the client's certificate chain does not check,
+        // typically a certificate from another CA with the name of one the server trusts.
+        rustls::Error::AlertReceived(Alert::DecryptError) => Some(
+            "the server refused this client's certificate (a signature did not verify: often a \
+             certificate from another CA than the one of that name the server trusts): check that \
+             the certificate (`certificate`) is registered with the directory for this client_id \
+             and issued by a CA the server trusts",
+        ),
+        rustls::Error::AlertReceived(Alert::CertificateExpired) => Some(
+            "the server says this client's certificate has expired: renew it with the directory \
+             and point `certificate` and `private_key` at the new one",
+        ),
+        rustls::Error::AlertReceived(Alert::CertificateRevoked) => Some(
+            "the server says this client's certificate is revoked: issue a new one with the \
+             directory and point `certificate` and `private_key` at it",
+        ),
+        _ => None,
+    }
 }
 
 /// `err: source: source...` in one line.
@@ -300,13 +359,67 @@ mod tests {
         // As hyper-rustls hands over a refused certificate: io(Other, io(InvalidData, rustls)).
         let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let nested = IoError::other(IoError::new(Io::InvalidData, refused));
-        assert!(caused_by_tls(&nested));
-        assert!(caused_by_tls(&rustls::Error::AlertReceived(
-            rustls::AlertDescription::BadCertificate
-        )));
+        assert!(rustls_error(&nested).is_some());
+        assert!(
+            rustls_error(&rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+            ))
+            .is_some()
+        );
         // A connection closed during the handshake carries no rustls error, whatever its words.
         let eof = IoError::other(IoError::new(Io::UnexpectedEof, "tls handshake eof"));
-        assert!(!caused_by_tls(&eof));
-        assert!(!caused_by_tls(&IoError::from(Io::ConnectionReset)));
+        assert!(rustls_error(&eof).is_none());
+        assert!(rustls_error(&IoError::from(Io::ConnectionReset)).is_none());
+    }
+
+    #[test]
+    fn common_tls_failures_carry_how_to_fix_them() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        use std::io::{Error as IoError, ErrorKind as Io};
+        // As hyper-rustls hands them over: io(Other, io(InvalidData, rustls)).
+        let hint = |e: E| {
+            let nested = IoError::other(IoError::new(Io::InvalidData, e));
+            rustls_error(&nested).and_then(tls_hint)
+        };
+        let server_refused = "the server refused this client's certificate";
+        for (e, needle) in [
+            (
+                E::InvalidCertificate(C::UnknownIssuer),
+                "the server's certificate is not from a CA you trust: add its CA to `ca_bundle`",
+            ),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                "check the URL's host",
+            ),
+            (
+                E::InvalidCertificate(C::NotValidForNameContext {
+                    expected: rustls::pki_types::ServerName::try_from("dp.example")
+                        .expect("a DNS name"),
+                    presented: vec!["other.example".into()],
+                }),
+                "check the URL's host",
+            ),
+            (
+                E::InvalidCertificate(C::Expired),
+                "the server's certificate has expired",
+            ),
+            (
+                E::InvalidCertificate(C::NotValidYet),
+                "check this machine's clock",
+            ),
+            (E::AlertReceived(A::BadCertificate), server_refused),
+            (E::AlertReceived(A::CertificateRequired), server_refused),
+            (E::AlertReceived(A::UnknownCA), server_refused),
+            (E::AlertReceived(A::AccessDenied), server_refused),
+            (E::AlertReceived(A::DecryptError), server_refused),
+            (E::AlertReceived(A::CertificateExpired), "renew it"),
+        ] {
+            let what = format!("{e:?}");
+            let got = hint(e).unwrap_or_else(|| panic!("no hint for {what}"));
+            assert!(got.contains(needle), "{what}: {got}");
+        }
+        // Other failures keep their chain alone.
+        assert_eq!(hint(E::AlertReceived(A::HandshakeFailure)), None);
+        assert_eq!(hint(E::InvalidCertificate(C::BadSignature)), None);
     }
 }

@@ -69,7 +69,15 @@ pub(crate) struct Lease {
 struct Cached {
     bearer: BearerHeader,
     info: TokenInfo,
+    /// Served as it is until then (the hot path looks at nothing else): the refresh point
+    /// (expiry - margin), or, once a refresh has started or failed, when the next may be tried.
+    /// Never later than `expires_at`.
     refresh_at: Instant,
+    /// When the token expires, counted from the sending of the request that got it (a little
+    /// early rather than late). Never served after it.
+    expires_at: Instant,
+    /// How long after a failed refresh (or the start of one) the next may be tried.
+    retry_every: Duration,
     generation: u64,
     obtained: Instant,
     /// Obtained because a server refused the previous token with `invalid_token`.
@@ -82,8 +90,16 @@ struct Cached {
 /// server a token request per request (a guest could make that happen).
 pub const FORCED_REFRESH_MIN_AGE: Duration = Duration::from_secs(5);
 
+/// The longest wait between two refresh attempts while the current token is still valid: a
+/// failed refresh is tried again after a quarter of the refresh margin, at most this long and at
+/// least [`REFRESH_RETRY_MIN`] (5 s with the default 30 s margin).
+pub const REFRESH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The shortest wait between two refresh attempts (see [`REFRESH_RETRY_MAX`]).
+pub const REFRESH_RETRY_MIN: Duration = Duration::from_millis(250);
+
 impl Cached {
-    /// Still usable (before its refresh point).
+    /// Served as it is (before its refresh point, or before the next refresh attempt is due).
     fn fresh(&self) -> bool {
         Instant::now() < self.refresh_at
     }
@@ -94,6 +110,30 @@ impl Cached {
             generation: self.generation,
         }
     }
+
+    /// No refresh attempt before `retry_every` from now (nor past the expiry).
+    fn postpone_refresh(&mut self) {
+        self.refresh_at = (Instant::now() + self.retry_every).min(self.expires_at);
+    }
+}
+
+/// What the cache holds for a caller that missed the hot path.
+enum Found<T> {
+    /// A token to serve as it is.
+    Fresh(T),
+    /// A valid token whose refresh is due: one caller refreshes, the others serve it meanwhile.
+    Stale { value: T, generation: u64 },
+    /// No valid token: callers wait for a new one.
+    Missing,
+}
+
+/// What a token request brought: the token, its metadata and lifetime, and when the request
+/// that got it was sent.
+struct NewToken {
+    bearer: BearerHeader,
+    info: TokenInfo,
+    lifetime: Duration,
+    sent: Instant,
 }
 
 /// Discovery plus the token cache of one identity.
@@ -109,7 +149,9 @@ pub(crate) struct TokenManager {
     /// synchronous lock, held only to look or swap, never across an await: the hot path of every
     /// request reads it without hashing, allocating or yielding.
     cache: std::sync::Mutex<Option<Cached>>,
-    /// Held while a token request is in flight, so that concurrent callers share one acquisition.
+    /// Held while a token request is in flight, so that there is one at a time: callers without
+    /// a valid token wait for it and share its result; while a still-valid token is refreshed,
+    /// the other callers do not wait (they find it taken and serve the current token).
     acquiring: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     requests: AtomicU64,
@@ -199,49 +241,124 @@ impl TokenManager {
         self.slot().as_ref().filter(|c| c.fresh()).map(f)
     }
 
-    /// The cached token and its metadata while it is fresh.
-    fn cached(&self) -> Option<(Lease, TokenInfo)> {
-        self.fresh(|c| (c.lease(), c.info.clone()))
-    }
-
     /// A valid token for one request: the cached one, or a new one (the hot path of every
-    /// request: no allocation, hashing or await when the cached token is valid).
+    /// request: no allocation, hashing or await when the cached token is fresh).
     pub(crate) async fn bearer(&self) -> Result<Lease> {
         match self.fresh(Cached::lease) {
             Some(lease) => Ok(lease),
-            None => Ok(self.lease().await?.0),
+            None => self.acquire(Cached::lease).await,
         }
     }
 
-    /// A valid token and its metadata: the cached one, or a new one. Concurrent callers share one
-    /// acquisition: `acquiring` is held while the token request is in flight, and whoever waited
-    /// for it finds the new token in the cache.
+    /// A valid token and its metadata: the cached one, or a new one.
     pub(crate) async fn lease(&self) -> Result<(Lease, TokenInfo)> {
-        if let Some(fresh) = self.cached() {
-            return Ok(fresh);
+        self.acquire(|c| (c.lease(), c.info.clone())).await
+    }
+
+    /// `f` of a valid token. With a fresh one, at once. With one past its refresh point but not
+    /// expired, the caller that takes `acquiring` refreshes it, and every other caller serves it
+    /// meanwhile without waiting; a refresh that fails leaves it in use until it expires (tried
+    /// again after `retry_every`). Without a valid token, callers wait for the one token request
+    /// in flight (or send it): whoever waited finds the new token in the cache.
+    async fn acquire<T>(&self, f: impl Fn(&Cached) -> T) -> Result<T> {
+        match self.find(&f) {
+            Found::Fresh(value) => return Ok(value),
+            Found::Stale { value, generation } => {
+                return match self.acquiring.try_lock() {
+                    Ok(acquiring) => self.refresh(acquiring, generation, &f).await,
+                    // A token request is in flight: the current token serves meanwhile.
+                    Err(_) => Ok(value),
+                };
+            }
+            Found::Missing => {}
         }
-        let _acquiring = self.acquiring.lock().await;
-        if let Some(fresh) = self.cached() {
-            return Ok(fresh);
+        let acquiring = self.acquiring.lock().await;
+        match self.find(&f) {
+            Found::Fresh(value) => Ok(value),
+            Found::Stale { generation, .. } => self.refresh(acquiring, generation, &f).await,
+            Found::Missing => {
+                let new = self.request_new().await?;
+                Ok(self.store_new(new, &f))
+            }
         }
-        self.store(None);
-        let (bearer, info, lifetime) = async { self.request_token(self.metadata().await?).await }
+    }
+
+    /// What the cache holds, looked at once.
+    fn find<T>(&self, f: &impl Fn(&Cached) -> T) -> Found<T> {
+        let slot = self.slot();
+        let now = Instant::now();
+        match slot.as_ref() {
+            Some(c) if now < c.refresh_at => Found::Fresh(f(c)),
+            Some(c) if now < c.expires_at => Found::Stale {
+                value: f(c),
+                generation: c.generation,
+            },
+            _ => Found::Missing,
+        }
+    }
+
+    /// Replace the still-valid token of `generation` (`acquiring` held). On failure it keeps being
+    /// served until it expires, unless it has expired or was dropped (`invalidate`) meanwhile:
+    /// then the caller gets the error.
+    async fn refresh<T>(
+        &self,
+        _acquiring: tokio::sync::MutexGuard<'_, ()>,
+        generation: u64,
+        f: &impl Fn(&Cached) -> T,
+    ) -> Result<T> {
+        // The others go on with the current token, without even trying the lock, for a while.
+        if let Some(c) = self.slot().as_mut().filter(|c| c.generation == generation) {
+            c.postpone_refresh();
+        }
+        let error = match self.request_new().await {
+            Ok(new) => return Ok(self.store_new(new, f)),
+            Err(e) => e,
+        };
+        let mut slot = self.slot();
+        let now = Instant::now();
+        match slot.as_mut() {
+            Some(c) if c.generation == generation && now < c.expires_at => {
+                c.postpone_refresh();
+                tracing::warn!(
+                    error = %error,
+                    expires_in_ms = (c.expires_at - now).as_millis() as u64,
+                    retry_in_ms = c.retry_every.as_millis() as u64,
+                    "refreshing the access token failed; the current token is used until it \
+                     expires and a refresh is tried again"
+                );
+                Ok(f(c))
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// Discovery (once) and a token request, errors as the token step's.
+    async fn request_new(&self) -> Result<NewToken> {
+        async { self.request_token(self.metadata().await?).await }
             .await
-            .map_err(Error::in_token_step)?;
-        let margin = self.options.token_refresh_margin.min(lifetime / 2);
+            .map_err(Error::in_token_step)
+    }
+
+    /// Cache a new token and return `f` of it.
+    fn store_new<T>(&self, new: NewToken, f: &impl Fn(&Cached) -> T) -> T {
+        let margin = self.options.token_refresh_margin.min(new.lifetime / 2);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        // `lifetime` is at most a day (parse_success), so these cannot overflow.
+        let expires_at = new.sent + new.lifetime;
         let cached = Cached {
-            bearer,
-            info: info.clone(),
-            // `lifetime` is at most a day (parse_success), so this cannot overflow.
-            refresh_at: Instant::now() + (lifetime - margin),
+            bearer: new.bearer,
+            info: new.info,
+            refresh_at: (now + (new.lifetime - margin)).min(expires_at),
+            expires_at,
+            retry_every: (margin / 4).clamp(REFRESH_RETRY_MIN, REFRESH_RETRY_MAX),
             generation,
-            obtained: Instant::now(),
+            obtained: now,
             forced: self.next_is_forced.swap(false, Ordering::Relaxed),
         };
-        let lease = cached.lease();
+        let value = f(&cached);
         self.store(Some(cached));
-        Ok((lease, info))
+        value
     }
 
     fn store(&self, value: Option<Cached>) {
@@ -274,10 +391,7 @@ impl TokenManager {
         }
     }
 
-    async fn request_token(
-        &self,
-        metadata: &ServerMetadata,
-    ) -> Result<(BearerHeader, TokenInfo, Duration)> {
+    async fn request_token(&self, metadata: &ServerMetadata) -> Result<NewToken> {
         let endpoint = metadata.token_endpoint.clone();
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
@@ -285,8 +399,11 @@ impl TokenManager {
             .append_pair("scope", &self.scopes.join(" "))
             .finish();
         let mut attempt = 0;
+        // When the attempt that got the response was sent: the token's lifetime counts from then.
+        let mut sent_at;
         let response = loop {
             attempt += 1;
+            sent_at = Instant::now();
             self.requests.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(endpoint = %endpoint, attempt, "requesting a token (client_credentials, tls_client_auth)");
             let sent = self
@@ -340,7 +457,8 @@ impl TokenManager {
                 });
             }
             return Err(Error::TokenResponse(format!(
-                "{endpoint} answered HTTP {status} without an OAuth error"
+                "{endpoint} answered HTTP {status} without an OAuth error; {}",
+                token_status_next_step(status)
             )));
         }
         let (bearer, scope, lifetime, from_server) = parse_success(
@@ -369,7 +487,12 @@ impl TokenManager {
             expires_in = info.expires_in,
             "access token acquired"
         );
-        Ok((bearer, info, lifetime))
+        Ok(NewToken {
+            bearer,
+            info,
+            lifetime,
+            sent: sent_at,
+        })
     }
 
     /// The raw token, for `fapi-host token --reveal-token` only.
@@ -422,7 +545,8 @@ impl TokenManager {
                 .map(|e| format!(": {}", printable(&e.error)))
                 .unwrap_or_default();
             return Err(Error::TokenResponse(format!(
-                "introspection at {endpoint} answered HTTP {status}{detail}"
+                "introspection at {endpoint} answered HTTP {status}{detail}{}",
+                introspection_status_next_step(status)
             )));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
@@ -504,6 +628,43 @@ fn expires_in(v: &Value, endpoint: &url::Url) -> Result<Duration> {
         _ => Err(Error::TokenResponse(format!(
             "{endpoint}: `expires_in` is {v}, not a positive number of seconds"
         ))),
+    }
+}
+
+/// What to do about a token response with an error status but no OAuth error in its body.
+fn token_status_next_step(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        429 => {
+            "the authorization server is limiting this client's requests: wait a minute and try \
+             again (tokens are cached, so a client needs one only every few minutes)"
+        }
+        500..=599 => {
+            "the authorization server itself failed (or a proxy in front of it): try again in a \
+             few minutes; if it keeps failing, tell the server's operator, with the time of the \
+             request (`-v` logs it)"
+        }
+        _ => {
+            "this is not an OAuth token endpoint's answer: check `issuer_url` (the token endpoint \
+             comes from its discovery document) and that no proxy or firewall answers instead"
+        }
+    }
+}
+
+/// What to do about an introspection response with an error status.
+fn introspection_status_next_step(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => {
+            "; the authorization server did not authenticate this client for introspection: check \
+             that `client_id` and `certificate` are the pair registered with the directory (the \
+             certificate is the only credential), and that the client is registered for \
+             introspection (`tls_client_auth` at the introspection endpoint)"
+        }
+        403 => "; this client may not introspect: ask the directory to allow it",
+        500..=599 => {
+            "; the authorization server itself failed: try again in a few minutes; if it keeps \
+             failing, tell the server's operator"
+        }
+        _ => "",
     }
 }
 

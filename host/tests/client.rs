@@ -169,6 +169,22 @@ async fn token_endpoint_errors_are_clear() {
     f.fed.set_as_fault(Some(AsFault::TokenEndpointStatus(500)));
     let err = f.client().token_info().await.unwrap_err();
     assert!(err.to_string().contains("500"), "{err}");
+    // ... and what to do about it.
+    assert!(
+        err.to_string().contains(
+            "HTTP 500 Internal Server Error without an OAuth error; the authorization server \
+             itself failed (or a proxy in front of it): try again in a few minutes; if it keeps \
+             failing, tell the server's operator"
+        ),
+        "{err}"
+    );
+    f.fed.set_as_fault(Some(AsFault::TokenEndpointStatus(404)));
+    let err = f.client().token_info().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("this is not an OAuth token endpoint's answer: check `issuer_url`"),
+        "{err}"
+    );
     // Scopes the client may not have: invalid_scope.
     f.fed.set_as_fault(None);
     let mut s = f.settings();
@@ -461,4 +477,53 @@ async fn other_key_types_work_end_to_end() {
         let r = client.get(f.fed.data_url()).send().await.unwrap();
         assert_eq!(r.status(), 200, "{name}");
     }
+}
+
+/// Past the refresh point (expiry - margin) the token is refreshed by one caller while the others
+/// go on with the current one: a slow token endpoint holds up nobody else, one token request is
+/// in flight, and the new token replaces the old once it arrives.
+#[tokio::test]
+async fn a_slow_refresh_holds_up_no_other_caller() {
+    // Tokens live 8 s: the margin is 4 s (half the lifetime), so the refresh is due from 4 s.
+    let f = Fed::start(FederationConfig {
+        token_ttl: Duration::from_secs(8),
+        ..FederationConfig::default()
+    })
+    .await;
+    let client = f.client();
+    let old = client.danger_reveal_token().await.unwrap();
+    let t0 = Instant::now();
+    f.fed
+        .set_as_fault(Some(AsFault::SlowToken(Duration::from_millis(1500))));
+    tokio::time::sleep_until((t0 + Duration::from_millis(4200)).into()).await;
+    let before = f.fed.counters();
+    let request = |client: &FapiClient| {
+        let (c, url) = (client.clone(), f.fed.data_url());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let status = c.get(url).send().await.unwrap().status();
+            (status, t.elapsed())
+        })
+    };
+    let refreshing = request(&client);
+    // While the token request is in flight, for longer than the pause before another would be due.
+    let mut others = 0;
+    while t0.elapsed() < Duration::from_millis(5500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, took) = request(&client).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(took < Duration::from_millis(700), "held up {took:?}");
+        others += 1;
+    }
+    let (status, took) = refreshing.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(others >= 8, "{others}");
+    assert_eq!(
+        f.fed.counters().token_requests,
+        before.token_requests + 1,
+        "one token request for all callers"
+    );
+    let new = client.danger_reveal_token().await.unwrap();
+    assert_ne!(new.as_str(), old.as_str(), "the new token is in use");
 }

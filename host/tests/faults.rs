@@ -198,6 +198,148 @@ async fn as_5xx_and_bad_token_responses() {
     assert_eq!(info.expires_in, st.client.default_token_lifetime.as_secs());
 }
 
+/// Sleep until `after` past `t0`.
+async fn at(t0: Instant, after: Duration) {
+    tokio::time::sleep_until((t0 + after).into()).await;
+}
+
+/// A federation whose tokens live 8 s: the client's refresh margin is then 4 s (min(30 s, half
+/// the lifetime)), so it refreshes from 4 s and the token expires at 8 s (counted from the token
+/// request, so a little earlier from a `t0` taken after it); a failed refresh is tried again
+/// after a quarter of the margin, 1 s. The federation's `exp` counts whole seconds, so requests
+/// with the old token stop 2 s before the expiry.
+async fn short_lived_tokens() -> Fed {
+    Fed::start(FederationConfig {
+        token_ttl: Duration::from_secs(8),
+        ..FederationConfig::default()
+    })
+    .await
+}
+
+/// A token endpoint that fails (HTTP 500) once the token is past its refresh point but still
+/// valid: every request goes on with the valid token, the refresh is tried again after a back-off
+/// (not once per request), a warning names the failure (never the token), and only once the token
+/// has expired do callers get the token error.
+#[tokio::test]
+async fn a_token_endpoint_failing_in_the_refresh_window_leaves_the_valid_token_in_use() {
+    let f = short_lived_tokens().await;
+    let client = client_of(&quick(f.settings(), Duration::from_secs(2), 0));
+    let token = client.danger_reveal_token().await.unwrap();
+    let t0 = Instant::now();
+    f.fed.set_as_fault(Some(AsFault::TokenEndpointStatus(500)));
+    at(t0, Duration::from_millis(4200)).await;
+    let before = f.fed.counters();
+    let mut served = 0;
+    while t0.elapsed() < Duration::from_millis(6000) {
+        let r = client.get(f.fed.data_url()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {served} in the refresh window");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = f.fed.counters().token_requests - before.token_requests;
+    // At about 4.2 s and 5.2 s (one more if a request lands just after 6 s): not one per request.
+    assert!(served >= 10, "{served}");
+    assert!((2..=3).contains(&attempts), "{attempts} refresh attempts");
+    assert_eq!(
+        client.danger_reveal_token().await.unwrap().as_str(),
+        token.as_str(),
+        "the valid token is still the one in use"
+    );
+    {
+        let logs = logs();
+        let logs = logs.lock().unwrap();
+        assert!(
+            contains(&logs, b"refreshing the access token failed"),
+            "a warning names the failure"
+        );
+        assert!(
+            contains(&logs, b"HTTP 500"),
+            "the warning says how it failed"
+        );
+        assert!(!contains(&logs, token.as_bytes()), "a token is in the logs");
+    }
+
+    // Expired: the caller waits for a token request, and gets its error; nothing reaches the DP.
+    at(t0, Duration::from_millis(8300)).await;
+    let before = f.fed.counters();
+    let err = client.get(f.fed.data_url()).send().await.unwrap_err();
+    let after = f.fed.counters();
+    assert!(
+        matches!(err, Error::TokenResponse(_)) && err.to_string().contains("HTTP 500"),
+        "{err}"
+    );
+    assert_eq!(after.token_requests, before.token_requests + 1);
+    assert_eq!(after.dp_requests, before.dp_requests);
+    assert_no_token(&err.to_string(), Some(token.as_str()));
+
+    // The server is back: a new token at once.
+    f.fed.set_as_fault(None);
+    let r = client.get(f.fed.data_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_ne!(
+        client.danger_reveal_token().await.unwrap().as_str(),
+        token.as_str()
+    );
+}
+
+/// A token endpoint that hangs in the refresh window: the one caller that refreshes waits for the
+/// token request's timeout and then goes on with the valid token; the others are not held up at
+/// all; one token request is in flight at a time; after the expiry the error is the token's.
+#[tokio::test]
+async fn a_token_endpoint_hanging_in_the_refresh_window_holds_up_only_the_refreshing_caller() {
+    let f = short_lived_tokens().await;
+    let client = client_of(&quick(f.settings(), Duration::from_millis(1500), 0));
+    let token = client.danger_reveal_token().await.unwrap();
+    let t0 = Instant::now();
+    f.fed
+        .set_as_fault(Some(AsFault::SlowToken(Duration::from_secs(30))));
+    at(t0, Duration::from_millis(4200)).await;
+    let before = f.fed.counters();
+    let request = |client: &FapiClient| {
+        let (c, url) = (client.clone(), f.fed.data_url());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let status = c.get(url).send().await.unwrap().status();
+            (status, t.elapsed())
+        })
+    };
+    let refreshing = request(&client);
+    // Soon after the refresh began (no attempt due yet), and once the next would be due (the
+    // first still in flight): nobody waits.
+    for wave in [4300, 5300] {
+        at(t0, Duration::from_millis(wave)).await;
+        let others: Vec<_> = (0..8).map(|_| request(&client)).collect();
+        for o in others {
+            let (status, took) = o.await.unwrap();
+            assert_eq!(status, 200);
+            assert!(
+                took < Duration::from_millis(700),
+                "{wave}: held up {took:?}"
+            );
+        }
+    }
+    let (status, took) = refreshing.await.unwrap();
+    assert_eq!(
+        status, 200,
+        "the refreshing caller goes on with the valid token"
+    );
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert_eq!(
+        f.fed.counters().token_requests - before.token_requests,
+        1,
+        "one token request in flight at a time"
+    );
+
+    at(t0, Duration::from_millis(8300)).await;
+    let err = client.get(f.fed.data_url()).send().await.unwrap_err();
+    assert!(
+        matches!(err, Error::TokenUnreachable { tls: false, .. })
+            && err.to_string().contains("timed out"),
+        "{err}"
+    );
+    assert_no_token(&err.to_string(), Some(token.as_str()));
+}
+
 /// A TCP server on loopback that counts the connections it accepts and hands each to `serve`.
 struct CountingServer {
     port: u16,
@@ -281,24 +423,57 @@ impl TlsProbe {
     }
 }
 
+/// A server certificate for 127.0.0.1 from the federation's CA that expired yesterday.
+fn expired_server_certificate(f: &Fed) -> fapi_federation::ServerIdentity {
+    let pki = f.fed.pki();
+    let dir = f.path("pki-for-expired");
+    pki.write_to(&dir).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(pki.ca_pem(), &ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - Duration::from_secs(30 * 86_400)).into();
+    params.not_after = (now - Duration::from_secs(86_400)).into();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    fapi_federation::ServerIdentity {
+        names: vec!["127.0.0.1".into(), "localhost".into()],
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        ca_pem: pki.ca_pem().to_owned(),
+    }
+}
+
 #[tokio::test]
 async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp() {
     let f = Fed::start(FederationConfig::default()).await;
     let pki = f.fed.pki();
+    // Each with the hint the error carries: what is wrong and what to do.
     let cases = [
         (
             "wrong name",
             pki.issue_server(&["wrong.example"], false).unwrap(),
+            "check the URL's host",
         ),
         (
             "untrusted CA",
             pki.issue_server(&["127.0.0.1", "localhost"], true).unwrap(),
+            "the server's certificate is not from a CA you trust: add its CA to `ca_bundle`",
+        ),
+        (
+            "expired",
+            expired_server_certificate(&f),
+            "the server's certificate has expired",
         ),
     ];
     let st = quick(f.settings(), Duration::from_secs(5), 3);
     let good = client_of(&st);
     let token = good.danger_reveal_token().await.unwrap();
-    for (what, server) in &cases {
+    for (what, server, hint) in &cases {
         let probe = TlsProbe::start(server.server_config().unwrap()).await;
         let origin = probe.server.origin();
 
@@ -314,6 +489,7 @@ async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp(
             err.to_string().to_lowercase().contains("certificate"),
             "{what}: {err}"
         );
+        assert!(err.to_string().contains(hint), "{what}: {err}");
 
         // As a data provider, with a valid token in hand: the token is never sent.
         let before = good.token_requests();
@@ -327,6 +503,7 @@ async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp(
             err.to_string().to_lowercase().contains("certificate"),
             "{what}: {err}"
         );
+        assert!(err.to_string().contains(hint), "{what}: {err}");
         assert_eq!(
             good.token_requests(),
             before,
@@ -378,6 +555,9 @@ async fn a_handshake_the_server_hangs_up_on_is_a_network_failure_and_tried_again
 
 /// A data provider whose TLS refuses the client's certificate (it trusts another CA) answers the
 /// handshake with an alert: a TLS failure, which trying again cannot mend, so it is not retried.
+/// The error says what to check. Two such servers: one trusting another CA of the same name as the
+/// client's (rustls finds the issuer by name, its signature does not check: `decrypt_error`), one
+/// trusting a CA of another name (`unknown_ca`).
 #[tokio::test]
 async fn a_server_that_refuses_the_client_certificate_is_a_tls_failure_not_tried_again() {
     use rustls::pki_types::pem::PemObject as _;
@@ -388,47 +568,84 @@ async fn a_server_that_refuses_the_client_certificate_is_a_tls_failure_not_tried
         .pki()
         .issue_server(&["127.0.0.1", "localhost"], false)
         .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(fapi_federation::Pki::generate().unwrap().ca_der())
-        .unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let server = CountingServer::start(move |tcp| {
-        let acceptor = acceptor.clone();
-        async move {
-            let _ = acceptor.accept(tcp).await;
-        }
-    })
-    .await;
-    let origin = server.origin();
+    let other_name = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "another directory's CA");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        p.self_signed(&key).unwrap().der().clone()
+    };
     let st = quick(f.settings(), Duration::from_secs(5), 2);
     let client = client_of(&st);
     let token = client.danger_reveal_token().await.unwrap();
+    let hint = "check that the certificate (`certificate`) is registered with the directory for \
+                this client_id and issued by a CA the server trusts";
+    for (what, trusted, alert) in [
+        (
+            "another CA of the same name",
+            fapi_federation::Pki::generate().unwrap().ca_der(),
+            "DecryptError",
+        ),
+        ("a CA of another name", other_name, "UnknownCA"),
+    ] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trusted).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let server = CountingServer::start(move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                let _ = acceptor.accept(tcp).await;
+            }
+        })
+        .await;
+        let origin = server.origin();
 
-    let err = client
-        .get(format!("{origin}/data.csv"))
-        .send()
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Tls(_)), "{err:?}");
-    assert_eq!(server.accepted(), 1, "not tried again: {err}");
-    assert_no_token(&err.to_string(), Some(token.as_str()));
+        let err = client
+            .get(format!("{origin}/data.csv"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Tls(_)), "{what}: {err:?}");
+        assert_eq!(server.accepted(), 1, "{what}: not tried again: {err}");
+        assert_no_token(&err.to_string(), Some(token.as_str()));
+        let msg = err.to_string();
+        assert!(msg.contains(alert), "{what}: {msg}");
+        assert!(
+            msg.contains("the server refused this client's certificate") && msg.contains(hint),
+            "{what}: {msg}"
+        );
+
+        // The same server as the authorization server: no token, with the same hint.
+        let mut as_settings = st.clone();
+        as_settings.issuer_url = origin.clone();
+        let err = client_of(&as_settings).token_info().await.unwrap_err();
+        assert!(
+            matches!(err, Error::TokenUnreachable { tls: true, .. }),
+            "{what}: {err:?}"
+        );
+        assert!(err.to_string().contains(hint), "{what}: {err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1302,6 +1519,8 @@ enum Reply {
     /// 200 with `len` bytes (spaces inside a JSON object), with a `content-length` or, without
     /// one, delimited by the end of the connection.
     Huge { len: usize, content_length: bool },
+    /// This status with this JSON body.
+    Status(u16, &'static str),
 }
 
 /// How the server below answers each path.
@@ -1361,6 +1580,12 @@ impl SlowAs {
                 match reply {
                     Reply::Json(body) => {
                         let _ = tls.write_all(head_of(Some(body.len())).as_bytes()).await;
+                        let _ = tls.write_all(body.as_bytes()).await;
+                    }
+                    Reply::Status(code, body) => {
+                        let head = head_of(Some(body.len()))
+                            .replacen("200 OK", &format!("{code} Error"), 1);
+                        let _ = tls.write_all(head.as_bytes()).await;
                         let _ = tls.write_all(body.as_bytes()).await;
                     }
                     Reply::Trickle { len, every } => {
@@ -1470,6 +1695,38 @@ async fn an_introspection_response_trickled_byte_by_byte_times_out_as_a_whole() 
         "{msg}"
     );
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_no_token(&msg, Some("slow-as-token-0123456789abcdef"));
+}
+
+/// An introspection endpoint that does not authenticate the client (401 `invalid_client`): the
+/// error names the endpoint, the status and the server's code, and says what to check.
+#[tokio::test]
+async fn an_introspection_401_says_what_to_check() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let slow = SlowAs::start(&f, |path| match path {
+        "/introspect" => Reply::Status(
+            401,
+            r#"{"error":"invalid_client","error_description":"client authentication failed"}"#,
+        ),
+        _ => token_json(),
+    })
+    .await;
+    let mut st = quick(f.settings(), Duration::from_secs(5), 0);
+    st.issuer_url = slow.server.origin();
+    let err = client_of(&st).introspect().await.unwrap_err();
+    assert!(matches!(err, Error::TokenResponse(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("/introspect") && msg.contains("401") && msg.contains("invalid_client"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(
+            "the authorization server did not authenticate this client for introspection: check \
+             that `client_id` and `certificate` are the pair registered with the directory"
+        ),
+        "{msg}"
+    );
     assert_no_token(&msg, Some("slow-as-token-0123456789abcdef"));
 }
 
