@@ -30,7 +30,10 @@ use crate::config::ClientOptions;
 use crate::credentials::Identity;
 use crate::error::{Error, Result};
 
-/// The TLS 1.2 suites that FAPI permits (FAPI 1.0 part 2 section 8.5, FAPI 2.0 section 5.2.2).
+/// The TLS 1.2 suites offered: FAPI 2.0's (section 5.2.2, the BCP 195 recommendations: ECDHE with
+/// RSA or ECDSA, AES-GCM). FAPI 1.0 Final's own list (part 2 section 8.5) is narrower, ECDHE-RSA
+/// and DHE-RSA only; against a FAPI 1.0 server with an ECDSA certificate, set `tls13_only` or
+/// expect its conformance check to flag the ECDSA suites.
 const FAPI_TLS12_SUITES: [CipherSuite; 4] = [
     CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
