@@ -497,14 +497,7 @@ async fn a_slow_refresh_holds_up_no_other_caller() {
         .set_as_fault(Some(AsFault::SlowToken(Duration::from_millis(1500))));
     tokio::time::sleep_until((t0 + Duration::from_millis(4200)).into()).await;
     let before = f.fed.counters();
-    let request = |client: &FapiClient| {
-        let (c, url) = (client.clone(), f.fed.data_url());
-        tokio::spawn(async move {
-            let t = Instant::now();
-            let status = c.get(url).send().await.unwrap().status();
-            (status, t.elapsed())
-        })
-    };
+    let request = |client: &FapiClient| common::timed_get(client, f.fed.data_url());
     let refreshing = request(&client);
     // While the token request is in flight, for longer than the pause before another would be due.
     let mut others = 0;

@@ -295,14 +295,7 @@ async fn a_token_endpoint_hanging_in_the_refresh_window_holds_up_only_the_refres
         .set_as_fault(Some(AsFault::SlowToken(Duration::from_secs(30))));
     at(t0, Duration::from_millis(4200)).await;
     let before = f.fed.counters();
-    let request = |client: &FapiClient| {
-        let (c, url) = (client.clone(), f.fed.data_url());
-        tokio::spawn(async move {
-            let t = Instant::now();
-            let status = c.get(url).send().await.unwrap().status();
-            (status, t.elapsed())
-        })
-    };
+    let request = |client: &FapiClient| common::timed_get(client, f.fed.data_url());
     let refreshing = request(&client);
     // Soon after the refresh began (no attempt due yet), and once the next would be due (the
     // first still in flight): nobody waits.
@@ -1523,9 +1516,6 @@ enum Reply {
     Status(u16, &'static str),
 }
 
-/// How the server below answers each path.
-type Routes = fn(&str) -> Reply;
-
 /// An HTTPS issuer on loopback (a certificate of the federation's CA, so the client trusts it)
 /// that answers discovery, token and introspection requests as `routes` says. The document it
 /// serves names itself as the issuer and its own `/token` and `/introspect`.
@@ -1534,12 +1524,14 @@ struct SlowAs {
 }
 
 impl SlowAs {
-    async fn start(f: &Fed, routes: Routes) -> SlowAs {
+    async fn start(f: &Fed, routes: impl Fn(&str) -> Reply + Send + Sync + 'static) -> SlowAs {
         use tokio::io::AsyncWriteExt as _;
+        let routes = Arc::new(routes);
         let identity = f.fed.pki().issue_server(&["127.0.0.1"], false).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
         let server = CountingServer::start(move |tcp| {
             let acceptor = acceptor.clone();
+            let routes = routes.clone();
             async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -1737,72 +1729,59 @@ async fn an_introspection_401_says_what_to_check() {
 async fn authorization_server_responses_over_1_mib_are_refused() {
     let f = Fed::start(FederationConfig::default()).await;
     const BIG: usize = (1 << 20) + 2;
-    let cases: [(&str, Routes); 6] = [
-        ("discovery, content-length", |p| match p {
-            "/.well-known/openid-configuration" => Reply::Huge {
-                len: BIG,
-                content_length: true,
-            },
-            _ => token_json(),
-        }),
-        ("discovery, until close", |p| match p {
-            "/.well-known/openid-configuration" => Reply::Huge {
-                len: BIG,
-                content_length: false,
-            },
-            _ => token_json(),
-        }),
-        ("token, content-length", |p| match p {
-            "/token" => Reply::Huge {
-                len: BIG,
-                content_length: true,
-            },
-            _ => token_json(),
-        }),
-        ("token, until close", |p| match p {
-            "/token" => Reply::Huge {
-                len: BIG,
-                content_length: false,
-            },
-            _ => token_json(),
-        }),
-        ("introspection, content-length", |p| match p {
-            "/introspect" => Reply::Huge {
-                len: BIG,
-                content_length: true,
-            },
-            _ => token_json(),
-        }),
-        ("introspection, until close", |p| match p {
-            "/introspect" => Reply::Huge {
-                len: BIG,
-                content_length: false,
-            },
-            _ => token_json(),
-        }),
+    let cases = [
+        ("discovery", "/.well-known/openid-configuration"),
+        ("token", "/token"),
+        ("introspection", "/introspect"),
     ];
-    for (what, routes) in cases {
-        let slow = SlowAs::start(&f, routes).await;
-        let mut st = quick(f.settings(), Duration::from_secs(10), 0);
-        st.issuer_url = slow.server.origin();
-        let client = client_of(&st);
-        let err = if what.starts_with("introspection") {
-            client.introspect().await.unwrap_err()
-        } else {
-            client.token_info().await.unwrap_err()
-        };
-        let msg = err.to_string();
-        assert!(msg.contains("larger than 1 MiB"), "{what}: {msg}");
-        assert_eq!(
-            err.kind(),
-            fapi_host::ErrorKind::Authorization,
-            "{what}: {msg}"
-        );
-        if what.starts_with("discovery") {
-            assert!(matches!(err, Error::Discovery(_)), "{what}: {err:?}");
-        } else {
-            assert!(matches!(err, Error::TokenResponse(_)), "{what}: {err:?}");
+    for (what, path) in cases {
+        for content_length in [true, false] {
+            let routes = move |p: &str| {
+                if p == path {
+                    Reply::Huge {
+                        len: BIG,
+                        content_length,
+                    }
+                } else {
+                    token_json()
+                }
+            };
+            let framing = if content_length {
+                "content-length"
+            } else {
+                "until close"
+            };
+            huge_reply_is_refused(&f, &format!("{what}, {framing}"), routes).await;
         }
+    }
+}
+
+/// One case of the test above: `what` is the exchange whose answer `routes` makes too large.
+async fn huge_reply_is_refused(
+    f: &Fed,
+    what: &str,
+    routes: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) {
+    let slow = SlowAs::start(f, routes).await;
+    let mut st = quick(f.settings(), Duration::from_secs(10), 0);
+    st.issuer_url = slow.server.origin();
+    let client = client_of(&st);
+    let err = if what.starts_with("introspection") {
+        client.introspect().await.unwrap_err()
+    } else {
+        client.token_info().await.unwrap_err()
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("larger than 1 MiB"), "{what}: {msg}");
+    assert_eq!(
+        err.kind(),
+        fapi_host::ErrorKind::Authorization,
+        "{what}: {msg}"
+    );
+    if what.starts_with("discovery") {
+        assert!(matches!(err, Error::Discovery(_)), "{what}: {err:?}");
+    } else {
+        assert!(matches!(err, Error::TokenResponse(_)), "{what}: {err:?}");
     }
 }
 

@@ -354,6 +354,20 @@ fn run_bin(config: &Path, args: &[&str]) -> (Output, f64) {
     (out, started.elapsed().as_secs_f64())
 }
 
+/// The client of `config` and a sandbox over it that captures the guests' output, with the
+/// tests' lasting compilation cache.
+async fn capturing_sandbox(config: &Path) -> (FapiClient, Sandbox) {
+    let settings = Settings::load(Some(config), &Overrides::default()).unwrap();
+    let (client, _) = FapiClient::from_settings(&settings).unwrap();
+    let options = SandboxOptions {
+        cache_dir: Some(cache_dir()),
+        stdio: Stdio::Capture,
+        ..SandboxOptions::default()
+    };
+    let sandbox = Sandbox::new(client.clone(), options).await.unwrap();
+    (client, sandbox)
+}
+
 async fn csv_summary_end_to_end(lang: Lang) {
     let logs: Arc<Mutex<Vec<u8>>> = fapi_tests::capture_logs("trace");
     let Some(wasm) = component(lang) else {
@@ -428,14 +442,7 @@ async fn csv_summary_end_to_end(lang: Lang) {
     seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
 
     // The library, in this process: the token it used is known, so search for it.
-    let settings = Settings::load(Some(&config), &Overrides::default()).unwrap();
-    let (client, _) = FapiClient::from_settings(&settings).unwrap();
-    let options = SandboxOptions {
-        cache_dir: Some(cache_dir()),
-        stdio: Stdio::Capture,
-        ..SandboxOptions::default()
-    };
-    let sandbox = Sandbox::new(client.clone(), options).await.unwrap();
+    let (client, sandbox) = capturing_sandbox(&config).await;
     let started = Instant::now();
     let plugin = sandbox.load(&wasm).unwrap();
     let loaded = started.elapsed().as_secs_f64();
@@ -493,14 +500,7 @@ async fn rust_csv_summary_edge_cases() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = fed.write_client_config(dir.path(), "consumer").unwrap();
-    let settings = Settings::load(Some(&config), &Overrides::default()).unwrap();
-    let (client, _) = FapiClient::from_settings(&settings).unwrap();
-    let options = SandboxOptions {
-        cache_dir: Some(cache_dir()),
-        stdio: Stdio::Capture,
-        ..SandboxOptions::default()
-    };
-    let sandbox = Sandbox::new(client, options).await.unwrap();
+    let (_, sandbox) = capturing_sandbox(&config).await;
     let plugin = sandbox.load(Path::new(guests::CSV_SUMMARY)).unwrap();
     let out = sandbox
         .run(&plugin, &[edge_cases_url(&fed)], Stdio::Capture)

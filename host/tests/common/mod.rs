@@ -117,3 +117,16 @@ pub fn fapi_host_env(args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> (i32, 
         .unwrap();
     (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
 }
+
+/// A GET of `url` on a task of its own: its status and how long it took.
+pub fn timed_get(
+    client: &FapiClient,
+    url: String,
+) -> tokio::task::JoinHandle<(http::StatusCode, std::time::Duration)> {
+    let c = client.clone();
+    tokio::spawn(async move {
+        let t = std::time::Instant::now();
+        let status = c.get(url).send().await.unwrap().status();
+        (status, t.elapsed())
+    })
+}
