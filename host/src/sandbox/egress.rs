@@ -320,12 +320,8 @@ impl Egress {
         req: GuestRequest,
         admitted: Admitted,
     ) -> Result<(FapiResponse, GuestBody), GuestError> {
+        // The body's size was checked by `admit` (fapi-fetch) or bounded as it was read (wasi:http).
         let Admitted { url, permit } = admitted;
-        if let Some(b) = &req.body
-            && b.len() as u64 > self.limits.max_request_body
-        {
-            return Err(self.deny(&req, GuestError::TooLarge(self.limits.max_request_body)));
-        }
         let started = Instant::now();
         let sent = match req.timeout {
             Some(t) => tokio::time::timeout(t, self.send_with_retries(&req, url))
