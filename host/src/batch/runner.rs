@@ -674,11 +674,7 @@ impl Shared {
             let digest = Sha256::digest(&output);
             let bytes = output.len() as u64;
             let mut data = Chunks::default();
-            // An empty output is an empty file: no chunk (an empty one would be a write of
-            // nothing, which the writer takes for a full disk).
-            if !output.is_empty() {
-                data.push(output.into());
-            }
+            data.push(output.into());
             let staged = stage(tmp, fin, data, fsync).await.map_err(io)?;
             return Ok((staged, bytes, manifest::hex(&digest)));
         }
@@ -691,7 +687,6 @@ impl Shared {
         let mut spool: Option<Spool> = None;
         loop {
             match response.chunk().await {
-                Ok(Some(chunk)) if chunk.is_empty() => {}
                 Ok(Some(chunk)) => {
                     bytes += chunk.len() as u64;
                     buf.push(chunk);

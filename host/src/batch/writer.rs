@@ -168,7 +168,11 @@ pub(super) struct Chunks {
 }
 
 impl Chunks {
+    /// Add a chunk; an empty one is not kept (a `writev` of nothing only would read as a full disk).
     pub(super) fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
         self.len += chunk.len();
         self.chunks.push(chunk);
     }
