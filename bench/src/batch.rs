@@ -207,6 +207,55 @@ pub async fn native_files_rate(
     rate
 }
 
+/// Items/s of the least any engine keeping the batch's guarantee can do: the native client at
+/// concurrency `conc`, each body read whole and sent to one thread that writes it under a
+/// temporary name and renames it into place (`File::create_new`, `write_all`, `rename`) in a fresh
+/// directory under `under` — no hash, no manifest, no resume, no retries. What the engine costs
+/// above this is its own; what this costs above the native client is the file system's.
+pub async fn floor_rate(
+    client: &FapiClient,
+    origin: &str,
+    items: Items,
+    conc: usize,
+    under: Option<&Path>,
+) -> f64 {
+    let dir = fresh_dir(under);
+    client.token_info().await.unwrap();
+    let out = dir.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, bytes::Bytes)>();
+    let writer = std::thread::spawn(move || {
+        let mut written = 0u64;
+        for (i, body) in rx {
+            let (tmp, dest) = (out.join(format!(".{i}.part")), out.join(i.to_string()));
+            std::fs::File::create_new(&tmp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &body))
+                .and_then(|()| std::fs::rename(&tmp, &dest))
+                .unwrap();
+            written += 1;
+        }
+        written
+    });
+    let client = client.clone();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let rate = rate(origin, items, conc, move |url| {
+        let (client, tx, i) = (
+            client.clone(),
+            tx.clone(),
+            next.fetch_add(1, Ordering::Relaxed),
+        );
+        async move {
+            let r = client.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            tx.send((i, r.bytes().await.unwrap())).unwrap();
+        }
+    });
+    let t0 = Instant::now();
+    let _ = rate.await;
+    // The rate counts until the last file is in place.
+    assert_eq!(writer.join().unwrap(), items.count);
+    items.count as f64 / t0.elapsed().as_secs_f64()
+}
+
 /// Items/s of plain reqwest mTLS with a fixed bearer header at concurrency `conc`.
 pub async fn plain_rate(
     client: &reqwest::Client,
@@ -290,6 +339,10 @@ async fn throughput(b: &Bench, python: &str, items: Items, concs: &[usize], n_re
             name: "fapi-host batch, output on the disk (system temp dir)",
             rates: Vec::new(),
         },
+        Series {
+            name: "floor: FapiClient + create, write, rename on one thread, on the disk",
+            rates: Vec::new(),
+        },
     ];
     if tmpfs.is_some() {
         series.push(Series {
@@ -298,6 +351,10 @@ async fn throughput(b: &Bench, python: &str, items: Items, concs: &[usize], n_re
         });
         series.push(Series {
             name: "fapi-host batch, output on tmpfs (/dev/shm)",
+            rates: Vec::new(),
+        });
+        series.push(Series {
+            name: "floor: FapiClient + create, write, rename on one thread, on tmpfs",
             rates: Vec::new(),
         });
     }
@@ -309,11 +366,15 @@ async fn throughput(b: &Bench, python: &str, items: Items, concs: &[usize], n_re
         series[1].rates.push((conc, r));
         let r = batch_rate(b.client(), &origin, items, conc, None).await;
         series[2].rates.push((conc, r));
+        let r = floor_rate(&b.client(), &origin, items, conc, None).await;
+        series[3].rates.push((conc, r));
         if let Some(shm) = tmpfs {
             let r = native_files_rate(&b.client(), &origin, items, conc, Some(shm)).await;
-            series[3].rates.push((conc, r));
-            let r = batch_rate(b.client(), &origin, items, conc, Some(shm)).await;
             series[4].rates.push((conc, r));
+            let r = batch_rate(b.client(), &origin, items, conc, Some(shm)).await;
+            series[5].rates.push((conc, r));
+            let r = floor_rate(&b.client(), &origin, items, conc, Some(shm)).await;
+            series[6].rates.push((conc, r));
         }
     }
     let (best_conc, best) = series[0].best();
@@ -366,12 +427,21 @@ async fn throughput(b: &Bench, python: &str, items: Items, concs: &[usize], n_re
         "native best: {best:.0} items/s at concurrency {best_conc}{}",
         mib(best)
     );
-    for (by_hand, batch) in [(1, 2), (3, 4)] {
+    for (by_hand, batch) in [(1, 2), (4, 5)] {
         if let (Some(h), Some(b)) = (series.get(by_hand), series.get(batch)) {
             println!(
                 "{}: best {:.2}x of the same job by hand on the same file system",
                 b.name,
                 b.best().1 / h.best().1
+            );
+        }
+    }
+    for (floor, batch) in [(3, 2), (6, 5)] {
+        if let (Some(f), Some(b)) = (series.get(floor), series.get(batch)) {
+            println!(
+                "{}: best {:.2}x of the floor on the same file system",
+                b.name,
+                b.best().1 / f.best().1
             );
         }
     }

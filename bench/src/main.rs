@@ -161,6 +161,9 @@ pub async fn time<F: std::future::Future<Output = ()>>(f: F) -> Duration {
     t0.elapsed()
 }
 
+/// The allocator of the `fapi-host` binary, so that the library measured here behaves as it does there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
