@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::naming;
+use super::urls::UrlParser;
 use crate::client::parse_header;
 
 /// One item to fetch.
@@ -253,6 +254,7 @@ impl Input {
         let mut names: HashMap<u64, u64> = HashMap::new();
         let mut index = 0u64;
         let mut last = 0u64;
+        let mut urls = UrlParser::default();
         for next in lines(&source)? {
             let (line, raw) =
                 next.map_err(|e| std::io::Error::new(e.kind(), format!("line {}: {e}", last + 1)))?;
@@ -273,7 +275,7 @@ impl Input {
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            let claimed = parse_line(trimmed, line, index)
+            let claimed = parse_line(trimmed, line, index, &mut urls)
                 .and_then(|(item, named)| claim_name(&mut names, &item.name, named, line, index));
             match claimed {
                 Ok(false) => {}
@@ -335,6 +337,7 @@ impl Input {
         let mut bad = self.bad.iter().map(|b| b.index).peekable();
         let mut renamed = self.renamed.iter().copied().peekable();
         let mut index = 0u64;
+        let mut urls = UrlParser::default();
         lines
             .into_iter()
             .flatten()
@@ -369,7 +372,7 @@ impl Input {
                 if self.shard.is_some_and(|s| !s.contains(i)) {
                     return None;
                 }
-                match parse_line(trimmed, line, i) {
+                match parse_line(trimmed, line, i, &mut urls) {
                     Ok((mut item, _)) => {
                         if rename {
                             item.name = renamed_name(&item.name, i);
@@ -503,7 +506,12 @@ fn json_data_problem(line: &str) -> &'static str {
 }
 
 /// Parse one line (not blank, not a comment): the item, and whether the input named it.
-fn parse_line(line: &str, number: u64, index: u64) -> Result<(Item, bool), String> {
+fn parse_line(
+    line: &str,
+    number: u64,
+    index: u64,
+    urls: &mut UrlParser,
+) -> Result<(Item, bool), String> {
     let (url, method, headers, body, name) = if line.starts_with('{') {
         let j: JsonLine = serde_json::from_str(line).map_err(|e| json_problem(line, &e))?;
         (j.url, j.method, j.headers, j.body, j.name)
@@ -513,7 +521,7 @@ fn parse_line(line: &str, number: u64, index: u64) -> Result<(Item, bool), Strin
         }
         (line.to_owned(), None, BTreeMap::new(), None, None)
     };
-    let url = url::Url::parse(&url).map_err(|e| format!("not a URL ({e})"))?;
+    let url = urls.parse(&url).map_err(|e| format!("not a URL ({e})"))?;
     if url.scheme() != "https" {
         return Err("only https URLs can be fetched".into());
     }

@@ -16,6 +16,7 @@ mod manifest;
 pub mod naming;
 mod politeness;
 mod progress;
+mod urls;
 #[cfg(feature = "sandbox")]
 mod runner;
 #[cfg(feature = "sandbox")]
