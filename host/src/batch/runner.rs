@@ -445,7 +445,9 @@ impl Shared {
     /// record to append, or the failure's record.
     async fn attempt(&self, item: &Item) -> std::result::Result<(Output, Record), Record> {
         let t0 = Instant::now();
-        let origin = item.url.origin().ascii_serialization();
+        // The URL up to its path: the origin's ASCII serialisation, as input URLs carry no user
+        // information (refused when the input is read), without formatting it anew per item.
+        let origin = &item.url[..url::Position::BeforePath];
         let idempotent = retry::is_idempotent(&item.method);
         let client_options = &self.client.settings().client;
         let mut attempts = 0u32;
@@ -453,7 +455,7 @@ impl Shared {
         loop {
             tries += 1;
             let may_retry = idempotent && tries <= self.options.retries;
-            self.politeness.wait(&origin).await;
+            self.politeness.wait(origin).await;
             if let Some(l) = &self.limiter {
                 l.until_ready().await;
             }
@@ -516,7 +518,7 @@ impl Shared {
                 let delay = retry::delay(tries, retry_after, client_options);
                 if status.as_u16() == 429 || retry_after.is_some() {
                     // Every worker of this origin waits, not only this one.
-                    self.politeness.defer(&origin, delay);
+                    self.politeness.defer(origin, delay);
                 }
                 if may_retry {
                     drop(response);

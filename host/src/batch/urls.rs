@@ -41,13 +41,19 @@ impl UrlParser {
 }
 
 /// `https://` and an authority of letters, digits, `.`, `-` and `:` only, then a path that starts
-/// with exactly one `/` (so that the rest is a path-absolute reference): the origin's text and
-/// the rest.
+/// with exactly one `/` (so that the rest is a path-absolute reference), with no tab or line
+/// break: the origin's text and the rest.
 fn plain_origin(s: &str) -> Option<(&str, &str)> {
     let after = s.strip_prefix("https://")?;
     let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')))?;
     let rest = &after[end..];
-    if end == 0 || !rest.starts_with('/') || rest[1..].starts_with(['/', '\\']) {
+    // The parser drops tabs and line breaks anywhere, so `/\t/x` would read as `//x`: such lines
+    // take the full parse.
+    if end == 0
+        || !rest.starts_with('/')
+        || rest[1..].starts_with(['/', '\\'])
+        || rest.contains(['\t', '\n', '\r'])
+    {
         return None;
     }
     Some((&s[..s.len() - rest.len()], rest))
@@ -63,9 +69,20 @@ mod tests {
     fn check_all(lines: &[String]) {
         let mut p = UrlParser::default();
         for line in lines {
-            let ours = p.parse(line).map(|u| u.to_string());
+            let ours = p.parse(line);
+            if let Ok(u) = &ours
+                && u.scheme() == "https"
+                && u.username().is_empty()
+                && u.password().is_none()
+            {
+                // What the batch takes as the item's origin (the input refuses user information).
+                assert_eq!(
+                    &u[..url::Position::BeforePath],
+                    u.origin().ascii_serialization()
+                );
+            }
             let full = Url::parse(line).map(|u| u.to_string());
-            assert_eq!(ours, full, "{line:?}");
+            assert_eq!(ours.map(|u| u.to_string()), full, "{line:?}");
         }
     }
 
@@ -89,6 +106,9 @@ mod tests {
             "https://xn--nxasmq6b.example/a",
             "https://xn--a.example/a",
             "https://h.example/a\t\nb",
+            "https://h.example/\t\\x",
+            "https://h.example/\n/x",
+            "https://h.example/\r\n/x/y",
             "https://h.example/a\u{0}",
             "https://h.example/é?é#é",
             "https://u@h.example/a",
