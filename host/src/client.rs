@@ -34,6 +34,7 @@ struct Inner {
     options: ClientOptions,
     identity: Identity,
     settings: Settings,
+    missing_echo: MissingEcho,
 }
 
 impl fmt::Debug for FapiClient {
@@ -70,6 +71,7 @@ impl FapiClient {
                 options: settings.client.clone(),
                 identity,
                 settings: settings.clone(),
+                missing_echo: MissingEcho::default(),
             }),
         };
         Ok((client, warnings))
@@ -114,7 +116,7 @@ impl FapiClient {
 
     /// The authorization server's metadata (discovered on first use).
     pub async fn server_metadata(&self) -> Result<ServerMetadata> {
-        self.inner.tokens.metadata().await.cloned()
+        Ok(ServerMetadata::clone(&*self.inner.tokens.metadata().await?))
     }
 
     /// Discovery again, with its warnings (for diagnostics).
@@ -204,7 +206,7 @@ impl FapiClient {
                     // A TLS failure is not transient; a refused or reset connection is.
                     if transient && idempotent && retries < inner.options.retries && !err.is_tls() {
                         retries += 1;
-                        let d = retry::delay(retries, None, &inner.options);
+                        let d = retry::backoff(retries, &inner.options);
                         tracing::warn!(%url, error = %err, ?d, "request failed; retrying");
                         tokio::time::sleep(d).await;
                         continue;
@@ -220,7 +222,12 @@ impl FapiClient {
                 "response"
             );
             tracing::debug!(headers = %RedactedHeaders(response.headers()), "response headers");
-            check_interaction_echo(response.headers(), interaction_id.as_deref());
+            check_interaction_echo(
+                &inner.missing_echo,
+                &url,
+                response.headers(),
+                interaction_id.as_deref(),
+            );
 
             if status == StatusCode::UNAUTHORIZED && !replayed {
                 let challenge = www_authenticate::bearer(response.headers());
@@ -238,16 +245,21 @@ impl FapiClient {
                 }
             }
             if retry::is_retryable_status(status) && idempotent && retries < inner.options.retries {
-                retries += 1;
-                let d = retry::delay(
-                    retries,
-                    retry::retry_after(response.headers()),
-                    &inner.options,
-                );
-                tracing::warn!(%url, status = status.as_u16(), ?d, "retrying after");
-                drop(response);
-                tokio::time::sleep(d).await;
-                continue;
+                let hint = retry::retry_after(response.headers());
+                match retry::delay_for(retries + 1, hint, &inner.options) {
+                    Ok(d) => {
+                        retries += 1;
+                        tracing::warn!(%url, status = status.as_u16(), ?d, "retrying after");
+                        drop(response);
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    // The server asked for a longer wait than the client makes: its answer
+                    // (with its Retry-After) goes back to the caller as it is.
+                    Err(too_long) => {
+                        tracing::warn!(%url, status = status.as_u16(), "{too_long}");
+                    }
+                }
             }
             let problem = AuthProblem::of(status, response.headers());
             if let Some(p) = &problem {
@@ -403,7 +415,37 @@ fn check_url(url: &url::Url) -> Result<()> {
     Ok(())
 }
 
-fn check_interaction_echo(headers: &HeaderMap, sent: Option<&str>) {
+/// The origins whose responses lacked the `x-fapi-interaction-id` echo, warned about once each.
+#[derive(Debug, Default)]
+struct MissingEcho(std::sync::Mutex<std::collections::HashSet<String>>);
+
+/// At most this many origins are remembered: past it, a missing echo is logged at debug only.
+const MISSING_ECHO_ORIGINS: usize = 1024;
+
+impl MissingEcho {
+    /// Whether this is the first missing echo from `url`'s origin (then remembered).
+    fn first(&self, url: &url::Url) -> bool {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let origin = url.origin().ascii_serialization();
+        if seen.len() >= MISSING_ECHO_ORIGINS || seen.contains(&origin) {
+            return false;
+        }
+        seen.insert(origin)
+    }
+}
+
+/// RES-04 / HDR-02: the server must echo the interaction id (FAPI 1.0 part 1 section 6.2.1-11).
+/// A missing echo is the server's fault, not the request's: a warning the first time per origin
+/// (a server that never echoes would otherwise flood the log), debug after that.
+fn check_interaction_echo(
+    missing: &MissingEcho,
+    url: &url::Url,
+    headers: &HeaderMap,
+    sent: Option<&str>,
+) {
     let echoed = headers.get(INTERACTION_ID).and_then(|v| v.to_str().ok());
     match (sent, echoed) {
         (Some(s), Some(e)) if s != e => {
@@ -411,6 +453,14 @@ fn check_interaction_echo(headers: &HeaderMap, sent: Option<&str>) {
                 sent = s,
                 echoed = e,
                 "the server echoed another x-fapi-interaction-id"
+            )
+        }
+        (Some(s), None) if missing.first(url) => {
+            tracing::warn!(
+                origin = %url.origin().ascii_serialization(),
+                sent = s,
+                "the server did not echo x-fapi-interaction-id (FAPI 1.0 part 1 section 6.2.1-11); \
+                 not warned again for this origin"
             )
         }
         (Some(s), None) => {

@@ -46,6 +46,7 @@ struct FileClient {
     default_token_lifetime_seconds: Option<u64>,
     token_refresh_margin_seconds: Option<u64>,
     tls13_only: Option<bool>,
+    max_retry_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,12 +101,13 @@ pub struct ClientOptions {
     pub token_refresh_margin: Duration,
     /// Refuse TLS 1.2 (default false: TLS 1.3, and TLS 1.2 with the FAPI cipher suites).
     pub tls13_only: bool,
-    /// Upper bound on a server's `Retry-After` that is honoured (default 60 s).
+    /// The longest `Retry-After` waited for (default 60 s): a response asking for a longer wait
+    /// is not retried (it is returned as it is; a token request fails with what it asked).
     pub max_retry_after: Duration,
     /// First backoff delay; doubled on each retry, with full jitter (default 250 ms).
     pub backoff_base: Duration,
-    /// Retries of a token request on 429, 502, 503, 504 and on connections that could not be
-    /// made (default: `retries`, as set in the file). Separate so that `fapi-host batch`, which
+    /// Retries of a token request on 429 and 503 and on connections that could not be made, TLS
+    /// failures excepted (a 502 or 504 may come from a gateway that passed the request on) (default: `retries`, as set in the file). Separate so that `fapi-host batch`, which
     /// retries items itself and sets `retries` to 0, still retries its token requests.
     pub token_retries: u32,
 }
@@ -333,12 +335,25 @@ impl Settings {
                 .map(secs)
                 .unwrap_or(d.token_refresh_margin),
             tls13_only: c.tls13_only.unwrap_or(d.tls13_only),
+            max_retry_after: c
+                .max_retry_after_seconds
+                .map(secs)
+                .unwrap_or(d.max_retry_after),
             ..d
         };
         if client.timeout.is_zero() || client.connect_timeout.is_zero() {
             return Err(Error::Config(
                 "[client] timeouts must be at least 1 second".into(),
             ));
+        }
+        if let Some(v) = c.max_retry_after_seconds
+            && v > MAX_TOKEN_LIFETIME.as_secs()
+        {
+            return Err(Error::Config(format!(
+                "[client] max_retry_after_seconds = {v} is out of range: give 0 to {} (a day; 0 \
+                 never waits for a Retry-After), or leave it out for 60",
+                MAX_TOKEN_LIFETIME.as_secs()
+            )));
         }
         if let Some(v) = c.default_token_lifetime_seconds
             && !(1..=MAX_TOKEN_LIFETIME.as_secs()).contains(&v)
@@ -522,6 +537,28 @@ certificate = "certs/a.pem"
                 Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect("valid");
             assert_eq!(s.client.default_token_lifetime, Duration::from_secs(good));
         }
+    }
+
+    #[test]
+    fn max_retry_after_is_zero_to_a_day() {
+        for bad in [86_401, i64::MAX] {
+            let text = format!("{BASE}\n[client]\nmax_retry_after_seconds = {bad}\n");
+            let err = Settings::from_toml(&text, Path::new("/"), &Overrides::default())
+                .expect_err("out of range");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("max_retry_after_seconds") && msg.contains("0 to 86400"),
+                "{bad}: {msg}"
+            );
+        }
+        for good in [0u64, 5, 86_400] {
+            let text = format!("{BASE}\n[client]\nmax_retry_after_seconds = {good}\n");
+            let s =
+                Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect("valid");
+            assert_eq!(s.client.max_retry_after, Duration::from_secs(good));
+        }
+        let s = Settings::from_toml(BASE, Path::new("/"), &Overrides::default()).expect("valid");
+        assert_eq!(s.client.max_retry_after, Duration::from_secs(60));
     }
 
     #[test]

@@ -86,12 +86,7 @@ pub(crate) async fn discover(
         .send()
         .await
         .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(Error::Discovery(format!(
-            "{url} answered HTTP {status}; check `issuer_url` (it must be the authorization server's issuer)"
-        )));
-    }
+    check_response_head(&url, response.status(), response.headers())?;
     let body = read_limited(
         response,
         &format!("the discovery document at {url}"),
@@ -100,6 +95,50 @@ pub(crate) async fn discover(
     )
     .await?;
     check_document(issuer, &url, &body, scopes)
+}
+
+/// A discovery document is an HTTP 200 response with a JSON media type (RFC 8414 section 3.2,
+/// OIDD section 4.2): `application/json`, with any parameters (`charset=utf-8`), in any case.
+/// Anything else (another 2xx, an HTML page of a proxy or a login portal) is not one.
+pub(crate) fn check_response_head(
+    url: &str,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+) -> Result<()> {
+    if status != http::StatusCode::OK {
+        return Err(Error::Discovery(format!(
+            "{url} answered HTTP {status}, where a discovery document is HTTP 200 OK with \
+             Content-Type application/json (RFC 8414 section 3.2); check `issuer_url` (it must be \
+             the authorization server's issuer)"
+        )));
+    }
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let is_json = content_type.as_deref().is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !is_json {
+        let got = match &content_type {
+            Some(ct) => format!(
+                "Content-Type {:?}",
+                ct.chars()
+                    .filter(|c| !c.is_control())
+                    .take(100)
+                    .collect::<String>()
+            ),
+            None => "no Content-Type".to_owned(),
+        };
+        return Err(Error::Discovery(format!(
+            "{url} answered HTTP 200 with {got}, where a discovery document has Content-Type \
+             application/json (RFC 8414 section 3.2): this is not a discovery document; check \
+             `issuer_url` (it must be the authorization server's issuer) and that no proxy or \
+             portal answers instead"
+        )));
+    }
+    Ok(())
 }
 
 /// Read the body of an authorization server's response (`what` names it), at most
@@ -143,6 +182,11 @@ pub(crate) async fn read_limited(
         body.extend_from_slice(&chunk);
     }
 }
+
+/// The end of the warning about a document without `token_endpoint_auth_methods_supported`.
+pub(crate) const ABSENT_AUTH_METHODS: &str = "omits token_endpoint_auth_methods_supported, whose \
+    default (RFC 8414 section 2) is client_secret_basic only; assuming the server accepts \
+    tls_client_auth";
 
 /// Check a discovery document's bytes (separate from the fetch so that it can be fuzzed).
 pub fn check_document(
@@ -201,20 +245,31 @@ pub fn check_document(
     };
 
     let mut warnings = Vec::new();
-    if let Some(methods) = &doc.token_endpoint_auth_methods_supported
-        && !methods.iter().any(|m| m == "tls_client_auth")
-    {
-        return Err(Error::Discovery(format!(
-            "the authorization server does not support `tls_client_auth` (it lists {methods:?}); \
-             this client authenticates with its certificate only"
-        )));
+    match &doc.token_endpoint_auth_methods_supported {
+        Some(methods) if !methods.iter().any(|m| m == "tls_client_auth") => {
+            return Err(Error::Discovery(format!(
+                "the authorization server does not support `tls_client_auth` (it lists {methods:?}); \
+                 this client authenticates with its certificate only"
+            )));
+        }
+        Some(_) => {}
+        // Real directories omit it; the token request then says whether tls_client_auth works.
+        None => warnings.push(Warning(format!(
+            "the discovery document at {url} {ABSENT_AUTH_METHODS}"
+        ))),
     }
-    if let Some(grants) = &doc.grant_types_supported
-        && !grants.iter().any(|g| g == "client_credentials")
-    {
-        warnings.push(Warning(format!(
-            "the authorization server does not list `client_credentials` in grant_types_supported ({grants:?})"
-        )));
+    match &doc.grant_types_supported {
+        Some(grants) if !grants.iter().any(|g| g == "client_credentials") => {
+            warnings.push(Warning(format!(
+                "the authorization server does not list `client_credentials` in grant_types_supported ({grants:?})"
+            )));
+        }
+        Some(_) => {}
+        None => warnings.push(Warning(format!(
+            "the discovery document at {url} omits grant_types_supported, whose default (RFC 8414 \
+             section 2) is authorization_code and implicit only; assuming the server accepts \
+             client_credentials"
+        ))),
     }
     if doc.tls_client_certificate_bound_access_tokens != Some(true) {
         warnings.push(Warning(
@@ -290,6 +345,7 @@ mod tests {
         format!(
             r#"{{"issuer":"{ISS}","token_endpoint":"https://as.example/token",
                "token_endpoint_auth_methods_supported":["tls_client_auth"],
+               "grant_types_supported":["client_credentials"],
                "tls_client_certificate_bound_access_tokens":true,"unknown":{{"x":[1]}}{extra}}}"#
         )
         .into_bytes()
@@ -382,6 +438,85 @@ mod tests {
         let (_, w) = check_document(ISS, "u", &body, &["a".into(), "b".into()]).expect("valid");
         assert_eq!(w.len(), 1);
         assert!(w[0].0.contains("\"b\""));
+    }
+
+    #[test]
+    fn absent_capabilities_are_accepted_with_a_warning() {
+        let body = br#"{"issuer":"https://as.example","token_endpoint":"https://as.example/t",
+            "tls_client_certificate_bound_access_tokens":true}"#;
+        let (m, w) = check_document(ISS, "u", body, &[]).expect("accepted");
+        assert_eq!(m.auth_methods_supported, None);
+        let w: Vec<&str> = w.iter().map(|w| w.0.as_str()).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(
+            w[0],
+            format!("the discovery document at u {ABSENT_AUTH_METHODS}")
+        );
+        assert!(
+            w[0].contains("token_endpoint_auth_methods_supported")
+                && w[0].contains("client_secret_basic"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("grant_types_supported")
+                && w[1].contains("authorization_code and implicit"),
+            "{w:?}"
+        );
+        // Present and listing what this client uses: no warning.
+        let (_, w) = check_document(ISS, "u", &doc(""), &[]).expect("valid");
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn only_200_application_json_is_a_discovery_document() {
+        let headers = |ct: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(ct) = ct {
+                h.insert(http::header::CONTENT_TYPE, ct.parse().expect("header"));
+            }
+            h
+        };
+        let ok = http::StatusCode::OK;
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            " application/json ",
+        ] {
+            check_response_head("u", ok, &headers(Some(ct))).expect(ct);
+        }
+        for (status, ct, named) in [
+            (204, Some("application/json"), "204 No Content"),
+            (203, Some("application/json"), "203 Non Authoritative"),
+            (404, Some("application/json"), "404 Not Found"),
+            (
+                200,
+                Some("text/html; charset=utf-8"),
+                "\"text/html; charset=utf-8\"",
+            ),
+            (200, Some("application/jsonp"), "\"application/jsonp\""),
+            (200, Some("text/json"), "\"text/json\""),
+            (200, None, "no Content-Type"),
+        ] {
+            let status = http::StatusCode::from_u16(status).expect("status");
+            let err = check_response_head(
+                "https://as.example/.well-known/openid-configuration",
+                status,
+                &headers(ct),
+            )
+            .expect_err(named);
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Discovery(_)), "{msg}");
+            assert!(msg.contains(named), "{msg}");
+            assert!(
+                msg.contains("HTTP 200") && msg.contains("application/json"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("https://as.example/.well-known/openid-configuration"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -271,6 +271,12 @@ fn tls_hint(err: &rustls::Error) -> Option<&'static str> {
             "the server says this client's certificate has expired: renew it with the directory \
              and point `certificate` and `private_key` at the new one",
         ),
+        // What a TLS 1.2-only server answers a client that offers TLS 1.3 alone.
+        rustls::Error::AlertReceived(Alert::ProtocolVersion) => Some(
+            "the server and this client share no TLS version: with `tls13_only = true` the \
+             server must offer TLS 1.3; set `tls13_only = false` to allow TLS 1.2 with the FAPI \
+             cipher suites",
+        ),
         rustls::Error::AlertReceived(Alert::CertificateRevoked) => Some(
             "the server says this client's certificate is revoked: issue a new one with the \
              directory and point `certificate` and `private_key` at it",

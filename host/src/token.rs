@@ -6,13 +6,13 @@
 //! body, and nowhere else; nothing returns it to a caller.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::OnceCell;
 
 use crate::config::{ClientOptions, MAX_TOKEN_LIFETIME};
 use crate::discovery::{self, ServerMetadata};
@@ -136,6 +136,23 @@ struct NewToken {
     sent: Instant,
 }
 
+/// A token request that failed, and whether a token endpoint that has moved would explain it (the
+/// connection could not be made, or the server says 404 Not Found or 405 Method Not Allowed): then
+/// the discovery document is fetched again, once.
+struct Failed {
+    error: Error,
+    endpoint_gone: bool,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed {
+            error,
+            endpoint_gone: false,
+        }
+    }
+}
+
 /// Discovery plus the token cache of one identity.
 pub(crate) struct TokenManager {
     http: reqwest::Client,
@@ -144,7 +161,12 @@ pub(crate) struct TokenManager {
     scopes: Vec<String>,
     thumbprint: String,
     options: ClientOptions,
-    metadata: OnceCell<ServerMetadata>,
+    /// The discovery document's metadata: fetched on first need, fetched again when a token
+    /// request fails as if the token endpoint had moved. The lock is held while it is fetched, so
+    /// there is one discovery request at a time.
+    metadata: tokio::sync::Mutex<Option<Arc<ServerMetadata>>>,
+    /// The discovery warnings logged so far: each is logged once, not at every discovery.
+    warned: std::sync::Mutex<Vec<Warning>>,
     /// The token of this identity (issuer, client, certificate, scopes: one manager each). A
     /// synchronous lock, held only to look or swap, never across an await: the hot path of every
     /// request reads it without hashing, allocating or yielding.
@@ -198,7 +220,8 @@ impl TokenManager {
             scopes,
             thumbprint,
             options,
-            metadata: OnceCell::new(),
+            metadata: tokio::sync::Mutex::new(None),
+            warned: std::sync::Mutex::new(Vec::new()),
             cache: std::sync::Mutex::new(None),
             acquiring: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -207,23 +230,48 @@ impl TokenManager {
         }
     }
 
-    /// The discovery document, fetched once (a failure is not cached).
-    pub(crate) async fn metadata(&self) -> Result<&ServerMetadata> {
-        self.metadata
-            .get_or_try_init(|| async {
-                let (m, warnings) = discovery::discover(
-                    &self.http,
-                    &self.issuer,
-                    &self.scopes,
-                    self.options.timeout,
-                )
+    /// The discovery document, fetched on first need (a failure is not cached).
+    pub(crate) async fn metadata(&self) -> Result<Arc<ServerMetadata>> {
+        let mut slot = self.metadata.lock().await;
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.discover_logged().await?);
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
+    /// The discovery document fetched again because `stale` led a token request nowhere; unless
+    /// another caller has fetched it meanwhile (then that one). A failure leaves `stale` in place.
+    async fn rediscover(&self, stale: &Arc<ServerMetadata>) -> Result<Arc<ServerMetadata>> {
+        let mut slot = self.metadata.lock().await;
+        if let Some(m) = slot.as_ref()
+            && !Arc::ptr_eq(m, stale)
+        {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.discover_logged().await?);
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Discovery, logging each of its warnings the first time it is found (a document that omits
+    /// a field says so once, not at every discovery).
+    async fn discover_logged(&self) -> Result<ServerMetadata> {
+        let (m, warnings) =
+            discovery::discover(&self.http, &self.issuer, &self.scopes, self.options.timeout)
                 .await?;
-                for w in warnings {
-                    tracing::warn!("{w}");
-                }
-                Ok(m)
-            })
-            .await
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for w in warnings {
+            if !warned.contains(&w) {
+                tracing::warn!("{w}");
+                warned.push(w);
+            }
+        }
+        Ok(m)
     }
 
     /// Discovery with its warnings, uncached (for `fapi-host check`).
@@ -332,11 +380,49 @@ impl TokenManager {
         }
     }
 
-    /// Discovery (once) and a token request, errors as the token step's.
+    /// Discovery (once) and a token request, errors as the token step's. A token request that
+    /// fails as if the token endpoint had moved (no connection, 404, 405) fetches the discovery
+    /// document again, once, and when it names another token endpoint, is sent there, once.
     async fn request_new(&self) -> Result<NewToken> {
-        async { self.request_token(self.metadata().await?).await }
-            .await
-            .map_err(Error::in_token_step)
+        async {
+            let metadata = self.metadata().await?;
+            let error = match self.request_token(&metadata).await {
+                Ok(new) => return Ok(new),
+                Err(Failed {
+                    error,
+                    endpoint_gone: false,
+                }) => return Err(error),
+                Err(Failed { error, .. }) => error,
+            };
+            tracing::warn!(
+                endpoint = %metadata.token_endpoint,
+                error = %error,
+                "the token request failed as if the token endpoint had moved: fetching the \
+                 discovery document again"
+            );
+            let fresh = match self.rediscover(&metadata).await {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetching the discovery document again failed");
+                    return Err(error);
+                }
+            };
+            if fresh.token_endpoint == metadata.token_endpoint {
+                tracing::info!(
+                    endpoint = %fresh.token_endpoint,
+                    "the discovery document still names this token endpoint: not sent again"
+                );
+                return Err(error);
+            }
+            tracing::warn!(
+                old = %metadata.token_endpoint,
+                new = %fresh.token_endpoint,
+                "the token endpoint has moved: requesting the token at the new one"
+            );
+            self.request_token(&fresh).await.map_err(|f| f.error)
+        }
+        .await
+        .map_err(Error::in_token_step)
     }
 
     /// Cache a new token and return `f` of it.
@@ -391,7 +477,10 @@ impl TokenManager {
         }
     }
 
-    async fn request_token(&self, metadata: &ServerMetadata) -> Result<NewToken> {
+    async fn request_token(
+        &self,
+        metadata: &ServerMetadata,
+    ) -> std::result::Result<NewToken, Failed> {
         let endpoint = metadata.token_endpoint.clone();
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
@@ -401,6 +490,8 @@ impl TokenManager {
         let mut attempt = 0;
         // When the attempt that got the response was sent: the token's lifetime counts from then.
         let mut sent_at;
+        // Set when a retry was due but the server asked for a longer wait than the client makes.
+        let mut not_retried = None;
         let response = loop {
             attempt += 1;
             sent_at = Instant::now();
@@ -418,24 +509,48 @@ impl TokenManager {
                 .timeout(self.options.timeout)
                 .send()
                 .await;
-            // A connection that could not be made carried nothing: trying again is safe. A request
-            // that timed out may have been processed (and a token issued): it is not sent again.
-            let retryable = match &sent {
-                Ok(r) => retry::is_retryable_status(r.status()),
-                Err(e) => e.is_connect(),
-            };
-            if retryable && attempt <= self.options.token_retries {
-                let hint = sent
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| retry::retry_after(r.headers()));
-                let delay = retry::delay(attempt, hint, &self.options);
-                tracing::warn!(endpoint = %endpoint, attempt, ?delay, "token request failed transiently; retrying");
-                tokio::time::sleep(delay).await;
-                continue;
+            let may_retry = attempt <= self.options.token_retries;
+            match sent {
+                // 429 and 503 say the request was not processed: trying again is safe, after
+                // the wait the server asks for (and not when that is longer than the client
+                // waits). A 502 or 504 comes from a gateway that may have passed the request
+                // on, and a token been issued: it is not sent again.
+                Ok(r) if may_retry && retry::is_retryable_token_status(r.status()) => {
+                    let status = r.status();
+                    match retry::delay_for(attempt, retry::retry_after(r.headers()), &self.options)
+                    {
+                        Ok(delay) => {
+                            tracing::warn!(endpoint = %endpoint, attempt, status = status.as_u16(), ?delay, "token request refused for now; retrying");
+                            drop(r);
+                            tokio::time::sleep(delay).await;
+                        }
+                        Err(too_long) => {
+                            not_retried = Some(too_long);
+                            break r;
+                        }
+                    }
+                }
+                Ok(r) => break r,
+                Err(e) => {
+                    // A connection that could not be made carried nothing: trying again is safe
+                    // (not after a TLS failure, which trying again does not mend). A request that
+                    // timed out may have been processed (and a token issued): it is not sent
+                    // again.
+                    let connect = e.is_connect();
+                    let error = Error::from_reqwest(&format!("token request to {endpoint}"), e);
+                    let unreachable = connect && !error.is_tls();
+                    if unreachable && may_retry {
+                        let delay = retry::backoff(attempt, &self.options);
+                        tracing::warn!(endpoint = %endpoint, attempt, error = %error, ?delay, "token request failed transiently; retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(Failed {
+                        error,
+                        endpoint_gone: unreachable,
+                    });
+                }
             }
-            break sent
-                .map_err(|e| Error::from_reqwest(&format!("token request to {endpoint}"), e))?;
         };
         let status = response.status();
         let received = SystemTime::now();
@@ -449,17 +564,33 @@ impl TokenManager {
             .await?,
         );
         if !status.is_success() {
-            if let Ok(err) = serde_json::from_slice::<ErrorResponse>(&bytes) {
-                return Err(Error::TokenRefused {
+            let oauth = serde_json::from_slice::<ErrorResponse>(&bytes).ok();
+            if let Some(too_long) = not_retried {
+                let error = oauth
+                    .map(|e| format!(" ({})", printable(&e.error)))
+                    .unwrap_or_default();
+                return Err(Error::TokenResponse(format!(
+                    "{endpoint} answered HTTP {status}{error}; {too_long}"
+                ))
+                .into());
+            }
+            // What a token endpoint that is not there (any more) answers.
+            let endpoint_gone = matches!(status.as_u16(), 404 | 405);
+            let error = match oauth {
+                Some(err) => Error::TokenRefused {
                     status: status.as_u16(),
                     error: printable(&err.error),
                     description: err.error_description.as_deref().map(printable),
-                });
-            }
-            return Err(Error::TokenResponse(format!(
-                "{endpoint} answered HTTP {status} without an OAuth error; {}",
-                token_status_next_step(status)
-            )));
+                },
+                None => Error::TokenResponse(format!(
+                    "{endpoint} answered HTTP {status} without an OAuth error; {}",
+                    token_status_next_step(status)
+                )),
+            };
+            return Err(Failed {
+                error,
+                endpoint_gone,
+            });
         }
         let (bearer, scope, lifetime, from_server) = parse_success(
             &bytes,

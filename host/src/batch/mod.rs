@@ -16,9 +16,9 @@ mod manifest;
 pub mod naming;
 mod politeness;
 mod progress;
-mod urls;
 #[cfg(feature = "sandbox")]
 mod runner;
+mod urls;
 #[cfg(feature = "sandbox")]
 mod writer;
 

@@ -397,7 +397,7 @@ impl Shared {
                         && tries <= self.options.retries =>
                 {
                     tracing::warn!(error = %e, "no token yet; retrying");
-                    let d = retry::delay(tries, None, &self.client.settings().client);
+                    let d = retry::backoff(tries, &self.client.settings().client);
                     tokio::time::sleep(d).await;
                 }
                 Err(e) => return Err(e),
@@ -493,7 +493,7 @@ impl Shared {
                         return Err(record);
                     }
                     if may_retry && e.kind() == ErrorKind::Network && !e.is_tls() {
-                        tokio::time::sleep(retry::delay(tries, None, client_options)).await;
+                        tokio::time::sleep(retry::backoff(tries, client_options)).await;
                         continue;
                     }
                     return Err(self.failed(
@@ -515,17 +515,34 @@ impl Shared {
             let interaction_id = response.interaction_id().map(str::to_owned);
             if retry::is_retryable_status(status) {
                 let retry_after = retry::retry_after(response.headers());
-                let delay = retry::delay(tries, retry_after, client_options);
+                let planned = retry::delay_for(tries, retry_after, client_options);
                 if status.as_u16() == 429 || retry_after.is_some() {
-                    // Every worker of this origin waits, not only this one.
+                    // Every worker of this origin waits, not only this one (when the server asks
+                    // for longer than the client waits, as long as the client waits).
+                    let delay = *planned.as_ref().unwrap_or(&client_options.max_retry_after);
                     self.politeness.defer(origin, delay);
                 }
-                if may_retry {
-                    drop(response);
-                    if status.as_u16() != 429 && retry_after.is_none() {
-                        tokio::time::sleep(delay).await;
+                match planned {
+                    Ok(delay) if may_retry => {
+                        drop(response);
+                        if status.as_u16() != 429 && retry_after.is_none() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        continue;
                     }
-                    continue;
+                    // Not retried sooner than the server asked: failed, for a later run.
+                    Err(too_long) => {
+                        return Err(self.failed(
+                            item,
+                            "http",
+                            format!("HTTP {status}: {too_long}"),
+                            Some(status.as_u16()),
+                            attempts,
+                            interaction_id,
+                            t0,
+                        ));
+                    }
+                    Ok(_) => {}
                 }
             }
             if !status.is_success() {
@@ -564,7 +581,7 @@ impl Shared {
                 Err(WriteError::Body(msg)) => {
                     if may_retry {
                         tracing::warn!(url = %item.url, "body interrupted; retrying the item");
-                        tokio::time::sleep(retry::delay(tries, None, client_options)).await;
+                        tokio::time::sleep(retry::backoff(tries, client_options)).await;
                         continue;
                     }
                     return Err(self.failed(

@@ -127,11 +127,17 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                 )?,
                 None => r.warn(
                     "auth method",
-                    "the server does not list its auth methods; assuming tls_client_auth",
+                    format!(
+                        "the discovery document {}",
+                        crate::discovery::ABSENT_AUTH_METHODS
+                    ),
                 )?,
             }
             for w in warnings {
-                r.warn("discovery", w)?;
+                // Said on the line above.
+                if !w.0.ends_with(crate::discovery::ABSENT_AUTH_METHODS) {
+                    r.warn("discovery", w)?;
+                }
             }
         }
         Err(e) => {

@@ -362,7 +362,8 @@ impl Egress {
 
     /// Send through the client, retrying an idempotent request on 429, 502, 503, 504 and
     /// connection failures up to [`Egress::retries`] times (none for a client that retries
-    /// itself), with the client's backoff and `Retry-After` cap. Every attempt carries the same
+    /// itself), with the client's backoff, waiting what `Retry-After` asks (a response asking for
+    /// longer than `max_retry_after` is returned as it is). Every attempt carries the same
     /// interaction id, as the client's own retries do.
     async fn send_with_retries(
         &self,
@@ -403,12 +404,20 @@ impl Egress {
             let delay = match &sent {
                 Ok(r) if crate::retry::is_retryable_status(r.status()) => {
                     let retry_after = crate::retry::retry_after(r.headers());
-                    crate::retry::delay(retried + 1, retry_after, options)
+                    match crate::retry::delay_for(retried + 1, retry_after, options) {
+                        Ok(delay) => delay,
+                        // A longer wait than the client makes: the guest gets the answer, with
+                        // its Retry-After, rather than a retry sooner than the server asked.
+                        Err(too_long) => {
+                            tracing::warn!(guest = %self.guest, %url, status = r.status().as_u16(), "{too_long}");
+                            return sent;
+                        }
+                    }
                 }
                 // The data provider could not be reached, or did not answer in time (never TLS,
                 // never the token: those are other errors).
                 Err(Error::Network(_) | Error::Timeout(_)) => {
-                    crate::retry::delay(retried + 1, None, options)
+                    crate::retry::backoff(retried + 1, options)
                 }
                 _ => return sent,
             };

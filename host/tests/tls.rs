@@ -1,0 +1,328 @@
+//! TLS of the native client against probes that record what was negotiated and presented:
+//! TLS 1.3 preferred and `tls13_only` (checklist TLS-02, TLS-03), and a client certificate issued
+//! by an intermediate CA presented with its chain (TLS-07).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::Fed;
+use fapi_federation::FederationConfig;
+use fapi_host::{Error, FapiClient, Settings};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// What a probe saw of one completed handshake.
+#[derive(Clone, Debug)]
+struct Seen {
+    version: Option<rustls::ProtocolVersion>,
+    /// The client's certificate chain as presented (leaf first), DER.
+    chain: Vec<Vec<u8>>,
+}
+
+/// A TLS listener on loopback that records each handshake and the application bytes it receives,
+/// and answers every request `200 OK` with an empty body.
+struct Probe {
+    origin: String,
+    accepted: Arc<AtomicU64>,
+    app_bytes: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Probe {
+    async fn start(config: rustls::ServerConfig) -> Probe {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("https://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let app_bytes = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, b, s) = (accepted.clone(), app_bytes.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, b, s) = (acceptor.clone(), b.clone(), s.clone());
+                conns.spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let conn = tls.get_ref().1;
+                    s.lock().unwrap().push(Seen {
+                        version: conn.protocol_version(),
+                        chain: conn
+                            .peer_certificates()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| c.to_vec())
+                            .collect(),
+                    });
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                b.fetch_add(n as u64, Ordering::SeqCst);
+                                head.extend_from_slice(&buf[..n]);
+                            }
+                        }
+                    }
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Probe {
+            origin,
+            accepted,
+            app_bytes,
+            seen,
+            task,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server configuration for 127.0.0.1 (a certificate of the federation's CA, which the client
+/// trusts) with these protocol versions and, when given, a required client certificate verified
+/// against `client_roots` alone.
+fn server_config(
+    f: &Fed,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client_roots: Option<Vec<CertificateDer<'static>>>,
+) -> rustls::ServerConfig {
+    let identity = f.fed.pki().issue_server(&["127.0.0.1"], false).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap();
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(anchors) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for a in anchors {
+                roots.add(a).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+fn client_of(s: &Settings) -> FapiClient {
+    FapiClient::from_settings(s).unwrap().0
+}
+
+fn tls13_only(mut s: Settings) -> Settings {
+    s.client.tls13_only = true;
+    s
+}
+
+/// TLS-02, TLS-03: against a server offering both, TLS 1.3 is negotiated; a TLS 1.2-only server
+/// is accepted by default (with the FAPI suites) and refused with `tls13_only`, before any HTTP
+/// byte (so before the token), and not tried again. With `tls13_only` the federation (TLS 1.3)
+/// works end to end.
+#[tokio::test]
+async fn tls13_is_preferred_and_tls13_only_refuses_a_tls12_server() {
+    use rustls::version::{TLS12, TLS13};
+    let f = Fed::start(FederationConfig::default()).await;
+    let default = client_of(&f.settings());
+    let strict = client_of(&tls13_only(f.settings()));
+    for client in [&default, &strict] {
+        let r = client.get(f.fed.data_url()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the federation speaks TLS 1.3");
+    }
+
+    let both = Probe::start(server_config(&f, &[&TLS13, &TLS12], None)).await;
+    for (name, client) in [("default", &default), ("tls13_only", &strict)] {
+        let r = client
+            .get(format!("{}/data.csv", both.origin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+    }
+    let seen = both.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.version == Some(rustls::ProtocolVersion::TLSv1_3)),
+        "{seen:?}"
+    );
+
+    let only12 = Probe::start(server_config(&f, &[&TLS12], None)).await;
+    let r = default
+        .get(format!("{}/data.csv", only12.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "TLS 1.2 is allowed by default");
+    assert_eq!(
+        only12.seen()[0].version,
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let bytes_before = only12.app_bytes.load(Ordering::SeqCst);
+    let accepted_before = only12.accepted.load(Ordering::SeqCst);
+    let err = strict
+        .get(format!("{}/data.csv", only12.origin))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    assert!(err.is_tls(), "{err:?}");
+    assert!(err.to_string().contains("ProtocolVersion"), "{err}");
+    // And says what to do.
+    assert!(err.to_string().contains("`tls13_only = false`"), "{err}");
+    assert_eq!(only12.seen().len(), 1, "no handshake completed");
+    assert_eq!(only12.app_bytes.load(Ordering::SeqCst), bytes_before);
+    assert_eq!(
+        only12.accepted.load(Ordering::SeqCst),
+        accepted_before + 1,
+        "not tried again"
+    );
+
+    // The same as the authorization server: no token.
+    let mut s = tls13_only(f.settings());
+    s.issuer_url = only12.origin.clone();
+    let err = client_of(&s).token_info().await.unwrap_err();
+    assert!(
+        matches!(err, Error::TokenUnreachable { tls: true, .. }),
+        "{err:?}"
+    );
+}
+
+/// An intermediate CA under `root` (PEM and key), and a client certificate it issues for the
+/// registered subject `CN=fapi-dev-consumer,O=fapi-host dev`: (leaf PEM, leaf key PEM,
+/// intermediate PEM).
+fn leaf_from_intermediate(root_pem: &str, root_key_pem: &str) -> (String, String, String) {
+    let root_key = rcgen::KeyPair::from_pem(root_key_pem).unwrap();
+    let root = rcgen::Issuer::from_ca_cert_pem(root_pem, &root_key).unwrap();
+    let dn = |o: &str, cn: &str| {
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::OrganizationName, o);
+        dn.push(rcgen::DnType::CommonName, cn);
+        dn
+    };
+    let inter_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = dn("fapi-host dev", "fapi-host dev issuing CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    let inter = p.signed_by(&inter_key, &root).unwrap();
+    let issuing = rcgen::Issuer::from_ca_cert_pem(&inter.pem(), &inter_key).unwrap();
+
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = dn("fapi-host dev", "fapi-dev-consumer");
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    let leaf = p.signed_by(&leaf_key, &issuing).unwrap();
+    (leaf.pem(), leaf_key.serialize_pem(), inter.pem())
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// TLS-07: a client certificate issued by an intermediate CA, the file holding the leaf and the
+/// intermediate. The authorization server (client certificate optional) and the data provider
+/// trust only the root: they must get the whole chain to verify it, and do, end to end. A probe
+/// that requires a certificate and trusts only the root records the chain as presented: leaf,
+/// then intermediate. The leaf alone is refused, with the fix in the error.
+#[tokio::test]
+async fn a_client_certificate_from_an_intermediate_ca_is_presented_with_its_chain() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let pki_dir = f.path("pki");
+    f.fed.pki().write_to(&pki_dir).unwrap();
+    let root_key = std::fs::read_to_string(pki_dir.join("ca.key")).unwrap();
+    let (leaf, key, intermediate) = leaf_from_intermediate(f.fed.pki().ca_pem(), &root_key);
+
+    let s = f.settings_with("chained", &format!("{leaf}{intermediate}"), &key);
+    let client = client_of(&s);
+    assert_eq!(client.identity().chain_len(), 2);
+    let r = client.get(f.fed.data_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let info = client.token_info().await.unwrap();
+    assert_eq!(
+        info.certificate_thumbprint,
+        fapi_federation::thumbprint(&der(&leaf)),
+        "the token is bound to the leaf"
+    );
+    let introspection = client.introspect().await.unwrap();
+    assert_eq!(
+        introspection["cnf"]["x5t#S256"],
+        info.certificate_thumbprint.as_str()
+    );
+
+    let probe = Probe::start(server_config(
+        &f,
+        rustls::DEFAULT_VERSIONS,
+        Some(vec![f.fed.pki().ca_der()]),
+    ))
+    .await;
+    let r = client
+        .get(format!("{}/data.csv", probe.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = probe.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].chain, vec![der(&leaf), der(&intermediate)]);
+
+    // Without the intermediate, a server that trusts only the root cannot verify the leaf.
+    let s = f.settings_with("leaf-only", &leaf, &key);
+    let err = client_of(&s).token_info().await.unwrap_err();
+    assert!(
+        matches!(err, Error::TokenUnreachable { tls: true, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the server refused this client's certificate"),
+        "{err}"
+    );
+}
