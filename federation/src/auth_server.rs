@@ -326,6 +326,7 @@ async fn token(
         }
         tokens.insert(token_key(&token), record);
     }
+    st.shared.issued.record(&token);
     bump(&c.tokens_issued);
     tracing::debug!(client_id, token = %token_label(&token), "issued token");
 

@@ -16,7 +16,7 @@ use crate::faults::{AsFault, DpFault};
 use crate::identity::ClientIdentity;
 use crate::introspection::Introspector;
 use crate::pki::{Pki, REGISTERED, write_file};
-use crate::state::{Counters, Shared};
+use crate::state::{Counters, IssuedTokens, Shared};
 use crate::tls::{self, ServeOpts};
 use crate::{Error, admin};
 
@@ -50,6 +50,11 @@ pub struct FederationConfig {
     pub external_issuer: Option<ExternalIssuer>,
     /// Longest time the data provider reuses an introspection answer (never past `exp`). Default 60 s.
     pub introspection_cache_ttl: Duration,
+    /// **For tests only.** Keep every access token our AS issues, in clear, for
+    /// [`Federation::issued_tokens`], so that a test can search everything a client printed, logged
+    /// or wrote for every token it was given (a client process of its own included). Default
+    /// false: otherwise tokens are kept only as SHA-256 digests. `fapi-host dev` never sets it.
+    pub record_issued_tokens: bool,
 }
 
 impl Default for FederationConfig {
@@ -63,6 +68,7 @@ impl Default for FederationConfig {
             admin_port: 0,
             external_issuer: None,
             introspection_cache_ttl: Duration::from_secs(60),
+            record_issued_tokens: false,
         }
     }
 }
@@ -97,7 +103,14 @@ impl Federation {
     /// Start every server on the current tokio runtime and wait until the data provider has
     /// discovered our AS.
     pub async fn start(pki: Pki, cfg: FederationConfig) -> Result<Federation, Error> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            issued: if cfg.record_issued_tokens {
+                IssuedTokens::recording()
+            } else {
+                IssuedTokens::default()
+            },
+            ..Shared::default()
+        });
         let ca = pki.ca_der();
         let (chain, key) = pki.server_chain()?;
         let mut fed = Federation {
@@ -240,6 +253,20 @@ impl Federation {
         self.shared.counters.snapshot()
     }
 
+    /// Every access token our AS has issued so far, in clear, oldest first (to every client; none
+    /// when the data provider uses an [`ExternalIssuer`]). **For tests only**: a leak search looks
+    /// for each of them.
+    ///
+    /// # Panics
+    ///
+    /// When the federation was started without [`FederationConfig::record_issued_tokens`]: an
+    /// empty list would make a search for leaked tokens pass without looking for anything.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.issued.all().unwrap_or_else(|| {
+            panic!("Federation::issued_tokens needs FederationConfig::record_issued_tokens = true")
+        })
+    }
+
     /// Set or clear the AS fault (works whatever `faults_enabled` says).
     pub fn set_as_fault(&self, f: Option<AsFault>) {
         self.shared.set_as_fault(f);
@@ -317,5 +344,60 @@ impl Federation {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token for `client` from the mTLS token endpoint.
+    async fn token(fed: &Federation, client: &str) -> String {
+        let id = fed.pki().client(client).expect("registered");
+        let http = fed.pki().http_client(Some(id)).expect("a client");
+        let bytes = http
+            .post(format!("{}/token", fed.issuer_url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=client_credentials&client_id={}",
+                id.client_id
+            ))
+            .send()
+            .await
+            .expect("the token endpoint answers")
+            .bytes()
+            .await
+            .expect("a body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_are_recorded_only_when_asked() {
+        let cfg = FederationConfig {
+            record_issued_tokens: true,
+            ..FederationConfig::default()
+        };
+        let fed = Federation::start(Pki::generate().expect("pki"), cfg)
+            .await
+            .expect("start");
+        let a = token(&fed, "consumer").await;
+        let b = token(&fed, "consumer-b").await;
+        assert_eq!(fed.issued_tokens(), [a.clone(), b.clone()]);
+        // Debug output (of the whole federation) names no token.
+        let debug = format!("{fed:?}");
+        assert!(
+            debug.contains("IssuedTokens(2 recorded, redacted)"),
+            "{debug}"
+        );
+        assert!(!debug.contains(&a) && !debug.contains(&b), "{debug}");
+
+        // Off by default: nothing kept, and asking is a mistake, not an empty list.
+        let fed = Federation::start_default().await.expect("start");
+        token(&fed, "consumer").await;
+        assert_eq!(fed.counters().tokens_issued, 1);
+        assert!(format!("{fed:?}").contains("IssuedTokens(off)"));
+        let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fed.issued_tokens()));
+        assert!(asked.is_err(), "issued_tokens without record_issued_tokens");
     }
 }

@@ -11,8 +11,9 @@
 //! - A generated **PKI** (ECDSA P-256): CA, server certificate, registered client identities.
 //!
 //! Threat model, such as it is: this is a test fixture. Every listener binds 127.0.0.1 only; keys
-//! are written 0600; tokens are stored and logged only as SHA-256 digests; nothing here should face
-//! a network. The one crypto provider is ring, passed explicitly to every rustls builder.
+//! are written 0600; tokens are stored and logged only as SHA-256 digests (unless a test sets
+//! [`FederationConfig::record_issued_tokens`] to search for them); nothing here should face a
+//! network. The one crypto provider is ring, passed explicitly to every rustls builder.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fapi_federation::Error> {

@@ -1,5 +1,6 @@
 //! State shared by the federation's servers: counters, issued tokens, current faults and the data
-//! provider's introspection cache. Tokens are stored under their SHA-256, never in clear.
+//! provider's introspection cache. Tokens are stored under their SHA-256, never in clear, except in
+//! the record a test may ask for ([`IssuedTokens`], off by default).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -105,6 +106,48 @@ pub(crate) fn token_label(token: &str) -> String {
         .collect()
 }
 
+/// The access tokens issued, in clear and in order, kept only when
+/// [`crate::FederationConfig::record_issued_tokens`] is set: for tests that search what a client
+/// printed, logged or wrote for every token it was given. Its `Debug` shows the count, never a token.
+#[derive(Default)]
+pub(crate) struct IssuedTokens {
+    /// `None`: not recording.
+    tokens: Mutex<Option<Vec<String>>>,
+}
+
+impl IssuedTokens {
+    pub(crate) fn recording() -> IssuedTokens {
+        IssuedTokens {
+            tokens: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Keep `token` when recording.
+    pub(crate) fn record(&self, token: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tokens.as_mut() {
+            t.push(token.to_owned());
+        }
+    }
+
+    /// Every token recorded, oldest first; `None` when not recording.
+    pub(crate) fn all(&self) -> Option<Vec<String>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.tokens.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => f.write_str("IssuedTokens(off)"),
+            Some(t) => write!(f, "IssuedTokens({} recorded, redacted)", t.len()),
+        }
+    }
+}
+
 /// A cached introspection answer at the data provider.
 #[derive(Clone, Debug)]
 pub(crate) struct CachedIntrospection {
@@ -121,6 +164,8 @@ pub(crate) struct Shared {
     pub tokens: Mutex<HashMap<TokenKey, TokenRecord>>,
     pub introspection_cache: Mutex<HashMap<TokenKey, CachedIntrospection>>,
     pub fault_times: FaultTimes,
+    /// The tokens in clear, for tests only (empty and off unless asked for).
+    pub issued: IssuedTokens,
 }
 
 impl Shared {

@@ -38,18 +38,21 @@ impl std::io::Write for Capture {
     }
 }
 
-/// Capture every log line of this test process (the first call's `filter` wins), so that tests
-/// can search them for credentials. Returns the shared buffer.
-pub fn capture_logs(filter: &str) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+/// Capture every log line of this test process, of every target (fapi-host, the federation,
+/// reqwest, hyper, rustls, wasmtime, through `log` too) at every level down to `trace`, so that
+/// tests can search them for credentials: a leak at any level must be seen. One capture per
+/// process, started by the first call. Returns the shared buffer.
+pub fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
     use std::sync::{Arc, Mutex, OnceLock};
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let w = Capture(buf.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
             .with_writer(move || w.clone())
-            .try_init();
+            .try_init()
+            .expect("no other subscriber: the tests' logs are captured here");
         buf
     })
     .clone()

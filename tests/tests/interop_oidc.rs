@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use fapi_federation::{ClientSpec, ExternalIssuer, Federation, FederationConfig, Pki, data};
 use fapi_host::{FapiClient, Overrides, Settings};
 use fapi_tests::guests;
+use fapi_tests::sandbox_env::Needles;
 use serde_json::Value;
 
 fn oidc_dir() -> PathBuf {
@@ -221,7 +222,8 @@ impl OidcServer {
 /// four registered clients of the local federation.
 async fn start_oidc(test: &str, token_ttl: u64) -> Option<(Pki, tempfile::TempDir, OidcServer)> {
     prerequisites(test)?;
-    fapi_tests::capture_logs("warn,fapi_host=debug,fapi_federation=debug");
+    // Every log line of this process, every target at every level, is searched for tokens.
+    fapi_tests::capture_logs();
     let pki = Pki::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
@@ -346,13 +348,14 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Every known token is absent from `hay` (labelled `what` in the failure).
-fn assert_no_tokens(tokens: &[String], hay: &[u8], what: &str) {
-    let hay = String::from_utf8_lossy(hay);
-    for t in tokens {
-        assert!(t.len() >= 40, "implausible token {t:?}");
-        assert!(!hay.contains(t.as_str()), "a token appears in {what}");
+/// Every token oidc-provider issued (at least one) and the consumer's private key: what must
+/// appear nowhere.
+fn needles(env: &Env) -> Needles {
+    let tokens = env.oidc.token_values();
+    for t in &tokens {
+        assert!(t.len() >= 40, "implausible token of {} bytes", t.len());
     }
+    Needles::new(&tokens, &env.fed.pki().client("consumer").unwrap().key_pem)
 }
 
 #[tokio::test]
@@ -516,22 +519,20 @@ async fn fetch_run_and_batch_read_data_with_oidc_provider_tokens() {
     assert_eq!(refused.len(), 1, "{}", env.oidc.log());
     assert_eq!(refused[0]["status"], 401);
 
-    // The tokens' bytes appear nowhere the host wrote, nor in this process's logs (federation).
-    let tokens = env.oidc.token_values();
-    assert_eq!(tokens.len(), 3);
+    // The tokens' bytes and the key appear nowhere the host wrote, nor in this process's logs
+    // (the federation's data provider, which saw every token).
+    assert_eq!(env.oidc.token_values().len(), 3);
+    let needles = needles(&env);
     for (what, hay) in &searched {
-        assert_no_tokens(&tokens, hay, what);
+        needles.assert_absent(what, hay);
     }
-    for entry in std::fs::read_dir(&out_dir).unwrap() {
-        let p = entry.unwrap().path();
-        assert_no_tokens(
-            &tokens,
-            &std::fs::read(&p).unwrap(),
-            &p.display().to_string(),
-        );
-    }
-    let logs = fapi_tests::capture_logs("").lock().unwrap().clone();
-    assert_no_tokens(&tokens, &logs, "the test process's logs");
+    let files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 41, "40 items and the manifest");
+    needles.assert_absent_from_files(&files);
+    needles.assert_absent_from_logs();
 }
 
 #[tokio::test]
@@ -640,7 +641,10 @@ async fn tokens_are_refreshed_after_expiry_and_not_before() {
         assert_eq!(r["attempts"], 1, "{r}");
     }
     env.assert_aliases_only();
-    assert_no_tokens(&env.oidc.token_values(), &out.stderr, "batch stderr");
+    let needles = needles(&env);
+    needles.assert_absent("batch stderr", &out.stderr);
+    needles.assert_absent("the batch's manifest", manifest.as_bytes());
+    needles.assert_absent_from_logs();
 }
 
 #[tokio::test]
@@ -850,7 +854,8 @@ async fn dev_command_points_the_data_provider_at_an_external_issuer() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = rx.try_iter().collect();
+    // The reader thread ends at the end of the output, which the exit closed: every line.
+    let rest: Vec<String> = rx.iter().collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
 

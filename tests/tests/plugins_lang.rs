@@ -15,14 +15,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fapi_federation::{Federation, FederationConfig, Pki, data};
 use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
 use fapi_host::{FapiClient, Overrides, Settings};
 use fapi_tests::guests;
-use fapi_tests::sandbox_env::{contains, secret_needles};
+use fapi_tests::sandbox_env::{FileSnapshot, Needles};
 use sha2::{Digest, Sha256};
 
 /// Print a line to stderr past the test harness's capture (which takes only `eprintln!`), so that skips
@@ -340,11 +339,15 @@ fn edge_cases_url(fed: &Federation) -> String {
     format!("{}/consumption-edge-cases.csv", fed.data_origin())
 }
 
-fn run_bin(config: &Path, args: &[&str]) -> (Output, f64) {
+/// `fapi-host [FLAGS] --config CONFIG run --cache-dir <the tests' cache> ARGS` in `cwd`: its
+/// output and how long it took.
+fn run_bin(config: &Path, cwd: &Path, flags: &[&str], args: &[&str]) -> (Output, f64) {
     let started = Instant::now();
     let out = Command::new(fapi_host_bin())
+        .args(flags)
         .arg("--config")
         .arg(config)
+        .current_dir(cwd)
         .arg("run")
         .arg("--cache-dir")
         .arg(cache_dir())
@@ -369,26 +372,44 @@ async fn capturing_sandbox(config: &Path) -> (FapiClient, Sandbox) {
 }
 
 async fn csv_summary_end_to_end(lang: Lang) {
-    let logs: Arc<Mutex<Vec<u8>>> = fapi_tests::capture_logs("trace");
+    fapi_tests::capture_logs();
     let Some(wasm) = component(lang) else {
         return;
     };
     let wasm_arg = wasm.display().to_string();
-    let fed = Federation::start(Pki::generate().unwrap(), FederationConfig::default())
-        .await
-        .unwrap();
+    // The federation records every token it issues: each `fapi-host` process gets its own, and
+    // each process's output is searched for all of them.
+    let fed = Federation::start(
+        Pki::generate().unwrap(),
+        FederationConfig {
+            record_issued_tokens: true,
+            ..FederationConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = fed.write_client_config(dir.path(), "consumer").unwrap();
     let key = fed.pki().client("consumer").unwrap().key_pem.clone();
     let name = lang.name();
+    // Where the processes run, and the files they write there or in the compilation cache.
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path().to_owned();
+    let written = [FileSnapshot::take(&cwd), FileSnapshot::take(&cache_dir())];
 
-    // The binary, as a user runs it: twice, the second start from the compilation cache.
+    // The binary, as a user runs it (with all of fapi-host's logging, -vvv, on its stderr):
+    // twice, the second start from the compilation cache.
     let data_url = fed.data_url();
-    let mut seen: Vec<Vec<u8>> = Vec::new();
-    let (cfg, url, arg) = (config.clone(), data_url.clone(), wasm_arg.clone());
+    let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
+    let (cfg, url, arg, wd) = (
+        config.clone(),
+        data_url.clone(),
+        wasm_arg.clone(),
+        cwd.clone(),
+    );
     let runs = tokio::task::spawn_blocking(move || {
         (0..2)
-            .map(|_| run_bin(&cfg, &[&arg, "--", &url]))
+            .map(|_| run_bin(&cfg, &wd, &["-vvv"], &[&arg, "--", &url]))
             .collect::<Vec<_>>()
     })
     .await
@@ -402,7 +423,8 @@ async fn csv_summary_end_to_end(lang: Lang) {
         );
         check_summary(lang, "fapi-host run", &out.stdout);
         note!("{name}: `fapi-host run` #{} took {secs:.2} s", i + 1);
-        seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
+        seen.push((format!("stdout of run {i}"), out.stdout.to_vec()));
+        seen.push((format!("stderr of run {i} (-vvv)"), out.stderr.to_vec()));
     }
 
     // A refused request is a Python exception / JS error in the guest: message and exit status 1.
@@ -410,10 +432,13 @@ async fn csv_summary_end_to_end(lang: Lang) {
         "https://localhost:{}/consumption.csv",
         fed.data_origin().rsplit(':').next().unwrap()
     );
-    let (cfg, arg) = (config.clone(), wasm_arg.clone());
-    let (out, _) = tokio::task::spawn_blocking(move || run_bin(&cfg, &[&arg, "--", &other]))
-        .await
-        .unwrap();
+    let (cfg, arg, wd) = (config.clone(), wasm_arg.clone(), cwd.clone());
+    let (out, _) =
+        tokio::task::spawn_blocking(move || run_bin(&cfg, &wd, &[], &[&arg, "--", &other]))
+            .await
+            .unwrap();
+    seen.push(("stdout of the refused run".into(), out.stdout.to_vec()));
+    seen.push(("stderr of the refused run".into(), out.stderr.to_vec()));
     assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
@@ -427,21 +452,22 @@ async fn csv_summary_end_to_end(lang: Lang) {
     let mut args = vec![wasm_arg.clone(), "--".into()];
     args.extend((0..10).map(|i| format!("{}/no-such-file-{i}.csv", fed.data_origin())));
     args.push(data_url.clone());
-    let cfg = config.clone();
+    let (cfg, wd) = (config.clone(), cwd.clone());
     let (out, _) = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_bin(&cfg, &args)
+        run_bin(&cfg, &wd, &[], &args)
     })
     .await
     .unwrap();
+    seen.push(("stdout of the run with 404s".into(), out.stdout.to_vec()));
+    seen.push(("stderr of the run with 404s".into(), out.stderr.to_vec()));
     assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out.stderr));
     let err = text(&out.stderr);
     assert_eq!(err.matches("HTTP status 404").count(), 10, "{name}: {err}");
     assert!(!err.contains("limit"), "{name}: {err}");
     check_summary(lang, "after ten 404s", &out.stdout);
-    seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
 
-    // The library, in this process: the token it used is known, so search for it.
+    // The library, in this process.
     let (client, sandbox) = capturing_sandbox(&config).await;
     let started = Instant::now();
     let plugin = sandbox.load(&wasm).unwrap();
@@ -461,7 +487,8 @@ async fn csv_summary_end_to_end(lang: Lang) {
         "{name}: Sandbox load (cached) {loaded:.2} s, run {:.3} s",
         started.elapsed().as_secs_f64() - loaded
     );
-    seen.extend([out.stdout.to_vec(), out.stderr.to_vec()]);
+    seen.push(("stdout in the library".into(), out.stdout.to_vec()));
+    seen.push(("stderr in the library".into(), out.stderr.to_vec()));
 
     // The edge-case CSV: the same output as the Rust example (`rust_csv_summary_edge_cases`).
     let out = sandbox
@@ -470,15 +497,31 @@ async fn csv_summary_end_to_end(lang: Lang) {
         .unwrap();
     assert_eq!(out.exit_code, 0, "{name}: {}", text(&out.stderr));
     check_edge_cases(name, &out.stdout);
+    seen.push(("stdout of the edge cases".into(), out.stdout.to_vec()));
+    seen.push(("stderr of the edge cases".into(), out.stderr.to_vec()));
 
-    let token = client.danger_reveal_token().await.unwrap();
-    let logs = logs.lock().unwrap().clone();
-    let needles = secret_needles(token.as_bytes(), &key);
-    for hay in seen.iter().chain([&logs]) {
-        for (what, needle) in &needles {
-            assert!(!contains(hay, needle), "{name}: {what} leaked");
-        }
+    // Every token issued (one per process that fetched, one for the library's client, which
+    // must be among them) and the key: in nothing any of them printed, in no file the processes
+    // wrote, in no log line of this process.
+    let tokens = fed.issued_tokens();
+    let library_token = client.danger_reveal_token().await.unwrap();
+    assert!(
+        tokens.contains(&library_token),
+        "the library's token was recorded"
+    );
+    assert!(
+        tokens.len() >= 4,
+        "a token for each of three processes that fetched and the library: {}",
+        tokens.len()
+    );
+    let needles = Needles::new(&tokens, &key);
+    for (what, hay) in &seen {
+        needles.assert_absent(&format!("{name}: {what}"), hay);
     }
+    for snapshot in &written {
+        needles.assert_absent_from_written(snapshot, &[]);
+    }
+    needles.assert_absent_from_logs();
     fed.shutdown().await;
 }
 

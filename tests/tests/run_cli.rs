@@ -1,11 +1,14 @@
 //! `fapi-host run` and `fapi-host demo` as a user runs them: the real binary, real components.
+//! Everything a `run` process printed and every file it wrote is searched for every token the
+//! federation issued (each process gets its own) and for the client's private key.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use fapi_federation::{Federation, FederationConfig, Pki, data};
 use fapi_tests::guests;
+use fapi_tests::sandbox_env::{FileSnapshot, Needles};
 
 /// The `fapi-host` binary of this build (target/<profile>/fapi-host, next to deps/).
 fn fapi_host_bin() -> PathBuf {
@@ -23,15 +26,63 @@ struct Setup {
     fed: Federation,
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// The files under the processes' working directory and cache before any ran.
+    before: [FileSnapshot; 2],
+    /// What each process printed.
+    outputs: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 async fn setup() -> Setup {
-    let fed = Federation::start(Pki::generate().unwrap(), FederationConfig::default())
-        .await
-        .unwrap();
+    let fed = Federation::start(
+        Pki::generate().unwrap(),
+        FederationConfig {
+            record_issued_tokens: true,
+            ..FederationConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = fed.write_client_config(dir.path(), "consumer").unwrap();
-    Setup { fed, dir, config }
+    let before = [
+        FileSnapshot::take(dir.path()),
+        FileSnapshot::take(&Path::new(&cache()).join("fapi-host")),
+    ];
+    Setup {
+        fed,
+        dir,
+        config,
+        before,
+        outputs: std::sync::Mutex::default(),
+    }
+}
+
+impl Setup {
+    /// Assert that no token the federation issued and no piece of the client's key is in what any
+    /// process printed or in any file written in its working directory or cache since `setup`
+    /// (but `test_files`, which the test wrote there). With `tokens` false, the processes never
+    /// asked for a token (asserted), and only the key, which each of them loaded, is searched for.
+    fn assert_no_secrets(&self, tokens: bool, test_files: &[&Path]) {
+        let key = &self.fed.pki().client("consumer").unwrap().key_pem;
+        let needles = if tokens {
+            Needles::new(&self.fed.issued_tokens(), key)
+        } else {
+            assert_eq!(
+                self.fed.counters().token_requests,
+                0,
+                "a token was requested"
+            );
+            Needles::key_only(key)
+        };
+        let outputs = self.outputs.lock().unwrap();
+        assert!(!outputs.is_empty());
+        for (what, hay) in outputs.iter() {
+            needles.assert_absent(what, hay);
+        }
+        for snapshot in &self.before {
+            needles.assert_absent_from_written(snapshot, test_files);
+        }
+    }
 }
 
 fn cache() -> String {
@@ -44,7 +95,8 @@ fn cache() -> String {
 async fn run(s: &Setup, args: Vec<String>) -> Output {
     let cfg = s.config.display().to_string();
     let dir = s.dir.path().to_owned();
-    tokio::task::spawn_blocking(move || {
+    let what = format!("fapi-host {}", args.join(" "));
+    let out = tokio::task::spawn_blocking(move || {
         Command::new(fapi_host_bin())
             .arg("--config")
             .arg(cfg)
@@ -55,7 +107,11 @@ async fn run(s: &Setup, args: Vec<String>) -> Output {
             .unwrap()
     })
     .await
-    .unwrap()
+    .unwrap();
+    let mut outputs = s.outputs.lock().unwrap();
+    outputs.push((format!("the stdout of {what}"), out.stdout.clone()));
+    outputs.push((format!("the stderr of {what}"), out.stderr.clone()));
+    out
 }
 
 fn text(b: &[u8]) -> String {
@@ -65,9 +121,11 @@ fn text(b: &[u8]) -> String {
 #[tokio::test]
 async fn run_passes_args_output_and_exit_code_through() {
     let s = setup().await;
+    // With all of fapi-host's logging (-vvv) on stderr, searched for secrets below.
     let out = run(
         &s,
         vec![
+            "-vvv".into(),
             "run".into(),
             guests::FETCH.into(),
             "--".into(),
@@ -77,6 +135,11 @@ async fn run_passes_args_output_and_exit_code_through() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout, data::csv(data::DEFAULT_ROWS).as_bytes());
+    assert!(
+        text(&out.stderr).contains("access token acquired"),
+        "-vvv logs: {}",
+        text(&out.stderr)
+    );
 
     let out = run(
         &s,
@@ -90,6 +153,12 @@ async fn run_passes_args_output_and_exit_code_through() {
     )
     .await;
     assert_eq!(out.status.code(), Some(42));
+    assert_eq!(
+        s.fed.issued_tokens().len(),
+        1,
+        "the fetch's process got one"
+    );
+    s.assert_no_secrets(true, &[]);
 }
 
 #[tokio::test]
@@ -146,6 +215,7 @@ async fn allow_flag_and_audit_file() {
     assert_eq!(lines[1]["status"], 200);
     assert_eq!(lines[1]["bytes"], data::csv(data::DEFAULT_ROWS).len());
     assert!(lines[1]["interaction_id"].as_str().unwrap().len() == 36);
+    s.assert_no_secrets(true, &[]);
 }
 
 #[tokio::test]
@@ -202,6 +272,8 @@ async fn stopped_guests_and_bad_components_have_their_own_exit_codes() {
     let out = run(&s, vec!["run".into(), guests::CSV_TO_JSON.into()]).await;
     assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("batch"), "{}", text(&out.stderr));
+    // None of these guests asks for data, so no token exists: the key is what could leak.
+    s.assert_no_secrets(false, &[&junk]);
 }
 
 #[tokio::test]
