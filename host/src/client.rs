@@ -30,11 +30,12 @@ pub struct FapiClient {
 
 struct Inner {
     http: reqwest::Client,
-    tokens: TokenManager,
+    /// Shared with the clients made by [`FapiClient::with_retries`]: one token cache.
+    tokens: Arc<TokenManager>,
     options: ClientOptions,
-    identity: Identity,
+    identity: Arc<Identity>,
     settings: Settings,
-    missing_echo: MissingEcho,
+    missing_echo: Arc<MissingEcho>,
 }
 
 impl fmt::Debug for FapiClient {
@@ -67,14 +68,34 @@ impl FapiClient {
         let client = FapiClient {
             inner: Arc::new(Inner {
                 http,
-                tokens,
+                tokens: Arc::new(tokens),
                 options: settings.client.clone(),
-                identity,
+                identity: Arc::new(identity),
                 settings: settings.clone(),
-                missing_echo: MissingEcho::default(),
+                missing_echo: Arc::default(),
             }),
         };
         Ok((client, warnings))
+    }
+
+    /// This client, retrying idempotent requests `retries` times instead of `[client] retries`:
+    /// the same identity, token cache and connection pool (one token for both). `fapi-host batch`
+    /// builds its client with no retries, as it retries items itself, and gives its processors
+    /// this one, so that their own requests are retried as `fapi-fetch` promises.
+    pub fn with_retries(&self, retries: u32) -> FapiClient {
+        let inner = &self.inner;
+        let mut settings = inner.settings.clone();
+        settings.client.retries = retries;
+        FapiClient {
+            inner: Arc::new(Inner {
+                http: inner.http.clone(),
+                tokens: inner.tokens.clone(),
+                options: settings.client.clone(),
+                identity: inner.identity.clone(),
+                settings,
+                missing_echo: inner.missing_echo.clone(),
+            }),
+        }
     }
 
     /// A builder, for programs that do not use a configuration file.

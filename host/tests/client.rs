@@ -246,6 +246,38 @@ async fn invalid_token_gets_exactly_one_new_token_and_one_replay() {
     assert_eq!(f.fed.counters().token_requests, 3);
 }
 
+/// `with_retries` gives the same client other retries: one token cache (one token request for
+/// both), and each retries as told.
+#[tokio::test]
+async fn with_retries_shares_the_token_and_changes_only_the_retries() {
+    let f = Fed::with_faults().await;
+    let mut settings = f.settings();
+    settings.client.retries = 0;
+    let (none, _) = FapiClient::from_settings(&settings).unwrap();
+    let two = none.with_retries(2);
+    assert_eq!(two.settings().client.retries, 2);
+    assert_eq!(none.settings().client.retries, 0);
+    let url = format!("{}?fault=503&fault_times=1&retry_after=0", f.fed.data_url());
+    let r = none.get(&url).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.attempts()), (503, 1));
+    let url = format!(
+        "{}?fault=503&fault_times=2&retry_after=0",
+        f.fed.data_json_url()
+    );
+    let r = two.get(&url).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.attempts()), (200, 3));
+    let url = format!("{}?fault=503&retry_after=0", f.fed.data_url());
+    let r = two.get(&url).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.attempts()), (503, 3));
+    // One token, whichever client asked first; the same one.
+    assert_eq!(f.fed.counters().token_requests, 1);
+    assert_eq!(
+        none.token_info().await.unwrap().expires_at,
+        two.token_info().await.unwrap().expires_at
+    );
+    assert_eq!((none.token_requests(), two.token_requests()), (1, 1));
+}
+
 #[tokio::test]
 async fn retries_honour_retry_after_for_idempotent_requests_only() {
     let f = Fed::with_faults().await;

@@ -150,9 +150,8 @@ impl Batch {
     /// output instead of the body. Each item runs in a fresh instance. A body that breaks off
     /// while the processor reads it fails the item as a body cut short (retried like one),
     /// whatever the processor returns; an output over `[sandbox] max_output_mib` fails the item.
-    /// If the sandbox shares this batch's client built with `retries = 0`, give it the retries
-    /// with [`Sandbox::with_guest_retries`] (the CLI does), so that the processors' own requests
-    /// are retried.
+    /// Build the sandbox over [`FapiClient::with_retries`] of this batch's client (built with
+    /// `retries = 0`), as the CLI does: one token cache, and the processors' own requests retried.
     pub fn with_plugin(self, sandbox: Arc<Sandbox>, plugin: Arc<Plugin>) -> Result<Batch> {
         if !plugin.is_processor() {
             return Err(Error::Component(format!(

@@ -95,7 +95,8 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
         settings.sandbox.check()?;
     }
     // The batch retries items itself, so that it sees every 429 and can slow the whole origin.
-    // The processors' own requests keep the configured retries: the sandbox does them.
+    // The processors' own requests keep the configured retries: their client is this one with
+    // them (one token cache, one pool).
     let guest_retries = settings.client.retries;
     settings.client.retries = 0;
     let (client, _) = FapiClient::from_settings(&settings)?;
@@ -111,9 +112,8 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     };
     let mut batch = Batch::new(client.clone(), options);
     if let Some(path) = &args.plugin {
-        let sandbox = Sandbox::new(client, args.sandbox.options()?)
-            .await?
-            .with_guest_retries(guest_retries);
+        let sandbox =
+            Sandbox::new(client.with_retries(guest_retries), args.sandbox.options()?).await?;
         let plugin = sandbox.load(path)?;
         batch = batch.with_plugin(Arc::new(sandbox), Arc::new(plugin))?;
     }

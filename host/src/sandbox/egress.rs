@@ -126,10 +126,6 @@ pub(crate) struct Egress {
     in_flight: Arc<Semaphore>,
     requests: AtomicU64,
     limits: SandboxSettings,
-    /// Retries of idempotent requests (429, 502, 503, 504, connection failures) done here, on top
-    /// of the client's own: for a client built without retries (the batch's, which retries its
-    /// items itself), so that guests still get the retries the interface promises.
-    retries: u32,
     /// Shared with every pending audit record (a reference count, not a copy, per request).
     guest: Arc<str>,
 }
@@ -150,7 +146,6 @@ impl Egress {
         policy: Arc<Policy>,
         audit: Arc<Audit>,
         limits: SandboxSettings,
-        retries: u32,
         guest: String,
     ) -> Egress {
         Egress {
@@ -160,7 +155,6 @@ impl Egress {
             policy,
             audit,
             limits,
-            retries,
             guest: guest.into(),
         }
     }
@@ -324,10 +318,10 @@ impl Egress {
         let Admitted { url, permit } = admitted;
         let started = Instant::now();
         let sent = match req.timeout {
-            Some(t) => tokio::time::timeout(t, self.send_with_retries(&req, url))
+            Some(t) => tokio::time::timeout(t, self.through_client(&req, url))
                 .await
                 .unwrap_or_else(|_| Err(Error::Timeout(String::new()))),
-            None => self.send_with_retries(&req, url).await,
+            None => self.through_client(&req, url).await,
         };
         let response = match sent {
             Ok(r) => r,
@@ -360,76 +354,22 @@ impl Egress {
         Ok((response, body))
     }
 
-    /// Send through the client, retrying an idempotent request on 429, 502, 503, 504 and
-    /// connection failures up to [`Egress::retries`] times (none for a client that retries
-    /// itself), with the client's backoff, waiting what `Retry-After` asks (a response asking for
-    /// longer than `max_retry_after` is returned as it is). Every attempt carries the same
-    /// interaction id, as the client's own retries do.
-    async fn send_with_retries(
+    /// Send through the client, which retries an idempotent request as its settings say.
+    async fn through_client(
         &self,
         req: &GuestRequest,
         url: url::Url,
     ) -> crate::error::Result<FapiResponse> {
-        let options = &self.client.settings().client;
-        let may_retry = self.retries > 0 && crate::retry::is_idempotent(&req.method);
-        if !may_retry {
-            // The usual path (`run`: the client retries itself): the URL moved, not copied.
-            return self
-                .client
-                .send(FapiRequest {
-                    method: req.method.clone(),
-                    url,
-                    headers: req.headers.clone(),
-                    body: req.body.clone(),
-                    interaction_id: None,
-                    timeout: req.timeout,
-                })
-                .await;
-        }
-        let interaction_id = options.interaction_id.then(uuid::Uuid::new_v4);
-        let mut retried = 0u32;
-        loop {
-            let request = FapiRequest {
+        self.client
+            .send(FapiRequest {
                 method: req.method.clone(),
-                url: url.clone(),
+                url,
                 headers: req.headers.clone(),
                 body: req.body.clone(),
-                interaction_id,
+                interaction_id: None,
                 timeout: req.timeout,
-            };
-            let sent = self.client.send(request).await;
-            if retried >= self.retries {
-                return sent;
-            }
-            let delay = match &sent {
-                Ok(r) if crate::retry::is_retryable_status(r.status()) => {
-                    let retry_after = crate::retry::retry_after(r.headers());
-                    match crate::retry::delay_for(retried + 1, retry_after, options) {
-                        Ok(delay) => delay,
-                        // A longer wait than the client makes: the guest gets the answer, with
-                        // its Retry-After, rather than a retry sooner than the server asked.
-                        Err(too_long) => {
-                            tracing::warn!(guest = %self.guest, %url, status = r.status().as_u16(), "{too_long}");
-                            return sent;
-                        }
-                    }
-                }
-                // The data provider could not be reached, or did not answer in time (never TLS,
-                // never the token: those are other errors).
-                Err(Error::Network(_) | Error::Timeout(_)) => {
-                    crate::retry::backoff(retried + 1, options)
-                }
-                _ => return sent,
-            };
-            retried += 1;
-            let why = match &sent {
-                Ok(r) => format!("HTTP {}", r.status().as_u16()),
-                Err(e) => e.to_string(),
-            };
-            tracing::warn!(guest = %self.guest, %url, %why, ?delay, "guest request: retrying");
-            drop(sent);
-            tokio::time::sleep(delay).await;
-        }
+            })
+            .await
     }
 }
 

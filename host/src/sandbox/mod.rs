@@ -304,8 +304,6 @@ pub struct Sandbox {
     limits: SandboxSettings,
     audit: Arc<Audit>,
     options: SandboxOptions,
-    /// Retries of guest requests done by the sandbox itself ([`Sandbox::with_guest_retries`]).
-    guest_retries: u32,
     _ticker: Ticker,
 }
 
@@ -450,7 +448,6 @@ impl Sandbox {
             limits,
             audit,
             options,
-            guest_retries: 0,
         })
     }
 
@@ -568,7 +565,6 @@ impl Sandbox {
             self.policy.clone(),
             self.audit.clone(),
             self.limits.clone(),
-            self.guest_retries,
             plugin.name.clone(),
         ));
         let state = GuestState {

@@ -67,16 +67,6 @@ fn shortened(mut msg: String) -> String {
 }
 
 impl Sandbox {
-    /// Retry guest requests in the sandbox itself: idempotent ones (GET, HEAD, OPTIONS) on 429,
-    /// 502, 503, 504 and connection failures, up to `retries` times, with the client's backoff.
-    /// For a sandbox whose client is built with `[client] retries = 0` (the batch's client, which
-    /// retries items itself), so that processors' own requests are still retried as
-    /// `fapi-fetch` promises. With a client that retries, leave it at 0 (the default).
-    pub fn with_guest_retries(mut self, retries: u32) -> Sandbox {
-        self.guest_retries = retries;
-        self
-    }
-
     /// Hand one fetched response to a processor, in a fresh instance.
     pub async fn process(
         &self,
