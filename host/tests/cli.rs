@@ -49,8 +49,12 @@ async fn fetch_include_output_file_and_post_data() {
     })
     .await
     .unwrap();
-    // -d applies to both URLs (POST), as in curl; the CSV endpoint refuses POST.
-    let _ = (code, &err);
+    // -d applies to both URLs (POST), as in curl; the CSV endpoint refuses POST: an HTTP error
+    // status (exit 1) naming the 405, and the upload is still done.
+    let err = s(&err);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("405"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     let written = std::fs::read_to_string(&out_file).unwrap();
     assert!(written.starts_with("HTTP/1.1 "), "{written:.100}");
     let out = s(&out);
@@ -261,23 +265,29 @@ fn dev_runs_the_federation_until_sigterm() {
             .spawn()
             .unwrap()
     };
-    let wait_for = |path: &std::path::Path| {
+    // `dev` writes federation.json in place (not atomically): wait until it holds a whole JSON
+    // document (a prefix of one never parses: the closing brace comes last).
+    let wait_for = |path: &std::path::Path| -> serde_json::Value {
         let t0 = Instant::now();
-        while !path.exists() {
+        loop {
+            let state = match std::fs::read(path) {
+                Ok(bytes) => match serde_json::from_slice(&bytes) {
+                    Ok(info) => return info,
+                    Err(e) => format!("not whole JSON: {e}"),
+                },
+                Err(e) => e.to_string(),
+            };
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "{} never appeared",
+                "{} after 60 s: {state}",
                 path.display()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(100));
     };
     let json_path = fed_dir.join("federation.json");
     let mut child = start();
-    wait_for(&json_path);
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let info = wait_for(&json_path);
     for key in [
         "issuer_url",
         "data_url",
@@ -335,7 +345,8 @@ fn dev_runs_the_federation_until_sigterm() {
 
     std::fs::remove_file(&json_path).unwrap();
     let mut child = start();
-    wait_for(&json_path);
+    let again = wait_for(&json_path);
+    assert_eq!(again["config"], info["config"], "{again}");
     assert_eq!(
         std::fs::read(fed_dir.join("ca.pem")).unwrap(),
         ca_before,

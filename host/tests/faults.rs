@@ -51,6 +51,24 @@ fn assert_no_token(text: &str, token: Option<&str>) {
     }
 }
 
+/// A federation that records the tokens it issues, for [`assert_no_issued_token`].
+async fn recording(cfg: FederationConfig) -> Fed {
+    Fed::start(FederationConfig {
+        record_issued_tokens: true,
+        ..cfg
+    })
+    .await
+}
+
+/// [`assert_no_token`] for every token `f`'s authorization server has issued so far (to the test
+/// or to a `fapi-host` process it ran), besides the `Bearer <value>` pattern.
+fn assert_no_issued_token(f: &Fed, text: &str) {
+    assert_no_token(text, None);
+    for t in f.fed.issued_tokens() {
+        assert_no_token(text, Some(&t));
+    }
+}
+
 /// A port on 127.0.0.1 where nothing listens.
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -74,7 +92,7 @@ async fn cli(args: Vec<String>, cwd: PathBuf) -> (i32, String, String) {
 
 #[tokio::test]
 async fn as_down_is_a_network_error_naming_the_issuer() {
-    let f = Fed::start(FederationConfig::default()).await;
+    let f = recording(FederationConfig::default()).await;
     let port = closed_port();
     let issuer = format!("https://127.0.0.1:{port}");
     let mut st = quick(f.settings(), Duration::from_secs(5), 2);
@@ -94,6 +112,8 @@ async fn as_down_is_a_network_error_naming_the_issuer() {
     assert!(msg.to_lowercase().contains("connect"), "{msg}");
     assert!(t0.elapsed() < Duration::from_secs(5), "no long wait");
     assert_eq!(f.fed.counters().dp_requests, 0, "nothing reached the DP");
+    // No token exists (the issuer is down): the pattern is all there is to look for.
+    assert!(f.fed.issued_tokens().is_empty());
     assert_no_token(&msg, None);
 
     // The CLI: exit status 5 and the same message.
@@ -116,7 +136,7 @@ async fn as_down_is_a_network_error_naming_the_issuer() {
 
 #[tokio::test]
 async fn as_slow_token_endpoint_times_out_once_without_replaying_the_token_request() {
-    let f = Fed::start(FederationConfig::default()).await;
+    let f = recording(FederationConfig::default()).await;
     // Slow but within the timeout: fine.
     f.fed
         .set_as_fault(Some(AsFault::SlowToken(Duration::from_millis(300))));
@@ -145,12 +165,15 @@ async fn as_slow_token_endpoint_times_out_once_without_replaying_the_token_reque
         2,
         "the timed-out token request was not replayed"
     );
-    assert_no_token(&err.to_string(), None);
+    // The token of the first request (and any the slow request got after the client gave up).
+    assert!(!f.fed.issued_tokens().is_empty());
+    assert_no_issued_token(&f, &err.to_string());
+    assert_no_issued_token(&f, &format!("{err:?}"));
 }
 
 #[tokio::test]
 async fn as_5xx_and_bad_token_responses() {
-    let f = Fed::start(FederationConfig::default()).await;
+    let f = recording(FederationConfig::default()).await;
     // 500: not transient, one request, a clear error with the status.
     f.fed.set_as_fault(Some(AsFault::TokenEndpointStatus(500)));
     let st = quick(f.settings(), Duration::from_secs(5), 2);
@@ -186,8 +209,15 @@ async fn as_5xx_and_bad_token_responses() {
         assert_eq!(err.kind(), fapi_host::ErrorKind::Authorization, "{err}");
         assert_eq!(after.token_requests, before.token_requests + 1, "{fault:?}");
         assert_eq!(after.dp_requests, before.dp_requests, "{fault:?}");
-        assert_no_token(&err.to_string(), None);
+        // The wrong token_type comes with a real token: that one is looked for too.
+        assert_no_issued_token(&f, &err.to_string());
+        assert_no_issued_token(&f, &format!("{err:?}"));
     }
+    assert_eq!(
+        f.fed.issued_tokens().len(),
+        1,
+        "the one with token_type mac"
+    );
 
     // Without expires_in: the default lifetime, and it works.
     f.fed.set_as_fault(Some(AsFault::OmitExpiresIn));
@@ -229,17 +259,44 @@ async fn a_token_endpoint_failing_in_the_refresh_window_leaves_the_valid_token_i
     f.fed.set_as_fault(Some(AsFault::TokenEndpointStatus(500)));
     at(t0, Duration::from_millis(4200)).await;
     let before = f.fed.counters();
-    let mut served = 0;
+    // Requests one after the other until 6 s (the old token is good until then, see
+    // `short_lived_tokens`), the first one's start and end and the last one's start noted.
+    let mut served = 0u64;
+    let mut first = None;
+    let mut last_started = t0;
     while t0.elapsed() < Duration::from_millis(6000) {
+        last_started = Instant::now();
         let r = client.get(f.fed.data_url()).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {served} in the refresh window");
+        first.get_or_insert((last_started, Instant::now()));
         served += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let attempts = f.fed.counters().token_requests - before.token_requests;
-    // At about 4.2 s and 5.2 s (one more if a request lands just after 6 s): not one per request.
-    assert!(served >= 10, "{served}");
-    assert!((2..=3).contains(&attempts), "{attempts} refresh attempts");
+    let (first_started, first_ended) = first.expect("a request in the refresh window");
+    // Bounds from the requests' own times, not from the machine's pace. The first request (past
+    // the refresh point) tries a refresh; a request starting `retry_every` (1 s) after that
+    // attempt failed tries again; and attempts start with requests at least 1 s apart, so there
+    // are at most 1 + (seconds of requests) of them (2 or 3 here), where a refresh per request
+    // would make `served` (dozens).
+    let retry_every = Duration::from_secs(1);
+    let most = 1 + (last_started - first_started).as_millis() as u64 / 1000;
+    assert!(
+        attempts >= 1,
+        "the token past its refresh point was not refreshed"
+    );
+    // (Unless the machine was so slow that no request started 1 s after the first had ended.)
+    if last_started >= first_ended + retry_every {
+        assert!(
+            attempts >= 2,
+            "no new refresh attempt after the back-off ({served} requests)"
+        );
+    }
+    assert!(
+        attempts <= most,
+        "{attempts} refresh attempts for {served} requests over {:?}",
+        last_started - first_started
+    );
     assert_eq!(
         client.danger_reveal_token().await.unwrap().as_str(),
         token.as_str(),
@@ -296,20 +353,26 @@ async fn a_token_endpoint_hanging_in_the_refresh_window_holds_up_only_the_refres
     at(t0, Duration::from_millis(4200)).await;
     let before = f.fed.counters();
     let request = |client: &FapiClient| common::timed_get(client, f.fed.data_url());
+    // The refresh's token request starts after this and cannot end before its timeout (1.5 s; the
+    // server holds it 30 s): a request that waited for the refresh ends after `refresh_in_flight`.
+    let refresh_in_flight = Instant::now() + Duration::from_millis(1500);
     let refreshing = request(&client);
     // Soon after the refresh began (no attempt due yet), and once the next would be due (the
-    // first still in flight): nobody waits.
+    // first still in flight): nobody waits, so every one of them is answered while the refresh is
+    // still in flight (about 1.4 s and 0.4 s after the waves start).
     for wave in [4300, 5300] {
         at(t0, Duration::from_millis(wave)).await;
         let others: Vec<_> = (0..8).map(|_| request(&client)).collect();
+        let mut took = Vec::new();
         for o in others {
-            let (status, took) = o.await.unwrap();
+            let (status, t) = o.await.unwrap();
             assert_eq!(status, 200);
-            assert!(
-                took < Duration::from_millis(700),
-                "{wave}: held up {took:?}"
-            );
+            took.push(t);
         }
+        assert!(
+            Instant::now() < refresh_in_flight,
+            "{wave}: held up until the refresh ended: {took:?}"
+        );
     }
     let (status, took) = refreshing.await.unwrap();
     assert_eq!(
@@ -767,7 +830,11 @@ async fn dp_slow_bodies_flow_and_stalled_bodies_time_out() {
 
 #[tokio::test]
 async fn fetch_output_file_is_never_left_partial() {
-    let f = Fed::with_faults().await;
+    let f = recording(FederationConfig {
+        faults_enabled: true,
+        ..FederationConfig::default()
+    })
+    .await;
     let out = f.path("out.bin");
     let tmp_listing = |dir: &Path| -> Vec<String> {
         std::fs::read_dir(dir)
@@ -802,7 +869,9 @@ async fn fetch_output_file_is_never_left_partial() {
             "{fault}: no temporary left"
         );
         assert!(!err.contains("panicked"), "{err}");
-        assert_no_token(&err, None);
+        // `-vv` logs the requests: the token of this `fapi-host` process is not among them.
+        assert!(!f.fed.issued_tokens().is_empty());
+        assert_no_issued_token(&f, &err);
     }
     // A complete body lands under the name.
     let url = format!("{}/sized?bytes=300000", f.fed.data_origin());
@@ -904,7 +973,11 @@ async fn run(mut c: Command) -> (i32, String) {
 
 #[tokio::test]
 async fn batch_bodies_cut_short_are_retried_for_get_only_and_never_land_partial() {
-    let f = Fed::with_faults().await;
+    let f = recording(FederationConfig {
+        faults_enabled: true,
+        ..FederationConfig::default()
+    })
+    .await;
     let o = f.fed.data_origin();
     let input = f.path("items.jsonl");
     let lines = [
@@ -960,8 +1033,9 @@ async fn batch_bodies_cut_short_are_retried_for_get_only_and_never_land_partial(
         .collect();
     assert_eq!(names.len(), 3, "{names:?}");
     let text = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
-    assert_no_token(&text, None);
-    assert_no_token(&err, None);
+    assert_eq!(f.fed.issued_tokens().len(), 1, "the batch's one token");
+    assert_no_issued_token(&f, &text);
+    assert_no_issued_token(&f, &err);
 }
 
 /// How the output directory is made to run out of space.
@@ -969,9 +1043,9 @@ enum Squeeze {
     /// A 1 MiB tmpfs mounted on it (needs root or CAP_SYS_ADMIN); space comes back by remounting
     /// it bigger. Writes fail with ENOSPC.
     Tmpfs(PathBuf),
-    /// RLIMIT_FSIZE of 400,000 bytes on the batch process (`prlimit`, SIGXFSZ ignored so that
-    /// writes fail with EFBIG); space comes back by running without the limit.
-    FileSizeLimit,
+    /// RLIMIT_FSIZE of this many bytes on the batch process ([`with_file_size_limit`]); space
+    /// comes back by running without the limit. Writes fail with EFBIG.
+    FileSizeLimit(u64),
 }
 
 impl Drop for Squeeze {
@@ -990,6 +1064,24 @@ fn try_tmpfs(dir: &Path) -> Option<Squeeze> {
         .status()
         .is_ok_and(|s| s.success());
     ok.then(|| Squeeze::Tmpfs(dir.to_owned()))
+}
+
+/// `cmd` under RLIMIT_FSIZE = `bytes` (`prlimit`), SIGXFSZ ignored: a write past `bytes` in any
+/// file fails with EFBIG ("File too large") instead of killing the process.
+fn with_file_size_limit(cmd: &Command, bytes: u64) -> Command {
+    // `trap '' XFSZ` is inherited through exec.
+    let mut wrapped = Command::new("sh");
+    wrapped
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; exec prlimit --fsize={bytes} -- \"$@\""
+        ))
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_remove("FAPI_CONFIG")
+        .stdin(Stdio::null());
+    wrapped
 }
 
 fn has_prlimit() -> bool {
@@ -1014,18 +1106,8 @@ async fn full_disk(f: &Fed, out: &Path, squeeze: Squeeze) {
     std::fs::write(&input, text).unwrap();
     let args = ["--concurrency", "1", "--retries", "1"];
     let mut cmd = batch_cmd(&f.config, &input, out, &args);
-    if let Squeeze::FileSizeLimit = squeeze {
-        // `trap '' XFSZ` is inherited through exec: the write fails instead of killing the process.
-        let mut wrapped = Command::new("sh");
-        wrapped
-            .arg("-c")
-            .arg("trap '' XFSZ; exec prlimit --fsize=400000 -- \"$@\"")
-            .arg("sh")
-            .arg(cmd.get_program())
-            .args(cmd.get_args())
-            .env_remove("FAPI_CONFIG")
-            .stdin(Stdio::null());
-        cmd = wrapped;
+    if let Squeeze::FileSizeLimit(bytes) = squeeze {
+        cmd = with_file_size_limit(&cmd, bytes);
     }
     let (code, err) = run(cmd).await;
     assert_eq!(code, 9, "{err}");
@@ -1034,7 +1116,7 @@ async fn full_disk(f: &Fed, out: &Path, squeeze: Squeeze) {
     assert_eq!(recs.len(), 6, "{recs:?}");
     let why = match squeeze {
         Squeeze::Tmpfs(_) => "No space left on device",
-        Squeeze::FileSizeLimit => "File too large",
+        Squeeze::FileSizeLimit(_) => "File too large",
     };
     for i in 0..6 {
         let r = last_of(&recs, i);
@@ -1106,7 +1188,7 @@ async fn batch_over_a_file_size_limit_fails_the_items_cleanly_and_resumes() {
     }
     let f = Fed::start(FederationConfig::default()).await;
     let out = f.path("limited-out");
-    full_disk(&f, &out, Squeeze::FileSizeLimit).await;
+    full_disk(&f, &out, Squeeze::FileSizeLimit(400_000)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1139,24 +1221,66 @@ async fn unreadable_credential_files_are_named_with_the_fix() {
     assert!(err.contains("key-is-a-dir"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
-    // Permission denied (when not running as root, which reads anything).
+    // Permission denied: a certificate of mode 000. Root reads it anyway, so as root the CLI runs
+    // as `nobody` (setpriv), in a directory it can read with a configuration of its own.
     use std::os::unix::fs::PermissionsExt as _;
-    let cert = f.path("locked.pem");
-    std::fs::copy(&st.certificate, &cert).unwrap();
+    let open = f.path("open-to-nobody");
+    std::fs::create_dir_all(&open).unwrap();
+    let config = f.fed.write_client_config(&open, "consumer").unwrap();
+    for (p, mode) in [
+        (f.dir.path(), 0o755),
+        (open.as_path(), 0o755),
+        (open.join("consumer.key").as_path(), 0o644),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let cert = open.join("locked.pem");
+    std::fs::copy(open.join("consumer.pem"), &cert).unwrap();
     std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o000)).unwrap();
-    if std::fs::read(&cert).is_err() {
-        let mut st = f.settings();
+    let privileged = std::fs::read(&cert).is_ok();
+    if !privileged {
+        let mut st = Settings::load(Some(&config), &fapi_host::Overrides::default()).unwrap();
         st.certificate = cert.clone();
         let err = FapiClient::from_settings(&st).unwrap_err();
         assert!(matches!(err, Error::Credentials(_)), "{err}");
         assert!(err.to_string().contains("locked.pem"), "{err}");
         assert!(err.to_string().contains("ermission"), "{err}");
     }
+    let mut c = if privileged {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            env!("CARGO_BIN_EXE_fapi-host"),
+        ]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_fapi-host"))
+    };
+    c.arg("--config")
+        .arg(&config)
+        .arg("--certificate")
+        .arg(&cert)
+        .arg("token")
+        .current_dir(&open)
+        .env_remove("FAPI_CONFIG")
+        .stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("running the CLI (as root: with setpriv, of util-linux): {e}"));
+    let err = s(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("locked.pem"), "{err}");
+    assert!(err.contains("ermission denied"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[tokio::test]
 async fn batch_stops_at_an_authorization_server_refusal_and_resumes_after_the_fix() {
-    let f = Fed::start(FederationConfig::default()).await;
+    let f = recording(FederationConfig::default()).await;
     let o = f.fed.data_origin();
     let input = f.path("many.txt");
     let text: String = (0..40).map(|i| format!("{o}/items/{i}\n")).collect();
@@ -1194,69 +1318,142 @@ async fn batch_stops_at_an_authorization_server_refusal_and_resumes_after_the_fi
             "{recs:?}"
         );
         assert_consistent(&out, &recs);
+        // Refused: no token was issued (the malformed answer's "abc" is no token), so the
+        // pattern is all there is to look for.
+        assert!(f.fed.issued_tokens().is_empty(), "{fault:?}");
         assert_no_token(&err, None);
     }
     // Fixed: the same command fetches everything.
     f.fed.set_as_fault(None);
     let (code, err) = run(batch_cmd(&f.config, &input, &out, &["--concurrency", "4"])).await;
     assert_eq!(code, 0, "{err}");
+    assert_eq!(f.fed.issued_tokens().len(), 1);
+    assert_no_issued_token(&f, &err);
+    assert_no_issued_token(
+        &f,
+        &std::fs::read_to_string(out.join("manifest.jsonl")).unwrap(),
+    );
     let recs = manifest(&out);
     let done = recs.iter().filter(|r| r.outcome == "done").count();
     assert_eq!(done, 40);
     assert_consistent(&out, &recs);
 }
 
+/// Where the disk is so full that not even a manifest line fits. A full tmpfs (ENOSPC) when one
+/// can be mounted (root, or CAP_SYS_ADMIN), and in any case RLIMIT_FSIZE at the size of the
+/// manifest (EFBIG), which needs no privilege: so the case is exercised everywhere.
 #[tokio::test]
 async fn batch_with_no_space_even_for_the_manifest_stops_with_a_clear_error() {
     let f = Fed::start(FederationConfig::default()).await;
     let out = f.path("full-out");
     std::fs::create_dir_all(&out).unwrap();
-    let Some(squeeze) = try_tmpfs(&out) else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root)");
-        return;
-    };
-    // Fill the file system completely.
-    let filler = out.join("filler");
-    {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let block = vec![0u8; 64 << 10];
-        while file.write_all(&block).is_ok() {}
+    match try_tmpfs(&out) {
+        Some(squeeze) => no_space_for_the_manifest(&f, &out, squeeze).await,
+        None => eprintln!(
+            "NOTE: cannot mount a tmpfs here (not root): the full disk is played by RLIMIT_FSIZE only"
+        ),
     }
+    assert!(
+        has_prlimit(),
+        "prlimit (util-linux) is needed to play a full disk without privileges"
+    );
+    let out = f.path("limited-full-out");
+    no_space_for_the_manifest(&f, &out, Squeeze::FileSizeLimit(MANIFEST_SIZE)).await;
+}
+
+/// The size of the manifest left by an earlier run in [`no_space_for_the_manifest`] with
+/// RLIMIT_FSIZE: the limit, so that not one more byte can be appended to it.
+const MANIFEST_SIZE: u64 = 4096;
+
+/// Twenty items of 8 KiB into `out` where nothing more can be written (a filled tmpfs, or a
+/// manifest already at the file size limit, which the items are over too), then again with space.
+async fn no_space_for_the_manifest(f: &Fed, out: &Path, squeeze: Squeeze) {
+    let mut expected_names = vec!["manifest.jsonl".to_owned()];
+    let why = match squeeze {
+        Squeeze::Tmpfs(_) => {
+            // Fill the file system completely.
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(out.join("filler")).unwrap();
+            let block = vec![0u8; 64 << 10];
+            while file.write_all(&block).is_ok() {}
+            expected_names.push("filler".to_owned());
+            "No space left on device"
+        }
+        Squeeze::FileSizeLimit(limit) => {
+            // An earlier run's manifest (records of items that failed), exactly at the limit.
+            std::fs::create_dir_all(out).unwrap();
+            let limit = usize::try_from(limit).unwrap();
+            let record = |i: usize, pad: usize| {
+                let line = serde_json::json!({
+                    "outcome": "failed", "line": i + 1, "index": i,
+                    "url": format!("https://earlier.example/items/{i}"), "status": 404,
+                    "bytes": 0, "sha256": null, "duration_ms": 3, "attempts": 1,
+                    "interaction_id": null, "file": null,
+                    "error": {"kind": "http", "message": format!("HTTP 404{}", " ".repeat(pad))},
+                });
+                format!("{line}\n")
+            };
+            // Four-digit indexes: every line as long as the next.
+            let mut text = String::new();
+            let mut i = 1000;
+            while text.len() + 2 * record(i, 0).len() <= limit {
+                text.push_str(&record(i, 0));
+                i += 1;
+            }
+            text.push_str(&record(i, limit - text.len() - record(i, 0).len()));
+            assert_eq!(text.len(), limit);
+            std::fs::write(out.join("manifest.jsonl"), text).unwrap();
+            "File too large"
+        }
+    };
+    expected_names.sort();
     let o = f.fed.data_origin();
     let input = f.path("twenty.txt");
-    let text: String = (0..20).map(|i| format!("{o}/items/{i}\n")).collect();
+    let text: String = (0..20)
+        .map(|i| format!("{o}/sized?bytes=8192&n={i}\n"))
+        .collect();
     std::fs::write(&input, text).unwrap();
     let args = ["--concurrency", "2", "--retries", "1"];
+    let mut cmd = batch_cmd(&f.config, &input, out, &args);
+    if let Squeeze::FileSizeLimit(bytes) = squeeze {
+        cmd = with_file_size_limit(&cmd, bytes);
+    }
     let before = f.fed.counters().dp_requests;
-    let (code, err) = run(batch_cmd(&f.config, &input, &out, &args)).await;
+    let (code, err) = run(cmd).await;
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("manifest"), "{err}");
-    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains(why), "{err}");
     assert!(err.contains("run the same command again"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let sent = f.fed.counters().dp_requests - before;
-    assert!(sent <= 4, "stopped early: {sent} requests for 20 items");
-    let recs = manifest(&out);
-    assert_consistent(&out, &recs);
-    assert!(recs.iter().all(|r| r.outcome == "failed"), "{recs:?}");
-    let names: Vec<String> = std::fs::read_dir(&out)
+    assert!(
+        (1..=4).contains(&sent),
+        "stopped early: {sent} requests for 20 items"
+    );
+    let recs = manifest(out);
+    assert_consistent(out, &recs);
+    assert!(
+        recs.iter()
+            .all(|r| r.outcome == "failed" && r.index >= 1000),
+        "no line of this run fits: {recs:?}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    names.sort();
     assert_eq!(
-        names.len(),
-        2,
-        "only the filler and the manifest: {names:?}"
+        names, expected_names,
+        "nothing but the manifest (and the filler)"
     );
 
     // Space is back: the same command completes.
-    std::fs::remove_file(&filler).unwrap();
-    let (code, err) = run(batch_cmd(&f.config, &input, &out, &args)).await;
+    let _ = std::fs::remove_file(out.join("filler"));
+    let (code, err) = run(batch_cmd(&f.config, &input, out, &args)).await;
     assert_eq!(code, 0, "{err}");
-    let recs = manifest(&out);
+    let recs = manifest(out);
     assert_eq!(recs.iter().filter(|r| r.outcome == "done").count(), 20);
-    assert_consistent(&out, &recs);
+    assert_consistent(out, &recs);
     drop(squeeze);
 }
 
@@ -1337,46 +1534,69 @@ async fn batch_stops_when_the_authorization_server_starts_refusing_mid_run() {
     let mut st = f.settings();
     st.client.retries = 0;
     let client = client_of(&st);
-    // The batch starts with a cached token; then the server revokes it and refuses new ones.
-    client.token_info().await.unwrap();
-    f.fed.revoke_all_tokens();
-    f.fed.set_as_fault(Some(AsFault::InvalidClient));
+    let token = client.danger_reveal_token().await.unwrap();
     let o = f.fed.data_origin();
-    let text: String = (0..40).map(|i| format!("{o}/items/{i}\n")).collect();
+    let items = 400;
+    let text: String = (0..items).map(|i| format!("{o}/items/{i}\n")).collect();
     let out = f.path("mid-out");
     let mut options = BatchOptions::new(&out);
     options.concurrency = 4;
     let before = f.fed.counters();
-    let err = Batch::new(client, options)
-        .run(Input::parse(&text))
+    let batch = Batch::new(client, options);
+    let run = tokio::spawn(async move { batch.run(Input::parse(&text)).await });
+    // The batch runs with the cached token; once items reach the data provider, the server
+    // revokes the token and refuses new ones.
+    let t0 = Instant::now();
+    while f.fed.counters().dp_requests == before.dp_requests {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no item started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let revoked = f.fed.counters();
+    f.fed.set_as_fault(Some(AsFault::InvalidClient));
+    f.fed.revoke_all_tokens();
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
         .await
+        .expect("the batch stops")
+        .unwrap()
         .unwrap_err();
     let after = f.fed.counters();
     assert!(err.to_string().contains("invalid_client"), "{err}");
     assert_eq!(err.kind(), fapi_host::ErrorKind::Authorization);
-    let token_requests = after.token_requests - before.token_requests;
+    assert_no_token(&err.to_string(), Some(token.as_str()));
+    assert_no_token(&format!("{err:?}"), Some(token.as_str()));
+    assert_eq!(
+        revoked.token_requests, before.token_requests,
+        "the batch started with the cached token"
+    );
+    let token_requests = after.token_requests - revoked.token_requests;
     assert!(
         (1..=4).contains(&token_requests),
         "at most one per item in flight, not one per item: {token_requests}"
     );
     let recs = manifest(&out);
-    assert!(!recs.is_empty() && recs.len() <= 4, "{recs:?}");
+    assert!(recs.len() < items, "the batch stopped starting items");
+    let failed: Vec<_> = recs.iter().filter(|r| r.outcome == "failed").collect();
+    assert!(!failed.is_empty() && failed.len() <= 4, "{failed:?}");
     assert!(
-        recs.iter()
-            .all(|r| r.outcome == "failed" && r.error.as_ref().unwrap().kind == "authorization"),
-        "{recs:?}"
+        failed
+            .iter()
+            .all(|r| r.error.as_ref().unwrap().kind == "authorization"),
+        "{failed:?}"
     );
     assert!(
-        recs.iter()
+        failed
+            .iter()
             .all(|r| !r.error.as_ref().unwrap().message.is_empty())
     );
+    let text = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    assert_no_token(&text, Some(token.as_str()));
     assert_consistent(&out, &recs);
 }
 
 #[tokio::test]
 async fn batch_stops_when_the_authorization_server_becomes_unreachable_mid_run() {
     use fapi_host::batch::{Batch, BatchOptions, Input};
-    let f = Fed::start(FederationConfig {
+    let f = recording(FederationConfig {
         introspection_cache_ttl: Duration::ZERO,
         ..FederationConfig::default()
     })
@@ -1385,7 +1605,7 @@ async fn batch_stops_when_the_authorization_server_becomes_unreachable_mid_run()
     let mut st = quick(f.settings(), Duration::from_millis(400), 1);
     st.client.retries = 0;
     let client = client_of(&st);
-    client.token_info().await.unwrap();
+    let token = client.danger_reveal_token().await.unwrap();
     let o = f.fed.data_origin();
     let items = 400;
     let text: String = (0..items).map(|i| format!("{o}/items/{i}\n")).collect();
@@ -1417,8 +1637,10 @@ async fn batch_stops_when_the_authorization_server_becomes_unreachable_mid_run()
     let stopped_after = t0.elapsed();
     let after = f.fed.counters();
     assert_eq!(err.kind(), fapi_host::ErrorKind::Network, "{err}");
-    assert_no_token(&err.to_string(), None);
-    assert_no_token(&format!("{err:?}"), None);
+    assert_no_token(&err.to_string(), Some(token.as_str()));
+    assert_no_token(&format!("{err:?}"), Some(token.as_str()));
+    assert_no_issued_token(&f, &err.to_string());
+    assert_no_issued_token(&f, &format!("{err:?}"));
     assert!(
         err.to_string().contains("timed out") || err.to_string().contains("no response"),
         "{err}"
