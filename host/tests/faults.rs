@@ -764,6 +764,56 @@ async fn dp_429_retry_after_holds_the_retry_back() {
     assert_eq!(f.fed.counters().dp_requests, before + 1);
 }
 
+/// A batch item answered 503 with a `Retry-After` longer than the client waits is not retried
+/// sooner than asked: it fails with the server's wait in its message, after one request, and the
+/// origin is held back as long as the client waits before the next item goes out.
+#[tokio::test]
+async fn batch_items_asked_to_wait_longer_than_the_client_waits_fail_unretried() {
+    use fapi_host::batch::{Batch, BatchOptions, Input};
+    let f = Fed::with_faults().await;
+    let mut st = quick(f.settings(), Duration::from_secs(5), 0);
+    st.client.max_retry_after = Duration::from_millis(1500);
+    let client = client_of(&st);
+    client.token_info().await.unwrap();
+    let o = f.fed.data_origin();
+    let text = format!("{o}/items/0?fault=503&retry_after=3600\n{o}/items/1\n");
+    let out = f.path("retry-after-out");
+    let mut options = BatchOptions::new(&out);
+    options.concurrency = 1;
+    options.retries = 3;
+    let before = f.fed.counters().dp_requests;
+    let t0 = Instant::now();
+    let summary = Batch::new(client, options)
+        .run(Input::parse(&text))
+        .await
+        .unwrap();
+    assert_eq!((summary.done, summary.failed), (1, 1), "{summary}");
+    assert_eq!(f.fed.counters().dp_requests, before + 2, "one request each");
+    let recs = manifest(&out);
+    let r = last_of(&recs, 0);
+    assert_eq!(
+        (r.outcome.as_str(), r.status, r.attempts),
+        ("failed", Some(503), 1)
+    );
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(e.kind, "http");
+    assert!(
+        e.message.contains("HTTP 503")
+            && e.message.contains("3600 s")
+            && e.message.contains("max_retry_after"),
+        "{}",
+        e.message
+    );
+    assert_eq!(last_of(&recs, 1).outcome, "done");
+    // The second item waited for the origin (the client's 1.5 s), not the server's hour.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_consistent(&out, &recs);
+}
+
 #[tokio::test]
 async fn dp_bodies_cut_short_are_clear_errors_and_never_replayed_by_the_client() {
     let f = Fed::with_faults().await;
