@@ -21,6 +21,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::retry;
 use crate::sandbox::{Plugin, ProcessItem, ProcessOutcome, Sandbox};
 
+/// Outputs that may wait for the writer at once (each a small body held in memory, at most 256
+/// KiB, or a file already on disk): twice what the writer takes at a time, so that the next group
+/// gathers while it writes one.
+const WRITER_QUEUE: usize = 128;
+
 /// How a batch runs.
 #[derive(Clone, Debug)]
 pub struct BatchOptions {
@@ -283,43 +288,26 @@ impl Batch {
         }
         let _progress = Progress::start(sh.stats.clone(), sh.options.display);
 
-        let permits = Arc::new(Semaphore::new(sh.options.concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        for item in input.items().filter(|i| !is_done(i)) {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = sh.stop.reached(DRAINING) => break,
-            };
-            if sh.stop.is_stopping() {
-                break;
-            }
-            let sh2 = self.shared.clone();
-            let jobs = jobs.clone();
-            tasks.spawn(async move {
-                let (output, record) = tokio::select! {
-                    r = sh2.fetch_item(&item) => r,
-                    _ = sh2.stop.reached(CANCELLED) => (Output::Nothing, sh2.failed(&item, "interrupted",
-                        "cancelled by a signal before it finished".into(), None, 0, None, Instant::now())),
-                };
-                // The writer ends only after every sender is gone, so it is there to receive.
-                let _ = jobs.send(Job {
-                    output,
-                    record,
-                    permit: Some(permit),
-                });
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        while tasks.join_next().await.is_some() {}
+        // The items are started from a task of the runtime, not from the caller's thread (the
+        // main thread, under `block_on`): a task spawned from outside the runtime's workers wakes
+        // one of them each time (a futex call per item).
+        let mut dispatcher = AbortOnDrop(tokio::spawn(dispatch(
+            self.shared.clone(),
+            input,
+            completed,
+            jobs.clone(),
+        )));
         drop(jobs);
+        let changed = match (&mut dispatcher.0).await {
+            Ok(changed) => changed,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(Error::Io(format!("the batch's dispatcher ended: {e}"))),
+        };
         let written = writer.finish().await;
         if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }
-        if input.changed() {
+        if changed {
             return Err(Error::Io(
                 "the input file changed while the batch ran, so its remaining items were not \
                  started; the items done are recorded: run the same command again to fetch the rest"
@@ -329,6 +317,70 @@ impl Batch {
         written?;
         Ok(sh.stats.summary(sh.stop.is_stopping()))
     }
+}
+
+/// Aborts the task when dropped (the caller of [`Batch::run`] dropped it: the items in flight go
+/// with it).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Start the items not done yet, each as a task, at most `concurrency` fetching at once; hand
+/// each one's output to the writer (`jobs`). Returns whether the input file changed meanwhile.
+async fn dispatch(
+    shared: Arc<Shared>,
+    input: Input,
+    completed: std::collections::HashMap<(String, String), Record>,
+    jobs: super::writer::Jobs,
+) -> bool {
+    let sh = &shared;
+    let is_done = |item: &Item| {
+        !completed.is_empty() && completed.contains_key(&(item.name.clone(), item.url.to_string()))
+    };
+    let permits = Arc::new(Semaphore::new(sh.options.concurrency.max(1)));
+    // Places in the writer's queue: an item hands its output over with one of these and frees
+    // its fetching place at once, so that fetching goes on while the writer catches up, and
+    // what waits for the writer stays bounded.
+    let queue = Arc::new(Semaphore::new(WRITER_QUEUE));
+    let mut tasks = tokio::task::JoinSet::new();
+    for item in input.items().filter(|i| !is_done(i)) {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = sh.stop.reached(DRAINING) => break,
+        };
+        if sh.stop.is_stopping() {
+            break;
+        }
+        let sh2 = shared.clone();
+        let (jobs, queue) = (jobs.clone(), queue.clone());
+        tasks.spawn(async move {
+            let (output, record) = tokio::select! {
+                r = sh2.fetch_item(&item) => r,
+                _ = sh2.stop.reached(CANCELLED) => (Output::Nothing, sh2.failed(&item, "interrupted",
+                    "cancelled by a signal before it finished".into(), None, 0, None, Instant::now())),
+            };
+            // A place in the writer's queue (waiting while the writer is behind; it always
+            // drains), then this item's fetching place is free for the next item.
+            let queued = queue.acquire_owned().await.ok();
+            drop(permit);
+            // The writer ends only after every sender is gone, so it is there to receive.
+            let _ = jobs.send(Job {
+                output,
+                record,
+                permit: queued,
+            });
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    input.changed()
 }
 
 /// Removes a temporary file unless disarmed (on error, cancellation or panic). A write still
@@ -816,18 +868,19 @@ impl Spool {
 /// few hand-offs).
 const SPILL: usize = 256 << 10;
 
-/// The writer's part for a whole output in memory: without `fsync`, all of it (no file-system call
-/// on this task); with `fsync`, the file is written and synced here, on the blocking pool (syncs
-/// in parallel), and the writer only renames it.
+/// The writer's part for a whole output in memory: for one of at most [`SPILL`] bytes without
+/// `fsync`, all of it (no file-system call on this task); otherwise (a processor's large output,
+/// or `fsync`) the file is written (and synced) here, on the blocking pool, and the writer only
+/// renames it, so that what waits for the writer in memory stays small.
 async fn stage(tmp: TempFile, fin: PathBuf, data: Chunks, fsync: bool) -> std::io::Result<Output> {
-    if !fsync {
+    if !fsync && data.len <= SPILL {
         return Ok(Output::Whole {
             tmp: tmp.disarm(),
             fin,
             data,
         });
     }
-    Spool::write(tmp.path.clone(), tmp.abandoned.clone(), None, data, true)
+    Spool::write(tmp.path.clone(), tmp.abandoned.clone(), None, data, fsync)
         .await
         .map_err(std::io::Error::other)??;
     Ok(Output::Rename {

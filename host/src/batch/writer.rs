@@ -5,9 +5,10 @@
 //! waits on the file system for a small body. The writer takes the jobs that are waiting (up to
 //! [`MAX_JOBS`] at a time), for each writes the body to its temporary file and renames it into
 //! place, then appends all their lines in one `write`: a line is written only after its file is
-//! in place, so the manifest never records a file that is not there. A job carries its item's
-//! concurrency permit, released once the item is recorded, so the jobs waiting never exceed the
-//! batch's concurrency and memory stays bounded.
+//! in place, so the manifest never records a file that is not there. A job carries a place in the
+//! writer's queue (its item's fetching place is freed at hand-off), released once the item is
+//! recorded, so the jobs waiting stay bounded, each holding at most 256 KiB in memory (a larger
+//! output is on disk already): memory stays bounded.
 //!
 //! Directory changes are serialized anyway (creating and renaming take the directory's lock), so
 //! one thread loses no parallelism on them and saves two thread hand-offs per item.
@@ -48,7 +49,7 @@ pub(super) struct Job {
     pub output: Output,
     /// Its record, as if the output is put in place; made a failure of kind `io` if it cannot be.
     pub record: Record,
-    /// Released once the item is recorded.
+    /// Its place in the writer's queue, released once the item is recorded.
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
