@@ -22,9 +22,9 @@ use crate::retry;
 use crate::sandbox::{Plugin, ProcessItem, ProcessOutcome, Sandbox};
 
 /// Outputs that may wait for the writer at once (each a small body held in memory, at most 256
-/// KiB, or a file already on disk): twice what the writer takes at a time, so that the next group
-/// gathers while it writes one.
-const WRITER_QUEUE: usize = 128;
+/// KiB, or a file already on disk): enough that the writer always finds a group waiting (32 and
+/// 128 gave the same throughput), few enough that they hold at most 8 MiB.
+const WRITER_QUEUE: usize = 32;
 
 /// How a batch runs.
 #[derive(Clone, Debug)]
