@@ -3,6 +3,7 @@
 //! hashing each body as it arrives and handing it to the [writer](super::writer), which puts it in
 //! place atomically (temporary file, optional fsync, rename) and records it in the manifest.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -253,14 +254,10 @@ impl Batch {
         }
         // A fresh output directory (the usual case) has nothing to skip: no pass over the input
         // to count, no key built per item.
-        let is_done = |item: &Item| {
-            !completed.is_empty()
-                && completed.contains_key(&(item.name.clone(), item.url.to_string()))
-        };
         let skipped = if completed.is_empty() {
             0
         } else {
-            input.items().filter(|i| is_done(i)).count()
+            input.items().filter(|i| is_done(&completed, i)).count()
         };
         sh.stats
             .skipped
@@ -291,17 +288,23 @@ impl Batch {
         // The items are started from a task of the runtime, not from the caller's thread (the
         // main thread, under `block_on`): a task spawned from outside the runtime's workers wakes
         // one of them each time (a futex call per item).
-        let mut dispatcher = AbortOnDrop(tokio::spawn(dispatch(
+        // In a set of its own, so that dropping this future aborts it and the items it started.
+        let mut dispatcher = tokio::task::JoinSet::new();
+        dispatcher.spawn(dispatch(
             self.shared.clone(),
             input,
             completed,
             jobs.clone(),
-        )));
+        ));
         drop(jobs);
-        let changed = match (&mut dispatcher.0).await {
-            Ok(changed) => changed,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(Error::Io(format!("the batch's dispatcher ended: {e}"))),
+        let changed = match dispatcher.join_next().await {
+            Some(Ok(changed)) => changed,
+            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            other => {
+                return Err(Error::Io(format!(
+                    "the batch's dispatcher ended early: {other:?}"
+                )));
+            }
         };
         let written = writer.finish().await;
         if let Some(e) = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -319,14 +322,9 @@ impl Batch {
     }
 }
 
-/// Aborts the task when dropped (the caller of [`Batch::run`] dropped it: the items in flight go
-/// with it).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// Whether a previous run in the directory finished `item` (its file intact).
+fn is_done(completed: &HashMap<(String, String), Record>, item: &Item) -> bool {
+    !completed.is_empty() && completed.contains_key(&(item.name.clone(), item.url.to_string()))
 }
 
 /// Start the items not done yet, each as a task, at most `concurrency` fetching at once; hand
@@ -334,20 +332,17 @@ impl<T> Drop for AbortOnDrop<T> {
 async fn dispatch(
     shared: Arc<Shared>,
     input: Input,
-    completed: std::collections::HashMap<(String, String), Record>,
+    completed: HashMap<(String, String), Record>,
     jobs: super::writer::Jobs,
 ) -> bool {
     let sh = &shared;
-    let is_done = |item: &Item| {
-        !completed.is_empty() && completed.contains_key(&(item.name.clone(), item.url.to_string()))
-    };
     let permits = Arc::new(Semaphore::new(sh.options.concurrency.max(1)));
     // Places in the writer's queue: an item hands its output over with one of these and frees
     // its fetching place at once, so that fetching goes on while the writer catches up, and
     // what waits for the writer stays bounded.
     let queue = Arc::new(Semaphore::new(WRITER_QUEUE));
     let mut tasks = tokio::task::JoinSet::new();
-    for item in input.items().filter(|i| !is_done(i)) {
+    for item in input.items().filter(|i| !is_done(&completed, i)) {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
