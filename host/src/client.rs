@@ -440,6 +440,12 @@ fn check_url(url: &url::Url) -> Result<()> {
 #[derive(Debug, Default)]
 struct MissingEcho(std::sync::Mutex<std::collections::HashSet<String>>);
 
+/// The origin of a URL [`check_url`] let through (https, no user information): its text up to
+/// the path, without serialising it anew on every response.
+fn origin_of(url: &url::Url) -> &str {
+    &url[..url::Position::BeforePath]
+}
+
 /// At most this many origins are remembered: past it, a missing echo is logged at debug only.
 const MISSING_ECHO_ORIGINS: usize = 1024;
 
@@ -450,11 +456,11 @@ impl MissingEcho {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let origin = url.origin().ascii_serialization();
-        if seen.len() >= MISSING_ECHO_ORIGINS || seen.contains(&origin) {
+        let origin = origin_of(url);
+        if seen.len() >= MISSING_ECHO_ORIGINS || seen.contains(origin) {
             return false;
         }
-        seen.insert(origin)
+        seen.insert(origin.to_owned())
     }
 }
 
@@ -478,7 +484,7 @@ fn check_interaction_echo(
         }
         (Some(s), None) if missing.first(url) => {
             tracing::warn!(
-                origin = %url.origin().ascii_serialization(),
+                origin = origin_of(url),
                 sent = s,
                 "the server did not echo x-fapi-interaction-id (FAPI 1.0 part 1 section 6.2.1-11); \
                  not warned again for this origin"
