@@ -53,10 +53,16 @@ pub fn parse<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> Vec<Challen
 /// read as bytes: a value that is not visible ASCII (an `error_description` in UTF-8, say) still
 /// counts.
 pub fn bearer(headers: &http::HeaderMap) -> Option<BearerChallenge> {
-    let values = headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .map(http::HeaderValue::as_bytes);
+    bearer_in(
+        headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    )
+}
+
+/// The first Bearer challenge among `WWW-Authenticate` values given as bytes.
+pub fn bearer_in<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> Option<BearerChallenge> {
     parse(values)
         .into_iter()
         .find(|c| c.scheme == "bearer")
