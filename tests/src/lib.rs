@@ -21,6 +21,21 @@ pub mod guests {
 
 pub mod sandbox_env;
 
+/// A local federation on a fresh PKI that records every token it issues, so that a test can
+/// search everything for each of them ([`fapi_federation::Federation::issued_tokens`]); with
+/// `faults`, fault injection by query parameter.
+pub async fn recording_federation(faults: bool) -> fapi_federation::Federation {
+    let cfg = fapi_federation::FederationConfig {
+        faults_enabled: faults,
+        record_issued_tokens: true,
+        ..fapi_federation::FederationConfig::default()
+    };
+    let pki = fapi_federation::Pki::generate().expect("a PKI");
+    fapi_federation::Federation::start(pki, cfg)
+        .await
+        .expect("the federation starts")
+}
+
 /// A `Write` into a shared buffer, for capturing every log line in tests.
 #[derive(Clone, Debug)]
 pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

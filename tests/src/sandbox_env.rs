@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use fapi_federation::{Federation, FederationConfig, Pki};
+use fapi_federation::Federation;
 use fapi_host::sandbox::{Plugin, RunOutcome, Sandbox, SandboxOptions, Stdio};
 use fapi_host::{FapiClient, Overrides, SandboxSettings, Settings};
 use serde_json::Value;
@@ -67,15 +67,7 @@ impl SandboxEnv {
         options: SandboxOptions,
     ) -> SandboxEnv {
         crate::capture_logs();
-        let cfg = FederationConfig {
-            faults_enabled: faults,
-            record_issued_tokens: true,
-            ..FederationConfig::default()
-        };
-        let pki = Pki::generate().expect("a PKI");
-        let fed = Federation::start(pki, cfg)
-            .await
-            .expect("the federation starts");
+        let fed = crate::recording_federation(faults).await;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = fed
             .write_client_config(dir.path(), "consumer")

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fapi_federation::{Federation, FederationConfig, Pki, data};
+use fapi_federation::{Federation, data};
 use fapi_host::batch::{Batch, BatchOptions, Input, Outcome, Record, Shard};
 use fapi_host::sandbox::{Sandbox, SandboxOptions, Stdio};
 use fapi_host::{FapiClient, Overrides, Settings};
@@ -26,16 +26,7 @@ impl Env {
     async fn start() -> Env {
         // Every log line of the process, at every level, is searched for credentials.
         fapi_tests::capture_logs();
-        let fed = Federation::start(
-            Pki::generate().unwrap(),
-            FederationConfig {
-                faults_enabled: true,
-                record_issued_tokens: true,
-                ..FederationConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let fed = fapi_tests::recording_federation(true).await;
         let dir = tempfile::tempdir().unwrap();
         let config = fed.write_client_config(dir.path(), "consumer").unwrap();
         Env { fed, dir, config }

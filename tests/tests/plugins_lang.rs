@@ -379,15 +379,7 @@ async fn csv_summary_end_to_end(lang: Lang) {
     let wasm_arg = wasm.display().to_string();
     // The federation records every token it issues: each `fapi-host` process gets its own, and
     // each process's output is searched for all of them.
-    let fed = Federation::start(
-        Pki::generate().unwrap(),
-        FederationConfig {
-            record_issued_tokens: true,
-            ..FederationConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let fed = fapi_tests::recording_federation(false).await;
     let dir = tempfile::tempdir().unwrap();
     let config = fed.write_client_config(dir.path(), "consumer").unwrap();
     let key = fed.pki().client("consumer").unwrap().key_pem.clone();

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use fapi_federation::{Federation, FederationConfig, Pki, data};
+use fapi_federation::{Federation, data};
 use fapi_tests::guests;
 use fapi_tests::sandbox_env::{FileSnapshot, Needles};
 
@@ -33,15 +33,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let fed = Federation::start(
-        Pki::generate().unwrap(),
-        FederationConfig {
-            record_issued_tokens: true,
-            ..FederationConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let fed = fapi_tests::recording_federation(false).await;
     let dir = tempfile::tempdir().unwrap();
     let config = fed.write_client_config(dir.path(), "consumer").unwrap();
     let before = [
