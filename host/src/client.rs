@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use rustls::ClientConfig;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -13,6 +14,8 @@ use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
 use crate::error::{Error, Result, Warning};
+use crate::net::{AuthorizationServerAddresses, Resolver};
+use crate::policy::shown_url;
 use crate::retry;
 use crate::tls;
 use crate::token::{TokenInfo, TokenManager};
@@ -29,7 +32,9 @@ pub struct FapiClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: Transport,
+    /// The TLS configuration the clients were built over, for [`FapiClient::for_guests`].
+    tls: Arc<rustls::ClientConfig>,
     /// Shared with the clients made by [`FapiClient::with_retries`]: one token cache.
     tokens: Arc<TokenManager>,
     options: ClientOptions,
@@ -56,7 +61,10 @@ impl FapiClient {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        let http = tls::http_client(&identity, settings.ca_bundle.as_deref(), &settings.client)?;
+        let config =
+            tls::client_config(&identity, settings.ca_bundle.as_deref(), &settings.client)?;
+        let resolver = Resolver::new(settings.client.resolve.clone());
+        let http = tls::http_client_from(config.clone(), &settings.client, resolver)?;
         let tokens = TokenManager::new(
             http.clone(),
             settings.issuer_url.clone(),
@@ -67,7 +75,8 @@ impl FapiClient {
         );
         let client = FapiClient {
             inner: Arc::new(Inner {
-                http,
+                http: Transport::One(http),
+                tls: Arc::new(config),
                 tokens: Arc::new(tokens),
                 options: settings.client.clone(),
                 identity: Arc::new(identity),
@@ -89,6 +98,7 @@ impl FapiClient {
         FapiClient {
             inner: Arc::new(Inner {
                 http: inner.http.clone(),
+                tls: inner.tls.clone(),
                 tokens: inner.tokens.clone(),
                 options: settings.client.clone(),
                 identity: inner.identity.clone(),
@@ -96,6 +106,44 @@ impl FapiClient {
                 missing_echo: inner.missing_echo.clone(),
             }),
         }
+    }
+
+    /// This client as guests send through it: the same identity and token cache, but connections
+    /// of its own (never one the host opened to the authorization server), one HTTP client per
+    /// port in `ports`, each of whose name lookups refuses an address and port of the
+    /// authorization server (`addresses`) unless the name and port are one of `shared`. A
+    /// request to a port not in `ports` is refused.
+    pub fn for_guests(
+        &self,
+        ports: &[u16],
+        addresses: Arc<AuthorizationServerAddresses>,
+        shared: Vec<(String, u16)>,
+    ) -> Result<FapiClient> {
+        let inner = &self.inner;
+        let base = Resolver::new(inner.options.resolve.clone());
+        let mut clients = Vec::with_capacity(ports.len());
+        for &port in ports {
+            let names = shared
+                .iter()
+                .filter(|(_, p)| *p == port)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let resolver = base.guarding(port, addresses.clone(), Arc::new(names));
+            let http =
+                tls::http_client_from(ClientConfig::clone(&inner.tls), &inner.options, resolver)?;
+            clients.push((port, http));
+        }
+        Ok(FapiClient {
+            inner: Arc::new(Inner {
+                http: Transport::PerPort(Arc::new(clients)),
+                tls: inner.tls.clone(),
+                tokens: inner.tokens.clone(),
+                options: inner.options.clone(),
+                identity: inner.identity.clone(),
+                settings: inner.settings.clone(),
+                missing_echo: inner.missing_echo.clone(),
+            }),
+        })
     }
 
     /// A builder, for programs that do not use a configuration file.
@@ -179,18 +227,21 @@ impl FapiClient {
             None => None,
         };
         let idempotent = retry::is_idempotent(&request.method);
-        let timeout = request
-            .timeout
-            .map_or(inner.options.timeout, |t| t.min(inner.options.timeout));
         let started = Instant::now();
+        // A request's own timeout bounds all of it: the token, every attempt and the waits
+        // between them; each attempt is also bounded by `timeout_seconds`.
+        let deadline = request.timeout.map(|t| started + t);
+        let within_deadline = |wait: Duration| deadline.is_none_or(|d| Instant::now() + wait < d);
+        // The URL as messages and logs show it (a guest's URL may be kilobytes long).
+        let what = |url: &url::Url| format!("{} {}", request.method, shown_url(url.as_str()));
         let mut attempts = 0u32;
         let mut retries = 0u32;
         let mut replayed = false;
+        let http = inner.http.for_url(&url)?;
         loop {
             attempts += 1;
             let lease = inner.tokens.bearer().await?;
-            let mut builder = inner
-                .http
+            let mut builder = http
                 .request(request.method.clone(), url.clone())
                 .headers(request.headers.clone())
                 .header(http::header::AUTHORIZATION, lease.bearer.header());
@@ -202,42 +253,53 @@ impl FapiClient {
             }
             let req = builder
                 .build()
-                .map_err(|e| Error::InvalidRequest(format!("{} {url}: {e}", request.method)))?;
+                .map_err(|e| Error::InvalidRequest(format!("{}: {e}", what(&url))))?;
             log_request(&req, interaction_id.as_deref(), attempts);
+            let timeout = match deadline {
+                Some(d) => inner
+                    .options
+                    .timeout
+                    .min(d.saturating_duration_since(Instant::now())),
+                None => inner.options.timeout,
+            };
             let t0 = Instant::now();
-            let sent = match tokio::time::timeout(timeout, inner.http.execute(req)).await {
+            let sent = match tokio::time::timeout(timeout, http.execute(req)).await {
                 Ok(r) => r.map_err(|e| {
                     let transient = e.is_connect() || e.is_timeout() || e.is_request();
-                    (
-                        Error::from_reqwest(&format!("{} {url}", request.method), e),
-                        transient,
-                    )
+                    (Error::from_reqwest(&what(&url), e), transient)
                 }),
                 Err(_) => Err((
-                    Error::Timeout(format!(
-                        "{} {url}: no response within {:?}",
-                        request.method, timeout
-                    )),
+                    Error::Timeout(format!("{}: no response within {timeout:?}", what(&url))),
                     true,
                 )),
             };
             let response = match sent {
                 Ok(r) => r,
                 Err((err, transient)) => {
-                    // A TLS failure is not transient; a refused or reset connection is.
-                    if transient && idempotent && retries < inner.options.retries && !err.is_tls() {
-                        retries += 1;
-                        let d = retry::backoff(retries, &inner.options);
-                        tracing::warn!(%url, error = %err, ?d, "request failed; retrying");
-                        tokio::time::sleep(d).await;
-                        continue;
+                    // A TLS failure is not transient; a refused or reset connection is; a
+                    // refusal by the host's own guard is final.
+                    let retryable = transient
+                        && idempotent
+                        && retries < inner.options.retries
+                        && !err.is_tls()
+                        && !matches!(err, Error::Denied(_));
+                    if retryable {
+                        let d = retry::backoff(retries + 1, &inner.options);
+                        // Only when the request's own deadline leaves room for the wait and
+                        // another attempt: otherwise nothing would be retried.
+                        if within_deadline(d) {
+                            retries += 1;
+                            tracing::warn!(url = %shown_url(url.as_str()), error = %err, ?d, "request failed; retrying");
+                            tokio::time::sleep(d).await;
+                            continue;
+                        }
                     }
                     return Err(err);
                 }
             };
             let status = response.status();
             tracing::info!(
-                method = %request.method, %url, status = status.as_u16(),
+                method = %request.method, url = %shown_url(url.as_str()), status = status.as_u16(),
                 elapsed_ms = t0.elapsed().as_millis() as u64,
                 interaction_id = interaction_id.as_deref().unwrap_or("-"),
                 "response"
@@ -254,12 +316,12 @@ impl FapiClient {
                 let challenge = www_authenticate::bearer(response.headers());
                 if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
                     if inner.tokens.invalidate(lease.generation) {
-                        tracing::info!(%url, "invalid_token: dropping the token, getting a new one, replaying once");
+                        tracing::info!(url = %shown_url(url.as_str()), "invalid_token: dropping the token, getting a new one, replaying once");
                         replayed = true;
                         continue;
                     }
                     tracing::warn!(
-                        %url,
+                        url = %shown_url(url.as_str()),
                         "invalid_token for a token obtained moments ago to replace a refused one: \
                          not getting another (this server may not accept the issuer's tokens)"
                     );
@@ -270,7 +332,7 @@ impl FapiClient {
                 match retry::delay_for(retries + 1, hint, &inner.options) {
                     Ok(d) => {
                         retries += 1;
-                        tracing::warn!(%url, status = status.as_u16(), ?d, "retrying after");
+                        tracing::warn!(url = %shown_url(url.as_str()), status = status.as_u16(), ?d, "retrying after");
                         drop(response);
                         tokio::time::sleep(d).await;
                         continue;
@@ -278,13 +340,13 @@ impl FapiClient {
                     // The server asked for a longer wait than the client makes: its answer
                     // (with its Retry-After) goes back to the caller as it is.
                     Err(too_long) => {
-                        tracing::warn!(%url, status = status.as_u16(), "{too_long}");
+                        tracing::warn!(url = %shown_url(url.as_str()), status = status.as_u16(), "{too_long}");
                     }
                 }
             }
             let problem = AuthProblem::of(status, response.headers());
             if let Some(p) = &problem {
-                tracing::warn!(%url, "{p}");
+                tracing::warn!(url = %shown_url(url.as_str()), "{p}");
             }
             return Ok(FapiResponse {
                 status,
@@ -299,6 +361,34 @@ impl FapiClient {
     }
 }
 
+/// The HTTP clients requests go out through: one, or (for guests) one per port.
+#[derive(Clone)]
+enum Transport {
+    One(reqwest::Client),
+    PerPort(Arc<Vec<(u16, reqwest::Client)>>),
+}
+
+impl Transport {
+    fn for_url(&self, url: &url::Url) -> Result<&reqwest::Client> {
+        match self {
+            Transport::One(c) => Ok(c),
+            Transport::PerPort(clients) => {
+                let port = url.port_or_known_default();
+                clients
+                    .iter()
+                    .find(|(p, _)| Some(*p) == port)
+                    .map(|(_, c)| c)
+                    .ok_or_else(|| {
+                        Error::Denied(format!(
+                            "{}: no allow-list entry has this port",
+                            shown_url(url.as_str())
+                        ))
+                    })
+            }
+        }
+    }
+}
+
 /// A failure while reading a response body, after the head arrived (TLS was fine then): the
 /// connection was cut, reset or stalled. Always a network error, never a TLS one, even when
 /// rustls is the layer that noticed the missing close_notify.
@@ -308,11 +398,13 @@ fn body_error(url: &url::Url, e: reqwest::Error) -> Error {
     let chain = crate::error::error_chain(&e.without_url());
     if timeout {
         Error::Timeout(format!(
-            "reading the body of {url}: timed out: nothing arrived for the configured `timeout_seconds` ({chain})"
+            "reading the body of {}: timed out: nothing arrived for the configured `timeout_seconds` ({chain})",
+            shown_url(url.as_str())
         ))
     } else {
         Error::Network(format!(
-            "reading the body of {url}: the connection ended before the whole body arrived ({chain})"
+            "reading the body of {}: the connection ended before the whole body arrived ({chain})",
+            shown_url(url.as_str())
         ))
     }
 }
@@ -499,7 +591,7 @@ fn check_interaction_echo(
 
 fn log_request(req: &reqwest::Request, interaction_id: Option<&str>, attempt: u32) {
     tracing::info!(
-        method = %req.method(), url = %req.url(), attempt,
+        method = %req.method(), url = %shown_url(req.url().as_str()), attempt,
         interaction_id = interaction_id.unwrap_or("-"),
         "request"
     );
@@ -653,7 +745,10 @@ impl FapiResponse {
     /// The whole body, up to `limit` bytes.
     pub async fn bytes_limited(mut self, limit: u64) -> Result<Bytes> {
         let too_large = |url: &url::Url| {
-            Error::TooLarge(format!("the body of {url} is larger than {limit} bytes"))
+            Error::TooLarge(format!(
+                "the body of {} is larger than {limit} bytes",
+                shown_url(url.as_str())
+            ))
         };
         // Most bodies arrive in one chunk: return it as it is, without copying.
         let Some(first) = self.chunk().await? else {

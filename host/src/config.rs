@@ -6,6 +6,7 @@
 //! [`Overrides`]. Paths in the file are relative to the file; paths from flags and the environment
 //! are relative to the working directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,6 +48,16 @@ struct FileClient {
     token_refresh_margin_seconds: Option<u64>,
     tls13_only: Option<bool>,
     max_retry_after_seconds: Option<u64>,
+    #[serde(default)]
+    resolve: BTreeMap<String, OneOrMany>,
+}
+
+/// An address, or a list of them (`[client.resolve]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +73,9 @@ struct FileSandbox {
     max_concurrent_requests: Option<u32>,
     max_requests: Option<u64>,
     max_output_mib: Option<u64>,
+    max_handles: Option<u32>,
+    #[serde(default)]
+    allow_authorization_server_address: Vec<String>,
 }
 
 /// Settings given on the command line or in the environment; each one wins over the file.
@@ -106,6 +120,10 @@ pub struct ClientOptions {
     pub max_retry_after: Duration,
     /// First backoff delay; doubled on each retry, with full jitter (default 250 ms).
     pub backoff_base: Duration,
+    /// Names resolved to these addresses before the system resolver is asked, by every
+    /// connection of the host (`[client.resolve]`, a hosts-file style table). Names are lower
+    /// case, without a trailing dot.
+    pub resolve: crate::net::ResolveOverrides,
     /// Retries of a token request on 429 and 503 and on connections that could not be made, TLS
     /// failures excepted (a 502 or 504 may come from a gateway that passed the request on) (default: `retries`, as set in the file). Separate so that `fapi-host batch`, which
     /// retries items itself and sets `retries` to 0, still retries its token requests.
@@ -124,6 +142,7 @@ impl Default for ClientOptions {
             tls13_only: false,
             max_retry_after: Duration::from_secs(60),
             backoff_base: Duration::from_millis(250),
+            resolve: crate::net::ResolveOverrides::new(),
             token_retries: 3,
         }
     }
@@ -149,6 +168,13 @@ pub struct SandboxSettings {
     pub max_concurrent_requests: u32,
     /// Requests a guest may make in one run (default 10,000).
     pub max_requests: u64,
+    /// Resource handles a guest may hold at once, in the component model's tables and the host's
+    /// (default 100,000): past it the guest is stopped, with a message naming this setting.
+    pub max_handles: u32,
+    /// Origins (`https://host:port/`) that share an address and port with the authorization
+    /// server (virtual hosts) and that guests may still reach by that name. Each must also be
+    /// allowed. Off by default: see the README's threat model for the risk.
+    pub allow_authorization_server_address: Vec<String>,
     /// Largest output a batch processor may return for one item, in bytes (default 128 MiB):
     /// the item fails beyond it. Outputs are held in memory until written, so the batch holds at
     /// most about `--concurrency` times this.
@@ -178,6 +204,7 @@ impl SandboxSettings {
             ),
             (self.max_requests == 0, "max_requests", "--max-requests"),
             (self.max_output == 0, "max_output_mib", "--max-output-mib"),
+            (self.max_handles == 0, "max_handles", "--max-handles"),
         ];
         match zero.iter().find(|(is_zero, ..)| *is_zero) {
             Some((_, key, flag)) => Err(Error::Config(format!(
@@ -199,6 +226,8 @@ impl Default for SandboxSettings {
             max_response_body: 1 << 30,
             max_concurrent_requests: 8,
             max_requests: 10_000,
+            max_handles: 100_000,
+            allow_authorization_server_address: Vec::new(),
             max_output: 128 << 20,
         }
     }
@@ -339,6 +368,7 @@ impl Settings {
                 .max_retry_after_seconds
                 .map(secs)
                 .unwrap_or(d.max_retry_after),
+            resolve: resolve_table(c.resolve)?,
             ..d
         };
         if client.timeout.is_zero() || client.connect_timeout.is_zero() {
@@ -385,6 +415,8 @@ impl Settings {
                 .max_concurrent_requests
                 .unwrap_or(sd.max_concurrent_requests),
             max_requests: s.max_requests.unwrap_or(sd.max_requests),
+            max_handles: s.max_handles.unwrap_or(sd.max_handles),
+            allow_authorization_server_address: s.allow_authorization_server_address,
             max_output: s.max_output_mib.map(mib).unwrap_or(sd.max_output),
         };
         sandbox.check()?;
@@ -409,6 +441,34 @@ impl Settings {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// `[client.resolve]`: each name with one address or a list; an entry that is not an IP address
+/// is an error naming it.
+fn resolve_table(table: BTreeMap<String, OneOrMany>) -> Result<crate::net::ResolveOverrides> {
+    let out = crate::net::ResolveOverrides::new();
+    for (name, addresses) in table {
+        let list = match addresses {
+            OneOrMany::One(a) => vec![a],
+            OneOrMany::Many(l) => l,
+        };
+        if list.is_empty() {
+            return Err(Error::Config(format!(
+                "[client.resolve] {name:?} has no address: give one, e.g. \"127.0.0.1\", or remove it"
+            )));
+        }
+        let mut ips = Vec::with_capacity(list.len());
+        for a in &list {
+            let ip = a.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
+                Error::Config(format!(
+                    "[client.resolve] {name:?} = {a:?} is not an IP address (write e.g. \"127.0.0.1\" or \"::1\")"
+                ))
+            })?;
+            ips.push(ip);
+        }
+        out.insert(&name, ips);
+    }
+    Ok(out)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -569,6 +629,7 @@ certificate = "certs/a.pem"
             "max_wall_seconds",
             "max_concurrent_requests",
             "max_requests",
+            "max_handles",
             "max_output_mib",
         ] {
             let text = format!("{BASE}\n[sandbox]\n{key} = 0\n");
@@ -577,6 +638,39 @@ certificate = "certs/a.pem"
             assert!(err.to_string().contains(key), "{key}: {err}");
             let text = format!("{BASE}\n[sandbox]\n{key} = 1\n");
             Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect(key);
+        }
+    }
+
+    #[test]
+    fn the_resolve_table_takes_addresses_and_names_a_bad_one() {
+        let base = BASE;
+        let s = Settings::from_toml(
+            &format!("{base}\n[client.resolve]\n\"Data.Example.\" = \"127.0.0.1\"\n\"two.example\" = [\"::1\", \"[::2]\"]\n"),
+            Path::new("/etc/fapi"),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("an address");
+        assert_eq!(
+            s.client.resolve.get("data.example"),
+            Some(vec![ip("127.0.0.1")])
+        );
+        assert_eq!(
+            s.client.resolve.get("TWO.example"),
+            Some(vec![ip("::1"), ip("::2")])
+        );
+        for (bad, says) in [
+            ("\"a.example\" = \"not-an-ip\"", "is not an IP address"),
+            ("\"a.example\" = []", "has no address"),
+        ] {
+            let e = Settings::from_toml(
+                &format!("{base}\n[client.resolve]\n{bad}\n"),
+                Path::new("/etc/fapi"),
+                &Overrides::default(),
+            )
+            .expect_err(bad)
+            .to_string();
+            assert!(e.contains(says) && e.contains("a.example"), "{e}");
         }
     }
 

@@ -69,6 +69,11 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// The host refused to connect: the request's host resolved to an address and port of the
+    /// authorization server, which guests may never reach. Nothing was sent.
+    #[error("refused: {0}")]
+    Denied(String),
+
     /// A response was larger than the configured limit.
     #[error("response too large: {0}")]
     TooLarge(String),
@@ -148,7 +153,7 @@ impl Error {
             | Error::Network(_)
             | Error::Timeout(_)
             | Error::TokenUnreachable { .. } => ErrorKind::Network,
-            Error::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            Error::InvalidRequest(_) | Error::Denied(_) => ErrorKind::InvalidRequest,
             Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::Io(_) => ErrorKind::Io,
             Error::Component(_) => ErrorKind::Component,
@@ -187,6 +192,9 @@ impl Error {
     /// Classify a reqwest error, without its URL (URLs are shown by the caller where useful).
     pub(crate) fn from_reqwest(context: &str, err: reqwest::Error) -> Error {
         let err = err.without_url();
+        if let Some(denied) = find_in_chain::<crate::net::AddressDenied>(&err) {
+            return Error::Denied(format!("{context}: {denied}"));
+        }
         let chain = error_chain(&err);
         if err.is_timeout() {
             Error::Timeout(format!("{context}: timed out ({chain})"))
@@ -199,6 +207,20 @@ impl Error {
             Error::Network(format!("{context}: {chain}"))
         }
     }
+}
+
+/// The first error of type `T` in `err`'s chain.
+fn find_in_chain<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// The error of rustls itself somewhere in `err`'s chain: a certificate it refused, an alert the

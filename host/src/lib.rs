@@ -27,6 +27,7 @@ mod config;
 mod credentials;
 mod discovery;
 mod error;
+mod net;
 mod policy;
 mod retry;
 #[cfg(feature = "sandbox")]
@@ -50,7 +51,10 @@ pub use config::{ClientOptions, DEFAULT_CONFIG_FILE, Overrides, SandboxSettings,
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
 pub use discovery::{ServerMetadata, check_document, well_known_url};
 pub use error::{Error, ErrorKind, Result, Warning};
-pub use policy::{Denial, Policy, check_headers, check_method, check_parsed_method};
+pub use net::{AuthorizationServerAddresses, ResolveOverrides};
+pub use policy::{
+    Denial, MAX_QUOTED, Policy, bounded, check_headers, check_method, check_parsed_method,
+};
 pub use retry::{is_idempotent, is_retryable_status};
 pub use tls::fapi_provider;
 pub use token::{FORCED_REFRESH_MIN_AGE, TokenInfo};

@@ -8,10 +8,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::error::{Error, Result};
+use crate::net::AuthorizationServerAddresses;
 
 /// Most headers a guest request may carry.
 pub const MAX_HEADERS: usize = 64;
@@ -21,6 +24,31 @@ pub const MAX_HEADER_VALUE: usize = 8 << 10;
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// Longest URL a guest may send.
 pub const MAX_URL: usize = 8 << 10;
+/// The most of a guest-controlled string (URL, method, header name) that any message, log line
+/// or audit record quotes: the rest is cut and its length given instead (see [`bounded`]).
+pub const MAX_QUOTED: usize = 128;
+/// The same for short tokens, methods and header names, which are never longer when legitimate.
+pub const MAX_QUOTED_NAME: usize = 64;
+
+/// `text` as any message, log line or audit record may quote it: whole when it is at most `max`
+/// bytes, else its first `max` bytes (cut at a character boundary) followed by `... (N bytes)`.
+/// Every guest-controlled string reaching a message goes through here, so that a guest sending
+/// a 1 MiB method or a 60 KB header name cannot make the host write a megabyte per refusal.
+pub fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len()).into()
+}
+
+/// A URL as messages show it: at most [`MAX_QUOTED`] bytes of it.
+pub fn shown_url(url: &str) -> Cow<'_, str> {
+    bounded(url, MAX_QUOTED)
+}
 
 /// Where a request may go: https, one host, one port, a path prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +63,14 @@ struct AllowEntry {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     allow: Vec<AllowEntry>,
-    blocked: Vec<(String, u16)>,
+    /// The authorization server's (host, port) pairs, as its URLs name them, with the origin.
+    blocked: Vec<(String, u16, String)>,
+    /// The authorization server's addresses, resolved at start: an IP address in a guest's URL
+    /// is compared with them here, a name when the host connects (see [`crate::net`]).
+    addresses: Arc<AuthorizationServerAddresses>,
+    /// Origins (host, port) the operator declared as sharing an address with the authorization
+    /// server (`[sandbox] allow_authorization_server_address`).
+    shared: Vec<(String, u16)>,
 }
 
 /// Why a request was refused. Its `Display` is what the guest and the logs see.
@@ -51,8 +86,15 @@ pub enum Denial {
     MappedAddress(String),
     /// The authorization server.
     AuthorizationServer(String),
-    /// Not under any allow-list entry.
-    NotAllowed(String),
+    /// Not under any allow-list entry; with the entry to suggest, unless it could reach the
+    /// authorization server.
+    NotAllowed {
+        /// The URL.
+        url: String,
+        /// The origin to suggest (`https://host:port/`), when it cannot be the authorization
+        /// server's address.
+        suggestion: Option<String>,
+    },
     /// Under an entry's path prefix only as spelled: the path holds an encoded `/` or `\`, or a
     /// `..;` segment, which a server may read as a path outside the prefix.
     AmbiguousPath(String),
@@ -62,35 +104,47 @@ impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Denial::Invalid(m) => write!(f, "not a valid URL: {m}"),
-            Denial::NotHttps(u) => write!(f, "{u}: only https URLs may be called"),
-            Denial::Userinfo(u) => write!(f, "{u}: URLs with user information are refused"),
+            Denial::NotHttps(u) => write!(f, "{}: only https URLs may be called", shown_url(u)),
+            Denial::Userinfo(u) => write!(
+                f,
+                "{}: URLs with user information are refused",
+                shown_url(u)
+            ),
             Denial::MappedAddress(u) => write!(
                 f,
-                "{u}: IPv4-mapped IPv6 addresses are refused; write the IPv4 address"
+                "{}: IPv4-mapped IPv6 addresses are refused; write the IPv4 address",
+                shown_url(u)
             ),
             Denial::AuthorizationServer(u) => write!(
                 f,
-                "{u}: the authorization server is never reachable from a guest (the host gets tokens itself)"
+                "{}: the authorization server is never reachable from a guest, under any name or \
+                 address (the host gets tokens itself)",
+                shown_url(u)
             ),
             Denial::AmbiguousPath(u) => write!(
                 f,
-                "{u}: under an allow-list path prefix, a path may not hold an encoded '/' or '\\' \
+                "{}: under an allow-list path prefix, a path may not hold an encoded '/' or '\\' \
                  (%2F, %5C) or a '..;' / '.;' segment, which a server may read as a path outside \
-                 the prefix; write the path plainly, or allow the whole origin"
+                 the prefix; write the path plainly, or allow the whole origin",
+                shown_url(u)
             ),
-            Denial::NotAllowed(u) => write!(
-                f,
-                "{u} is not in the egress allow-list; to allow it add its origin or a path prefix to `[sandbox] allow` in the configuration or pass `--allow {}`",
-                suggestion(u)
-            ),
+            Denial::NotAllowed { url, suggestion } => match suggestion {
+                Some(origin) => write!(
+                    f,
+                    "{} is not in the egress allow-list; to allow it, add its origin or a path \
+                     under it to `[sandbox] allow` or pass `--allow {}`",
+                    shown_url(url),
+                    shown_url(origin)
+                ),
+                None => write!(
+                    f,
+                    "{} is not in the egress allow-list; no entry is suggested, as its host and \
+                     port may be the authorization server's, which guests may never reach (an \
+                     allow entry that resolves to it is refused at start)",
+                    shown_url(url)
+                ),
+            },
         }
-    }
-}
-
-fn suggestion(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!("{}/", u.origin().ascii_serialization()),
-        Err(_) => "URL".into(),
     }
 }
 
@@ -138,16 +192,24 @@ fn host_port(url: &url::Url) -> std::result::Result<(Cow<'_, str>, u16), Denial>
 }
 
 /// Whether a path (as the parser normalised it) may mean another path to a server that decodes or
-/// normalises further: an encoded `/` or `\` (`%2F`, `%5C`), or a segment starting `..;` or `.;`
-/// (Tomcat-style path parameters on a dot segment, dots percent-encoded or not).
+/// normalises further: a segment that, percent-decoded once or twice, holds a `/` or `\` (`%2F`,
+/// `%5C`, `%252F`), or starts `..;` or `.;` (Tomcat-style path parameters on a dot segment, with
+/// the dots and the `;` encoded or not: `..;`, `%2e%2e;`, `..%3b`).
 fn ambiguous_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.split('/').any(|segment| {
-            let segment = segment.replace("%2e", ".");
-            segment.starts_with("..;") || segment.starts_with(".;")
-        })
+    fn ambiguous(segment: &[u8]) -> bool {
+        segment.contains(&b'/')
+            || segment.contains(&b'\\')
+            || segment.starts_with(b"..;")
+            || segment.starts_with(b".;")
+    }
+    path.split('/').any(|segment| {
+        if !segment.contains('%') {
+            return ambiguous(segment.as_bytes());
+        }
+        let once: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
+        let twice: Vec<u8> = percent_encoding::percent_decode(&once).collect();
+        ambiguous(&once) || ambiguous(&twice)
+    })
 }
 
 fn path_under(path: &str, prefix: &str) -> bool {
@@ -169,13 +231,15 @@ impl Policy {
         let mut policy = Policy::default();
         for url in authorization_server {
             if let Ok((host, port)) = host_port(url) {
-                policy.blocked.push((host.into_owned(), port));
+                let origin = url.origin().ascii_serialization();
+                policy.blocked.push((host.into_owned(), port, origin));
             }
         }
         for entry in allow {
             let bad = |why: &str| {
                 Error::Config(format!(
-                    "egress allow entry {entry:?} {why}; entries look like https://data.example:443/path/"
+                    "egress allow entry {:?} {why}; entries look like https://data.example:443/path/",
+                    bounded(entry, MAX_QUOTED)
                 ))
             };
             let url = url::Url::parse(entry).map_err(|e| bad(&format!("is not a URL ({e})")))?;
@@ -184,10 +248,14 @@ impl Policy {
             }
             let (host, port) = host_port(&url).map_err(|d| bad(&d.to_string()))?;
             let host = host.into_owned();
-            if policy.blocked.iter().any(|(h, p)| *h == host && *p == port) {
-                return Err(bad(
-                    "is the authorization server's origin, which guests may never reach",
-                ));
+            if let Some((.., origin)) = policy
+                .blocked
+                .iter()
+                .find(|(h, p, _)| *h == host && *p == port)
+            {
+                return Err(bad(&format!(
+                    "is the authorization server's origin ({origin}), which guests may never reach"
+                )));
             }
             policy.allow.push(AllowEntry {
                 host,
@@ -199,19 +267,112 @@ impl Policy {
         Ok(policy)
     }
 
+    /// This policy, also refusing the authorization server's addresses (resolved at start) when
+    /// a guest's URL names an IP address, and never suggesting an entry that would reach them.
+    /// `shared` are the origins the operator declared as sharing an address and port with the
+    /// authorization server (virtual hosts): each must be an allowed origin that is not one of
+    /// the authorization server's names.
+    pub fn with_addresses(
+        mut self,
+        addresses: Arc<AuthorizationServerAddresses>,
+        shared: &[String],
+    ) -> Result<Policy> {
+        for origin in shared {
+            let bad = |why: &str| {
+                Error::Config(format!(
+                    "[sandbox] allow_authorization_server_address entry {:?} {why}",
+                    bounded(origin, MAX_QUOTED)
+                ))
+            };
+            let url = url::Url::parse(origin).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+            if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                return Err(bad(
+                    "must be an origin (https://host:port/), without a path, query or fragment",
+                ));
+            }
+            let (host, port) = host_port(&url).map_err(|d| bad(&d.to_string()))?;
+            let host = host.into_owned();
+            if self
+                .blocked
+                .iter()
+                .any(|(h, p, _)| *h == host && *p == port)
+            {
+                return Err(bad(
+                    "is the authorization server's own origin, which guests may never reach",
+                ));
+            }
+            if !self.allow.iter().any(|e| e.host == host && e.port == port) {
+                return Err(bad(
+                    "is not in the allow-list: list the origin (or a path under it) in `[sandbox] allow` too",
+                ));
+            }
+            self.shared.push((host, port));
+        }
+        self.addresses = addresses;
+        Ok(self)
+    }
+
     /// The allow-list entries as given.
     pub fn allowed(&self) -> Vec<&str> {
         self.allow.iter().map(|e| e.source.as_str()).collect()
     }
 
+    /// The ports of the allow-list entries (each guest connection goes to one of them).
+    pub fn allowed_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.allow.iter().map(|e| e.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The allow-list entries' hosts that are names (not IP addresses), with their ports: what
+    /// the host resolves at start to check that none reaches the authorization server.
+    pub fn allowed_names(&self) -> Vec<(&str, u16, &str)> {
+        self.allow
+            .iter()
+            .filter(|e| !e.host.starts_with('[') && e.host.parse::<IpAddr>().is_err())
+            .map(|e| (e.host.as_str(), e.port, e.source.as_str()))
+            .collect()
+    }
+
+    /// The allow-list entries whose hosts are IP addresses, with their ports.
+    pub fn allowed_addresses(&self) -> Vec<(IpAddr, u16, &str)> {
+        self.allow
+            .iter()
+            .filter_map(|e| Some((literal_ip(&e.host)?, e.port, e.source.as_str())))
+            .collect()
+    }
+
+    /// Whether the operator declared `host:port` as sharing an address with the authorization
+    /// server.
+    pub fn is_shared(&self, host: &str, port: u16) -> bool {
+        self.shared.iter().any(|(h, p)| h == host && *p == port)
+    }
+
     /// Check a guest URL; on success, the normalised URL to send.
     pub fn check_url(&self, raw: &str) -> std::result::Result<url::Url, Denial> {
         if raw.len() > MAX_URL {
-            return Err(Denial::Invalid(format!("URL longer than {MAX_URL} bytes")));
+            return Err(Denial::Invalid(format!(
+                "URL of {} bytes, longer than {MAX_URL}",
+                raw.len()
+            )));
         }
-        let url = url::Url::parse(raw).map_err(|e| Denial::Invalid(format!("{raw:?}: {e}")))?;
+        let url = url::Url::parse(raw)
+            .map_err(|e| Denial::Invalid(format!("{:?}: {e}", bounded(raw, MAX_QUOTED))))?;
         let (host, port) = host_port(&url)?;
-        if self.blocked.iter().any(|(h, p)| *h == host && *p == port) {
+        if self
+            .blocked
+            .iter()
+            .any(|(h, p, _)| *h == host && *p == port)
+        {
+            return Err(Denial::AuthorizationServer(url.as_str().to_owned()));
+        }
+        // An IP address is where the connection goes: compare it with the authorization
+        // server's (names are compared when the host resolves them, as it connects).
+        if let Some(ip) = literal_ip(&host)
+            && self.addresses.blocks(ip, port).is_some()
+            && !self.is_shared(&host, port)
+        {
             return Err(Denial::AuthorizationServer(url.as_str().to_owned()));
         }
         let path = url.path();
@@ -220,7 +381,15 @@ impl Policy {
             .iter()
             .filter(|e| e.host == host && e.port == port && path_under(path, &e.path_prefix));
         match under.next() {
-            None => Err(Denial::NotAllowed(url.as_str().to_owned())),
+            None => {
+                let suggestion = self
+                    .may_suggest(&host, port)
+                    .then(|| format!("{}/", url.origin().ascii_serialization()));
+                Err(Denial::NotAllowed {
+                    url: url.as_str().to_owned(),
+                    suggestion,
+                })
+            }
             // A path prefix holds only when the server reads the path as spelled; the whole
             // origin ("/") holds whatever it reads.
             Some(first) => {
@@ -233,6 +402,32 @@ impl Policy {
             }
         }
     }
+
+    /// Whether a denial may suggest allowing `host:port`: only when that cannot reach the
+    /// authorization server. An IP address is compared with its addresses; a name is not looked
+    /// up (a guest choosing names to resolve would be a channel out of the sandbox), so a name
+    /// on one of the authorization server's ports gets no suggestion, unless the client's
+    /// `[client.resolve]` table says where it goes.
+    fn may_suggest(&self, host: &str, port: u16) -> bool {
+        if let Some(ip) = literal_ip(host) {
+            return self.addresses.blocks(ip, port).is_none();
+        }
+        if let Some(ips) = self.addresses.known_without_lookup(host) {
+            return ips
+                .iter()
+                .all(|ip| self.addresses.blocks(*ip, port).is_none());
+        }
+        !self.blocked.iter().any(|(_, p, _)| *p == port) && !self.addresses.has_port(port)
+    }
+}
+
+/// The IP address a normalised host names (`127.0.0.1`, `[::1]`), or None for a domain.
+fn literal_ip(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse().ok()
 }
 
 /// Whether a guest may not set this header: the host owns credentials, routing and framing.
@@ -266,7 +461,7 @@ pub fn check_method(method: &str) -> std::result::Result<Method, String> {
     let upper = method.to_ascii_uppercase();
     match Method::from_bytes(upper.as_bytes()) {
         Ok(m) if allowed_method(&m) => Ok(m),
-        _ => Err(format!("method {method:?} is not allowed ({METHODS})")),
+        _ => Err(method_refused(method)),
     }
 }
 
@@ -275,11 +470,23 @@ pub fn check_parsed_method(method: &Method) -> std::result::Result<(), String> {
     if allowed_method(method) {
         Ok(())
     } else {
-        Err(format!(
-            "method {:?} is not allowed ({METHODS})",
-            method.as_str()
-        ))
+        Err(method_refused(method.as_str()))
     }
+}
+
+fn method_refused(method: &str) -> String {
+    format!(
+        "method {:?} is not allowed ({METHODS})",
+        bounded(method, MAX_QUOTED_NAME)
+    )
+}
+
+/// Why a guest may not give header `name` (one of [`forbidden_header`]'s).
+pub fn forbidden_header_refused(name: &HeaderName) -> String {
+    format!(
+        "header {} is set by the host and cannot be given",
+        bounded(name.as_str(), MAX_QUOTED_NAME)
+    )
 }
 
 fn allowed_method(method: &Method) -> bool {
@@ -315,20 +522,27 @@ pub fn check_headers<'a>(
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{:?} is not a valid header name", printable(name)))?;
         if forbidden_header(&n) {
-            return Err(format!("header {n} is set by the host and cannot be given"));
+            return Err(forbidden_header_refused(&n));
         }
-        let v = HeaderValue::from_bytes(value)
-            .map_err(|_| format!("the value of header {n} has forbidden bytes (CR, LF or NUL)"))?;
+        let v = HeaderValue::from_bytes(value).map_err(|_| {
+            format!(
+                "the value of header {} has forbidden bytes (CR, LF or NUL)",
+                bounded(n.as_str(), MAX_QUOTED_NAME)
+            )
+        })?;
         map.append(n, v);
     }
     Ok(map)
 }
 
+/// A header name that is not one, as a message may quote it: control characters shown as `?`,
+/// bounded like every guest string.
 fn printable(s: &str) -> String {
-    s.chars()
+    let shown: String = bounded(s, MAX_QUOTED_NAME)
+        .chars()
         .map(|c| if c.is_control() { '?' } else { c })
-        .take(64)
-        .collect()
+        .collect();
+    shown
 }
 
 #[cfg(test)]
@@ -422,6 +636,13 @@ mod tests {
             "https://files.example/v1/%2E%2E%3B/x"
                 .replace("%3B", ";")
                 .as_str(),
+            // The `;` encoded too, and a slash encoded twice (a server that decodes twice).
+            "https://data.example/api/..%3b/secret",
+            "https://data.example/api/..%3B/secret",
+            "https://data.example/api/%2e%2e%3b/secret",
+            "https://data.example/api/.%3b/x",
+            "https://data.example/api/a%252F..%252Fsecret",
+            "https://data.example/api/..%255Csecret",
         ] {
             let d = p.check_url(ambiguous).expect_err(ambiguous);
             assert!(matches!(d, Denial::AmbiguousPath(_)), "{ambiguous}: {d}");
@@ -437,6 +658,103 @@ mod tests {
         ] {
             assert!(p.check_url(fine).is_ok(), "{fine}");
         }
+    }
+
+    /// The policy of `policy()` that also knows the authorization server's addresses: 127.0.0.1
+    /// on port 9443 (so every local address on that port) and 203.0.113.7 on 443.
+    fn policy_with_addresses(allow: &[&str]) -> Policy {
+        let mut a = AuthorizationServerAddresses::default();
+        a.add(
+            "127.0.0.1".parse().expect("ip"),
+            9443,
+            "https://127.0.0.1:9443/",
+        );
+        a.add(
+            "203.0.113.7".parse().expect("ip"),
+            443,
+            "https://as.example/",
+        );
+        let allow: Vec<String> = allow.iter().map(|s| (*s).to_owned()).collect();
+        Policy::new(
+            &allow,
+            &[
+                url::Url::parse("https://127.0.0.1:9443/token").expect("valid"),
+                url::Url::parse("https://as.example/").expect("valid"),
+            ],
+        )
+        .expect("valid")
+        .with_addresses(Arc::new(a), &[])
+        .expect("valid")
+    }
+
+    #[test]
+    fn addresses_of_the_authorization_server_are_refused_in_urls() {
+        // Allow-listed by mistake under other spellings of the same address and port.
+        let p = policy_with_addresses(&[
+            "https://0.0.0.0:9443/",
+            "https://[::1]:9443/",
+            "https://127.0.0.2:9443/",
+            "https://203.0.113.7/",
+            "https://127.0.0.1:8443/",
+        ]);
+        for url in [
+            "https://0.0.0.0:9443/token",
+            "https://[::1]:9443/.well-known/openid-configuration",
+            "https://127.0.0.2:9443/token",
+            "https://203.0.113.7/token",
+        ] {
+            let d = p.check_url(url).expect_err(url);
+            assert!(matches!(d, Denial::AuthorizationServer(_)), "{url}: {d}");
+        }
+        assert!(p.check_url("https://127.0.0.1:8443/data").is_ok());
+    }
+
+    #[test]
+    fn a_denial_never_suggests_an_entry_that_reaches_the_authorization_server() {
+        let p = policy_with_addresses(&["https://127.0.0.1:8443/"]);
+        for (url, suggested) in [
+            // Another port than the authorization server's: safe to suggest.
+            ("https://127.0.0.1:7443/x", true),
+            ("https://other.example:8443/x", true),
+            // Its address and port under other names: never suggested.
+            ("https://localhost:9443/token", false),
+            ("https://sub.localhost:9443/token", false),
+            // A name on its port, which only a lookup could place: not suggested.
+            ("https://data.example/x", false),
+            ("https://203.0.113.8/x", true),
+        ] {
+            let d = p.check_url(url).expect_err(url);
+            let text = d.to_string();
+            assert_eq!(text.contains("--allow"), suggested, "{url}: {text}");
+            if !suggested {
+                assert!(text.contains("no entry is suggested"), "{url}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn guest_strings_in_messages_are_bounded() {
+        let p = policy();
+        let long_path = "a".repeat(MAX_URL - 40);
+        let url = format!("https://evil.example/{long_path}");
+        let text = p.check_url(&url).expect_err("denied").to_string();
+        assert!(text.len() < 3 * MAX_QUOTED, "{} bytes", text.len());
+        assert!(text.contains(&format!("({} bytes)", url.len())), "{text}");
+        let too_long = format!("https://evil.example/{}", "a".repeat(MAX_URL));
+        let text = p.check_url(&too_long).expect_err("denied").to_string();
+        assert!(text.len() < 200, "{text}");
+        let method = "M".repeat(1 << 20);
+        let text = check_method(&method).expect_err("refused");
+        assert!(
+            text.len() < 200 && text.contains("(1048576 bytes)"),
+            "{text}"
+        );
+        let name = format!("x-fapi-{}", "n".repeat(60_000));
+        let text = check_headers([(name.as_str(), &b"v"[..])]).expect_err("refused");
+        assert!(text.len() < 200 && text.contains("(60007 bytes)"), "{text}");
+        assert_eq!(bounded("short", 64), "short");
+        // Cut at a character boundary.
+        assert_eq!(bounded("ééé", 3), "é... (6 bytes)");
     }
 
     #[test]

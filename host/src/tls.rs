@@ -29,6 +29,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::config::ClientOptions;
 use crate::credentials::Identity;
 use crate::error::{Error, Result};
+use crate::net::Resolver;
 
 /// The TLS 1.2 suites offered: FAPI 2.0's (section 5.2.2, the BCP 195 recommendations: ECDHE with
 /// RSA or ECDSA, AES-GCM). FAPI 1.0 Final's own list (part 2 section 8.5) is narrower, ECDHE-RSA
@@ -242,30 +243,32 @@ fn protocol_versions(tls13_only: bool) -> &'static [&'static rustls::SupportedPr
     if tls13_only { TLS13_ONLY } else { TLS13_AND_12 }
 }
 
-/// The reqwest client of one identity: mTLS, no redirects, no proxies, https only.
-pub fn http_client(
+/// The rustls configuration of one identity: FAPI suites, full server verification, the client
+/// certificate presented whenever asked.
+pub fn client_config(
     identity: &Identity,
     ca_bundle: Option<&Path>,
     options: &ClientOptions,
-) -> Result<reqwest::Client> {
+) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(fapi_provider());
     let verifier = Arc::new(BundleFirst::new(ca_bundle, provider.clone())?);
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(protocol_versions(options.tls13_only))
         .map_err(|e| Error::Tls(format!("TLS configuration: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(Arc::new(Presenter(identity.certified_key())));
-    http_client_from(config, options)
+        .with_client_cert_resolver(Arc::new(Presenter(identity.certified_key()))))
 }
 
-/// A reqwest client over an existing rustls configuration.
+/// A reqwest client over an existing rustls configuration, resolving names with `resolver`.
 pub fn http_client_from(
     config: rustls::ClientConfig,
     options: &ClientOptions,
+    resolver: Resolver,
 ) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)
+        .dns_resolver(resolver)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .https_only(true)

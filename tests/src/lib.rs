@@ -21,6 +21,23 @@ pub mod guests {
 
 pub mod sandbox_env;
 
+/// The `fapi-host` binary of this build (`target/<profile>/fapi-host`, next to `deps/`, where the
+/// test binaries are). `cargo test --workspace` builds it.
+pub fn fapi_host_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join("fapi-host"))
+        .expect("the test binary is in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p fapi-host`; `cargo test --workspace` does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A local federation on a fresh PKI that records every token it issues, so that a test can
 /// search everything for each of them ([`fapi_federation::Federation::issued_tokens`]); with
 /// `faults`, fault injection by query parameter.

@@ -566,3 +566,518 @@ async fn exhausting_plugins_are_stopped_while_the_host_serves_others() {
     let outs: Vec<&RunOutcome> = results.iter().map(|(_, o, _)| o).collect();
     no_secrets(&env, &outs, &audit).await;
 }
+
+/// The port of the authorization server's issuer (its mTLS listener).
+fn issuer_port(env: &SandboxEnv) -> u16 {
+    url::Url::parse(&env.fed.issuer_url())
+        .unwrap()
+        .port_or_known_default()
+        .unwrap()
+}
+
+/// The origins of every authorization server endpoint discovery names, with their ports.
+async fn authorization_server_ports(env: &SandboxEnv) -> Vec<u16> {
+    let meta = env.client.server_metadata().await.unwrap();
+    let mut ports: Vec<u16> = meta
+        .endpoints()
+        .iter()
+        .filter_map(url::Url::port_or_known_default)
+        .collect();
+    ports.push(issuer_port(env));
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// An allow entry that names the authorization server under another name or address (every local
+/// spelling of 127.0.0.1, and a name that a hosts-file style table points at it) is a
+/// configuration error at start that names the entry and the authorization server, for each of its
+/// listeners (the issuer's mTLS one and the plain-TLS one of the top-level endpoints).
+#[tokio::test]
+async fn an_allow_entry_reaching_the_authorization_server_under_another_name_is_refused_at_start() {
+    let _serial = SERIAL.lock().await;
+    let (env, _audit) = narrow_env(|_| {}).await;
+    let settings = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
+    settings
+        .client
+        .resolve
+        .insert("as-alias.test", vec!["127.0.0.1".parse().unwrap()]);
+    let (client, _) = fapi_host::FapiClient::from_settings(&settings).unwrap();
+    let ports = authorization_server_ports(&env).await;
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let mut refused = 0;
+    for port in ports {
+        for host in [
+            "localhost",
+            "LocalHost.",
+            "sub.localhost",
+            "[::1]",
+            "0.0.0.0",
+            "[::]",
+            "127.0.0.2",
+            "2130706433",
+            "as-alias.test",
+            "AS-ALIAS.test.",
+        ] {
+            let entry = format!("https://{host}:{port}/");
+            let options = SandboxOptions {
+                allow: vec![entry.clone()],
+                ..SandboxOptions::default()
+            };
+            let e = fapi_host::sandbox::Sandbox::new(client.clone(), options)
+                .await
+                .expect_err(&entry);
+            let text = e.to_string();
+            assert!(
+                text.contains("reaches the authorization server")
+                    || text.contains("is the authorization server's origin"),
+                "{entry}: {text}"
+            );
+            assert!(text.contains(&format!(":{port}")), "{entry}: {text}");
+            assert!(text.contains("https://127.0.0.1:"), "{entry}: {text}");
+            refused += 1;
+        }
+    }
+    // The same names on a port where it does not listen are fine.
+    let options = SandboxOptions {
+        allow: vec![
+            "https://as-alias.test:1/".into(),
+            "https://localhost:1/".into(),
+        ],
+        ..SandboxOptions::default()
+    };
+    fapi_host::sandbox::Sandbox::new(client.clone(), options)
+        .await
+        .unwrap();
+    eprintln!("{refused} allow entries naming the authorization server refused at start");
+}
+
+/// A name whose address changes after start (DNS rebinding, a record changed) to one of the
+/// authorization server's is refused when the host connects, through both guest interfaces and a
+/// batch processor's requests: `denied` with the reason, nothing sent, nothing reached the server.
+/// `localhost` resolves to the server's real address here, under which its certificate is valid:
+/// without the check, the requests would get answers.
+#[tokio::test]
+async fn a_name_that_turns_into_the_authorization_servers_address_is_refused_when_connecting() {
+    let _serial = SERIAL.lock().await;
+    let audit = Audit::new();
+    let table = fapi_host::ResolveOverrides::new();
+    // At start, neither name has an address: the start-up check cannot place them.
+    table.insert("localhost", vec![]);
+    table.insert("rebind.test", vec![]);
+    let port = std::sync::Arc::new(std::sync::OnceLock::new());
+    let env = SandboxEnv::start_configured(
+        false,
+        |fed, s| {
+            let p = url::Url::parse(&fed.issuer_url()).unwrap().port().unwrap();
+            port.set(p).unwrap();
+            s.client.resolve = table.clone();
+            s.sandbox.allow = vec![
+                fed.data_json_url(),
+                format!("https://localhost:{p}/"),
+                format!("https://rebind.test:{p}/"),
+            ];
+        },
+        SandboxOptions {
+            audit: Some(audit.path()),
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
+    let port = *port.get().unwrap();
+    env.client.danger_reveal_token().await.unwrap();
+    // A batch processor's sandbox over the same client, made while the names had no address.
+    let processors = std::sync::Arc::new(
+        fapi_host::sandbox::Sandbox::new(
+            env.client.clone(),
+            SandboxOptions {
+                cache_dir: Some(fapi_tests::sandbox_env::cache_dir()),
+                stdio: fapi_host::sandbox::Stdio::Capture,
+                ..SandboxOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let processor = std::sync::Arc::new(
+        processors
+            .load(std::path::Path::new(guests::TEST_PROCESSOR))
+            .unwrap(),
+    );
+    // Now the names go to the authorization server.
+    table.insert("localhost", vec!["127.0.0.1".parse().unwrap()]);
+    table.insert(
+        "rebind.test",
+        vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+    );
+
+    // One allowed request first, so that the data provider has introspected the token already.
+    let v = env.probe(&["fetch", &env.fed.data_json_url()]).await;
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    let before = env.fed.counters();
+    let discovery = format!("https://localhost:{port}/.well-known/openid-configuration");
+    let token = format!("https://rebind.test:{port}/token");
+    let mut outs = Vec::new();
+    for (args, expected) in [
+        (vec!["fetch", discovery.as_str()], "Denied"),
+        (vec!["post", token.as_str(), "64"], "Denied"),
+        (vec!["http", discovery.as_str()], "HttpRequestDenied"),
+        (vec!["http-post", token.as_str(), "64"], "HttpRequestDenied"),
+    ] {
+        let out = env.run(guests::PROBE, &args).await;
+        let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        assert_eq!(err_name(&v), expected, "{args:?}: {v}");
+        if expected == "Denied" {
+            let detail = v["detail"].as_str().unwrap();
+            assert!(
+                detail.contains(&format!(":{port}"))
+                    && detail.contains("an address of the authorization server"),
+                "{args:?}: {detail}"
+            );
+        }
+        outs.push(out);
+    }
+    // A batch processor fetching the same through fapi-fetch.
+    let out_dir = tempfile::tempdir().unwrap();
+    let name = format!("fetch:https:||localhost:{port}|.well-known|openid-configuration");
+    let input = format!(
+        "{{\"url\":\"{}\",\"name\":\"{name}\"}}\n",
+        env.fed.data_json_url()
+    );
+    let summary = fapi_host::batch::Batch::new(
+        env.client.clone(),
+        fapi_host::batch::BatchOptions::new(out_dir.path()),
+    )
+    .with_plugin(processors.clone(), processor)
+    .unwrap()
+    .run(fapi_host::batch::Input::parse(&input))
+    .await
+    .unwrap();
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    let manifest = std::fs::read_to_string(out_dir.path().join("manifest.jsonl")).unwrap();
+    assert!(
+        manifest.contains("an address of the authorization server"),
+        "{manifest}"
+    );
+
+    let after = env.fed.counters();
+    assert_eq!(after.discovery_requests, before.discovery_requests);
+    assert_eq!(after.token_requests, before.token_requests);
+    assert_eq!(after.introspection_requests, before.introspection_requests);
+    // The refusals are audited as denials with their reason.
+    let records = String::from_utf8_lossy(&audit.bytes()).into_owned();
+    let denials = records
+        .lines()
+        .filter(|l| {
+            l.contains(r#""decision":"deny""#)
+                && l.contains("an address of the authorization server")
+        })
+        .count();
+    assert_eq!(denials, 4, "{records}");
+    let outs: Vec<&RunOutcome> = outs.iter().collect();
+    no_secrets(&env, &outs, &audit).await;
+}
+
+/// A denial suggests an allow entry only when that entry could not reach the authorization
+/// server: never for its address and port under another name, nor for a name on its port that
+/// only a lookup could place (the host looks up no name a guest chose). Both interfaces; the
+/// wasi:http refusal's text is in the audit record.
+#[tokio::test]
+async fn a_denial_never_suggests_an_entry_that_reaches_the_authorization_server() {
+    let _serial = SERIAL.lock().await;
+    let (env, audit) = narrow_env(|_| {}).await;
+    let port = issuer_port(&env);
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = elsewhere.local_addr().unwrap().port();
+    let cases = [
+        (format!("https://localhost:{port}/token"), None),
+        (format!("https://sub.localhost:{port}/token"), None),
+        (format!("https://data.example:{port}/x"), None),
+        (
+            format!("https://localhost:{free}/x"),
+            Some(format!("--allow https://localhost:{free}/")),
+        ),
+        (
+            format!("https://127.0.0.1:{free}/x"),
+            Some(format!("--allow https://127.0.0.1:{free}/")),
+        ),
+    ];
+    for (url, suggestion) in &cases {
+        let v = env.probe(&["fetch", url]).await;
+        assert_eq!(v["err"], "Denied", "{url}: {v}");
+        let detail = v["detail"].as_str().unwrap();
+        match suggestion {
+            Some(s) => assert!(detail.contains(s.as_str()), "{url}: {detail}"),
+            None => assert!(
+                !detail.contains("--allow") && detail.contains("no entry is suggested"),
+                "{url}: {detail}"
+            ),
+        }
+        let v = env.probe(&["http", url]).await;
+        assert_eq!(err_name(&v), "HttpRequestDenied", "{url}: {v}");
+    }
+    // The same texts in the audit records of both interfaces.
+    let records = String::from_utf8_lossy(&audit.bytes()).into_owned();
+    for (url, suggestion) in &cases {
+        for via in ["fapi-fetch", "wasi-http"] {
+            let line = records
+                .lines()
+                .find(|l| {
+                    l.contains(&format!(r#""url":"{url}""#))
+                        && l.contains(&format!(r#""interface":"{via}""#))
+                })
+                .unwrap_or_else(|| panic!("no audit record of {url} via {via}: {records}"));
+            assert_eq!(line.contains("--allow"), suggestion.is_some(), "{line}");
+        }
+    }
+    // The authorization server's own addresses are refused before the allow-list is consulted.
+    for host in ["127.0.0.1", "[::1]", "0.0.0.0", "127.0.0.9"] {
+        let url = format!("https://{host}:{port}/token");
+        let v = env.probe(&["fetch", &url]).await;
+        assert_eq!(v["err"], "Denied", "{url}: {v}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("never reachable from a guest") && !detail.contains("--allow"),
+            "{url}: {detail}"
+        );
+    }
+    no_secrets(&env, &[], &audit).await;
+}
+
+/// A data provider that truly shares an address and port with the authorization server (virtual
+/// hosts) is refused by default; `[sandbox] allow_authorization_server_address` names its origin
+/// to allow it, and must be an allowed origin that is not the authorization server's own name.
+/// Here the shared origin IS the authorization server (localhost): the opt-in's documented risk.
+#[tokio::test]
+async fn an_origin_sharing_the_authorization_servers_address_needs_an_explicit_opt_in() {
+    let _serial = SERIAL.lock().await;
+    let (env, _audit) = narrow_env(|_| {}).await;
+    let port = issuer_port(&env);
+    let shared = format!("https://localhost:{port}/");
+    let sandbox_with = |allow: Vec<String>, opt_in: Vec<String>| {
+        let mut settings = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
+        settings.sandbox.allow = allow;
+        settings.sandbox.allow_authorization_server_address = opt_in;
+        let (client, _) = fapi_host::FapiClient::from_settings(&settings).unwrap();
+        fapi_host::sandbox::Sandbox::new(
+            client,
+            SandboxOptions {
+                cache_dir: Some(fapi_tests::sandbox_env::cache_dir()),
+                stdio: fapi_host::sandbox::Stdio::Capture,
+                ..SandboxOptions::default()
+            },
+        )
+    };
+    let e = sandbox_with(vec![shared.clone()], vec![])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("allow_authorization_server_address"),
+        "{e}"
+    );
+    for (allow, opt_in, why) in [
+        (vec![], vec![shared.clone()], "is not in the allow-list"),
+        (
+            vec![shared.clone()],
+            vec![format!("https://127.0.0.1:{port}/")],
+            "authorization server's own origin",
+        ),
+        (
+            vec![shared.clone()],
+            vec![format!("{shared}path/")],
+            "must be an origin",
+        ),
+    ] {
+        let e = sandbox_with(allow, opt_in).await.unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let sandbox = sandbox_with(vec![shared.clone()], vec![shared.clone()])
+        .await
+        .unwrap();
+    let plugin = sandbox.load(std::path::Path::new(guests::PROBE)).unwrap();
+    let discovery = format!("{shared}.well-known/openid-configuration");
+    let before = env.fed.counters();
+    let out = sandbox
+        .run(
+            &plugin,
+            &["fetch".into(), discovery.clone()],
+            fapi_host::sandbox::Stdio::Capture,
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(v["ok"]["status"], 200, "{v}");
+    assert_eq!(
+        env.fed.counters().discovery_requests,
+        before.discovery_requests + 1
+    );
+    // The authorization server's own names stay refused.
+    let out = sandbox
+        .run(
+            &plugin,
+            &["fetch".into(), format!("https://127.0.0.1:{port}/token")],
+            fapi_host::sandbox::Stdio::Capture,
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(v["err"], "Denied", "{v}");
+}
+
+/// 10,000 refused requests carrying huge strings of the guest's (1 MiB methods, 60 KB header
+/// names, 8 KiB URLs) through each interface, run by the real binary at its default verbosity:
+/// each refusal is recorded with the strings cut to their first bytes and their length, and the
+/// audit file and stderr together stay under 10 MB per run, which ends normally.
+#[tokio::test]
+async fn refusals_of_huge_guest_strings_write_a_bounded_amount() {
+    let _serial = SERIAL.lock().await;
+    let (env, _audit) = narrow_env(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    // An origin outside the allow-list (port 1).
+    let denied = "https://127.0.0.1:1/x/";
+    for (command, interface) in [("flood", "fapi-fetch"), ("http-flood", "wasi-http")] {
+        let audit = dir.path().join(format!("{command}.jsonl"));
+        let started = Instant::now();
+        let out = std::process::Command::new(fapi_tests::fapi_host_bin())
+            .arg("--config")
+            .arg(&env.config)
+            .arg("run")
+            .arg("--audit")
+            .arg(&audit)
+            .arg("--cache-dir")
+            .arg(fapi_tests::sandbox_env::cache_dir())
+            .arg(guests::PROBE)
+            .args(["--", command, denied, "10000"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{command}: {stderr}");
+        let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        let errors = v["ok"]["errors"].as_object().unwrap();
+        let refused: u64 = errors.values().map(|n| n.as_u64().unwrap()).sum();
+        assert_eq!(refused, 10_000, "{command}: {v}");
+        assert_eq!(v["ok"]["ok"], 0, "{command}: {v}");
+        let records = std::fs::read(&audit).unwrap();
+        let written = records.len() + out.stderr.len();
+        eprintln!(
+            "{interface}: 10,000 refusals of huge strings in {:.1} s: audit {} bytes, stderr {} bytes",
+            started.elapsed().as_secs_f64(),
+            records.len(),
+            out.stderr.len()
+        );
+        assert!(written < 10_000_000, "{interface}: {written} bytes written");
+        // Every request is recorded, each with its strings bounded.
+        let lines: Vec<Value> = String::from_utf8_lossy(&records)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 10_000, "{interface}");
+        for r in &lines {
+            assert_eq!(r["decision"], "deny", "{r}");
+            assert_eq!(r["interface"], interface, "{r}");
+            for field in ["method", "url", "error"] {
+                let text = r[field].as_str().unwrap();
+                assert!(text.len() < 1024, "{field} of {} bytes: {r}", text.len());
+            }
+        }
+        assert!(
+            lines.iter().any(|r| r["method"]
+                .as_str()
+                .unwrap()
+                .ends_with("... (1048576 bytes)")),
+            "{interface}: no 1 MiB method recorded as its start and length"
+        );
+        // The default verbosity logs each refusal in one bounded line.
+        assert!(
+            stderr.lines().all(|l| l.len() < 1024),
+            "{interface}: a stderr line over 1 KiB"
+        );
+    }
+}
+
+/// A guest that drops a handle it never had, uses a handle of another resource type, or holds more
+/// handles than `[sandbox] max_handles` is stopped with one line that says which, never with
+/// wasmtime's raw error and its backtrace.
+#[tokio::test]
+async fn misused_resource_handles_stop_the_guest_with_one_line() {
+    let _serial = SERIAL.lock().await;
+    let (env, _audit) = narrow_env(|s| s.max_handles = 1000).await;
+    for (args, expected) in [
+        (
+            &["handle", "invented"][..],
+            "does not hold, or one of another type",
+        ),
+        (
+            &["handle", "wrong-type"][..],
+            "does not hold, or one of another type",
+        ),
+        (
+            &["handle", "many", "5000"][..],
+            "more than 1000 resource handles at once ([sandbox] max_handles / --max-handles)",
+        ),
+    ] {
+        let out = env.run(guests::PROBE, args).await;
+        let why = out
+            .stopped
+            .clone()
+            .unwrap_or_else(|| panic!("{args:?} was not stopped: {out:?}"));
+        assert!(why.contains(expected), "{args:?}: {why}");
+        assert!(
+            !why.contains('\n') && !why.contains("backtrace") && why.len() < 400,
+            "{args:?}: {why}"
+        );
+        assert_eq!(out.exit_code, 125, "{args:?}");
+    }
+    // Below the limit, holding handles is fine.
+    let v = env.probe(&["handle", "many", "500"]).await;
+    assert_eq!(v["ok"]["held"], 500, "{v}");
+}
+
+/// A request whose own timeout is 0 ms times out at once, and the host does not claim to retry
+/// what it will not (nothing is retried past a request's deadline).
+#[tokio::test]
+async fn a_zero_timeout_is_a_timeout_without_a_retry() {
+    let _serial = SERIAL.lock().await;
+    let (env, _audit) = narrow_env(|_| {}).await;
+    let logs = fapi_tests::capture_logs();
+    let from = logs.lock().unwrap().len();
+    let before = env.fed.counters();
+    let v = env
+        .probe(&["fetch-timeout", &env.fed.data_json_url(), "0"])
+        .await;
+    assert_eq!(v["err"], "Timeout", "{v}");
+    let v = env
+        .probe(&["http-timeout", &env.fed.data_json_url(), "0"])
+        .await;
+    assert!(v["err"].as_str().unwrap().contains("Timeout"), "{v}");
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()[from..]).into_owned();
+    assert!(!text.contains("retrying"), "{text}");
+    assert!(env.fed.counters().dp_requests - before.dp_requests <= 2);
+}
+
+/// Under a path prefix, a `..;` segment is refused however it is encoded (`..%3b`, `%2e%2e%3B`,
+/// a `/` encoded twice), through both interfaces, before anything is sent.
+#[tokio::test]
+async fn encoded_path_parameters_cannot_leave_a_path_prefix() {
+    let _serial = SERIAL.lock().await;
+    let (env, audit) = narrow_env(|_| {}).await;
+    let origin = env.fed.data_origin();
+    let before = env.fed.counters();
+    for path in [
+        "/consumption.json/..;/echo",
+        "/consumption.json/..%3b/echo",
+        "/consumption.json/..%3B/echo",
+        "/consumption.json/%2e%2e%3b/echo",
+        "/consumption.json/.%3b/echo",
+        "/consumption.json/a%252F..%252F..%252Fecho",
+    ] {
+        let url = format!("{origin}{path}");
+        let v = env.probe(&["fetch", &url]).await;
+        assert_eq!(v["err"], "Denied", "{url}: {v}");
+        assert!(v["detail"].as_str().unwrap().contains("path prefix"), "{v}");
+        let v = env.probe(&["http", &url]).await;
+        assert_eq!(err_name(&v), "HttpRequestDenied", "{url}: {v}");
+    }
+    assert_eq!(env.fed.counters().dp_requests, before.dp_requests);
+    no_secrets(&env, &[], &audit).await;
+}

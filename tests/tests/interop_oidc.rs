@@ -280,7 +280,7 @@ impl Env {
     }
 
     async fn cli(&self, config: &Path, args: &[&str]) -> Output {
-        let mut cmd = Command::new(fapi_host_bin());
+        let mut cmd = Command::new(fapi_tests::fapi_host_bin());
         cmd.arg("--config")
             .arg(config)
             .args(args)
@@ -323,18 +323,6 @@ impl Env {
             assert_eq!(i["client_id"], "fapi-dev-provider", "{log}");
         }
     }
-}
-
-/// The `fapi-host` binary of this build (target/<profile>/fapi-host, next to deps/).
-fn fapi_host_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("fapi-host");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so that it is built",
-        bin.display()
-    );
-    bin
 }
 
 fn cache() -> String {
@@ -769,7 +757,7 @@ async fn dev_command_points_the_data_provider_at_an_external_issuer() {
     };
     // The PKI the oidc-provider trusts and serves, reused by `dev` (it is already in DIR).
     let fed_dir = dir.path().join("pki");
-    let mut child = Command::new(fapi_host_bin())
+    let mut child = Command::new(fapi_tests::fapi_host_bin())
         .arg("dev")
         .arg("--dir")
         .arg(&fed_dir)
@@ -827,7 +815,7 @@ async fn dev_command_points_the_data_provider_at_an_external_issuer() {
         let config = info["config"].as_str().unwrap().to_owned();
         let url = info["data_url"].as_str().unwrap().to_owned();
         move || {
-            Command::new(fapi_host_bin())
+            Command::new(fapi_tests::fapi_host_bin())
                 .args(["--config", &config, "fetch", &url])
                 .output()
                 .unwrap()
@@ -862,7 +850,7 @@ async fn dev_command_points_the_data_provider_at_an_external_issuer() {
 /// Without `--issuer`, the issuer's options are usage errors.
 #[test]
 fn dev_issuer_options_need_issuer() {
-    let out = Command::new(fapi_host_bin())
+    let out = Command::new(fapi_tests::fapi_host_bin())
         .args(["dev", "--issuer-ca", "ca.pem"])
         .output()
         .unwrap();
@@ -872,7 +860,7 @@ fn dev_issuer_options_need_issuer() {
         "{}",
         text(&out.stderr)
     );
-    let out = Command::new(fapi_host_bin())
+    let out = Command::new(fapi_tests::fapi_host_bin())
         .args(["dev", "--issuer", "http://127.0.0.1:1", "--dir"])
         .arg(tempfile::tempdir().unwrap().path())
         .output()

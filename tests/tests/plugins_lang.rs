@@ -50,18 +50,6 @@ fn cache_dir() -> PathBuf {
     tmp().join("wasmtime-cache")
 }
 
-/// The `fapi-host` binary of this build (target/<profile>/fapi-host, next to deps/).
-fn fapi_host_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("fapi-host");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so that it is built",
-        bin.display()
-    );
-    bin
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -343,7 +331,7 @@ fn edge_cases_url(fed: &Federation) -> String {
 /// output and how long it took.
 fn run_bin(config: &Path, cwd: &Path, flags: &[&str], args: &[&str]) -> (Output, f64) {
     let started = Instant::now();
-    let out = Command::new(fapi_host_bin())
+    let out = Command::new(fapi_tests::fapi_host_bin())
         .args(flags)
         .arg("--config")
         .arg(config)

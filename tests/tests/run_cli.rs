@@ -10,18 +10,6 @@ use fapi_federation::{Federation, data};
 use fapi_tests::guests;
 use fapi_tests::sandbox_env::{FileSnapshot, Needles};
 
-/// The `fapi-host` binary of this build (target/<profile>/fapi-host, next to deps/).
-fn fapi_host_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("fapi-host");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so that it is built",
-        bin.display()
-    );
-    bin
-}
-
 struct Setup {
     fed: Federation,
     dir: tempfile::TempDir,
@@ -89,7 +77,7 @@ async fn run(s: &Setup, args: Vec<String>) -> Output {
     let dir = s.dir.path().to_owned();
     let what = format!("fapi-host {}", args.join(" "));
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(fapi_host_bin())
+        Command::new(fapi_tests::fapi_host_bin())
             .arg("--config")
             .arg(cfg)
             .args(args)
@@ -271,7 +259,7 @@ async fn stopped_guests_and_bad_components_have_their_own_exit_codes() {
 #[tokio::test]
 async fn demo_runs_on_a_fresh_machine() {
     let out = tokio::task::spawn_blocking(|| {
-        Command::new(fapi_host_bin())
+        Command::new(fapi_tests::fapi_host_bin())
             .arg("demo")
             .env("XDG_CACHE_HOME", cache())
             .output()
@@ -296,4 +284,54 @@ async fn demo_runs_on_a_fresh_machine() {
     ] {
         assert!(o.contains(expected), "{expected:?} in {o}");
     }
+}
+
+/// `run --allow` and `batch --plugin ... --allow` with an entry that names the authorization server
+/// under another name or address (`localhost`, `[::1]`, `0.0.0.0` for the issuer at 127.0.0.1)
+/// refuse to start: exit 3, with a message naming the entry and the server. Nothing runs.
+#[tokio::test]
+async fn an_allow_entry_reaching_the_authorization_server_stops_run_and_batch_at_start() {
+    let s = setup().await;
+    let port = url::Url::parse(&s.fed.issuer_url())
+        .unwrap()
+        .port()
+        .unwrap();
+    let input = s.dir.path().join("items.txt");
+    std::fs::write(&input, format!("{}\n", s.fed.data_url())).unwrap();
+    for host in ["localhost", "[::1]", "0.0.0.0"] {
+        let entry = format!("https://{host}:{port}/");
+        let run_args = vec![
+            "run".into(),
+            "--allow".into(),
+            entry.clone(),
+            guests::PROBE.into(),
+            "--".into(),
+            "exit".into(),
+            "0".into(),
+        ];
+        let batch_args = vec![
+            "batch".into(),
+            "--input".into(),
+            input.display().to_string(),
+            "--out".into(),
+            s.dir.path().join("out").display().to_string(),
+            "--plugin".into(),
+            guests::TEST_PROCESSOR.into(),
+            "--allow".into(),
+            entry.clone(),
+        ];
+        for args in [run_args, batch_args] {
+            let out = run(&s, args).await;
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "{entry}: {stderr}");
+            assert!(
+                stderr.contains(&entry) && stderr.contains("reaches the authorization server"),
+                "{entry}: {stderr}"
+            );
+            assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+    assert!(!s.dir.path().join("out").join("manifest.jsonl").exists());
+    s.assert_no_secrets(false, &[&input]);
 }

@@ -130,19 +130,25 @@ pub fn mixed(url: &str, n: usize) -> Outcome {
 /// `fetch-many URL N`: N sequential GETs, each response dropped at once, whatever each answer;
 /// prints `{"ok": {"ok": <responses>, "errors": {<case>: <count>}}}`.
 pub fn fetch_many(url: &str, n: usize) -> Outcome {
-    let mut ok = 0;
-    let mut errors = Map::new();
-    for _ in 0..n {
-        match fapi_guest::get(url) {
-            Ok(_) => ok += 1,
-            Err(e) => {
-                let name = fetch_failure(e).err;
-                let count = errors.get(&name).and_then(Value::as_u64).unwrap_or(0);
-                errors.insert(name, json!(count + 1));
-            }
-        }
-    }
-    Ok(json!({ "ok": ok, "errors": errors }))
+    crate::tally((0..n).map(|_| fapi_guest::get(url).map(drop).map_err(fetch_failure)))
+}
+
+/// `flood URL N`: N requests the host must refuse, each carrying a huge string of the guest's, in
+/// turn: a method of 1 MiB, a forbidden header name of 60 KB (`x-fapi-` and 59,993 `n`), and a URL
+/// of exactly 8 KiB (URL's path padded with `a`; URL must be outside the allow-list). `ok` =
+/// `{"ok": <responses>, "errors": {<case>: <count>}}`.
+pub fn flood(url: &str, n: usize) -> Outcome {
+    let method = "M".repeat(1 << 20);
+    let name = format!("x-fapi-{}", "n".repeat(60_000 - 7));
+    let long_url = format!("{url}{}", "a".repeat((8 << 10) - url.len()));
+    crate::tally((0..n).map(|i| {
+        let request = match i % 3 {
+            0 => Request::new(method.as_str(), url),
+            1 => Request::new("GET", url).header(name.as_str(), "v"),
+            _ => Request::new("GET", long_url.as_str()),
+        };
+        request.send().map(drop).map_err(fetch_failure)
+    }))
 }
 
 /// `trap-mid-request URL`: GET, read one chunk, print `{"ok": {"status", "read": <bytes>}}`, then abort

@@ -65,6 +65,21 @@ pub fn with_method(url: &str, method: &str) -> Outcome {
     summarize(send(url, method, Fields::new(), None)?)
 }
 
+/// `http-flood URL N`: as `flood` (in `fapi`) through wasi:http: in turn a method of 1 MiB and a
+/// URL of exactly 8 KiB (URL must be outside the allow-list). Forbidden header names never reach
+/// the host through wasi:http (its fields refuse them). `ok` = `{"ok": n, "errors": {case: n}}`.
+pub fn flood(url: &str, n: usize) -> Outcome {
+    let method = "M".repeat(1 << 20);
+    let long_url = format!("{url}{}", "a".repeat((8 << 10) - url.len()));
+    crate::tally((0..n).map(|i| {
+        let sent = match i % 2 {
+            0 => send(url, Method::Other(method.clone()), Fields::new(), None),
+            _ => send(&long_url, Method::Get, Fields::new(), None),
+        };
+        sent.map(drop)
+    }))
+}
+
 /// `http-held-posts URL N BYTES`: start N POSTs (`handle()` called, bodies not yet written), then
 /// write and finish the bodies in reverse order, then wait for each response in order. Prints
 /// `{"ok": {"results": [<status> | <error case>, ...]}}`, the first request first: which requests

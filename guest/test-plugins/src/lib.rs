@@ -57,6 +57,22 @@ pub fn parse2<A: std::str::FromStr, B: std::str::FromStr>(
     Ok((parse(a)?, parse(b)?))
 }
 
+/// Count the outcomes of a run of requests: `ok` = `{"ok": <successes>, "errors": {<case>: <count>}}`.
+pub fn tally(outcomes: impl Iterator<Item = Result<(), Failure>>) -> Outcome {
+    let mut ok = 0u64;
+    let mut errors = serde_json::Map::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => ok += 1,
+            Err(f) => {
+                let count = errors.get(&f.err).and_then(Value::as_u64).unwrap_or(0);
+                errors.insert(f.err, json!(count + 1));
+            }
+        }
+    }
+    Ok(json!({ "ok": ok, "errors": errors }))
+}
+
 /// Lower-case hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

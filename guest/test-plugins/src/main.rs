@@ -7,7 +7,7 @@
 //!   the error's case name (`Denied`, `HttpRequestDenied`, `NotFound`, ...).
 //!
 //! A usage error prints `{"err": "Usage", ...}` and exits 2. `loop`, `recurse`, `alloc` (past the memory
-//! limit), `trap-mid-request` and `exit` end the instance instead, by design; they say what they are about
+//! limit), `trap-mid-request`, `handle` and `exit` end the instance instead, by design; they say what they are about
 //! to do on stderr. The shape of each subcommand's `ok` is documented on its function.
 
 use std::process::ExitCode;
@@ -34,6 +34,10 @@ fn main() -> ExitCode {
         ["mixed", url, n] => parse(n).and_then(|n| fapi::mixed(url, n)),
         ["fetch-many", url, n] => parse(n).and_then(|n| fapi::fetch_many(url, n)),
         ["trap-mid-request", url] => fapi::trap_mid_request(url),
+        ["flood", url, n] => parse(n).and_then(|n| fapi::flood(url, n)),
+        ["http-flood", url, n] => parse(n).and_then(|n| http::flood(url, n)),
+        ["handle", mode] => sandbox::handle(mode, 0),
+        ["handle", mode, n] => parse(n).and_then(|n| sandbox::handle(mode, n)),
         ["repeat", url, n] => parse(n).and_then(|n| fapi::repeat(url, n)),
         ["http-repeat", url, n] => parse(n).and_then(|n| http::repeat(url, n)),
         ["http", url] => http::get(url),

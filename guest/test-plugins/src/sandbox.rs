@@ -152,3 +152,40 @@ pub fn stdin() -> Outcome {
 pub fn io_failure(e: std::io::Error) -> Failure {
     Failure::new(format!("{:?}", e.kind()), "io", e.to_string())
 }
+
+/// `handle MODE [N]`: misuse a resource handle, which the host must answer by stopping the guest
+/// with a one-line reason. `invented`: drop a `fapi-fetch` body handle that was never made;
+/// `wrong-type`: use a wasi:http `fields` handle as a `fapi-fetch` body; `many N`: hold N wasi:http
+/// `fields` at once (past `[sandbox] max_handles`). Says on stderr what it is about to do; prints
+/// `{"ok": {"held": N}}` only if the host let it all happen.
+pub fn handle(mode: &str, n: usize) -> Outcome {
+    use fapi_guest::bindings::openenergy::fapi::fapi_fetch::Body;
+    use wasip2::http::types::Fields;
+    eprintln!("probe: handle {mode}: misusing a resource handle");
+    match mode {
+        "invented" => {
+            // SAFETY: none; the point is a handle the guest does not hold. The host must trap.
+            #[allow(unsafe_code)]
+            let body = unsafe { Body::from_handle(0x7fff_0001) };
+            drop(body);
+            Ok(json!({ "held": 0 }))
+        }
+        "wrong-type" => {
+            let fields = Fields::new();
+            // SAFETY: none; a handle of another resource type. The host must trap.
+            #[allow(unsafe_code)]
+            let body = unsafe { Body::from_handle(fields.take_handle()) };
+            let read = body.read(1);
+            Ok(json!({ "held": 0, "read": format!("{read:?}") }))
+        }
+        "many" => {
+            let held: Vec<Fields> = (0..n).map(|_| Fields::new()).collect();
+            Ok(json!({ "held": black_box(held).len() }))
+        }
+        _ => Err(Failure::new(
+            "Usage",
+            "args",
+            format!("unknown mode {mode:?}"),
+        )),
+    }
+}

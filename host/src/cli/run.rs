@@ -49,6 +49,9 @@ pub struct SandboxArgs {
     /// Requests a guest may make per run (default 10000).
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
+    /// Resource handles a guest may hold at once (default 100000).
+    #[arg(long, value_name = "N")]
+    pub max_handles: Option<u32>,
     /// Do not cache compiled components.
     #[arg(long)]
     pub no_cache: bool,
@@ -81,6 +84,9 @@ impl SandboxArgs {
         }
         if let Some(v) = self.max_requests {
             s.max_requests = v;
+        }
+        if let Some(v) = self.max_handles {
+            s.max_handles = v;
         }
         s.check()
     }

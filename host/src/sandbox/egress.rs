@@ -16,7 +16,7 @@ use super::audit::{Audit, AuditEvent};
 use crate::client::{FapiClient, FapiRequest, FapiResponse};
 use crate::config::SandboxSettings;
 use crate::error::Error;
-use crate::policy::{Denial, Policy};
+use crate::policy::{Denial, MAX_QUOTED, MAX_QUOTED_NAME, Policy, bounded};
 
 /// What went wrong with a guest request, before it is mapped to a guest-visible error type.
 /// No variant carries credentials.
@@ -76,6 +76,7 @@ impl GuestError {
             Error::Timeout(_) => GuestError::Timeout,
             Error::Tls(m) | Error::Network(m) => GuestError::Unreachable(m),
             Error::InvalidRequest(m) => GuestError::InvalidRequest(m),
+            Error::Denied(m) => GuestError::Denied(m),
             Error::TooLarge(m) => GuestError::Unreachable(m),
             Error::Io(m) | Error::Component(m) => GuestError::Unreachable(m),
         }
@@ -167,8 +168,8 @@ impl Egress {
         self.refuse(req.interface, req.method.as_str(), &req.url, err)
     }
 
-    /// Record a refused request: a log line and an audit record, with the URL as the guest gave
-    /// it (shortened when it is longer than any URL the policy accepts). Past the request budget
+    /// Record a refused request: a log line and an audit record, with the method and URL as the
+    /// guest gave them, bounded like every guest string (`policy::bounded`). Past the request budget
     /// only the first refusal is recorded, so that a guest looping on refused requests cannot fill
     /// the log or the audit file.
     pub(crate) fn refuse(
@@ -186,8 +187,8 @@ impl Egress {
             guest: &self.guest,
             interface: interface.name(),
             decision: "deny",
-            method: shortened(method, 32).as_ref(),
-            url: shortened(url, crate::policy::MAX_URL).as_ref(),
+            method: bounded(method, MAX_QUOTED_NAME).as_ref(),
+            url: bounded(url, MAX_QUOTED).as_ref(),
             status: None,
             bytes: 0,
             duration_ms: 0,
@@ -282,9 +283,7 @@ impl Egress {
         }
         for name in req.headers.keys() {
             if crate::policy::forbidden_header(name) {
-                let e = GuestError::InvalidRequest(format!(
-                    "header {name} is set by the host and cannot be given"
-                ));
+                let e = GuestError::InvalidRequest(crate::policy::forbidden_header_refused(name));
                 return Err(self.deny(req, e));
             }
         }
@@ -379,18 +378,6 @@ pub(crate) struct Admitted {
     permit: OwnedSemaphorePermit,
 }
 
-/// `text`, or its first bytes and its length when it is longer than `max`.
-fn shortened(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let mut end = max.min(256);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &text[..end], text.len()).into()
-}
-
 struct PendingAudit {
     audit: Arc<Audit>,
     guest: Arc<str>,
@@ -411,7 +398,7 @@ impl Drop for PendingAudit {
             interface: self.interface,
             decision: "allow",
             method: self.method.as_str(),
-            url: &self.url,
+            url: &bounded(&self.url, MAX_QUOTED),
             status: Some(self.status),
             bytes: self.bytes,
             duration_ms: self.started.elapsed().as_millis() as u64,

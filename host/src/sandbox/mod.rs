@@ -300,6 +300,9 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<GuestState>,
     client: FapiClient,
+    /// What guests send through: `client`'s identity and tokens, connections of their own that
+    /// never go to an address of the authorization server.
+    guest_client: FapiClient,
     policy: Arc<Policy>,
     limits: SandboxSettings,
     audit: Arc<Audit>,
@@ -381,6 +384,117 @@ fn wasm_error_chain(e: &wasmtime::Error) -> String {
     s
 }
 
+/// Why a guest was stopped for a resource handle: one it does not hold (dropped already, or
+/// invented), one of another type, or more than `[sandbox] max_handles` at once. wasmtime says
+/// this in errors of its own (the component model's handle tables, and the host's
+/// `ResourceTable`), with a backtrace around them; the guest gets one line.
+fn handle_misuse(e: &wasmtime::Error, max_handles: u32) -> Option<String> {
+    use wasmtime::component::ResourceTableError;
+    let limit = || {
+        format!(
+            "the guest held more than {max_handles} resource handles at once ([sandbox] \
+             max_handles / --max-handles)"
+        )
+    };
+    let misuse = |what: &str| {
+        format!(
+            "the guest used a resource handle it does not hold, or one of another type ({}): a \
+             bug in the guest or its bindings",
+            crate::policy::bounded(what, crate::policy::MAX_QUOTED_NAME)
+        )
+    };
+    if let Some(t) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<ResourceTableError>())
+    {
+        return Some(match t {
+            ResourceTableError::Full => limit(),
+            other => misuse(&other.to_string()),
+        });
+    }
+    let root = e.root_cause().to_string();
+    if root.contains("handle limit exceeded") || root.contains("index overflow") {
+        return Some(limit());
+    }
+    let misused = [
+        "unknown handle index",
+        "used with the wrong type",
+        "is not a resource",
+        "is not an own resource",
+        "while borrowed",
+        "handle is not",
+        "of a different type",
+    ];
+    misused
+        .iter()
+        .any(|m| root.contains(m))
+        .then(|| misuse(&root))
+}
+
+/// Resolve the authorization server's hosts, refuse an allow entry that reaches one of its
+/// addresses and ports (a configuration error naming both), and build the client guests send
+/// through, which refuses such an address when it connects. Returns the policy, now also
+/// comparing IP addresses in URLs with the authorization server's, and that client.
+async fn guard_addresses(
+    client: &FapiClient,
+    policy: Policy,
+    authorization_server: &[url::Url],
+    limits: &SandboxSettings,
+) -> Result<(Policy, FapiClient)> {
+    let resolver = crate::net::Resolver::new(client.settings().client.resolve.clone());
+    let (addresses, unresolved) =
+        crate::net::AuthorizationServerAddresses::resolve(authorization_server, &resolver).await;
+    for name in &unresolved {
+        tracing::warn!(
+            "the authorization server's host {name} could not be resolved: guests are kept from it by name only"
+        );
+    }
+    let clash = |entry: &str, at: std::net::SocketAddr, url: &str| {
+        Error::Config(format!(
+            "egress allow entry {entry:?} reaches the authorization server: it goes to {at}, an \
+             address of {} (guests may never reach it, under any name); remove the entry, or if \
+             a data provider really shares that address and port (virtual hosts), list its origin \
+             in `[sandbox] allow_authorization_server_address` too (see the README for the risk)",
+            crate::policy::shown_url(url)
+        ))
+    };
+    for (ip, port, entry) in policy.allowed_addresses() {
+        if let Some(url) = addresses.blocks(ip, port) {
+            return Err(clash(entry, std::net::SocketAddr::new(ip, port), url));
+        }
+    }
+    let addresses = Arc::new(addresses);
+    let policy = policy.with_addresses(
+        addresses.clone(),
+        &limits.allow_authorization_server_address,
+    )?;
+    for (name, port, entry) in policy.allowed_names() {
+        if policy.is_shared(name, port) {
+            continue;
+        }
+        match resolver.lookup(name).await {
+            Ok(ips) => {
+                if let Some((ip, url)) = ips
+                    .iter()
+                    .find_map(|ip| addresses.blocks(*ip, port).map(|u| (*ip, u)))
+                {
+                    return Err(clash(entry, std::net::SocketAddr::new(ip, port), url));
+                }
+            }
+            // Checked again whenever a guest connects.
+            Err(e) => tracing::debug!("allow entry {entry}: {e}"),
+        }
+    }
+    let shared = policy
+        .allowed_names()
+        .into_iter()
+        .filter(|(name, port, _)| policy.is_shared(name, *port))
+        .map(|(name, port, _)| (name.to_owned(), port))
+        .collect();
+    let guests = client.for_guests(&policy.allowed_ports(), addresses, shared)?;
+    Ok((policy, guests))
+}
+
 impl Sandbox {
     /// A sandbox for `client`'s identity. Defaults: no files, no environment, no sockets, no
     /// name lookup, no stdin, and no origins but those of `[sandbox] allow` and
@@ -393,17 +507,20 @@ impl Sandbox {
         allow.extend(options.allow.iter().cloned());
         let issuer = url::Url::parse(&client.settings().issuer_url)
             .map_err(|e| Error::Config(format!("`issuer_url`: {e}")))?;
-        let policy = match client.server_metadata().await {
+        let (policy, guest_client) = match client.server_metadata().await {
             Ok(m) => {
                 let mut blocked = vec![issuer];
                 blocked.extend(m.endpoints());
-                Policy::new(&allow, &blocked)?
+                let policy = Policy::new(&allow, &blocked)?;
+                guard_addresses(&client, policy, &blocked, &limits).await?
             }
             Err(e) => {
                 // Validate the entries anyway, then fail closed.
                 Policy::new(&allow, std::slice::from_ref(&issuer))?;
                 tracing::warn!("{e}; every guest request will be denied");
-                Policy::new(&[], &[issuer])?
+                let policy = Policy::new(&[], &[issuer])?;
+                let guests = client.for_guests(&[], Arc::default(), Vec::new())?;
+                (policy, guests)
             }
         };
         let audit = Arc::new(match &options.audit {
@@ -444,6 +561,7 @@ impl Sandbox {
             engine,
             linker,
             client,
+            guest_client,
             policy: Arc::new(policy),
             limits,
             audit,
@@ -561,7 +679,7 @@ impl Sandbox {
             }
         };
         let egress = Arc::new(egress::Egress::new(
-            self.client.clone(),
+            self.guest_client.clone(),
             self.policy.clone(),
             self.audit.clone(),
             self.limits.clone(),
@@ -570,7 +688,11 @@ impl Sandbox {
         let state = GuestState {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(self.limits.max_handles as usize);
+                table
+            },
             hooks: http::EgressHooks {
                 egress: egress.clone(),
             },
@@ -580,6 +702,7 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_max_component_handles(self.limits.max_handles as usize);
         let budget = (self.limits.max_cpu.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         let mut used = 0u64;
         store.epoch_deadline_callback(move |mut ctx| {
@@ -609,6 +732,9 @@ impl Sandbox {
                 "the guest ran out of memory: its limit is {} MiB ([sandbox] max_memory_mib / --max-memory-mib)",
                 limits.max_memory >> 20
             );
+        }
+        if let Some(why) = handle_misuse(e, limits.max_handles) {
+            return why;
         }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::StackOverflow) => {

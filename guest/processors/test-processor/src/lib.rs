@@ -5,7 +5,8 @@
 //! - `trap`: panics (the instance traps; the item must be recorded as failed);
 //! - `spin`: loops forever (the host's CPU or time limit must stop it);
 //! - `fetch:<url>`: fetches `<url>` through `fapi-fetch` (same egress policy) and returns that body, or
-//!   `Err("<fapi_guest::Error>")`;
+//!   `Err("<fapi_guest::Error>")`; a name cannot hold `/`, so `<url>` has `|` for each `/`
+//!   (`fetch:https:||127.0.0.1:8443|x.csv`);
 //! - `refetch`: fetches the item's own URL again through `fapi-fetch`, with its `pfault=` query
 //!   parameter (a fault the batch's fetch does not see) turned into `fault=`, and returns that body;
 //!   `Err("HTTP <status>")` if it is not a 2xx;
@@ -49,7 +50,8 @@ impl Guest for TestProcessor {
         let body = fapi_guest::Body::from(raw);
         if let Some(url) = item.name.strip_prefix("fetch:") {
             drop(body);
-            let response = fapi_guest::get(url).map_err(|e| e.to_string())?;
+            let url = url.replace('|', "/");
+            let response = fapi_guest::get(&url).map_err(|e| e.to_string())?;
             return response.bytes().map_err(|e| e.to_string());
         }
         let behaviour = item.name.split('.').next().unwrap_or_default();
