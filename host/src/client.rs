@@ -15,7 +15,7 @@ use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
 use crate::error::{Error, Result, Warning};
 use crate::net::{AuthorizationServerAddresses, Resolver};
-use crate::policy::shown_url;
+use crate::policy::{HeaderCaller, header_refusal, shown_url};
 use crate::retry;
 use crate::tls;
 use crate::token::{TokenInfo, TokenManager};
@@ -462,7 +462,7 @@ impl RequestBuilder {
             .map_err(|e| Error::InvalidRequest(format!("{:?} is not a URL ({e})", self.url)))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
-            let (n, v) = parse_header(name, value)?;
+            let (n, v) = parse_header(HeaderCaller::Library, name, value)?;
             headers.append(n, v);
         }
         self.client
@@ -478,8 +478,13 @@ impl RequestBuilder {
     }
 }
 
-/// Parse one header given as text, refusing what the host sets itself.
-pub fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)> {
+/// Parse one header given as text by `caller`, refusing what the host sets itself (the rules of
+/// [`crate::policy::HEADER_RULES`]).
+pub fn parse_header(
+    caller: HeaderCaller,
+    name: &str,
+    value: &str,
+) -> Result<(HeaderName, HeaderValue)> {
     let n = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| Error::InvalidRequest(format!("{name:?} is not a valid header name")))?;
     let v = HeaderValue::from_str(value.trim()).map_err(|_| {
@@ -487,45 +492,25 @@ pub fn parse_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)
             "the value of header {n} has characters a header cannot carry (CR, LF, NUL or non-ASCII)"
         ))
     })?;
-    let mut one = HeaderMap::new();
-    one.insert(n.clone(), v.clone());
-    check_headers(&one)?;
+    if let Some(why) = header_refusal(caller, &n) {
+        return Err(Error::InvalidRequest(why));
+    }
     Ok((n, v))
 }
 
-/// Headers the caller may not set: the host owns them.
-pub fn forbidden_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n == "authorization" || n == "proxy-authorization" || n.starts_with("x-fapi-")
-}
-
+/// A library caller's headers: none the host owns (see [`crate::policy::HEADER_RULES`]).
 fn check_headers(headers: &HeaderMap) -> Result<()> {
-    for name in headers.keys() {
-        if forbidden_header(name) {
-            return Err(Error::InvalidRequest(format!(
-                "header {name} is set by fapi-host itself and cannot be given"
-            )));
-        }
+    match headers
+        .keys()
+        .find_map(|name| header_refusal(HeaderCaller::Library, name))
+    {
+        Some(why) => Err(Error::InvalidRequest(why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn check_url(url: &url::Url) -> Result<()> {
-    if url.scheme() != "https" {
-        return Err(Error::InvalidRequest(format!(
-            "{url}: only https URLs can be called (FAPI requires TLS)"
-        )));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::InvalidRequest(format!(
-            "{}: URLs with user information are refused",
-            url.host_str().unwrap_or("?")
-        )));
-    }
-    if url.host_str().is_none() {
-        return Err(Error::InvalidRequest(format!("{url}: no host")));
-    }
-    Ok(())
+    crate::policy::check_scheme_and_userinfo(url).map_err(|d| Error::InvalidRequest(d.to_string()))
 }
 
 /// The origins whose responses lacked the `x-fapi-interaction-id` echo, warned about once each.

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result, Warning};
+use crate::error::{Error, Result, Warning, WarningKind};
 
 /// Certificates that expire within this window produce a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -94,11 +94,14 @@ impl Identity {
             )));
         }
         if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
-            warnings.push(Warning(format!(
-                "{}: the certificate for {subject} expires on {}: renew it soon",
-                cert_name.display(),
-                fmt_time(not_after)
-            )));
+            warnings.push(Warning::new(
+                WarningKind::CertificateExpiresSoon,
+                format!(
+                    "{}: the certificate for {subject} expires on {}: renew it soon",
+                    cert_name.display(),
+                    fmt_time(not_after)
+                ),
+            ));
         }
 
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
@@ -112,10 +115,13 @@ impl Identity {
         match certified.keys_match() {
             Ok(()) => {}
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
-                warnings.push(Warning(format!(
-                    "{}: could not check that the private key matches the certificate",
-                    key_name.display()
-                )));
+                warnings.push(Warning::new(
+                    WarningKind::KeyMatchUnchecked,
+                    format!(
+                        "{}: could not check that the private key matches the certificate",
+                        key_name.display()
+                    ),
+                ));
             }
             Err(_) => {
                 return Err(Error::Credentials(format!(

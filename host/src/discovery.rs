@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result, Warning};
+use crate::error::{Error, Result, Warning, WarningKind};
 
 /// The endpoints and capabilities this client uses, taken from the discovery document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,34 +254,43 @@ pub fn check_document(
         }
         Some(_) => {}
         // Real directories omit it; the token request then says whether tls_client_auth works.
-        None => warnings.push(Warning(format!(
-            "the discovery document at {url} {ABSENT_AUTH_METHODS}"
-        ))),
+        None => warnings.push(Warning::new(
+            WarningKind::AuthMethodsAbsent,
+            format!("the discovery document at {url} {ABSENT_AUTH_METHODS}"),
+        )),
     }
     match &doc.grant_types_supported {
         Some(grants) if !grants.iter().any(|g| g == "client_credentials") => {
-            warnings.push(Warning(format!(
-                "the authorization server does not list `client_credentials` in grant_types_supported ({grants:?})"
-            )));
+            warnings.push(Warning::new(
+                WarningKind::ClientCredentialsNotListed,
+                format!(
+                    "the authorization server does not list `client_credentials` in grant_types_supported ({grants:?})"
+                ),
+            ));
         }
         Some(_) => {}
-        None => warnings.push(Warning(format!(
-            "the discovery document at {url} omits grant_types_supported, whose default (RFC 8414 \
-             section 2) is authorization_code and implicit only; assuming the server accepts \
-             client_credentials"
-        ))),
+        None => warnings.push(Warning::new(
+            WarningKind::GrantTypesAbsent,
+            format!(
+                "the discovery document at {url} omits grant_types_supported, whose default (RFC \
+                 8414 section 2) is authorization_code and implicit only; assuming the server \
+                 accepts client_credentials"
+            ),
+        )),
     }
     if doc.tls_client_certificate_bound_access_tokens != Some(true) {
-        warnings.push(Warning(
-            "the authorization server does not announce certificate-bound access tokens".into(),
+        warnings.push(Warning::new(
+            WarningKind::BoundTokensNotAnnounced,
+            "the authorization server does not announce certificate-bound access tokens",
         ));
     }
     if let Some(supported) = &doc.scopes_supported {
         for scope in scopes {
             if !supported.contains(scope) {
-                warnings.push(Warning(format!(
-                    "requested scope {scope:?} is not in the server's scopes_supported"
-                )));
+                warnings.push(Warning::new(
+                    WarningKind::ScopeNotSupported,
+                    format!("requested scope {scope:?} is not in the server's scopes_supported"),
+                ));
             }
         }
     }
@@ -437,7 +446,7 @@ mod tests {
         let body = doc(r#","scopes_supported":["a"]"#);
         let (_, w) = check_document(ISS, "u", &body, &["a".into(), "b".into()]).expect("valid");
         assert_eq!(w.len(), 1);
-        assert!(w[0].0.contains("\"b\""));
+        assert!(w[0].message.contains("\"b\""));
     }
 
     #[test]
@@ -446,7 +455,7 @@ mod tests {
             "tls_client_certificate_bound_access_tokens":true}"#;
         let (m, w) = check_document(ISS, "u", body, &[]).expect("accepted");
         assert_eq!(m.auth_methods_supported, None);
-        let w: Vec<&str> = w.iter().map(|w| w.0.as_str()).collect();
+        let w: Vec<&str> = w.iter().map(|w| w.message.as_str()).collect();
         assert_eq!(w.len(), 2, "{w:?}");
         assert_eq!(
             w[0],

@@ -324,11 +324,45 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// A non-fatal finding (for example a certificate that expires soon), shown by `check` and logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Warning(pub String);
+pub struct Warning {
+    /// What was found, for callers that treat findings differently.
+    pub kind: WarningKind,
+    /// What to tell the user.
+    pub message: String,
+}
+
+/// The kinds of [`Warning`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarningKind {
+    /// The client certificate expires within [`crate::EXPIRY_WARNING`].
+    CertificateExpiresSoon,
+    /// Whether the private key matches the certificate could not be checked.
+    KeyMatchUnchecked,
+    /// Discovery omits `token_endpoint_auth_methods_supported`.
+    AuthMethodsAbsent,
+    /// Discovery omits `grant_types_supported`.
+    GrantTypesAbsent,
+    /// Discovery lists grant types without `client_credentials`.
+    ClientCredentialsNotListed,
+    /// Discovery does not announce certificate-bound access tokens.
+    BoundTokensNotAnnounced,
+    /// A requested scope is not in `scopes_supported`.
+    ScopeNotSupported,
+}
+
+impl Warning {
+    /// A warning of `kind` saying `message`.
+    pub fn new(kind: WarningKind, message: impl Into<String>) -> Warning {
+        Warning {
+            kind,
+            message: message.into(),
+        }
+    }
+}
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 

@@ -19,6 +19,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// `Debug` for a type that holds a secret (a token, a key): its name and `[redacted]`, never its
+/// content. The one pattern for every such type of the crate.
+macro_rules! redacted_debug {
+    ($($t:ident),+ $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), "([redacted])"))
+            }
+        }
+    )+};
+}
+
 pub mod batch;
 #[cfg(feature = "sandbox")]
 pub mod cli;
@@ -45,15 +57,16 @@ pub mod www_authenticate;
 
 pub use client::{
     AuthProblem, FapiClient, FapiClientBuilder, FapiRequest, FapiResponse, INTERACTION_ID,
-    RedactedHeaders, RequestBuilder, forbidden_header, parse_header,
+    RedactedHeaders, RequestBuilder, parse_header,
 };
 pub use config::{ClientOptions, DEFAULT_CONFIG_FILE, Overrides, SandboxSettings, Settings};
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
 pub use discovery::{ServerMetadata, check_document, well_known_url};
-pub use error::{Error, ErrorKind, Result, Warning};
+pub use error::{Error, ErrorKind, Result, Warning, WarningKind};
 pub use net::{AuthorizationServerAddresses, ResolveOverrides};
 pub use policy::{
-    Denial, MAX_QUOTED, Policy, bounded, check_headers, check_method, check_parsed_method,
+    Denial, HEADER_RULES, HeaderCaller, HeaderOwner, HeaderRule, MAX_QUOTED, Policy, bounded,
+    check_headers, check_method, check_parsed_method, header_refusal, refused_header,
 };
 pub use retry::{is_idempotent, is_retryable_status};
 pub use tls::fapi_provider;

@@ -104,7 +104,11 @@ impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Denial::Invalid(m) => write!(f, "not a valid URL: {m}"),
-            Denial::NotHttps(u) => write!(f, "{}: only https URLs may be called", shown_url(u)),
+            Denial::NotHttps(u) => write!(
+                f,
+                "{}: only https URLs may be called (FAPI requires TLS)",
+                shown_url(u)
+            ),
             Denial::Userinfo(u) => write!(
                 f,
                 "{}: URLs with user information are refused",
@@ -153,16 +157,7 @@ impl fmt::Display for Denial {
 /// form), so the check of a guest request allocates nothing for it.
 fn host_port(url: &url::Url) -> std::result::Result<(Cow<'_, str>, u16), Denial> {
     let shown = || url.as_str().to_owned();
-    if url.scheme() != "https" {
-        return Err(Denial::NotHttps(shown()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        // Do not echo the credentials back.
-        return Err(Denial::Userinfo(format!(
-            "https://{}",
-            url.host_str().unwrap_or("?")
-        )));
-    }
+    check_scheme_and_userinfo(url)?;
     let host = match url.host() {
         Some(url::Host::Domain(d)) => {
             let d = d.strip_suffix('.').unwrap_or(d);
@@ -189,6 +184,28 @@ fn host_port(url: &url::Url) -> std::result::Result<(Cow<'_, str>, u16), Denial>
         .port_or_known_default()
         .ok_or_else(|| Denial::Invalid(shown()))?;
     Ok((host, port))
+}
+
+/// The rules every URL the host sends to follows, from a guest or a library caller alike: https
+/// (FAPI requires TLS), no user information (its credentials are not echoed back), a host.
+pub fn check_scheme_and_userinfo(url: &url::Url) -> std::result::Result<(), Denial> {
+    if url.scheme() != "https" {
+        return Err(Denial::NotHttps(url.as_str().to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Do not echo the credentials back.
+        return Err(Denial::Userinfo(format!(
+            "https://{}",
+            url.host_str().unwrap_or("?")
+        )));
+    }
+    if url.host_str().is_none() {
+        return Err(Denial::Invalid(format!(
+            "{}: no host",
+            shown_url(url.as_str())
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a path (as the parser normalised it) may mean another path to a server that decodes or
@@ -430,27 +447,135 @@ fn literal_ip(host: &str) -> Option<IpAddr> {
     bare.parse().ok()
 }
 
-/// Whether a guest may not set this header: the host owns credentials, routing and framing.
-pub fn forbidden_header(name: &HeaderName) -> bool {
+/// Who sets a header that a caller may not: what the host owns it for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderOwner {
+    /// Credentials and the FAPI headers: the token, the interaction id, DPoP proofs.
+    Credentials,
+    /// Where the request goes: `Host` comes from the URL (another one would not match the TLS
+    /// server name).
+    Routing,
+    /// How the body is framed: it comes from the body.
+    Framing,
+    /// The connection's own headers, hop-by-hop, which the host manages.
+    HopByHop,
+}
+
+impl HeaderOwner {
+    /// Why a caller may not give such a header, for messages.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HeaderOwner::Credentials => "the host sets credentials and the FAPI headers itself",
+            HeaderOwner::Routing => "it comes from the URL",
+            HeaderOwner::Framing => "it comes from the body",
+            HeaderOwner::HopByHop => "it belongs to the connection, which the host manages",
+        }
+    }
+}
+
+/// Who gives headers to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderCaller {
+    /// An untrusted guest, through `fapi-fetch` or `wasi:http`.
+    Guest,
+    /// The operator on the command line: `fetch -H` and the headers of batch input lines.
+    Command,
+    /// A Rust program calling [`crate::FapiClient`]: everything it may send is its own, but the
+    /// credentials.
+    Library,
+}
+
+/// One header the host owns: its name (or a prefix of names), its owner, and who may not give it.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderRule {
+    /// The lower-case name, or the prefix when `prefix` is true.
+    pub name: &'static str,
+    /// Whether `name` is a prefix (`x-fapi-`).
+    pub prefix: bool,
+    /// What the host owns it for.
+    pub owner: HeaderOwner,
+    /// The callers that may not give it.
+    pub refused_for: &'static [HeaderCaller],
+}
+
+const ALL: &[HeaderCaller] = &[
+    HeaderCaller::Guest,
+    HeaderCaller::Command,
+    HeaderCaller::Library,
+];
+const GUEST_AND_COMMAND: &[HeaderCaller] = &[HeaderCaller::Guest, HeaderCaller::Command];
+const GUEST: &[HeaderCaller] = &[HeaderCaller::Guest];
+
+const fn rule(
+    name: &'static str,
+    owner: HeaderOwner,
+    refused_for: &'static [HeaderCaller],
+) -> HeaderRule {
+    HeaderRule {
+        name,
+        prefix: false,
+        owner,
+        refused_for,
+    }
+}
+
+/// The one table of headers the host owns. Every check of a caller's headers reads it:
+/// [`refused_header`] (guests' `fapi-fetch` and `wasi:http` requests, `fetch -H`, batch input, the
+/// library's requests).
+pub const HEADER_RULES: &[HeaderRule] = &[
+    rule("authorization", HeaderOwner::Credentials, ALL),
+    rule("proxy-authorization", HeaderOwner::Credentials, ALL),
+    rule("dpop", HeaderOwner::Credentials, ALL),
+    HeaderRule {
+        name: "x-fapi-",
+        prefix: true,
+        owner: HeaderOwner::Credentials,
+        refused_for: ALL,
+    },
+    // A guest has no cookies of its own to send, and one the host had would be a credential.
+    rule("cookie", HeaderOwner::Credentials, GUEST),
+    rule("proxy-authenticate", HeaderOwner::Credentials, GUEST),
+    rule("host", HeaderOwner::Routing, GUEST_AND_COMMAND),
+    rule("content-length", HeaderOwner::Framing, GUEST_AND_COMMAND),
+    rule("transfer-encoding", HeaderOwner::Framing, GUEST_AND_COMMAND),
+    rule("trailer", HeaderOwner::Framing, GUEST_AND_COMMAND),
+    rule("te", HeaderOwner::HopByHop, GUEST_AND_COMMAND),
+    rule("connection", HeaderOwner::HopByHop, GUEST_AND_COMMAND),
+    rule("keep-alive", HeaderOwner::HopByHop, GUEST_AND_COMMAND),
+    rule("proxy-connection", HeaderOwner::HopByHop, GUEST_AND_COMMAND),
+    rule("upgrade", HeaderOwner::HopByHop, GUEST_AND_COMMAND),
+    rule("http2-settings", HeaderOwner::HopByHop, GUEST_AND_COMMAND),
+];
+
+/// The rule that refuses header `name` to `caller`, if one does.
+pub fn refused_header(caller: HeaderCaller, name: &HeaderName) -> Option<&'static HeaderRule> {
     let n = name.as_str();
-    matches!(
-        n,
-        "authorization"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "proxy-connection"
-            | "cookie"
-            | "host"
-            | "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "http2-settings"
-            | "content-length"
-            | "dpop"
-    ) || n.starts_with("x-fapi-")
+    HEADER_RULES.iter().find(|r| {
+        r.refused_for.contains(&caller)
+            && if r.prefix {
+                n.starts_with(r.name)
+            } else {
+                n == r.name
+            }
+    })
+}
+
+/// Whether a guest may not set this header (the filter of both guest interfaces).
+#[cfg(feature = "sandbox")]
+pub(crate) fn forbidden_header(name: &HeaderName) -> bool {
+    refused_header(HeaderCaller::Guest, name).is_some()
+}
+
+/// Why `caller` may not give header `name`, if it may not: the message names the header (bounded
+/// like every caller's string) and the reason.
+pub fn header_refusal(caller: HeaderCaller, name: &HeaderName) -> Option<String> {
+    refused_header(caller, name).map(|r| {
+        format!(
+            "header {} is set by the host and cannot be given ({})",
+            bounded(name.as_str(), MAX_QUOTED_NAME),
+            r.owner.reason()
+        )
+    })
 }
 
 /// The methods a guest may use (no TRACE or CONNECT, nothing unregistered).
@@ -478,14 +603,6 @@ fn method_refused(method: &str) -> String {
     format!(
         "method {:?} is not allowed ({METHODS})",
         bounded(method, MAX_QUOTED_NAME)
-    )
-}
-
-/// Why a guest may not give header `name` (one of [`forbidden_header`]'s).
-pub fn forbidden_header_refused(name: &HeaderName) -> String {
-    format!(
-        "header {} is set by the host and cannot be given",
-        bounded(name.as_str(), MAX_QUOTED_NAME)
     )
 }
 
@@ -521,8 +638,8 @@ pub fn check_headers<'a>(
         }
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{:?} is not a valid header name", printable(name)))?;
-        if forbidden_header(&n) {
-            return Err(forbidden_header_refused(&n));
+        if let Some(refusal) = header_refusal(HeaderCaller::Guest, &n) {
+            return Err(refusal);
         }
         let v = HeaderValue::from_bytes(value).map_err(|_| {
             format!(
@@ -793,6 +910,69 @@ mod tests {
         assert!(check_headers(many.iter().map(|(n, v)| (n.as_str(), v.as_slice()))).is_err());
         let big = vec![b'a'; MAX_HEADER_VALUE + 1];
         assert!(check_headers([("x-big", big.as_slice())]).is_err());
+    }
+
+    /// The set each caller may not give, pinned.
+    #[test]
+    fn each_caller_is_refused_its_set_of_headers() {
+        let refused = |caller: HeaderCaller| -> Vec<&str> {
+            [
+                "authorization",
+                "proxy-authorization",
+                "dpop",
+                "x-fapi-interaction-id",
+                "x-fapi-auth-date",
+                "cookie",
+                "proxy-authenticate",
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "trailer",
+                "te",
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "upgrade",
+                "http2-settings",
+                "accept",
+                "content-type",
+                "x-request-id",
+                "x-fap",
+            ]
+            .into_iter()
+            .filter(|n| refused_header(caller, &HeaderName::from_static(n)).is_some())
+            .collect()
+        };
+        let credentials = [
+            "authorization",
+            "proxy-authorization",
+            "dpop",
+            "x-fapi-interaction-id",
+            "x-fapi-auth-date",
+        ];
+        let routing_framing_connection = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "trailer",
+            "te",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "http2-settings",
+        ];
+        assert_eq!(refused(HeaderCaller::Library), credentials);
+        let mut command = credentials.to_vec();
+        command.extend(routing_framing_connection);
+        assert_eq!(refused(HeaderCaller::Command), command);
+        let mut guest = credentials.to_vec();
+        guest.extend(["cookie", "proxy-authenticate"]);
+        guest.extend(routing_framing_connection);
+        assert_eq!(refused(HeaderCaller::Guest), guest);
+        let why = header_refusal(HeaderCaller::Command, &HeaderName::from_static("host"))
+            .expect("refused");
+        assert!(why.contains("it comes from the URL"), "{why}");
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! - Redirects are never followed, proxies from the environment are ignored, and only https URLs
 //!   are sent.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -207,11 +206,7 @@ impl ServerCertVerifier for BundleFirst {
 /// Presents the one client certificate chain whenever the server asks for one.
 struct Presenter(Arc<CertifiedKey>);
 
-impl fmt::Debug for Presenter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Presenter([redacted])")
-    }
-}
+redacted_debug!(Presenter);
 
 impl ResolvesClientCert for Presenter {
     fn resolve(

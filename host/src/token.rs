@@ -42,6 +42,8 @@ pub struct TokenInfo {
 #[derive(Clone)]
 pub(crate) struct BearerHeader(HeaderValue);
 
+redacted_debug!(BearerHeader);
+
 impl BearerHeader {
     pub(crate) fn header(&self) -> HeaderValue {
         self.0.clone()
@@ -50,12 +52,6 @@ impl BearerHeader {
     /// The raw token, for the introspection form body only.
     fn expose_token(&self) -> &[u8] {
         &self.0.as_bytes()["Bearer ".len()..]
-    }
-}
-
-impl fmt::Debug for BearerHeader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Bearer [redacted]")
     }
 }
 
@@ -802,4 +798,22 @@ fn introspection_status_next_step(status: http::StatusCode) -> &'static str {
 /// Server-chosen text, cut and stripped of control characters before it reaches a message.
 fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let mut value = HeaderValue::from_static("Bearer s3cr3t-t0ken");
+        value.set_sensitive(true);
+        let lease = Lease {
+            bearer: BearerHeader(value),
+            generation: 7,
+        };
+        let shown = format!("{lease:?} {:?}", lease.bearer);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("BearerHeader([redacted])"), "{shown}");
+    }
 }

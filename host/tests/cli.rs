@@ -511,6 +511,8 @@ async fn fetch_refuses_the_headers_the_client_owns() {
         "Authorization: Bearer mine",
         "Proxy-Authorization: Basic eA==",
         "x-fapi-interaction-id: 1",
+        "DPoP: eyJ0eXAiOiJkcG9wK2p3dCJ9",
+        "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA",
     ] {
         let (code, out, err) = run(header).await.unwrap();
         let err = s(&err);
@@ -518,7 +520,7 @@ async fn fetch_refuses_the_headers_the_client_owns() {
         assert_eq!(code, 6, "{header}: {err}");
         assert!(
             err.contains(&format!(
-                "header {name} is set by fapi-host itself and cannot be given"
+                "header {name} is set by the host and cannot be given"
             )),
             "{header}: {err}"
         );

@@ -130,7 +130,11 @@ fn validity_is_checked() {
     let soon = pki.issue_client(spec).unwrap();
     let (_, warnings) = load(dir.path(), &soon.cert_pem, &soon.key_pem).unwrap();
     assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].0.contains("expires"), "{warnings:?}");
+    assert!(
+        warnings[0].kind == fapi_host::WarningKind::CertificateExpiresSoon
+            && warnings[0].message.contains("expires"),
+        "{warnings:?}"
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@ use http::Method;
 use super::naming;
 use super::urls::UrlParser;
 use crate::client::parse_header;
+use crate::policy::HeaderCaller;
 
 /// One item to fetch.
 #[derive(Clone, Debug)]
@@ -534,7 +535,7 @@ fn parse_line(
     };
     let mut map = http::HeaderMap::new();
     for (n, v) in &headers {
-        let (n, v) = parse_header(n, v).map_err(|e| e.to_string())?;
+        let (n, v) = parse_header(HeaderCaller::Command, n, v).map_err(|e| e.to_string())?;
         map.append(n, v);
     }
     let named = name.is_some();

@@ -135,7 +135,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
             }
             for w in warnings {
                 // Said on the line above.
-                if !w.0.ends_with(crate::discovery::ABSENT_AUTH_METHODS) {
+                if w.kind != crate::WarningKind::AuthMethodsAbsent {
                     r.warn("discovery", w)?;
                 }
             }

@@ -1,5 +1,6 @@
 //! `fapi-host fetch`: curl-like protected requests.
 
+use crate::policy::HeaderCaller;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -51,8 +52,7 @@ pub(super) async fn run(cli: &Cli, args: &FetchArgs) -> Result<u8> {
         let (name, value) = h.split_once(':').ok_or_else(|| {
             Error::InvalidRequest(format!("header {h:?} must look like 'Name: value'"))
         })?;
-        let (parsed, _) = crate::client::parse_header(name, value)?;
-        check_owned_header(&parsed)?;
+        crate::client::parse_header(HeaderCaller::Command, name, value)?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
     let settings = cli.settings()?;
@@ -92,24 +92,6 @@ pub(super) async fn run(cli: &Cli, args: &FetchArgs) -> Result<u8> {
         write_response(response, args.include, args.output.get(i)).await?;
     }
     Ok(code)
-}
-
-/// Refuse the headers the client sets from the request itself (the library refuses the
-/// credentials: `Authorization`, `Proxy-Authorization`, `x-fapi-*`): `Host` comes from the URL
-/// (another one would not match the TLS server name), the framing from the body, and the
-/// connection's own headers are hop-by-hop.
-fn check_owned_header(name: &http::HeaderName) -> Result<()> {
-    let why = match name.as_str() {
-        "host" => "it comes from the URL",
-        "content-length" | "transfer-encoding" | "trailer" => "it comes from the body (-d)",
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "upgrade" | "http2-settings" => {
-            "it belongs to the connection, which fapi-host manages"
-        }
-        _ => return Ok(()),
-    };
-    Err(Error::InvalidRequest(format!(
-        "header {name} is set by fapi-host itself and cannot be given ({why})"
-    )))
 }
 
 fn read_data(d: &str) -> Result<Bytes> {

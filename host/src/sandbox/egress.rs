@@ -16,7 +16,7 @@ use super::audit::{Audit, AuditEvent};
 use crate::client::{FapiClient, FapiRequest, FapiResponse};
 use crate::config::SandboxSettings;
 use crate::error::Error;
-use crate::policy::{Denial, MAX_QUOTED, MAX_QUOTED_NAME, Policy, bounded};
+use crate::policy::{Denial, HeaderCaller, MAX_QUOTED, MAX_QUOTED_NAME, Policy, bounded};
 
 /// What went wrong with a guest request, before it is mapped to a guest-visible error type.
 /// No variant carries credentials.
@@ -282,9 +282,8 @@ impl Egress {
             return Err(self.deny(req, GuestError::InvalidRequest(m)));
         }
         for name in req.headers.keys() {
-            if crate::policy::forbidden_header(name) {
-                let e = GuestError::InvalidRequest(crate::policy::forbidden_header_refused(name));
-                return Err(self.deny(req, e));
+            if let Some(why) = crate::policy::header_refusal(HeaderCaller::Guest, name) {
+                return Err(self.deny(req, GuestError::InvalidRequest(why)));
             }
         }
         if let Some(b) = &req.body
