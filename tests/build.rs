@@ -3,12 +3,38 @@
 //! test names the component it runs: `fapi_tests::guests::PROBE`.
 
 include!("../guest/build-support/build_guests.rs");
+include!("../guest/build-support/tools.rs");
 
 fn main() {
     let guests = build_guests(None);
     let out_dir =
         std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     write_guest_constants(&guests, &out_dir.join("guests.rs"));
+    // Tests that need a tool from outside Rust are ignored where it is missing (tools.rs).
+    tool_cfg(
+        "fapi_has_oidc_provider",
+        "FAPI_REQUIRE_INTEROP",
+        &["oidc"],
+        || {
+            command_runs("node", &["--version"])
+                && std::path::Path::new("oidc/node_modules/oidc-provider/package.json").exists()
+        },
+    );
+    tool_cfg(
+        "fapi_has_componentize_py",
+        "FAPI_REQUIRE_LANG_PLUGINS",
+        &[],
+        || command_runs("componentize-py", &["--version"]),
+    );
+    tool_cfg(
+        "fapi_has_componentize_js",
+        "FAPI_REQUIRE_LANG_PLUGINS",
+        &["../guest/js"],
+        || {
+            command_runs("node", &["--version"])
+                && std::path::Path::new("../guest/js/node_modules").exists()
+        },
+    );
     // The wasmtime compilation cache that every test binary of this crate shares.
     println!(
         "cargo:rustc-env=FAPI_TESTS_WASMTIME_CACHE={}",

@@ -74,6 +74,7 @@ fn registered_identity_loads_with_its_thumbprint() {
 }
 
 #[test]
+#[cfg_attr(not(fapi_has_openssl), ignore = "needs the openssl command")]
 fn thumbprint_matches_openssl() {
     if !has_openssl("thumbprint_matches_openssl") {
         return;
@@ -160,6 +161,7 @@ fn bad_files_get_clear_errors() {
 
 /// PKCS#1 RSA and SEC1 EC keys (converted by openssl from the generated ones) load; weak keys do not.
 #[test]
+#[cfg_attr(not(fapi_has_openssl), ignore = "needs the openssl command")]
 fn key_formats_and_strength() {
     if !has_openssl("key_formats_and_strength") {
         return;

@@ -347,6 +347,10 @@ fn needles(env: &Env) -> Needles {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(fapi_has_oidc_provider),
+    ignore = "needs node and `npm ci --prefix tests/oidc` (missing when this crate was built)"
+)]
 async fn fetch_run_and_batch_read_data_with_oidc_provider_tokens() {
     let Some(env) = Env::start(
         "fetch_run_and_batch_read_data_with_oidc_provider_tokens",
@@ -524,6 +528,10 @@ async fn fetch_run_and_batch_read_data_with_oidc_provider_tokens() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(fapi_has_oidc_provider),
+    ignore = "needs node and `npm ci --prefix tests/oidc` (missing when this crate was built)"
+)]
 async fn tokens_are_refreshed_after_expiry_and_not_before() {
     const TTL: u64 = 4;
     let Some(env) = Env::start("tokens_are_refreshed_after_expiry_and_not_before", TTL).await
@@ -636,6 +644,10 @@ async fn tokens_are_refreshed_after_expiry_and_not_before() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(fapi_has_oidc_provider),
+    ignore = "needs node and `npm ci --prefix tests/oidc` (missing when this crate was built)"
+)]
 async fn invalid_scope_and_invalid_client_are_clear_errors() {
     let Some(env) = Env::start("invalid_scope_and_invalid_client_are_clear_errors", 300).await
     else {
@@ -746,6 +758,10 @@ async fn invalid_scope_and_invalid_client_are_clear_errors() {
 /// `fapi-host dev --issuer URL --issuer-ca FILE`: the dev data provider introspects at oidc-provider,
 /// and the written fapi.toml gets its tokens there.
 #[tokio::test]
+#[cfg_attr(
+    not(fapi_has_oidc_provider),
+    ignore = "needs node and `npm ci --prefix tests/oidc` (missing when this crate was built)"
+)]
 async fn dev_command_points_the_data_provider_at_an_external_issuer() {
     let Some((_pki, dir, oidc)) = start_oidc(
         "dev_command_points_the_data_provider_at_an_external_issuer",

@@ -506,11 +506,19 @@ async fn csv_summary_end_to_end(lang: Lang) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(fapi_has_componentize_py),
+    ignore = "needs componentize-py: pip install -r guest/python/requirements.txt"
+)]
 async fn python_csv_summary_plugin() {
     csv_summary_end_to_end(Lang::Python).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(fapi_has_componentize_js),
+    ignore = "needs node and `npm ci --prefix guest/js`"
+)]
 async fn javascript_csv_summary_plugin() {
     csv_summary_end_to_end(Lang::JavaScript).await;
 }

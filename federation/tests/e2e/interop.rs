@@ -54,6 +54,7 @@ async fn run(mut cmd: tokio::process::Command) -> std::process::Output {
 }
 
 #[tokio::test]
+#[cfg_attr(not(fapi_has_curl), ignore = "needs curl")]
 async fn curl_gets_a_token_and_data() {
     if !prerequisite(
         "curl_gets_a_token_and_data",
@@ -138,6 +139,10 @@ sys.stdout.buffer.write(r.content)
 "#;
 
 #[tokio::test]
+#[cfg_attr(
+    not(fapi_has_python_requests),
+    ignore = "needs python3 with requests: pip install requests"
+)]
 async fn python_requests_gets_a_token_and_data() {
     if !prerequisite(
         "python_requests_gets_a_token_and_data",
