@@ -16,6 +16,25 @@
 //! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
 //!   redirects are never followed, so a token never follows a redirect to another origin.
 //! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always.
+//!
+//! Where things are:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
+//! | `token` | the token cache and its refresh; token requests and introspection |
+//! | `discovery` | the authorization server's metadata, fetched and checked |
+//! | `credentials` | [`Identity`]: the key and certificate, loaded and checked |
+//! | `tls` | the rustls configuration of an identity and the HTTP clients built on it |
+//! | `net` | name resolution (`[client.resolve]`) and the authorization server's addresses |
+//! | `policy` | the egress policy of guests, the one table of headers the host owns, bounded quoting |
+//! | `config` | [`Settings`]: the configuration file, environment and flags, validated |
+//! | `error` | [`Error`], [`ErrorKind`], [`Warning`] |
+//! | `retry` | backoff and `Retry-After` |
+//! | [`www_authenticate`] | RFC 6750 challenges |
+//! | [`sandbox`] | the wasm sandbox: engine, limits, the two guest interfaces, audit |
+//! | [`batch`] | `fapi-host batch`: input, naming, the engine, the manifest |
+//! | [`cli`] | the `fapi-host` commands |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -371,6 +371,70 @@ impl Egress {
     }
 }
 
+/// Resolve the authorization server's hosts, refuse an allow entry that reaches one of its
+/// addresses and ports (a configuration error naming both), and build the client guests send
+/// through, which refuses such an address when it connects. Returns the policy, now also
+/// comparing IP addresses in URLs with the authorization server's, and that client.
+pub(crate) async fn guarded(
+    client: &FapiClient,
+    policy: Policy,
+    authorization_server: &[url::Url],
+    limits: &SandboxSettings,
+) -> crate::error::Result<(Policy, FapiClient)> {
+    let resolver = crate::net::Resolver::new(client.settings().client.resolve.clone());
+    let (addresses, unresolved) =
+        crate::net::AuthorizationServerAddresses::resolve(authorization_server, &resolver).await;
+    for name in &unresolved {
+        tracing::warn!(
+            "the authorization server's host {name} could not be resolved: guests are kept from it by name only"
+        );
+    }
+    let clash = |entry: &str, at: std::net::SocketAddr, url: &str| {
+        Error::Config(format!(
+            "egress allow entry {entry:?} reaches the authorization server: it goes to {at}, an \
+             address of {} (guests may never reach it, under any name); remove the entry, or if \
+             a data provider really shares that address and port (virtual hosts), list its origin \
+             in `[sandbox] allow_authorization_server_address` too (see the README for the risk)",
+            crate::policy::shown_url(url)
+        ))
+    };
+    for (ip, port, entry) in policy.allowed_addresses() {
+        if let Some(url) = addresses.blocks(ip, port) {
+            return Err(clash(entry, std::net::SocketAddr::new(ip, port), url));
+        }
+    }
+    let addresses = Arc::new(addresses);
+    let policy = policy.with_addresses(
+        addresses.clone(),
+        &limits.allow_authorization_server_address,
+    )?;
+    for (name, port, entry) in policy.allowed_names() {
+        if policy.is_shared(name, port) {
+            continue;
+        }
+        match resolver.lookup(name).await {
+            Ok(ips) => {
+                if let Some((ip, url)) = ips
+                    .iter()
+                    .find_map(|ip| addresses.blocks(*ip, port).map(|u| (*ip, u)))
+                {
+                    return Err(clash(entry, std::net::SocketAddr::new(ip, port), url));
+                }
+            }
+            // Checked again whenever a guest connects.
+            Err(e) => tracing::debug!("allow entry {entry}: {e}"),
+        }
+    }
+    let shared = policy
+        .allowed_names()
+        .into_iter()
+        .filter(|(name, port, _)| policy.is_shared(name, *port))
+        .map(|(name, port, _)| (name.to_owned(), port))
+        .collect();
+    let guests = client.for_guests(&policy.allowed_ports(), addresses, shared)?;
+    Ok((policy, guests))
+}
+
 /// A request let through by [`Egress::admit`]: its checked URL and its place in flight.
 pub(crate) struct Admitted {
     url: url::Url,

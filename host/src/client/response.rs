@@ -1,0 +1,193 @@
+//! What comes back: [`FapiResponse`] (a body read when asked for) and [`AuthProblem`].
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use crate::error::{Error, Result};
+use crate::policy::shown_url;
+use crate::www_authenticate;
+
+/// What a 401 or 403 means for this client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthProblem {
+    /// A bare 401: the server did not get or accept the client certificate.
+    ClientCertificate,
+    /// 401 invalid_token even after a fresh token.
+    InvalidToken,
+    /// 403 insufficient_scope.
+    InsufficientScope(Option<String>),
+    /// 400 invalid_request.
+    InvalidRequest(Option<String>),
+}
+
+impl AuthProblem {
+    pub(super) fn of(status: StatusCode, headers: &HeaderMap) -> Option<AuthProblem> {
+        let challenge = www_authenticate::bearer(headers);
+        let error = challenge.as_ref().and_then(|c| c.error.clone());
+        match (status.as_u16(), error.as_deref()) {
+            (401, Some("invalid_token")) => Some(AuthProblem::InvalidToken),
+            (401, _) => Some(AuthProblem::ClientCertificate),
+            (403, Some("insufficient_scope")) => Some(AuthProblem::InsufficientScope(
+                challenge.and_then(|c| c.scope),
+            )),
+            (400, Some("invalid_request")) => Some(AuthProblem::InvalidRequest(
+                challenge.and_then(|c| c.description),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AuthProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthProblem::ClientCertificate => f.write_str(
+                "401 without an error code: the server did not accept the client certificate \
+                 (is `certificate` the one registered for this client, issued by a CA the server trusts?)",
+            ),
+            AuthProblem::InvalidToken => f.write_str(
+                "401 invalid_token even with a fresh token: the token is not accepted by this server \
+                 (is it a resource server of this issuer, and is the token bound to this certificate?)",
+            ),
+            AuthProblem::InsufficientScope(scope) => write!(
+                f,
+                "403 insufficient_scope: the token lacks the scope this resource needs{}; add it to `requested_scopes` (and have it granted to the client)",
+                scope.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+            AuthProblem::InvalidRequest(d) => write!(
+                f,
+                "400 invalid_request{}",
+                d.as_ref().map(|s| format!(": {s}")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// A response to a protected request. The body is not read until asked for.
+#[derive(Debug)]
+pub struct FapiResponse {
+    pub(super) status: StatusCode,
+    pub(super) url: url::Url,
+    pub(super) interaction_id: Option<String>,
+    pub(super) attempts: u32,
+    pub(super) elapsed: Duration,
+    pub(super) problem: Option<AuthProblem>,
+    pub(super) inner: reqwest::Response,
+}
+
+impl FapiResponse {
+    /// Status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// Headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.inner.headers()
+    }
+    /// Take the headers out of the response (leaving it none), for a caller that passes them on
+    /// and streams the body: no copy of the map.
+    pub fn take_headers(&mut self) -> HeaderMap {
+        std::mem::take(self.inner.headers_mut())
+    }
+    /// The URL requested.
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+    /// The interaction id sent.
+    pub fn interaction_id(&self) -> Option<&str> {
+        self.interaction_id.as_deref()
+    }
+    /// Attempts made (1 without retries or replays).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    /// Time from the first attempt to this response's head.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+    /// What a 400/401/403 means, when it is an authorization problem.
+    pub fn auth_problem(&self) -> Option<&AuthProblem> {
+        self.problem.as_ref()
+    }
+    /// The next chunk of the body, or None at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        let url = &self.url;
+        self.inner.chunk().await.map_err(|e| body_error(url, e))
+    }
+    /// The body as a stream of chunks.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + 'static {
+        let url = self.url;
+        futures_util::StreamExt::map(self.inner.bytes_stream(), move |r| {
+            r.map_err(|e| body_error(&url, e))
+        })
+    }
+
+    /// The whole body, up to `limit` bytes.
+    pub async fn bytes_limited(mut self, limit: u64) -> Result<Bytes> {
+        let too_large = |url: &url::Url| {
+            Error::TooLarge(format!(
+                "the body of {} is larger than {limit} bytes",
+                shown_url(url.as_str())
+            ))
+        };
+        // Most bodies arrive in one chunk: return it as it is, without copying.
+        let Some(first) = self.chunk().await? else {
+            return Ok(Bytes::new());
+        };
+        if first.len() as u64 > limit {
+            return Err(too_large(&self.url));
+        }
+        let Some(second) = self.chunk().await? else {
+            return Ok(first);
+        };
+        let mut out = bytes::BytesMut::from(&first[..]);
+        let mut next = Some(second);
+        while let Some(chunk) = next {
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Err(too_large(&self.url));
+            }
+            out.extend_from_slice(&chunk);
+            next = self.chunk().await?;
+        }
+        Ok(out.freeze())
+    }
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes> {
+        self.bytes_limited(u64::MAX).await
+    }
+    /// The whole body as text (lossy UTF-8).
+    pub async fn text(self) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.bytes().await?).into_owned())
+    }
+    /// The whole body as JSON.
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        let url = self.url.clone();
+        let b = self.bytes().await?;
+        serde_json::from_slice(&b).map_err(|e| {
+            Error::InvalidRequest(format!("the body of {url} is not the JSON expected ({e})"))
+        })
+    }
+}
+
+/// A failure while reading a response body, after the head arrived (TLS was fine then): the
+/// connection was cut, reset or stalled. Always a network error, never a TLS one, even when
+/// rustls is the layer that noticed the missing close_notify.
+fn body_error(url: &url::Url, e: reqwest::Error) -> Error {
+    // reqwest finds a timeout anywhere in the chain (its read timeout, hyper's, an io TimedOut).
+    let timeout = e.is_timeout();
+    let chain = crate::error::error_chain(&e.without_url());
+    if timeout {
+        Error::Timeout(format!(
+            "reading the body of {}: timed out: nothing arrived for the configured `timeout_seconds` ({chain})",
+            shown_url(url.as_str())
+        ))
+    } else {
+        Error::Network(format!(
+            "reading the body of {}: the connection ended before the whole body arrived ({chain})",
+            shown_url(url.as_str())
+        ))
+    }
+}
