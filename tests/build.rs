@@ -35,6 +35,15 @@ fn main() {
                 && std::path::Path::new("../guest/js/node_modules").exists()
         },
     );
+    tool_cfg(
+        "fapi_has_curl_and_python_requests",
+        "FAPI_REQUIRE_INTEROP",
+        &[],
+        || {
+            command_runs("curl", &["--version"])
+                && command_runs("python3", &["-c", "import requests"])
+        },
+    );
     // The wasmtime compilation cache that every test binary of this crate shares.
     println!(
         "cargo:rustc-env=FAPI_TESTS_WASMTIME_CACHE={}",

@@ -34,6 +34,7 @@
 //! | [`www_authenticate`] | RFC 6750 challenges |
 //! | [`sandbox`] | the wasm sandbox: engine, limits, the two guest interfaces, audit |
 //! | [`batch`] | `fapi-host batch`: input, naming, the engine, the manifest |
+//! | [`proxy`] | `fapi-host proxy`: plain HTTP on loopback in, mTLS and the token out |
 //! | [`cli`] | the `fapi-host` commands |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -60,6 +61,8 @@ mod discovery;
 mod error;
 mod net;
 mod policy;
+#[cfg(feature = "sandbox")]
+pub mod proxy;
 mod retry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;

@@ -335,3 +335,409 @@ async fn an_allow_entry_reaching_the_authorization_server_stops_run_and_batch_at
     assert!(!s.dir.path().join("out").join("manifest.jsonl").exists());
     s.assert_no_secrets(false, &[&input]);
 }
+
+/// A `fapi-host proxy` process of the test's, killed by PID when dropped, with its output.
+struct ProxyProcess {
+    child: std::process::Child,
+    origin: String,
+    key: String,
+}
+
+impl ProxyProcess {
+    /// `fapi-host proxy --listen 127.0.0.1:0 --route ...` with `s`'s configuration; waits for the
+    /// address it prints.
+    fn start(s: &Setup, routes: &[String]) -> ProxyProcess {
+        use std::io::BufRead as _;
+        let key_file = s.dir.path().join("proxy.key");
+        let mut cmd = Command::new(fapi_tests::fapi_host_bin());
+        cmd.arg("--config")
+            .arg(&s.config)
+            .args(["proxy", "--listen", "127.0.0.1:0", "--local-key-file"])
+            .arg(&key_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for r in routes {
+            cmd.args(["--route", r]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let origin = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_owned();
+        let key = std::fs::read_to_string(&key_file).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the local key file's mode");
+        ProxyProcess { child, origin, key }
+    }
+
+    /// curl ARGS against the proxy: (status, body).
+    fn curl(&self, args: &[&str]) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--path-as-is", "-o", "-", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = text(&out.stdout);
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.parse().unwrap(), body.to_owned())
+    }
+
+    fn bearer(&self) -> String {
+        format!("Authorization: Bearer {}", self.key)
+    }
+
+    /// Stop it (SIGTERM, then wait) and return what it printed.
+    fn stop(mut self) -> Vec<u8> {
+        use std::io::Read as _;
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let mut out = Vec::new();
+        let _ = self.child.stdout.take().unwrap().read_to_end(&mut out);
+        let _ = self.child.stderr.take().unwrap().read_to_end(&mut out);
+        out
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// curl and Python's `requests` read protected data through `fapi-host proxy` with nothing but
+/// its local key: the proxy adds mTLS, the token and the interaction id; one token serves every
+/// request; no token is in anything the callers or the proxy printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(fapi_has_curl_and_python_requests),
+    ignore = "needs curl and python3 with requests"
+)]
+async fn curl_and_python_requests_read_protected_data_through_the_proxy() {
+    let s = setup().await;
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/energy/={}/", s.fed.data_origin())])
+    });
+    let url = format!("{}/energy/consumption.csv", proxy.origin);
+    let expected = data::csv(data::DEFAULT_ROWS);
+    let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &proxy.bearer(), &url]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, expected);
+    let (status, head) = tokio::task::block_in_place(|| {
+        proxy.curl(&["-D", "-", "-o", "/dev/null", "-H", &proxy.bearer(), &url])
+    });
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("x-fapi-interaction-id:"),
+        "{head}"
+    );
+    let script = "import sys, requests\n\
+                  r = requests.get(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]})\n\
+                  r.raise_for_status()\n\
+                  sys.stdout.write(r.text)\n";
+    let py = Command::new("python3")
+        .args(["-c", script, &url, &proxy.key])
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", text(&py.stderr));
+    assert_eq!(text(&py.stdout), expected);
+    assert_eq!(
+        s.fed.counters().token_requests,
+        1,
+        "one token for every caller"
+    );
+    let printed = proxy.stop();
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("python's output".into(), py.stdout));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+}
+
+/// What a stranger tries against the proxy is refused, with nothing sent upstream (the data
+/// provider's counter): no key or a wrong one, credential headers of its own, paths that leave a
+/// route's upstream (`..`, encoded dots and slashes, `..;`), an absolute-form target, CONNECT and
+/// TRACE, a path outside every route. A route to the authorization server, under any name, and a
+/// non-loopback address stop the proxy at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxy_refuses_what_a_stranger_tries_and_sends_nothing_upstream() {
+    let s = setup().await;
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/items/={}/items/", s.fed.data_origin())])
+    });
+    let o = &proxy.origin;
+    let bearer = proxy.bearer();
+    let wrong = format!("Authorization: Bearer {}", "0".repeat(64));
+    // One allowed request, so that the token and its introspection are behind us.
+    let (status, body) =
+        tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &format!("{o}/items/1")]));
+    assert_eq!(status, 200, "{body}");
+    let before = s.fed.counters();
+    let cases: Vec<(Vec<String>, u16, &str)> = vec![
+        (vec![format!("{o}/items/1")], 401, "unauthorized"),
+        (
+            vec!["-H".into(), wrong.clone(), format!("{o}/items/1")],
+            401,
+            "unauthorized",
+        ),
+        (
+            vec![
+                "-H".into(),
+                "Authorization: Bearer".into(),
+                format!("{o}/items/1"),
+            ],
+            401,
+            "unauthorized",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                "-H".into(),
+                "Cookie: s=1".into(),
+                format!("{o}/items/1"),
+            ],
+            400,
+            "header_refused",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                "-H".into(),
+                "x-fapi-interaction-id: 1".into(),
+                format!("{o}/items/1"),
+            ],
+            400,
+            "header_refused",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                "-H".into(),
+                "DPoP: e30".into(),
+                format!("{o}/items/1"),
+            ],
+            400,
+            "header_refused",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                "-H".into(),
+                "Proxy-Authorization: Basic eA==".into(),
+                format!("{o}/items/1"),
+            ],
+            400,
+            "header_refused",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                format!("{o}/items/../consumption.csv"),
+            ],
+            403,
+            "denied",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                format!("{o}/items/%2e%2e/consumption.csv"),
+            ],
+            403,
+            "denied",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                format!("{o}/items/a%2F..%2F..%2Fecho"),
+            ],
+            403,
+            "denied",
+        ),
+        (
+            vec!["-H".into(), bearer.clone(), format!("{o}/items/..;/echo")],
+            403,
+            "denied",
+        ),
+        (
+            vec!["-H".into(), bearer.clone(), format!("{o}/items/..%3b/echo")],
+            403,
+            "denied",
+        ),
+        (
+            vec![
+                "-H".into(),
+                bearer.clone(),
+                "-X".into(),
+                "TRACE".into(),
+                format!("{o}/items/1"),
+            ],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            vec!["-H".into(), bearer.clone(), format!("{o}/consumption.csv")],
+            404,
+            "no_route",
+        ),
+    ];
+    for (args, status, error) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (got, body) = tokio::task::block_in_place(|| proxy.curl(&args));
+        assert_eq!(got, *status, "{args:?}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], *error, "{args:?}: {body}");
+    }
+    // Request targets curl does not send: absolute-form and CONNECT, written by hand.
+    let addr = o.trim_start_matches("http://").to_owned();
+    for (request, status) in [
+        (
+            format!(
+                "GET {}/consumption.csv HTTP/1.1\r\nHost: x\r\n{bearer}\r\n\r\n",
+                s.fed.data_origin()
+            ),
+            "400",
+        ),
+        (
+            format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n{bearer}\r\n\r\n"),
+            "405",
+        ),
+    ] {
+        use std::io::{Read as _, Write as _};
+        let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        sock.write_all(request.as_bytes()).unwrap();
+        let mut answer = [0u8; 64];
+        let n = sock.read(&mut answer).unwrap();
+        let answer = text(&answer[..n]);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:?}: {answer}"
+        );
+    }
+    let after = s.fed.counters();
+    assert_eq!(
+        after.dp_requests, before.dp_requests,
+        "a refused request went upstream"
+    );
+    assert_eq!(after.token_requests, before.token_requests);
+    drop(proxy);
+
+    // Never a route to the authorization server, by its name or another; loopback only.
+    let port = url::Url::parse(&s.fed.issuer_url())
+        .unwrap()
+        .port()
+        .unwrap();
+    for upstream in [
+        format!("https://127.0.0.1:{port}/"),
+        format!("https://localhost:{port}/"),
+        format!("https://[::1]:{port}/token/"),
+    ] {
+        let out = run(
+            &s,
+            vec![
+                "proxy".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--route".into(),
+                format!("/as/={upstream}"),
+            ],
+        )
+        .await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{upstream}: {stderr}");
+        assert!(
+            stderr.contains("authorization server"),
+            "{upstream}: {stderr}"
+        );
+    }
+    let out = run(
+        &s,
+        vec![
+            "proxy".into(),
+            "--listen".into(),
+            "0.0.0.0:0".into(),
+            "--route".into(),
+            format!("/items/={}/items/", s.fed.data_origin()),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("loopback"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Errors a caller of the proxy can act on: 503 with `Retry-After` while no token can be had
+/// (never a request without one), 200 once the authorization server answers again, 502 for a
+/// provider that cannot be reached; each with a JSON body naming the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxy_answers_what_the_caller_can_act_on() {
+    let s = setup().await;
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(
+            &s,
+            &[
+                format!("/items/={}/items/", s.fed.data_origin()),
+                "/down/=https://127.0.0.1:1/".to_owned(),
+            ],
+        )
+    });
+    let bearer = proxy.bearer();
+    let item = format!("{}/items/1", proxy.origin);
+    s.fed
+        .set_as_fault(Some(fapi_federation::AsFault::InvalidClient));
+    let (status, head) =
+        tokio::task::block_in_place(|| proxy.curl(&["-D", "-", "-H", &bearer, &item]));
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{head}"
+    );
+    assert!(
+        head.contains(r#""error":"token_unavailable""#) && head.contains("invalid_client"),
+        "{head}"
+    );
+    assert_eq!(
+        s.fed.counters().dp_requests,
+        0,
+        "a request went out without a token"
+    );
+    s.fed.set_as_fault(None);
+    let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &item]));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = tokio::task::block_in_place(|| {
+        proxy.curl(&["-H", &bearer, &format!("{}/down/x", proxy.origin)])
+    });
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains(r#""error":"upstream_unreachable""#), "{body}");
+    let printed = proxy.stop();
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+}

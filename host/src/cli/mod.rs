@@ -16,6 +16,7 @@ mod check;
 mod demo;
 mod dev;
 mod fetch;
+mod proxy;
 mod run;
 mod token;
 
@@ -124,6 +125,9 @@ pub enum Command {
     Batch(batch::BatchArgs),
     /// Start a local federation, run the bundled example plugin against it, explain what happened.
     Demo,
+    /// Serve plain HTTP on a loopback address and send each request on with mTLS and the token,
+    /// so that any program can call FAPI endpoints without holding a credential.
+    Proxy(proxy::ProxyArgs),
 }
 
 impl Cli {
@@ -231,6 +235,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Run(args) => run::run(&cli, args).await,
         Command::Batch(args) => batch::run(&cli, args).await,
         Command::Demo => demo::run().await,
+        Command::Proxy(args) => proxy::run(&cli, args).await,
     }
 }
 

@@ -32,6 +32,7 @@ mod limits;
 mod processor;
 
 pub use audit::{Audit, AuditEvent};
+pub(crate) use egress::guarded as guarded_egress;
 pub use fetch::BodyState;
 pub use limits::EPOCH_TICK;
 use limits::{GuestLimiter, Ticker, handle_misuse};

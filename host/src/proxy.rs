@@ -1,0 +1,556 @@
+//! `fapi-host proxy`: a local credential boundary for any program. A caller speaks plain HTTP to a
+//! loopback address; the host sends each request on over mTLS with the token and a fresh
+//! `x-fapi-interaction-id`, to the upstream its route names, and streams the answer back. The
+//! caller never holds the key or a token.
+//!
+//! - Routes are the allow-list: `/NAME/` maps to `https://provider.example/api/`, and the URL
+//!   built from the rest of the path is checked by the guests' policy (normalised, never outside
+//!   the upstream's path, never the authorization server, at its address either).
+//! - Callers are authenticated by a random local key, sent as `Authorization: Bearer KEY` and
+//!   stripped before the request goes on.
+//! - Credential headers of the caller's (`Cookie`, `x-fapi-*`, `DPoP`, `Proxy-Authorization`) are
+//!   refused; the connection's own and the framing headers are dropped and set anew.
+//! - Errors are JSON a caller can act on: 401 (no or wrong key), 400, 403 (policy), 404 (no
+//!   route), 405, 413, 502 (provider unreachable), 503 with `Retry-After` (no token), 504.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt as _;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::client::{FapiClient, FapiRequest};
+use crate::error::{Error, Result};
+use crate::policy::{HeaderCaller, HeaderOwner, Policy, bounded, refused_header, shown_url};
+
+/// One route: requests under `prefix` go to `upstream`, the rest of the path appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The path prefix callers use, `/NAME/` (leading and trailing slash).
+    pub prefix: String,
+    /// The https URL the rest of the path is appended to (ending in `/`).
+    pub upstream: url::Url,
+}
+
+impl std::str::FromStr for Route {
+    type Err = Error;
+
+    /// `/NAME/=https://provider.example/api/`.
+    fn from_str(s: &str) -> Result<Route> {
+        let bad = |why: &str| {
+            Error::Config(format!(
+                "route {:?} {why}; write it as /NAME/=https://provider.example/path/",
+                bounded(s, crate::policy::MAX_QUOTED)
+            ))
+        };
+        let (prefix, upstream) = s.split_once('=').ok_or_else(|| bad("has no '='"))?;
+        Route::new(prefix, upstream).map_err(|e| bad(&e))
+    }
+}
+
+impl Route {
+    /// A route from its prefix and upstream, checked: the prefix starts and ends with `/` and
+    /// holds no `..`, `%` or `?`; the upstream is an https URL without query or fragment (a
+    /// trailing `/` is added).
+    pub fn new(prefix: &str, upstream: &str) -> std::result::Result<Route, String> {
+        let prefix = prefix.trim();
+        if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 3 {
+            return Err("needs a prefix like /NAME/ (a slash at both ends)".into());
+        }
+        if prefix.contains("..") || prefix.contains(['%', '?', '#', '\\']) {
+            return Err("has a prefix with '..', '%', '?', '#' or '\\'".into());
+        }
+        let mut upstream = url::Url::parse(upstream.trim())
+            .map_err(|e| format!("has a bad upstream URL ({e})"))?;
+        if upstream.scheme() != "https" {
+            return Err("needs an https upstream".into());
+        }
+        if upstream.query().is_some() || upstream.fragment().is_some() {
+            return Err("has an upstream with a query or fragment".into());
+        }
+        if !upstream.path().ends_with('/') {
+            let path = format!("{}/", upstream.path());
+            upstream.set_path(&path);
+        }
+        Ok(Route {
+            prefix: prefix.to_owned(),
+            upstream,
+        })
+    }
+}
+
+/// Settings of a proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The routes (at least one).
+    pub routes: Vec<Route>,
+    /// The key callers must send as `Authorization: Bearer KEY`.
+    pub local_key: String,
+    /// The largest request body a caller may send, in bytes.
+    pub max_request_body: u64,
+    /// Requests handled at once; more wait for a place.
+    pub max_concurrent_requests: usize,
+}
+
+/// A proxy ready to serve: its policy checked against the authorization server.
+pub struct Proxy {
+    client: FapiClient,
+    policy: Policy,
+    options: ProxyOptions,
+    in_flight: Semaphore,
+    /// `http://ADDRESS`, for rewriting redirects into a route.
+    origin: std::sync::OnceLock<String>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.options.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+type ProxyBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A JSON error response: `{"error": kind, "message": text}`.
+fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": kind, "message": message }).to_string();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Headers of the connection itself (RFC 9110 section 7.6.1), never passed on either way.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+    )
+}
+
+/// The headers a `Connection` header names, which belong to that connection only.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .collect()
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+impl Proxy {
+    /// A proxy sending through `client`. Discovery runs now: every upstream is an allow-list
+    /// entry of the guests' policy, so that an upstream on the authorization server (by name or
+    /// address) is a configuration error.
+    pub async fn new(client: FapiClient, options: ProxyOptions) -> Result<Proxy> {
+        if options.routes.is_empty() {
+            return Err(Error::Config(
+                "no route: give at least one --route /NAME/=https://provider.example/path/".into(),
+            ));
+        }
+        let issuer = url::Url::parse(&client.settings().issuer_url)
+            .map_err(|e| Error::Config(format!("`issuer_url`: {e}")))?;
+        let mut blocked = vec![issuer];
+        blocked.extend(client.server_metadata().await?.endpoints());
+        let allow: Vec<String> = options
+            .routes
+            .iter()
+            .map(|r| r.upstream.to_string())
+            .collect();
+        let policy = Policy::new(&allow, &blocked)?;
+        let limits = client.settings().sandbox.clone();
+        let (policy, client) =
+            crate::sandbox::guarded_egress(&client, policy, &blocked, &limits).await?;
+        let in_flight = Semaphore::new(options.max_concurrent_requests.max(1));
+        Ok(Proxy {
+            client,
+            policy,
+            options,
+            in_flight,
+            origin: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Serve callers on `listener` until `shutdown` resolves; then stop accepting and let the
+    /// requests in flight finish (each connection is closed after its current response).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Io(format!("the proxy's address: {e}")))?;
+        let _ = self.origin.set(format!("http://{addr}"));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("proxy: accepting a connection failed: {e}");
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let mut stop = stop_rx.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+            // Reap finished connections as we go.
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// One caller's request.
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let response = self.forward(req).await;
+        tracing::info!(
+            %peer, %method, path = %bounded(&path, crate::policy::MAX_QUOTED),
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "proxy"
+        );
+        response
+    }
+
+    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        // The caller's key: required, compared in constant time, never passed on.
+        let expected = format!("Bearer {}", self.options.local_key);
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if !given.is_some_and(|g| same_key(g, expected.as_bytes())) {
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the proxy's local key as `Authorization: Bearer KEY` (the key is in the file \
+                 the proxy printed at start)",
+            );
+        }
+        if parts.method == Method::CONNECT {
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "CONNECT is not served: send plain requests to a route",
+            );
+        }
+        if let Err(why) = crate::policy::check_parsed_method(&parts.method) {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &why);
+        }
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "absolute_form",
+                "send the path of a route (GET /NAME/file.csv), not an absolute URL",
+            );
+        }
+        let path = parts.uri.path();
+        let Some(route) = self
+            .options
+            .routes
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+        else {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                &format!(
+                    "no route for {}; routes: {}",
+                    bounded(path, crate::policy::MAX_QUOTED),
+                    self.options
+                        .routes
+                        .iter()
+                        .map(|r| r.prefix.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        };
+        let mut target = format!("{}{}", route.upstream, &path[route.prefix.len()..]);
+        if let Some(q) = parts.uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let url = match self.policy.check_url(&target) {
+            Ok(u) => u,
+            Err(d) => {
+                return error_response(StatusCode::FORBIDDEN, "denied", &d.to_string());
+            }
+        };
+        let mut headers = HeaderMap::new();
+        let connection_named = connection_named(&parts.headers);
+        for (name, value) in &parts.headers {
+            let n = name.as_str();
+            if n == "authorization" || hop_by_hop(n) || connection_named.iter().any(|c| c == n) {
+                continue;
+            }
+            match refused_header(HeaderCaller::Guest, name) {
+                Some(rule) if rule.owner == HeaderOwner::Credentials => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "header_refused",
+                        &format!(
+                            "header {} is set by the host and cannot be given ({})",
+                            bounded(n, crate::policy::MAX_QUOTED_NAME),
+                            rule.owner.reason()
+                        ),
+                    );
+                }
+                // Host, framing: set anew for the upstream.
+                Some(_) => continue,
+                None => {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        let limit = usize::try_from(self.options.max_request_body).unwrap_or(usize::MAX);
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    &format!("request bodies are limited to {} bytes", limit),
+                );
+            }
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    &format!("reading the request body failed: {e}"),
+                );
+            }
+        };
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down");
+        };
+        let sent = self
+            .client
+            .send(FapiRequest {
+                method: parts.method.clone(),
+                url,
+                headers,
+                body: (!body.is_empty()).then_some(body),
+                interaction_id: None,
+                timeout: None,
+            })
+            .await;
+        let mut upstream = match sent {
+            Ok(r) => r,
+            Err(e) => return self.failure(&e),
+        };
+        let mut response_headers = upstream.take_headers();
+        let status = upstream.status();
+        let stream = upstream
+            .into_stream()
+            .map_ok(Frame::data)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+        let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+        *response.status_mut() = status;
+        response_headers.retain_hop_by_hop();
+        if let Some(location) = response_headers.get(header::LOCATION)
+            && let Some(rewritten) = self.rewrite_location(location)
+        {
+            response_headers.insert(header::LOCATION, rewritten);
+        }
+        *response.headers_mut() = response_headers;
+        response
+    }
+
+    /// A `Location` inside a route, as the caller reaches it through the proxy.
+    fn rewrite_location(&self, location: &HeaderValue) -> Option<HeaderValue> {
+        let location = location.to_str().ok()?;
+        let route = self
+            .options
+            .routes
+            .iter()
+            .find(|r| location.starts_with(r.upstream.as_str()))?;
+        let rest = &location[route.upstream.as_str().len()..];
+        let origin = self.origin.get()?;
+        HeaderValue::from_str(&format!("{origin}{}{rest}", route.prefix)).ok()
+    }
+
+    /// The response for a request the host could not complete: what the caller can do about it.
+    fn failure(&self, e: &Error) -> Response<ProxyBody> {
+        let message = e.to_string();
+        match e {
+            Error::Denied(_) => error_response(StatusCode::FORBIDDEN, "denied", &message),
+            Error::InvalidRequest(_) => {
+                error_response(StatusCode::BAD_REQUEST, "invalid_request", &message)
+            }
+            Error::Timeout(_) => error_response(StatusCode::GATEWAY_TIMEOUT, "timeout", &message),
+            Error::Tls(_) | Error::Network(_) | Error::TooLarge(_) => {
+                error_response(StatusCode::BAD_GATEWAY, "upstream_unreachable", &message)
+            }
+            Error::TokenRefused { .. }
+            | Error::TokenResponse(_)
+            | Error::TokenUnreachable { .. }
+            | Error::Discovery(_)
+            | Error::Config(_)
+            | Error::Credentials(_) => {
+                let mut r = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "token_unavailable",
+                    &message,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                r
+            }
+            Error::Io(_) | Error::Component(_) => {
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &message)
+            }
+        }
+    }
+}
+
+/// Dropping the headers of one connection from a response's.
+trait RetainHopByHop {
+    fn retain_hop_by_hop(&mut self);
+}
+
+impl RetainHopByHop for HeaderMap {
+    fn retain_hop_by_hop(&mut self) {
+        let named = connection_named(self);
+        let drop: Vec<http::HeaderName> = self
+            .keys()
+            .filter(|k| hop_by_hop(k.as_str()) || named.iter().any(|n| n == k.as_str()))
+            .cloned()
+            .collect();
+        for k in drop {
+            self.remove(k);
+        }
+    }
+}
+
+/// A new random local key: 32 bytes, hex.
+pub fn new_local_key() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Write the local key to `path`, readable by its owner only (0600), replacing what was there.
+pub fn write_local_key(path: &std::path::Path, key: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            Error::Io(format!(
+                "cannot write the local key to {}: {e}",
+                path.display()
+            ))
+        })?;
+    f.write_all(key.as_bytes()).map_err(|e| {
+        Error::Io(format!(
+            "cannot write the local key to {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// The URL of a route as callers use it (for the start-up summary).
+pub fn route_line(origin: &str, route: &Route) -> String {
+    format!(
+        "  {origin}{}  ->  {}",
+        route.prefix,
+        shown_url(route.upstream.as_str())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_checked() {
+        let r: Route = "/data/=https://provider.example/api"
+            .parse()
+            .expect("valid");
+        assert_eq!(r.prefix, "/data/");
+        assert_eq!(r.upstream.as_str(), "https://provider.example/api/");
+        for bad in [
+            "data=https://p.example/",
+            "/data=https://p.example/",
+            "/d/=http://p.example/",
+            "/d/=https://p.example/?q=1",
+            "/../=https://p.example/",
+            "/a%2f/=https://p.example/",
+            "no-equals",
+        ] {
+            let e = bad.parse::<Route>().expect_err(bad).to_string();
+            assert!(e.contains("/NAME/=https://"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_key(b"Bearer abc", b"Bearer abc"));
+        assert!(!same_key(b"Bearer abd", b"Bearer abc"));
+        assert!(!same_key(b"Bearer ab", b"Bearer abc"));
+        assert_eq!(new_local_key().len(), 64);
+        assert_ne!(new_local_key(), new_local_key());
+    }
+}
