@@ -729,6 +729,25 @@ async fn the_proxy_answers_what_the_caller_can_act_on() {
     s.fed.set_as_fault(None);
     let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &item]));
     assert_eq!(status, 200, "{body}");
+    // A body cut upstream (reset, or closed short of its Content-Length) reaches the caller cut:
+    // curl fails, it never gets a short success.
+    for fault in [
+        fapi_federation::DpFault::ResetMidBody,
+        fapi_federation::DpFault::TruncatedBody,
+    ] {
+        s.fed.set_dp_fault(Some(fault.clone()));
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-H", &bearer])
+            .arg(&item)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && text(&out.stderr).contains("curl: ("),
+            "{fault:?}: curl took a cut body for a whole one: {}",
+            text(&out.stderr)
+        );
+    }
+    s.fed.set_dp_fault(None);
     let (status, body) = tokio::task::block_in_place(|| {
         proxy.curl(&["-H", &bearer, &format!("{}/down/x", proxy.origin)])
     });
