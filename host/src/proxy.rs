@@ -134,6 +134,127 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<Pro
     response
 }
 
+/// Where the proxy listens: a loopback TCP address (callers give the local key) or a Unix socket
+/// (mode 0600; a caller is trusted when the kernel says it runs as the proxy's own user).
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener on a loopback address.
+    Tcp(TcpListener),
+    /// A Unix socket listener, its path, and the user id that may connect.
+    Unix(tokio::net::UnixListener, std::path::PathBuf, u32),
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug)]
+enum Caller {
+    /// A TCP peer: it must give the local key.
+    Tcp(SocketAddr),
+    /// The proxy's own user on the Unix socket: trusted.
+    Owner,
+    /// Another user on the Unix socket (its permissions were loosened): refused.
+    Stranger(String),
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Tcp(a) => write!(f, "{a}"),
+            Caller::Owner => f.write_str("unix socket (owner)"),
+            Caller::Stranger(_) => f.write_str("unix socket (another user)"),
+        }
+    }
+}
+
+/// A connection's byte stream, whichever listener it came from.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl Listener {
+    /// Bind a loopback TCP address; anything else is refused.
+    pub async fn tcp(addr: SocketAddr) -> Result<Listener> {
+        if !addr.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "--listen {addr}: the proxy adds this client's credentials to every request, so it \
+                 listens on a loopback address (127.0.0.1 or ::1) or a Unix socket (unix:PATH) only"
+            )));
+        }
+        TcpListener::bind(addr)
+            .await
+            .map(Listener::Tcp)
+            .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))
+    }
+
+    /// Bind a Unix socket at `path` (a stale socket there is replaced), readable and writable by
+    /// this user only.
+    pub fn unix(path: &std::path::Path) -> Result<Listener> {
+        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+        let io = |what: &str, e: std::io::Error| {
+            Error::Io(format!("{what} the socket {}: {e}", path.display()))
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(Error::Config(format!(
+                    "--listen unix:{}: a file that is not a socket is there; choose another path",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(path).map_err(|e| io("cannot replace", e))?;
+        }
+        let listener = tokio::net::UnixListener::bind(path).map_err(|e| io("cannot bind", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("cannot restrict", e))?;
+        let owner = std::fs::metadata(path)
+            .map_err(|e| io("cannot read", e))?
+            .uid();
+        Ok(Listener::Unix(listener, path.to_owned(), owner))
+    }
+
+    /// `http://ADDRESS` for TCP (what a redirect is rewritten to); nothing usable for a socket.
+    fn origin(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_default(),
+            Listener::Unix(..) => "http://localhost".into(),
+        }
+    }
+
+    /// The next connection and who made it.
+    async fn accept(&self) -> std::io::Result<(Box<dyn Io>, Caller)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Box::new(s), Caller::Tcp(peer)))
+            }
+            Listener::Unix(l, _, owner) => {
+                let (s, _) = l.accept().await?;
+                // The kernel's word on who connected: the socket's mode keeps others out, and a
+                // mode loosened later (or a connection queued before it was set) is caught here.
+                let caller = match s.peer_cred() {
+                    Ok(c) if c.uid() == *owner => Caller::Owner,
+                    Ok(c) => Caller::Stranger(format!(
+                        "this proxy serves its own user (uid {owner}) on its Unix socket, not uid {}",
+                        c.uid()
+                    )),
+                    Err(e) => {
+                        Caller::Stranger(format!("the caller's credentials are unknown ({e})"))
+                    }
+                };
+                Ok((Box::new(s), caller))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path, _) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Headers of the connection itself (RFC 9110 section 7.6.1), never passed on either way.
 fn hop_by_hop(name: &str) -> bool {
     matches!(
@@ -201,36 +322,36 @@ impl Proxy {
     /// requests in flight finish (each connection is closed after its current response).
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: Listener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Io(format!("the proxy's address: {e}")))?;
-        let _ = self.origin.set(format!("http://{addr}"));
+        let _ = self.origin.set(listener.origin());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = tokio::select! {
+            let accepted = tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("proxy: accepting a connection failed: {e}");
-                        continue;
-                    }
-                },
+                accepted = listener.accept() => accepted,
+            };
+            let (io, caller) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("proxy: accepting a connection failed: {e}");
+                    continue;
+                }
             };
             let this = self.clone();
             let mut stop = stop_rx.clone();
             connections.spawn(async move {
+                let caller = Arc::new(caller);
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
+                    let caller = caller.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req, &caller).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service);
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
@@ -250,13 +371,16 @@ impl Proxy {
     }
 
     /// One caller's request.
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>, caller: &Caller) -> Response<ProxyBody> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let response = self.forward(req).await;
+        let response = match caller {
+            Caller::Stranger(why) => error_response(StatusCode::FORBIDDEN, "not_the_owner", why),
+            _ => self.forward(req, matches!(caller, Caller::Owner)).await,
+        };
         tracing::info!(
-            %peer, %method, path = %bounded(&path, crate::policy::MAX_QUOTED),
+            peer = %caller, %method, path = %bounded(&path, crate::policy::MAX_QUOTED),
             status = response.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "proxy"
@@ -264,15 +388,17 @@ impl Proxy {
         response
     }
 
-    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Check and send on a caller's request; `trusted` when the socket's permissions and peer
+    /// vouch for the caller (a Unix socket of this user's), else it must give the local key.
+    async fn forward(&self, req: Request<Incoming>, trusted: bool) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        // The caller's key: required, compared in constant time, never passed on.
+        // The caller's key: required over TCP, compared in constant time, never passed on.
         let expected = format!("Bearer {}", self.options.local_key);
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        if !given.is_some_and(|g| same_key(g, expected.as_bytes())) {
+        if !trusted && !given.is_some_and(|g| same_key(g, expected.as_bytes())) {
             return error_response(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

@@ -347,12 +347,17 @@ impl ProxyProcess {
     /// `fapi-host proxy --listen 127.0.0.1:0 --route ...` with `s`'s configuration; waits for the
     /// address it prints.
     fn start(s: &Setup, routes: &[String]) -> ProxyProcess {
+        ProxyProcess::start_on(s, "127.0.0.1:0", routes)
+    }
+
+    /// The same, listening on `listen` (`unix:PATH`: no key, `key` left empty).
+    fn start_on(s: &Setup, listen: &str, routes: &[String]) -> ProxyProcess {
         use std::io::BufRead as _;
         let key_file = s.dir.path().join("proxy.key");
         let mut cmd = Command::new(fapi_tests::fapi_host_bin());
         cmd.arg("--config")
             .arg(&s.config)
-            .args(["proxy", "--listen", "127.0.0.1:0", "--local-key-file"])
+            .args(["proxy", "--listen", listen, "--local-key-file"])
             .arg(&key_file)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -366,13 +371,17 @@ impl ProxyProcess {
             .unwrap();
         let origin = first
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("unix:"))
             .unwrap_or_else(|| panic!("no address in {first:?}"))
             .to_owned();
-        let key = std::fs::read_to_string(&key_file).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "the local key file's mode");
+        let key = if origin.starts_with("unix:") {
+            String::new()
+        } else {
+            let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the local key file's mode");
+            std::fs::read_to_string(&key_file).unwrap()
+        };
         ProxyProcess { child, origin, key }
     }
 
@@ -759,4 +768,75 @@ async fn the_proxy_answers_what_the_caller_can_act_on() {
         .unwrap()
         .push(("the proxy's output".into(), printed));
     s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+}
+
+/// On a Unix socket the proxy serves its own user without a key: the socket is 0600, and a
+/// caller of another user (the socket's mode loosened by hand) is refused by the kernel's word on
+/// who connected, with nothing sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxy_on_a_unix_socket_serves_its_own_user_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = setup().await;
+    let socket = s.dir.path().join("proxy.sock");
+    let listen = format!("unix:{}", socket.display());
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start_on(
+            &s,
+            &listen,
+            &[format!("/items/={}/items/", s.fed.data_origin())],
+        )
+    });
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket's mode");
+    let socket_arg = socket.display().to_string();
+    let (status, body) = tokio::task::block_in_place(|| {
+        proxy.curl(&["--unix-socket", &socket_arg, "http://localhost/items/1"])
+    });
+    assert_eq!(status, 200, "{body}");
+    // Another user, once the mode lets it connect at all.
+    let nobody = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "true",
+        ])
+        .status();
+    if nobody.is_ok_and(|st| st.success()) {
+        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let before = s.fed.counters().dp_requests;
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "curl",
+                "-sS",
+            ])
+            .args(["--unix-socket", &socket_arg, "-w", "\n%{http_code}"])
+            .arg("http://localhost/items/1")
+            .output()
+            .unwrap();
+        let answer = text(&out.stdout);
+        assert!(
+            answer.ends_with("403") && answer.contains("not_the_owner"),
+            "{answer} {}",
+            text(&out.stderr)
+        );
+        assert_eq!(s.fed.counters().dp_requests, before);
+    } else {
+        assert!(
+            std::env::var("FAPI_REQUIRE_INTEROP").as_deref() != Ok("1"),
+            "setpriv cannot run as nobody here"
+        );
+        eprintln!("the other-user case needs root and setpriv: not run");
+    }
+    let printed = proxy.stop();
+    assert!(!socket.exists(), "the socket is removed at exit");
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
 }

@@ -1,6 +1,5 @@
 //! `fapi-host proxy`: plain HTTP on a loopback address in, mTLS and the token out.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,14 +8,17 @@ use clap::Args;
 use super::{Cli, EXIT_OK};
 use crate::client::FapiClient;
 use crate::error::{Error, Result};
-use crate::proxy::{Proxy, ProxyOptions, Route, new_local_key, route_line, write_local_key};
+use crate::proxy::{
+    Listener, Proxy, ProxyOptions, Route, new_local_key, route_line, write_local_key,
+};
 
 /// `fapi-host proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// The loopback address and port to listen on (port 0: any free port, printed at start).
-    #[arg(long, value_name = "127.0.0.1:PORT")]
-    pub listen: SocketAddr,
+    /// Where to listen: a loopback address and port (port 0: any free port, printed at start),
+    /// or `unix:PATH` for a Unix socket (mode 0600, for this user's programs, no key needed).
+    #[arg(long, value_name = "127.0.0.1:PORT|unix:PATH")]
+    pub listen: String,
     /// A route: requests under /NAME/ go to the upstream URL, the rest of the path appended
     /// (repeatable).
     #[arg(
@@ -39,13 +41,6 @@ pub struct ProxyArgs {
 
 /// Serve until Ctrl-C or SIGTERM; then finish the requests in flight.
 pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
-    if !args.listen.ip().is_loopback() {
-        return Err(Error::Config(format!(
-            "--listen {}: the proxy adds this client's credentials to every request, so it listens \
-             on a loopback address only (127.0.0.1 or ::1)",
-            args.listen
-        )));
-    }
     let settings = cli.settings()?;
     let (client, _) = FapiClient::from_settings(&settings)?;
     let key = new_local_key();
@@ -55,23 +50,40 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         max_request_body: args.max_request_body_mib.saturating_mul(1 << 20),
         max_concurrent_requests: args.max_concurrent_requests,
     };
+    let listener = match args.listen.strip_prefix("unix:") {
+        Some(path) => Listener::unix(std::path::Path::new(path))?,
+        None => {
+            let addr = args.listen.parse().map_err(|_| {
+                Error::Config(format!(
+                    "--listen {:?}: give 127.0.0.1:PORT, [::1]:PORT or unix:PATH",
+                    args.listen
+                ))
+            })?;
+            Listener::tcp(addr).await?
+        }
+    };
     let proxy = Arc::new(Proxy::new(client, options).await?);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", args.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Io(format!("the proxy's address: {e}")))?;
-    let key_file = args.local_key_file.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("fapi-host-proxy-{}.key", addr.port()))
-    });
-    write_local_key(&key_file, &key)?;
-    let origin = format!("http://{addr}");
+    let (origin, key_file) = match &listener {
+        Listener::Tcp(l) => {
+            let addr = l
+                .local_addr()
+                .map_err(|e| Error::Io(format!("the proxy's address: {e}")))?;
+            let file = args.local_key_file.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("fapi-host-proxy-{}.key", addr.port()))
+            });
+            write_local_key(&file, &key)?;
+            (format!("http://{addr}"), Some(file))
+        }
+        Listener::Unix(_, path, _) => (format!("unix:{}", path.display()), None),
+    };
     println!("fapi-host proxy: listening on {origin} (Ctrl-C to stop)");
-    println!(
-        "  local key in {} (send it as `Authorization: Bearer KEY`)",
-        key_file.display()
-    );
+    match &key_file {
+        Some(f) => println!(
+            "  local key in {} (send it as `Authorization: Bearer KEY`)",
+            f.display()
+        ),
+        None => println!("  for this user's programs only (the socket is 0600); no key needed"),
+    }
     for route in &args.routes {
         println!("{}", route_line(&origin, route));
     }
@@ -92,6 +104,8 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         tracing::info!("proxy: stopping; finishing the requests in flight");
     };
     proxy.serve(listener, shutdown).await?;
-    let _ = std::fs::remove_file(&key_file);
+    if let Some(f) = key_file {
+        let _ = std::fs::remove_file(f);
+    }
     Ok(EXIT_OK)
 }
