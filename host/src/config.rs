@@ -35,6 +35,23 @@ struct FileConfig {
     client: FileClient,
     #[serde(default)]
     sandbox: FileSandbox,
+    #[serde(default)]
+    proxy: FileProxy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProxy {
+    #[serde(default)]
+    route: Vec<FileRoute>,
+}
+
+/// `[[proxy.route]]`: `prefix = "/NAME/"`, `upstream = "https://..."`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: String,
+    upstream: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +269,9 @@ pub struct Settings {
     pub client: ClientOptions,
     /// The sandbox table.
     pub sandbox: SandboxSettings,
+    /// `[[proxy.route]]` tables of `fapi-host proxy`: (prefix, upstream), checked when the proxy
+    /// starts.
+    pub proxy_routes: Vec<(String, String)>,
     /// The file the settings came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -430,6 +450,12 @@ impl Settings {
             ca_bundle,
             client,
             sandbox,
+            proxy_routes: file
+                .proxy
+                .route
+                .into_iter()
+                .map(|r| (r.prefix, r.upstream))
+                .collect(),
             source,
         })
     }

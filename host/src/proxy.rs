@@ -96,6 +96,8 @@ pub struct ProxyOptions {
     pub max_request_body: u64,
     /// Requests handled at once; more wait for a place.
     pub max_concurrent_requests: usize,
+    /// How long a caller may take to send its request head, and then its body.
+    pub caller_timeout: std::time::Duration,
 }
 
 /// A proxy ready to serve: its policy checked against the authorization server.
@@ -292,7 +294,9 @@ impl Proxy {
     pub async fn new(client: FapiClient, options: ProxyOptions) -> Result<Proxy> {
         if options.routes.is_empty() {
             return Err(Error::Config(
-                "no route: give at least one --route /NAME/=https://provider.example/path/".into(),
+                "no route: give at least one --route /NAME/=https://provider.example/path/ or a \
+                 [[proxy.route]] table (prefix, upstream) in the configuration"
+                    .into(),
             ));
         }
         let issuer = url::Url::parse(&client.settings().issuer_url)
@@ -343,6 +347,7 @@ impl Proxy {
             };
             let this = self.clone();
             let mut stop = stop_rx.clone();
+            let caller_timeout = self.options.caller_timeout;
             connections.spawn(async move {
                 let caller = Arc::new(caller);
                 let service = hyper::service::service_fn(move |req| {
@@ -350,7 +355,10 @@ impl Proxy {
                     let caller = caller.clone();
                     async move { Ok::<_, Infallible>(this.handle(req, &caller).await) }
                 });
+                // A caller that never finishes its request head is cut off (hyper answers 408).
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(caller_timeout)
                     .serve_connection(hyper_util::rt::TokioIo::new(io), service);
                 tokio::pin!(conn);
                 tokio::select! {
@@ -483,7 +491,19 @@ impl Proxy {
             }
         }
         let limit = usize::try_from(self.options.max_request_body).unwrap_or(usize::MAX);
-        let body = match Limited::new(body, limit).collect().await {
+        let timeout = self.options.caller_timeout;
+        let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect());
+        let Ok(collected) = collected.await else {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "caller_timeout",
+                &format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
+            );
+        };
+        let body = match collected {
             Ok(b) => b.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()

@@ -352,6 +352,11 @@ impl ProxyProcess {
 
     /// The same, listening on `listen` (`unix:PATH`: no key, `key` left empty).
     fn start_on(s: &Setup, listen: &str, routes: &[String]) -> ProxyProcess {
+        ProxyProcess::start_with(s, listen, routes, &[])
+    }
+
+    /// The same, with more flags.
+    fn start_with(s: &Setup, listen: &str, routes: &[String], flags: &[&str]) -> ProxyProcess {
         use std::io::BufRead as _;
         let key_file = s.dir.path().join("proxy.key");
         let mut cmd = Command::new(fapi_tests::fapi_host_bin());
@@ -359,6 +364,7 @@ impl ProxyProcess {
             .arg(&s.config)
             .args(["proxy", "--listen", listen, "--local-key-file"])
             .arg(&key_file)
+            .args(flags)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         for r in routes {
@@ -839,4 +845,53 @@ async fn the_proxy_on_a_unix_socket_serves_its_own_user_only() {
         .lock()
         .unwrap()
         .push(("the proxy's output".into(), printed));
+}
+
+/// A caller that never finishes its request (a head cut short, or a body shorter than its
+/// `Content-Length`) is cut off after `--caller-timeout-seconds`, and nothing goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_caller_is_cut_off_and_nothing_goes_upstream() {
+    use std::io::{Read as _, Write as _};
+    let s = setup().await;
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start_with(
+            &s,
+            "127.0.0.1:0",
+            &[format!("/items/={}/items/", s.fed.data_origin())],
+            &["--caller-timeout-seconds", "1"],
+        )
+    });
+    let addr = proxy.origin.trim_start_matches("http://").to_owned();
+    let before = s.fed.counters().dp_requests;
+    for (request, expected) in [
+        // The head never ends.
+        ("GET /items/1 HTTP/1.1\r\nHost: x\r\n".to_owned(), "408"),
+        // The body stops short of its length.
+        (
+            format!(
+                "POST /items/1 HTTP/1.1\r\nHost: x\r\n{}\r\nContent-Length: 100\r\n\r\nten bytes.",
+                proxy.bearer()
+            ),
+            "408",
+        ),
+    ] {
+        let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        sock.write_all(request.as_bytes()).unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let _ = sock.read_to_end(&mut answer);
+        let answer = text(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{request:?}: {answer}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{request:?}: the connection was held for {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(s.fed.counters().dp_requests, before);
 }

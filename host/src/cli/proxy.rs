@@ -37,18 +37,31 @@ pub struct ProxyArgs {
     /// Requests sent on at once; more wait (default 64).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_concurrent_requests: usize,
+    /// How long a caller may take to send its request head, then its body, seconds (default 30).
+    #[arg(long, value_name = "S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub caller_timeout_seconds: u64,
 }
 
 /// Serve until Ctrl-C or SIGTERM; then finish the requests in flight.
 pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
     let settings = cli.settings()?;
+    let mut routes = Vec::new();
+    for (prefix, upstream) in &settings.proxy_routes {
+        routes.push(Route::new(prefix, upstream).map_err(|why| {
+            Error::Config(format!(
+                "[[proxy.route]] prefix = {prefix:?}, upstream = {upstream:?}: the route {why}"
+            ))
+        })?);
+    }
+    routes.extend(args.routes.iter().cloned());
     let (client, _) = FapiClient::from_settings(&settings)?;
     let key = new_local_key();
     let options = ProxyOptions {
-        routes: args.routes.clone(),
+        routes: routes.clone(),
         local_key: key.clone(),
         max_request_body: args.max_request_body_mib.saturating_mul(1 << 20),
         max_concurrent_requests: args.max_concurrent_requests,
+        caller_timeout: std::time::Duration::from_secs(args.caller_timeout_seconds),
     };
     let listener = match args.listen.strip_prefix("unix:") {
         Some(path) => Listener::unix(std::path::Path::new(path))?,
@@ -84,7 +97,7 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         ),
         None => println!("  for this user's programs only (the socket is 0600); no key needed"),
     }
-    for route in &args.routes {
+    for route in &routes {
         println!("{}", route_line(&origin, route));
     }
     let shutdown = async {
