@@ -895,3 +895,60 @@ async fn a_slow_caller_is_cut_off_and_nothing_goes_upstream() {
     }
     assert_eq!(s.fed.counters().dp_requests, before);
 }
+
+/// SIGTERM while requests are in flight: the proxy stops accepting, the requests it has finish
+/// whole, and it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn sigterm_lets_the_proxys_requests_in_flight_finish() {
+    let s = setup().await;
+    let mut proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/energy/={}/", s.fed.data_origin())])
+    });
+    // A body that takes a while: 64 KiB in 4 KiB pieces, 50 ms apart (0.8 s).
+    s.fed.set_dp_fault(Some(fapi_federation::DpFault::SlowBody(
+        std::time::Duration::from_millis(50),
+    )));
+    let url = format!("{}/energy/sized?bytes=65536", proxy.origin);
+    let curls: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "-",
+                    "-w",
+                    "\n%{http_code}",
+                    "-H",
+                    &proxy.bearer(),
+                    &url,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Once the data provider has all three, stop the proxy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.fed.counters().dp_requests < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _ = Command::new("kill")
+        .arg(proxy.child.id().to_string())
+        .status();
+    for c in curls {
+        let out = c.wait_with_output().unwrap();
+        let text = text(&out.stdout);
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        assert_eq!(status, "200", "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(body.len(), 65536, "a request in flight was cut");
+    }
+    let status = tokio::task::block_in_place(|| proxy.child.wait().unwrap());
+    assert_eq!(status.code(), Some(0), "the proxy's exit");
+    s.fed.set_dp_fault(None);
+}
