@@ -21,7 +21,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let fed = fapi_tests::recording_federation(false).await;
+    setup_from(fapi_tests::recording_federation(false).await)
+}
+
+fn setup_from(fed: Federation) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let config = fed.write_client_config(dir.path(), "consumer").unwrap();
     let before = [
@@ -378,7 +381,13 @@ impl ProxyProcess {
         let origin = first
             .split_whitespace()
             .find(|w| w.starts_with("http://") || w.starts_with("unix:"))
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .unwrap_or_else(|| {
+                use std::io::Read as _;
+                let _ = child.kill();
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("no address in {first:?}: {err}")
+            })
             .to_owned();
         use std::os::unix::fs::PermissionsExt as _;
         let key = if origin.starts_with("unix:") {
@@ -951,4 +960,61 @@ async fn sigterm_lets_the_proxys_requests_in_flight_finish() {
     let status = tokio::task::block_in_place(|| proxy.child.wait().unwrap());
     assert_eq!(status.code(), Some(0), "the proxy's exit");
     s.fed.set_dp_fault(None);
+}
+
+/// While the authorization server refuses, the proxy goes on with the token it has until that
+/// expires (a failed refresh keeps a valid token in use), then answers 503 with `Retry-After`:
+/// never a request with an expired token, never one without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxy_keeps_a_valid_token_through_a_failed_refresh_then_answers_503() {
+    let cfg = fapi_federation::FederationConfig {
+        token_ttl: std::time::Duration::from_secs(4),
+        record_issued_tokens: true,
+        ..fapi_federation::FederationConfig::default()
+    };
+    let fed = Federation::start(fapi_federation::Pki::generate().unwrap(), cfg)
+        .await
+        .unwrap();
+    let s = setup_from(fed);
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/items/={}/items/", s.fed.data_origin())])
+    });
+    let bearer = proxy.bearer();
+    let item = format!("{}/items/1", proxy.origin);
+    let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &item]));
+    assert_eq!(status, 200, "{body}");
+    let issued = std::time::Instant::now();
+    s.fed
+        .set_as_fault(Some(fapi_federation::AsFault::InvalidClient));
+    // Past the refresh point (half the 4 s lifetime), before expiry: the refresh fails, the
+    // token it has still serves.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &item]));
+    assert!(
+        issued.elapsed() < std::time::Duration::from_secs(4),
+        "too slow to test before expiry"
+    );
+    assert_eq!(status, 200, "a valid token was dropped: {body}");
+    assert!(s.fed.counters().token_requests >= 2, "no refresh was tried");
+    // After expiry: 503, and nothing more reaches the data provider.
+    tokio::time::sleep(
+        std::time::Duration::from_secs(4).saturating_sub(issued.elapsed())
+            + std::time::Duration::from_millis(500),
+    )
+    .await;
+    let before = s.fed.counters().dp_requests;
+    let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &item]));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        s.fed.counters().dp_requests,
+        before,
+        "an expired token was sent"
+    );
+    let printed = proxy.stop();
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
 }
