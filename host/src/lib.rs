@@ -10,7 +10,8 @@
 //!
 //! Threat model, in short:
 //! - The private key and every access token stay inside this process: the key lives only in
-//!   rustls after [`Identity::load`], tokens only in the token cache, and no public function
+//!   rustls after [`Identity::load`] (or, with a `pkcs11:` key, only in its token, which signs
+//!   each handshake: [`pkcs11`]), tokens only in the token cache, and no public function
 //!   returns either (except `danger_reveal_token`, which exists for `fapi-host token
 //!   --reveal-token`). They never reach a log line, an error message or a guest.
 //! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
@@ -60,6 +61,7 @@ mod credentials;
 mod discovery;
 mod error;
 mod net;
+pub mod pkcs11;
 mod policy;
 #[cfg(feature = "sandbox")]
 pub mod proxy;
