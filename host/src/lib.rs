@@ -25,7 +25,8 @@
 //! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
 //! | `token` | the token cache and its refresh; token requests and introspection |
 //! | `discovery` | the authorization server's metadata, fetched and checked |
-//! | `credentials` | [`Identity`]: the key and certificate, loaded and checked |
+//! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
+//! | [`pkcs11`] | keys in a PKCS#11 token: URIs, sessions, the rustls signing key |
 //! | `tls` | the rustls configuration of an identity and the HTTP clients built on it |
 //! | `net` | name resolution (`[client.resolve]`) and the authorization server's addresses |
 //! | `policy` | the egress policy of guests, the one table of headers the host owns, bounded quoting |
