@@ -14,6 +14,7 @@ mod chart;
 mod client;
 mod compare;
 mod cpu;
+mod keys;
 mod lang;
 mod memory;
 mod profile;
@@ -36,6 +37,19 @@ enum What {
         requests: usize,
         /// Rounds (alternating between the clients; the median round is reported).
         #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
+    /// What a key in a PKCS#11 token costs: the same P-256 key as a PEM file and in SoftHSM2,
+    /// full handshakes per second and per request on a kept-alive connection.
+    Keys {
+        /// Full handshakes per round.
+        #[arg(long, default_value_t = 300)]
+        handshakes: usize,
+        /// Requests per round on one connection.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Rounds (alternating between the keys; the median round is reported).
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
     /// Guests (fapi-fetch, wasi:http) against the native client; instantiate-and-run; cached start.
@@ -183,6 +197,11 @@ async fn main() {
     );
     match args.what {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
+        What::Keys {
+            handshakes,
+            requests,
+            rounds,
+        } => keys::run(handshakes, requests, rounds).await,
         What::Sandbox { requests, rounds } => sandbox::run(requests, rounds).await,
         What::Memory { max_mib } => memory::run(max_mib).await,
         What::ExecPeak { .. } => unreachable!("handled above"),

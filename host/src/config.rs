@@ -31,6 +31,9 @@ struct FileConfig {
     private_key: Option<PathBuf>,
     certificate: Option<PathBuf>,
     ca_bundle: Option<PathBuf>,
+    private_key_passphrase_file: Option<PathBuf>,
+    pkcs11_module: Option<PathBuf>,
+    pkcs11_pin_file: Option<PathBuf>,
     #[serde(default)]
     client: FileClient,
     #[serde(default)]
@@ -259,12 +262,22 @@ pub struct Settings {
     pub issuer_url: String,
     /// Requested scopes, space-separated as in the reference client.
     pub requested_scopes: String,
-    /// PEM private key file.
+    /// PEM private key file (plain or encrypted PKCS#8), or a PKCS#11 URI (`pkcs11:token=...`,
+    /// see [`Settings::pkcs11_uri`]).
     pub private_key: PathBuf,
     /// PEM certificate chain file, leaf first.
     pub certificate: PathBuf,
     /// Extra trust anchors for servers, added to the system roots.
     pub ca_bundle: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted PKCS#8 `private_key` (mode 0600 or stricter);
+    /// else `$FAPI_PRIVATE_KEY_PASSPHRASE`, read when the key is loaded.
+    pub private_key_passphrase_file: Option<PathBuf>,
+    /// The PKCS#11 module (shared library) of a `pkcs11:` `private_key`, unless the URI names one
+    /// with `module-path`.
+    pub pkcs11_module: Option<PathBuf>,
+    /// File holding the token's user PIN (mode 0600 or stricter); else `$FAPI_PKCS11_PIN`, read
+    /// when the key is loaded. Never a flag: a command line is visible to every user.
+    pub pkcs11_pin_file: Option<PathBuf>,
     /// HTTP client and token options.
     pub client: ClientOptions,
     /// The sandbox table.
@@ -339,11 +352,14 @@ impl Settings {
             .ok_or_else(|| missing("requested_scopes", "FAPI_REQUESTED_SCOPES"))?;
         let private_key = match (&overrides.private_key, file.private_key) {
             (Some(p), _) => p.clone(),
+            // A PKCS#11 URI is not a path.
+            (None, Some(p)) if is_pkcs11_uri(&p) => p,
             (None, Some(p)) => rel(p),
             (None, None) => return Err(missing("private_key", "FAPI_PRIVATE_KEY")),
         };
         let certificate = match (&overrides.certificate, file.certificate) {
             (Some(p), _) => p.clone(),
+            (None, Some(p)) if is_pkcs11_uri(&p) => p,
             (None, Some(p)) => rel(p),
             (None, None) => return Err(missing("certificate", "FAPI_CERTIFICATE")),
         };
@@ -352,6 +368,22 @@ impl Settings {
             (None, Some(p)) => Some(rel(p)),
             (None, None) => None,
         };
+        // PKCS#11 URIs are checked now (a `pin-value` in one is refused, never repeated).
+        for p in [&private_key, &certificate] {
+            if let Some(uri) = p.to_str().filter(|_| is_pkcs11_uri(p)) {
+                crate::pkcs11::Pkcs11Uri::parse(uri)?;
+            }
+        }
+        if is_pkcs11_uri(&certificate) && !is_pkcs11_uri(&private_key) {
+            return Err(Error::Config(
+                "`certificate` is a PKCS#11 URI but `private_key` is not: a certificate is read \
+                 from the token of a key in that token; give the certificate's PEM file"
+                    .into(),
+            ));
+        }
+        let private_key_passphrase_file = file.private_key_passphrase_file.map(rel);
+        let pkcs11_module = file.pkcs11_module.map(rel);
+        let pkcs11_pin_file = file.pkcs11_pin_file.map(rel);
 
         if client_id.trim().is_empty() {
             return Err(Error::Config("`client_id` is empty".into()));
@@ -448,6 +480,9 @@ impl Settings {
             private_key,
             certificate,
             ca_bundle,
+            private_key_passphrase_file,
+            pkcs11_module,
+            pkcs11_pin_file,
             client,
             sandbox,
             proxy_routes: file
@@ -458,6 +493,15 @@ impl Settings {
                 .collect(),
             source,
         })
+    }
+
+    /// The `private_key` setting when it is a PKCS#11 URI (`pkcs11:...`) rather than a file.
+    pub fn pkcs11_uri(&self) -> Option<&str> {
+        if is_pkcs11_uri(&self.private_key) {
+            self.private_key.to_str()
+        } else {
+            None
+        }
     }
 
     /// The requested scopes as a list.
@@ -495,6 +539,10 @@ fn resolve_table(table: BTreeMap<String, OneOrMany>) -> Result<crate::net::Resol
         out.insert(&name, ips);
     }
     Ok(out)
+}
+
+fn is_pkcs11_uri(p: &Path) -> bool {
+    p.to_str().is_some_and(|s| s.starts_with("pkcs11:"))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -698,6 +746,32 @@ certificate = "certs/a.pem"
             .to_string();
             assert!(e.contains(says) && e.contains("a.example"), "{e}");
         }
+    }
+
+    #[test]
+    fn key_source_settings_are_read_and_a_pkcs11_uri_is_not_a_path() {
+        let text = BASE.replace(
+            "private_key = \"certs/a.key\"",
+            "private_key = \"pkcs11:token=fapi;object=client\"\npkcs11_module = \"/usr/lib/softhsm/libsofthsm2.so\"\npkcs11_pin_file = \"pin\"\nprivate_key_passphrase_file = \"pass\"",
+        );
+        let s = Settings::from_toml(&text, Path::new("/etc/fapi"), &Overrides::default())
+            .expect("valid");
+        assert_eq!(s.pkcs11_uri(), Some("pkcs11:token=fapi;object=client"));
+        assert_eq!(
+            s.pkcs11_module.as_deref(),
+            Some(Path::new("/usr/lib/softhsm/libsofthsm2.so"))
+        );
+        assert_eq!(
+            s.pkcs11_pin_file.as_deref(),
+            Some(Path::new("/etc/fapi/pin"))
+        );
+        assert_eq!(
+            s.private_key_passphrase_file.as_deref(),
+            Some(Path::new("/etc/fapi/pass"))
+        );
+        let s = Settings::from_toml(BASE, Path::new("/etc/fapi"), &Overrides::default())
+            .expect("valid");
+        assert_eq!(s.pkcs11_uri(), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The client identity: a PEM private key and certificate chain, checked at load.
+//! The client identity: a private key and certificate chain, checked at load.
 //!
-//! The key's bytes are read into a zeroizing buffer, turned into a rustls signing key, and
-//! dropped: after [`Identity::load`] the key exists only inside rustls, which signs the TLS
-//! handshake with it. Nothing in this crate can return it.
+//! Three key sources: a PEM file, an encrypted PKCS#8 PEM file (decrypted at load with a
+//! passphrase from a file or the environment), or a key in a PKCS#11 token ([`crate::pkcs11`]),
+//! which never leaves it. A key file's bytes are read into a zeroizing buffer, turned into a rustls
+//! signing key, and dropped: after [`Identity::load`] the key exists only inside rustls, which
+//! signs the TLS handshake with it. Nothing in this crate can return it.
 
 use std::fmt;
 use std::path::Path;
@@ -10,14 +12,27 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
 use zeroize::Zeroizing;
 
+use crate::config::Settings;
 use crate::error::{Error, Result, Warning, WarningKind};
+
+/// The environment variable read for an encrypted key's passphrase when
+/// `private_key_passphrase_file` is not set.
+pub const PASSPHRASE_ENV: &str = "FAPI_PRIVATE_KEY_PASSPHRASE";
+
+/// How the private key was checked against the certificate.
+pub(crate) enum KeyCheck {
+    /// By rustls, from the key's public half (key files).
+    Rustls,
+    /// Already: a signature by the key verified with the certificate's public key (PKCS#11).
+    Verified,
+}
 
 /// Certificates that expire within this window produce a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -55,6 +70,45 @@ impl Identity {
         Identity::from_pem(&cert_pem, &key_pem, certificate, private_key)
     }
 
+    /// Load the identity the settings name: `private_key` as a PEM file (decrypted with the
+    /// passphrase from `private_key_passphrase_file` or `$FAPI_PRIVATE_KEY_PASSPHRASE` when it is
+    /// an encrypted PKCS#8 file) or as a `pkcs11:` URI, and the `certificate` file; checked as
+    /// [`Identity::load`] does.
+    pub fn from_settings(settings: &Settings) -> Result<(Identity, Vec<Warning>)> {
+        if settings.pkcs11_uri().is_some() {
+            return crate::pkcs11::identity(settings, &mut |_, _| {});
+        }
+        let (certificate, private_key) = (&settings.certificate, &settings.private_key);
+        let cert_pem = read(certificate, "certificate")?;
+        let key_pem = Zeroizing::new(read(private_key, "private_key")?);
+        if !is_encrypted(&key_pem) {
+            return Identity::from_pem(&cert_pem, &key_pem, certificate, private_key);
+        }
+        let passphrase = read_secret(
+            settings.private_key_passphrase_file.as_deref(),
+            "private_key_passphrase_file",
+            PASSPHRASE_ENV,
+        )?
+        .ok_or_else(|| {
+            Error::Credentials(format!(
+                "{}: the private key is encrypted: give its passphrase in a file named by \
+                 `private_key_passphrase_file` (mode 0600) or in ${PASSPHRASE_ENV}",
+                private_key.display()
+            ))
+        })?;
+        let der = decrypt_pkcs8(&key_pem, &passphrase, private_key)?;
+        drop(passphrase);
+        let chain = parse_chain(&cert_pem, certificate)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(&der[..]));
+        Identity::from_signing_key(
+            chain,
+            || signing_key(&key, private_key),
+            KeyCheck::Rustls,
+            certificate,
+            private_key,
+        )
+    }
+
     /// Like [`Identity::load`], from PEM bytes; the paths are only used in messages.
     pub fn from_pem(
         cert_pem: &[u8],
@@ -64,6 +118,25 @@ impl Identity {
     ) -> Result<(Identity, Vec<Warning>)> {
         let chain = parse_chain(cert_pem, cert_name)?;
         let key = parse_key(key_pem, key_name)?;
+        Identity::from_signing_key(
+            chain,
+            || signing_key(&key, key_name),
+            KeyCheck::Rustls,
+            cert_name,
+            key_name,
+        )
+    }
+
+    /// The checks common to every key source: the leaf's key strength and validity (before
+    /// `signing_key` is called, so that a weak key is reported as such, not as one ring refuses),
+    /// and (for [`KeyCheck::Rustls`]) that the key matches the leaf.
+    pub(crate) fn from_signing_key(
+        chain: Vec<CertificateDer<'static>>,
+        signing_key: impl FnOnce() -> Result<Arc<dyn SigningKey>>,
+        check: KeyCheck,
+        cert_name: &Path,
+        key_name: &Path,
+    ) -> Result<(Identity, Vec<Warning>)> {
         let mut warnings = Vec::new();
 
         let leaf = &chain[0];
@@ -104,15 +177,12 @@ impl Identity {
             ));
         }
 
-        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
-            Error::Credentials(format!(
-                "{}: the private key cannot be used for TLS ({e}); use an RSA (2048+), ECDSA P-256/P-384 or Ed25519 key",
-                key_name.display()
-            ))
-        })?;
-        drop(key);
-        let certified = CertifiedKey::new(chain, signing_key);
-        match certified.keys_match() {
+        let certified = CertifiedKey::new(chain, signing_key()?);
+        let matched = match check {
+            KeyCheck::Verified => Ok(()),
+            KeyCheck::Rustls => certified.keys_match(),
+        };
+        match matched {
             Ok(()) => {}
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
                 warnings.push(Warning::new(
@@ -194,6 +264,106 @@ pub fn thumbprint(der: &CertificateDer<'_>) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref()))
 }
 
+fn signing_key(key: &PrivateKeyDer<'_>, key_name: &Path) -> Result<Arc<dyn SigningKey>> {
+    rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| {
+        Error::Credentials(format!(
+            "{}: the private key cannot be used for TLS ({e}); use an RSA (2048+), ECDSA P-256/P-384 or Ed25519 key",
+            key_name.display()
+        ))
+    })
+}
+
+/// Whether a PEM key file is an encrypted PKCS#8 one.
+fn is_encrypted(pem: &[u8]) -> bool {
+    pem.windows(ENCRYPTED_BEGIN.len())
+        .any(|w| w == ENCRYPTED_BEGIN.as_bytes())
+}
+
+const ENCRYPTED_BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+const ENCRYPTED_END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
+
+/// The PKCS#8 DER inside an encrypted PKCS#8 PEM file (PBES2: PBKDF2 or scrypt, AES-CBC), in a
+/// buffer zeroed on drop. A wrong passphrase is one error, whatever the decryption's own failure
+/// (bad padding, or a plaintext that is not DER).
+fn decrypt_pkcs8(pem: &[u8], passphrase: &[u8], name: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    let damaged = || {
+        Error::Credentials(format!(
+            "{}: the encrypted private key is damaged (no complete `{ENCRYPTED_BEGIN}` block \
+             with base64 lines inside); export it again",
+            name.display()
+        ))
+    };
+    let text = std::str::from_utf8(pem).map_err(|_| damaged())?;
+    let start = text.find(ENCRYPTED_BEGIN).ok_or_else(damaged)?;
+    let end = text[start..].find(ENCRYPTED_END).ok_or_else(damaged)? + start;
+    let block = format!("{}\n", &text[start..end + ENCRYPTED_END.len()]);
+    let (_, doc) = pkcs8::der::Document::from_pem(&block).map_err(|_| damaged())?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes()).map_err(|_| damaged())?;
+    match info.decrypt(passphrase) {
+        Ok(plain) => Ok(Zeroizing::new(plain.as_bytes().to_vec())),
+        Err(pkcs8::Error::EncryptedPrivateKey(
+            pkcs8::pkcs5::Error::UnsupportedAlgorithm { .. }
+            | pkcs8::pkcs5::Error::AlgorithmParametersInvalid { .. }
+            | pkcs8::pkcs5::Error::NoPbes1CryptSupport,
+        )) => Err(Error::Credentials(format!(
+            "{}: the private key is encrypted with an unsupported scheme (supported: PBES2 with \
+             PBKDF2-HMAC-SHA256 or scrypt, and AES-128/256-CBC); re-encrypt it with `openssl \
+             pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.enc`",
+            name.display()
+        ))),
+        Err(_) => Err(Error::Credentials(format!(
+            "{}: wrong passphrase for the encrypted private key (from `private_key_passphrase_file` \
+             or ${PASSPHRASE_ENV}): give the passphrase the key was encrypted with",
+            name.display()
+        ))),
+    }
+}
+
+/// A secret (passphrase, PIN) from `file` (refused when group or others may read or write it) or
+/// else from the environment variable `env`; a trailing newline in the file is not part of it.
+/// `None` when neither is set. The secret is never part of an error message.
+pub(crate) fn read_secret(
+    file: Option<&Path>,
+    setting: &str,
+    env: &str,
+) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let Some(file) = file else {
+        return Ok(std::env::var_os(env).map(|v| {
+            use std::os::unix::ffi::OsStringExt as _;
+            Zeroizing::new(v.into_vec())
+        }));
+    };
+    let meta = std::fs::metadata(file).map_err(|e| {
+        Error::Credentials(format!("cannot read `{setting}` {}: {e}", file.display()))
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Credentials(format!(
+                "`{setting}` {} is open to other users (mode {mode:o}); a secret file must be \
+                 readable by its owner only: chmod 600 {}",
+                file.display(),
+                file.display()
+            )));
+        }
+    }
+    let mut secret = Zeroizing::new(read(file, setting)?);
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        return Err(Error::Credentials(format!(
+            "`{setting}` {} is empty: write the secret in it (one line)",
+            file.display()
+        )));
+    }
+    Ok(Some(secret))
+}
+
 fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         Error::Credentials(format!(
@@ -203,7 +373,7 @@ fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
     })
 }
 
-fn parse_chain(pem: &[u8], name: &Path) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn parse_chain(pem: &[u8], name: &Path) -> Result<Vec<CertificateDer<'static>>> {
     // The parser's own error is never shown: it can print a line of the file, and a key put in
     // the certificate file by mistake would be in it.
     let chain = CertificateDer::pem_slice_iter(pem)
@@ -226,8 +396,12 @@ fn parse_chain(pem: &[u8], name: &Path) -> Result<Vec<CertificateDer<'static>>> 
 
 fn parse_key(pem: &[u8], name: &Path) -> Result<PrivateKeyDer<'static>> {
     if pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        // Encrypted PKCS#8 is decrypted by `Identity::from_settings`; what reaches this is an
+        // OpenSSL "traditional" encrypted key (`Proc-Type: 4,ENCRYPTED`) or a PEM-only load.
         return Err(Error::Credentials(format!(
-            "{}: the private key is encrypted; decrypt it first (openssl pkey -in KEY -out KEY.plain) and keep it readable only by this user",
+            "{}: the private key is encrypted: give its passphrase with \
+             `private_key_passphrase_file` or ${PASSPHRASE_ENV} (encrypted PKCS#8; convert other \
+             encrypted forms with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8`)",
             name.display()
         )));
     }
@@ -281,7 +455,7 @@ fn pem_problem(e: &pem::Error, pem: &[u8]) -> &'static str {
     }
 }
 
-fn check_key_strength(x509: &X509Certificate<'_>, name: &Path) -> Result<String> {
+pub(crate) fn check_key_strength(x509: &X509Certificate<'_>, name: &Path) -> Result<String> {
     let spki = x509.public_key();
     let alg = spki.algorithm.algorithm.to_id_string();
     match spki.parsed() {

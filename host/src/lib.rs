@@ -10,7 +10,8 @@
 //!
 //! Threat model, in short:
 //! - The private key and every access token stay inside this process: the key lives only in
-//!   rustls after [`Identity::load`], tokens only in the token cache, and no public function
+//!   rustls after [`Identity::load`] (or, with a `pkcs11:` key, only in its token, which signs
+//!   each handshake: [`pkcs11`]), tokens only in the token cache, and no public function
 //!   returns either (except `danger_reveal_token`, which exists for `fapi-host token
 //!   --reveal-token`). They never reach a log line, an error message or a guest.
 //! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
@@ -24,7 +25,8 @@
 //! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
 //! | `token` | the token cache and its refresh; token requests and introspection |
 //! | `discovery` | the authorization server's metadata, fetched and checked |
-//! | `credentials` | [`Identity`]: the key and certificate, loaded and checked |
+//! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
+//! | [`pkcs11`] | keys in a PKCS#11 token: URIs, sessions, the rustls signing key |
 //! | `tls` | the rustls configuration of an identity and the HTTP clients built on it |
 //! | `net` | name resolution (`[client.resolve]`) and the authorization server's addresses |
 //! | `policy` | the egress policy of guests, the one table of headers the host owns, bounded quoting |
@@ -60,6 +62,7 @@ mod credentials;
 mod discovery;
 mod error;
 mod net;
+pub mod pkcs11;
 mod policy;
 #[cfg(feature = "sandbox")]
 pub mod proxy;

@@ -26,6 +26,27 @@ impl Report {
     }
 }
 
+/// The PKCS#11 key, step by step: module, token, PIN, key, public key, test signature. False
+/// when a step failed (reported with its fix).
+fn check_pkcs11(r: &mut Report, settings: &crate::config::Settings) -> Result<bool> {
+    let mut passed: Vec<(&'static str, String)> = Vec::new();
+    let mut current = crate::pkcs11::Step::Uri.label();
+    let loaded = crate::pkcs11::identity(settings, &mut |step, detail| match detail {
+        None => current = step.label(),
+        Some(d) => passed.push((step.label(), d.to_owned())),
+    });
+    for (what, detail) in &passed {
+        r.ok(what, detail)?;
+    }
+    match loaded {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            r.fail(current, e)?;
+            Ok(false)
+        }
+    }
+}
+
 pub(super) async fn run(cli: &Cli) -> Result<u8> {
     let mut r = Report { failed: false };
     let settings = match cli.settings() {
@@ -44,9 +65,18 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
         }
     };
     let mut files_ok = true;
+    let key_file = settings
+        .pkcs11_uri()
+        .is_none()
+        .then_some(&settings.private_key);
+    let cert_file = (!settings
+        .certificate
+        .to_str()
+        .is_some_and(|c| c.starts_with("pkcs11:")))
+    .then_some(&settings.certificate);
     for (name, path) in [
-        ("certificate", Some(&settings.certificate)),
-        ("private_key", Some(&settings.private_key)),
+        ("certificate", cert_file),
+        ("private_key", key_file),
         ("ca_bundle", settings.ca_bundle.as_ref()),
     ] {
         let Some(path) = path else { continue };
@@ -65,6 +95,9 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
         }
     }
     if !files_ok {
+        return Ok(r.code());
+    }
+    if settings.pkcs11_uri().is_some() && !check_pkcs11(&mut r, &settings)? {
         return Ok(r.code());
     }
     let client = match FapiClient::from_settings(&settings) {

@@ -66,7 +66,7 @@ impl FapiClient {
     /// Build a client from validated settings: loads and checks the key and certificate and
     /// builds the TLS configuration. No network traffic happens until the first request.
     pub fn from_settings(settings: &Settings) -> Result<(FapiClient, Vec<Warning>)> {
-        let (identity, warnings) = Identity::load(&settings.certificate, &settings.private_key)?;
+        let (identity, warnings) = Identity::from_settings(settings)?;
         for w in &warnings {
             tracing::warn!("{w}");
         }
