@@ -5,6 +5,9 @@
 include!("../guest/build-support/build_guests.rs");
 include!("../guest/build-support/tools.rs");
 
+/// Where Debian's softhsm2 puts its PKCS#11 module.
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
 fn main() {
     let guests = build_guests(None);
     let out_dir =
@@ -44,6 +47,14 @@ fn main() {
                 && command_runs("python3", &["-c", "import requests"])
         },
     );
+    tool_cfg("fapi_has_softhsm", "FAPI_REQUIRE_PKCS11", &[], || {
+        std::path::Path::new(SOFTHSM_MODULE).exists()
+            && command_runs("softhsm2-util", &["--version"])
+            && std::process::Command::new("pkcs11-tool")
+                .arg("--help")
+                .output()
+                .is_ok()
+    });
     // The wasmtime compilation cache that every test binary of this crate shares.
     println!(
         "cargo:rustc-env=FAPI_TESTS_WASMTIME_CACHE={}",

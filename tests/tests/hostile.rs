@@ -840,6 +840,8 @@ async fn a_denial_never_suggests_an_entry_that_reaches_the_authorization_server(
             detail.contains("never reachable from a guest") && !detail.contains("--allow"),
             "{url}: {detail}"
         );
+        let v = env.probe(&["http", &url]).await;
+        assert_eq!(err_name(&v), "HttpRequestDenied", "{url}: {v}");
     }
     no_secrets(&env, &[], &audit).await;
 }

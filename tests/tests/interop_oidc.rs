@@ -280,6 +280,11 @@ impl Env {
     }
 
     async fn cli(&self, config: &Path, args: &[&str]) -> Output {
+        self.cli_with(config, args, &[]).await
+    }
+
+    /// [`Env::cli`] with these environment variables.
+    async fn cli_with(&self, config: &Path, args: &[&str], vars: &[(&str, &Path)]) -> Output {
         let mut cmd = Command::new(fapi_tests::fapi_host_bin());
         cmd.arg("--config")
             .arg(config)
@@ -290,6 +295,9 @@ impl Env {
             if k.starts_with("FAPI_") && k != "FAPI_REQUIRE_INTEROP" {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
         }
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
@@ -883,4 +891,148 @@ fn dev_issuer_options_need_issuer() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("https"), "{}", text(&out.stderr));
+}
+
+/// The consumer's key in a PKCS#11 token (SoftHSM2, made here): `check`, `fetch` and `run` get
+/// oidc-provider's tokens, bound to the certificate, while every TLS signature is made in the
+/// token; the PIN appears in no output.
+#[tokio::test]
+#[cfg_attr(
+    not(all(fapi_has_oidc_provider, fapi_has_softhsm)),
+    ignore = "needs node with `npm ci --prefix tests/oidc`, softhsm2 and opensc"
+)]
+async fn a_key_in_a_pkcs11_token_gets_oidc_provider_tokens() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(env) = Env::start("a_key_in_a_pkcs11_token_gets_oidc_provider_tokens", 300).await
+    else {
+        return;
+    };
+    const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+    const PIN: &str = "pkcs11-interop-pin-4821";
+    let dir = env.dir.path();
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\n", tokens.display()),
+    )
+    .unwrap();
+    let tool = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd)
+            .args(args)
+            .env("SOFTHSM2_CONF", &conf)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    tool(
+        "softhsm2-util",
+        &[
+            "--init-token",
+            "--free",
+            "--label",
+            "fapi",
+            "--pin",
+            PIN,
+            "--so-pin",
+            "so-pin-93",
+        ],
+    );
+    let key = &env.fed.pki().client("consumer").unwrap().key_pem;
+    std::fs::write(dir.join("consumer-for-token.key"), key).unwrap();
+    tool(
+        "pkcs11-tool",
+        &[
+            "--module",
+            MODULE,
+            "--token-label",
+            "fapi",
+            "--login",
+            "--pin",
+            PIN,
+            "--write-object",
+            "consumer-for-token.key",
+            "--type",
+            "privkey",
+            "--label",
+            "consumer",
+            "--id",
+            "01",
+        ],
+    );
+    std::fs::remove_file(dir.join("consumer-for-token.key")).unwrap();
+    let pin_file = dir.join("pin");
+    std::fs::write(&pin_file, PIN).unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let original = std::fs::read_to_string(&env.config).unwrap();
+    let mut hsm = format!(
+        "pkcs11_module = {MODULE:?}\npkcs11_pin_file = {:?}\n",
+        pin_file.display().to_string()
+    );
+    for line in original.lines() {
+        if line.starts_with("private_key") {
+            hsm.push_str("private_key = \"pkcs11:token=fapi;object=consumer\"\n");
+        } else {
+            hsm.push_str(line);
+            hsm.push('\n');
+        }
+    }
+    assert!(hsm.contains("pkcs11:token=fapi"), "{hsm}");
+    let hsm_config = dir.join("hsm.toml");
+    std::fs::write(&hsm_config, hsm).unwrap();
+    let vars = [("SOFTHSM2_CONF", conf.as_path())];
+
+    let mut searched: Vec<(String, Vec<u8>)> = Vec::new();
+    let out = env.cli_with(&hsm_config, &["check"], &vars).await;
+    env.oidc.assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("test signature"),
+        "{}",
+        text(&out.stdout)
+    );
+    searched.push(("check".into(), [out.stdout, out.stderr].concat()));
+    let out = env
+        .cli_with(&hsm_config, &["-vv", "fetch", &env.fed.data_url()], &vars)
+        .await;
+    env.oidc.assert_exit(&out, 0);
+    assert!(
+        out.stdout
+            .starts_with(data::csv(data::DEFAULT_ROWS).as_bytes())
+    );
+    searched.push(("fetch".into(), [out.stdout, out.stderr].concat()));
+    let out = env
+        .cli_with(
+            &hsm_config,
+            &["run", guests::FETCH, "--", &env.fed.data_json_url()],
+            &vars,
+        )
+        .await;
+    env.oidc.assert_exit(&out, 0);
+    searched.push(("run".into(), [out.stdout, out.stderr].concat()));
+    // Tokens from oidc-provider, bound to the consumer's certificate.
+    let issued = env.oidc.tokens();
+    assert!(issued.len() >= 2, "{}", env.oidc.log());
+    for t in &issued {
+        assert_eq!(t["client_id"], "fapi-dev-consumer");
+        assert_eq!(
+            t["x5t#S256"],
+            env.fed.pki().client("consumer").unwrap().thumbprint()
+        );
+    }
+    for (what, bytes) in &searched {
+        assert!(
+            !fapi_tests::sandbox_env::contains(bytes, PIN.as_bytes()),
+            "the PIN in the output of {what}"
+        );
+    }
+    let needles = needles(&env);
+    for (what, bytes) in &searched {
+        needles.assert_absent(what, bytes);
+    }
 }
