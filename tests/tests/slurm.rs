@@ -5,8 +5,9 @@
 //!
 //! The README's Slurm array script is taken from README.md itself and submitted with
 //! `sbatch --wait` against a local federation started here: 8 array tasks, 20,000 items; then one
-//! task cancelled mid-run (`scancel`) and submitted again; then 8 shards sharing one output
-//! directory. The merged view (`fapi-host batch manifest`) must hold every item exactly once,
+//! task cancelled mid-run (`scancel`) and submitted again; then a lost node (slurmd and one task's
+//! processes killed, slurmd started again: Slurm requeues the task); then 8 shards sharing one
+//! output directory. The merged view (`fapi-host batch manifest`) must hold every item exactly once,
 //! every file must match a direct fetch by SHA-256, and each task must take exactly one token.
 //!
 //! When a Slurm or munge tool is missing the test prints SKIPPED and passes, unless
@@ -137,7 +138,7 @@ SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={socket}
+AuthInfo=socket={socket},cred_expire=10
 CredType=cred/munge
 StateSaveLocation={state}
 SlurmdSpoolDir={spool}
@@ -152,10 +153,12 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
 ReturnToService=2
+SlurmdTimeout=15
 KillWait=10
 MinJobAge=600
 NodeName=fapinode NodeHostname={host} NodeAddr=127.0.0.1 CPUs={TASKS} State=UNKNOWN
@@ -170,21 +173,8 @@ PartitionName=batch Nodes=fapinode Default=YES MaxTime=INFINITE State=UP
             slurmd_log = p("log/slurmd.log"),
         );
         std::fs::write(&cluster.conf, conf).unwrap();
-        for (name, args) in [
-            ("slurmctld", vec!["-D", "-i"]),
-            ("slurmd", vec!["-D", "-N", "fapinode"]),
-        ] {
-            let child = Command::new(&cluster.tools[name])
-                .args(args)
-                .arg("-f")
-                .arg(&cluster.conf)
-                .env("SLURM_CONF", &cluster.conf)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(d.join(format!("log/{name}.out"))).unwrap())
-                .spawn()
-                .unwrap();
-            cluster.daemons.push((name, child));
-        }
+        cluster.spawn("slurmctld");
+        cluster.spawn("slurmd");
         let mut sinfo = cluster.command("sinfo");
         sinfo.args(["-h", "-o", "%t"]);
         cluster.wait_for("the node to be idle", || {
@@ -195,6 +185,81 @@ PartitionName=batch Nodes=fapinode Default=YES MaxTime=INFINITE State=UP
         cluster
     }
 
+    /// Start a Slurm daemon in the foreground, its stderr appended to `log/NAME.out`.
+    fn spawn(&mut self, name: &'static str) {
+        let args: &[&str] = match name {
+            "slurmctld" => &["-D", "-i"],
+            _ => &["-D", "-N", "fapinode"],
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("log/{name}.out")))
+            .unwrap();
+        let child = Command::new(&self.tools[name])
+            .args(args)
+            .arg("-f")
+            .arg(&self.conf)
+            .env("SLURM_CONF", &self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push((name, child));
+    }
+
+    /// Lose the node under task `k` of the array run from `cwd`, as a node that loses power
+    /// would: SIGKILL to this cluster's slurmd, then to the task's batch step (slurmstepd) and
+    /// every process between it and the task's fapi-host (found by its working directory and
+    /// `--shard k/8`). All of them are processes this test started, through slurmd. Returns the
+    /// PIDs killed besides slurmd's.
+    fn lose_node_under(&mut self, cwd: &Path, k: u64) -> Vec<u32> {
+        let cwd = cwd.canonicalize().unwrap();
+        let shard = format!("{k}/{TASKS}");
+        let fapi = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&pid| {
+                let args = cmdline(pid);
+                args.first().is_some_and(|a| a.ends_with("fapi-host"))
+                    && args.windows(2).any(|w| w[0] == "--shard" && w[1] == shard)
+                    && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == cwd)
+            })
+            .unwrap_or_else(|| panic!("no fapi-host of task {k} running"));
+        let mut chain = vec![fapi];
+        loop {
+            let parent = ppid(*chain.last().unwrap());
+            assert!(
+                parent > 1,
+                "no slurmstepd above fapi-host {fapi}: {chain:?}"
+            );
+            chain.push(parent);
+            if cmdline(parent)
+                .first()
+                .is_some_and(|a| a.starts_with("slurmstepd"))
+            {
+                break;
+            }
+        }
+        let (index, _) = self
+            .daemons
+            .iter()
+            .enumerate()
+            .find(|(_, (name, _))| *name == "slurmd")
+            .unwrap();
+        let (_, mut slurmd) = self.daemons.remove(index);
+        slurmd.kill().unwrap();
+        slurmd.wait().unwrap();
+        // The step first, so that it reports nothing; then the script and fapi-host.
+        chain.reverse();
+        for pid in &chain {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        chain
+    }
+
     /// A Slurm client command for this cluster.
     fn command(&self, tool: &str) -> Command {
         let mut c = Command::new(&self.tools[tool]);
@@ -202,7 +267,11 @@ PartitionName=batch Nodes=fapinode Default=YES MaxTime=INFINITE State=UP
         c
     }
 
-    fn wait_for(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+    fn wait_for(&mut self, what: &str, ready: impl FnMut() -> bool) {
+        self.wait_for_up_to(what, Duration::from_secs(60), ready)
+    }
+
+    fn wait_for_up_to(&mut self, what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
         let t0 = Instant::now();
         while !ready() {
             let ended = self
@@ -216,8 +285,8 @@ PartitionName=batch Nodes=fapinode Default=YES MaxTime=INFINITE State=UP
                 );
             }
             assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "no {what} after 60 s:\n{}",
+                t0.elapsed() < limit,
+                "no {what} after {limit:?}:\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -269,10 +338,10 @@ PartitionName=batch Nodes=fapinode Default=YES MaxTime=INFINITE State=UP
     }
 
     /// Wait until no task of `job` is queued or running.
-    fn wait_gone(&mut self, job: &str) {
+    fn wait_gone(&mut self, job: &str, limit: Duration) {
         let mut squeue = self.command("squeue");
         squeue.args(["-h", "-j", job, "-o", "%i %T"]);
-        self.wait_for(&format!("job {job} to end"), || {
+        self.wait_for_up_to(&format!("job {job} to end"), limit, || {
             squeue
                 .output()
                 .is_ok_and(|o| o.status.success() && o.stdout.iter().all(u8::is_ascii_whitespace))
@@ -303,6 +372,29 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The arguments of process `pid` (none when it is gone).
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parent of process `pid` (0 when it is gone).
+fn ppid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let (_, after_name) = s.rsplit_once(')')?;
+            after_name.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// PATH for the jobs: the directory of this build's `fapi-host` first.
@@ -629,7 +721,7 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    tokio::task::block_in_place(|| cluster.wait_gone(&job));
+    tokio::task::block_in_place(|| cluster.wait_gone(&job, Duration::from_secs(120)));
     let cancelled_at = lines(&victim_manifest) as u64;
     assert!(
         cancelled_at < ITEMS / TASKS,
@@ -690,7 +782,74 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
          {skipped} skipped; {requests} data requests for {ITEMS} items"
     );
 
-    // 3. The 8 shards sharing one output directory (as on a shared file system), then run again:
+    // 3. A lost node: slurmd, the batch step and the task's processes killed (SIGKILL) mid-run,
+    // then slurmd started again (the node is back, empty). Slurm finds the batch job missing from
+    // the node and requeues it; the task runs again and resumes from its manifest.
+    let cwd = job_dir(work.path(), "lost", &fed, &script, &slow);
+    let before = fed.counters();
+    let victim = 5u64;
+    let (job, _, _) = tokio::task::block_in_place(|| {
+        cluster.submit(
+            &cwd,
+            &["--requeue", "--open-mode=append"],
+            &cwd.join("array.sh"),
+        )
+    });
+    let victim_manifest = cwd.join(format!("out/shard-{victim}/manifest.jsonl"));
+    tokio::task::block_in_place(|| {
+        cluster.wait_for("the task to be under way", || {
+            lines(&victim_manifest) >= 300
+        })
+    });
+    let t_lost = Instant::now();
+    let killed = tokio::task::block_in_place(|| cluster.lose_node_under(&cwd, victim));
+    let lost_at = lines(&victim_manifest) as u64;
+    assert!(lost_at < ITEMS / TASKS, "lost mid-run ({lost_at} lines)");
+    cluster.spawn("slurmd");
+    tokio::task::block_in_place(|| cluster.wait_gone(&job, Duration::from_secs(240)));
+    let show = cluster
+        .command("scontrol")
+        .args(["show", "job", &format!("{job}_{victim}")])
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        show.contains("Restarts=1") && show.contains("JobState=COMPLETED"),
+        "requeued once by Slurm, then completed: {show}"
+    );
+    let summaries = task_summaries(&cwd, &job, &all_tasks);
+    let (done, skipped, _) = parse_summary(&summaries[victim as usize].1);
+    assert_eq!(
+        (done + skipped, skipped),
+        (ITEMS / TASKS, lost_at),
+        "the requeued task skips what was recorded: {}",
+        summaries[victim as usize].1
+    );
+    merged_view(&cwd, &shard_args);
+    let counts = done_counts(&shard_dirs(&cwd));
+    assert_eq!(counts.len() as u64, ITEMS);
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "nothing done was fetched again"
+    );
+    let after = fed.counters();
+    // Again: at most the items the killed fapi-host had started and not recorded, those in
+    // flight (8) and those fetched and waiting for its writer (at most 32).
+    let requests = after.dp_requests - before.dp_requests;
+    assert!(
+        (ITEMS..=ITEMS + 8 + 32).contains(&requests),
+        "{requests} data requests for {ITEMS} items"
+    );
+    assert_eq!(after.token_requests - before.token_requests, TASKS + 1);
+    eprintln!(
+        "lost node: task {victim} killed with its slurmd ({} processes) after {lost_at} items; \
+         requeued by Slurm, it fetched {done} and skipped {skipped}, {:.1} s after the loss; \
+         {requests} data requests for {ITEMS} items",
+        killed.len(),
+        t_lost.elapsed().as_secs_f64()
+    );
+
+    // 4. The 8 shards sharing one output directory (as on a shared file system), then run again:
     // each shard's start checks only its own 2,500 files.
     let shared_script = script.replace("\"out/shard-$SLURM_ARRAY_TASK_ID\"", "out/shared");
     assert_ne!(shared_script, script);
