@@ -235,10 +235,11 @@ fn manifest_view(sources: &[PathBuf]) -> Result<u8> {
     let dirs: Vec<String> = sources
         .iter()
         .map(|p| {
-            let dir = if p.is_dir() {
-                p.as_path()
-            } else {
-                p.parent().unwrap_or(std::path::Path::new("."))
+            let dir = match p.parent() {
+                _ if p.is_dir() => p.as_path(),
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                // A manifest file named without a directory: the current one.
+                _ => std::path::Path::new("."),
             };
             dir.display().to_string()
         })
