@@ -635,7 +635,14 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
     let t_fed = Instant::now();
     let fed = fapi_tests::recording_federation(true).await;
     eprintln!("federation up in {:.1} s", t_fed.elapsed().as_secs_f64());
-    let work = tempfile::tempdir().unwrap();
+    // The jobs' directories hold 20,000 files a run: on tmpfs when there is one, where removing
+    // them takes a moment (on a file system mounted with `discard`, as on the CI machine's root,
+    // each unlink waits for the disk: minutes for the 80,000 of the four runs).
+    let work = tempfile::Builder::new()
+        .prefix("fapi-slurm-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let t_start = Instant::now();
     let mut cluster = tokio::task::block_in_place(|| Cluster::start(tools));
     eprintln!("cluster up in {:.1} s", t_start.elapsed().as_secs_f64());
@@ -702,6 +709,8 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
         "direct fetch of the {ITEMS} items: SHA-256 of each file matches ({:.1} s)",
         t_direct.elapsed().as_secs_f64()
     );
+
+    std::fs::remove_dir_all(&cwd).unwrap();
 
     // 2. One task cancelled mid-run, then submitted again: it resumes from its manifest. The
     // items are held back 20 ms each here, so that the task is still running when cancelled.
@@ -791,19 +800,17 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
          {skipped} skipped; {requests} data requests for {ITEMS} items"
     );
 
+    std::fs::remove_dir_all(&cwd).unwrap();
+
     // 3. A lost node: slurmd, the batch step and the task's processes killed (SIGKILL) mid-run,
     // then slurmd started again (the node is back, empty). Slurm finds the batch job missing from
-    // the node and requeues it; the task runs again and resumes from its manifest.
+    // the node and requeues it (JobRequeue=1, Slurm's default: the README's script as written);
+    // the task runs again and resumes from its manifest.
     let cwd = job_dir(work.path(), "lost", &fed, &script, &slow);
     let before = fed.counters();
     let victim = 5u64;
-    let (job, _, _) = tokio::task::block_in_place(|| {
-        cluster.submit(
-            &cwd,
-            &["--requeue", "--open-mode=append"],
-            &cwd.join("array.sh"),
-        )
-    });
+    let (job, _, _) =
+        tokio::task::block_in_place(|| cluster.submit(&cwd, &[], &cwd.join("array.sh")));
     let victim_manifest = cwd.join(format!("out/shard-{victim}/manifest.jsonl"));
     tokio::task::block_in_place(|| {
         cluster.wait_for("the task to be under way", || {
@@ -858,6 +865,8 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
         t_lost.elapsed().as_secs_f64()
     );
 
+    std::fs::remove_dir_all(&cwd).unwrap();
+
     // 4. The 8 shards sharing one output directory (as on a shared file system), then run again:
     // each shard's start checks only its own 2,500 files.
     let shared_script = script.replace("\"out/shard-$SLURM_ARRAY_TASK_ID\"", "out/shared");
@@ -890,9 +899,12 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
         assert!(counts.values().all(|&c| c == 1));
     }
     let t_stop = Instant::now();
-    tokio::task::block_in_place(|| drop(cluster));
+    tokio::task::block_in_place(|| {
+        drop(cluster);
+        drop(work);
+    });
     eprintln!(
-        "Slurm test: {:.1} s in all, {:.1} s of it stopping the cluster",
+        "Slurm test: {:.1} s in all, {:.1} s of it stopping the cluster and removing its files",
         t_start.elapsed().as_secs_f64(),
         t_stop.elapsed().as_secs_f64()
     );
