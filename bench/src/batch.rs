@@ -11,7 +11,7 @@ use fapi_host::FapiClient;
 use fapi_host::batch::{Batch, BatchOptions, Input};
 use sha2::{Digest as _, Sha256};
 
-use crate::memory::peak_kib;
+use crate::memory::{fapi_host_bin, peak_kib};
 use crate::setup::{Bench, fapi_drain, fapi_get, plain_get};
 
 /// The items of a throughput run.
@@ -514,4 +514,93 @@ pub async fn run(items: u64, large: u64, large_mib: u64, memory_items: &[u64], p
             peak as f64 / base as f64
         );
     }
+}
+
+/// `fapi-bench shards`: `shards` processes of `fapi-host batch --shard K/N --concurrency C/N`
+/// (each its own directory, token and connection pool, as the README's Slurm and Kubernetes
+/// examples run them) against one `fapi-host batch --concurrency C`, on the same `items` small
+/// items, alternating for `rounds` runs of each, each in fresh directories. Prints each run, the
+/// median and best of each side, and their ratio.
+pub async fn shards(items: u64, shards: u64, concurrency: usize, rounds: usize) {
+    let b = Bench::start().await;
+    let origin = b.fed.data_origin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = b.fed.write_client_config(dir.path(), "consumer").unwrap();
+    let list = dir.path().join("input.txt");
+    std::fs::write(&list, Items::small(items).input(&origin)).unwrap();
+    let shards = shards.max(1);
+    let per = (concurrency / shards as usize).max(1);
+    println!(
+        "\n## {shards} shards (concurrency {per} each) against one batch (concurrency {concurrency}), {items} small items\n"
+    );
+    println!("| run | one batch, items/s | {shards} shards, items/s |");
+    println!("|---|---|---|");
+    let root = dir.path().to_path_buf();
+    let runs = tokio::task::spawn_blocking(move || {
+        let bin = fapi_host_bin();
+        // Items/s of `n` processes started together, each on shard K/n, until the last ends.
+        let run = |round: usize, n: u64, conc: usize| -> f64 {
+            let out = root.join(format!("run-{round}-{n}"));
+            let t0 = Instant::now();
+            let children: Vec<_> = (0..n)
+                .map(|k| {
+                    let mut c = std::process::Command::new(&bin);
+                    c.arg("--config")
+                        .arg(&config)
+                        .args(["batch", "--input"])
+                        .arg(&list)
+                        .arg("--out")
+                        .arg(out.join(format!("shard-{k}")))
+                        .args(["--concurrency", &conc.to_string()])
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null());
+                    if n > 1 {
+                        c.args(["--shard", &format!("{k}/{n}")]);
+                    }
+                    c.spawn().unwrap()
+                })
+                .collect();
+            for mut c in children {
+                assert!(c.wait().unwrap().success(), "a batch failed");
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            let lines: usize = (0..n)
+                .map(|k| {
+                    std::fs::read_to_string(out.join(format!("shard-{k}/manifest.jsonl")))
+                        .unwrap()
+                        .lines()
+                        .count()
+                })
+                .sum();
+            assert_eq!(lines as u64, items, "every item once");
+            std::fs::remove_dir_all(&out).unwrap();
+            items as f64 / secs
+        };
+        (0..rounds)
+            .map(|round| {
+                let one = run(round, 1, concurrency);
+                let sharded = run(round, shards, per);
+                println!("| {} | {one:.0} | {sharded:.0} |", round + 1);
+                (one, sharded)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let stat = |pick: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (one_median, one_best) = stat(|r| r.0);
+    let (sh_median, sh_best) = stat(|r| r.1);
+    println!(
+        "\nmedian: one batch {one_median:.0} items/s, {shards} shards {sh_median:.0} items/s: \
+         shards / one batch = {:.2}x (best of each: {:.2}x; sharding costs nothing at 1/1.1 = \
+         0.91x or more); token requests: {}",
+        sh_median / one_median,
+        sh_best / one_best,
+        b.fed.counters().token_requests
+    );
 }

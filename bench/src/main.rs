@@ -80,6 +80,22 @@ enum What {
         #[arg(long, default_value = "python3")]
         python: String,
     },
+    /// N `fapi-host batch --shard K/N` processes (concurrency C/N each) against one `fapi-host
+    /// batch` process (concurrency C) on the same small items: what sharding on one machine costs.
+    Shards {
+        /// Small items per run.
+        #[arg(long, default_value_t = 20_000)]
+        items: u64,
+        /// Shards (processes).
+        #[arg(long, default_value_t = 8)]
+        shards: u64,
+        /// Total concurrency of each side.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Runs of each side, alternating.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Issue #7's benchmarks in one run (per request, throughput, start, instances, large
     /// responses), each figure as a ratio to plain reqwest mTLS of the same run; prints a table and
     /// writes JSON and an SVG chart (paths relative to the current directory).
@@ -247,5 +263,11 @@ async fn main() {
             memory_items,
             python,
         } => batch::run(items, large, large_mib, &memory_items, &python).await,
+        What::Shards {
+            items,
+            shards,
+            concurrency,
+            rounds,
+        } => batch::shards(items, shards, concurrency, rounds).await,
     }
 }

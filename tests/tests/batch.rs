@@ -964,3 +964,226 @@ async fn a_processors_own_requests_are_retried_in_a_batch() {
         "{guest_requests:?}"
     );
 }
+
+/// Watches a FIFO for readers: each time something opens it for reading (a batch's resume check
+/// would, to hash it) the watcher's open for writing returns, counts it and closes the FIFO
+/// (so the reader reads an empty file and goes on). [`FifoWatch::finish`] opens it for reading
+/// itself to release the watcher, and returns how many readers came before.
+struct FifoWatch {
+    path: PathBuf,
+    releasing: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u32>,
+}
+
+impl FifoWatch {
+    fn new(path: PathBuf) -> FifoWatch {
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo {}", path.display());
+        FifoWatch::watch(path)
+    }
+
+    fn watch(path: PathBuf) -> FifoWatch {
+        let releasing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (path, releasing) = (path.clone(), releasing.clone());
+            std::thread::spawn(move || {
+                let mut readers = 0;
+                loop {
+                    // Blocks until a reader opens the FIFO.
+                    let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                    drop(w);
+                    if releasing.load(Ordering::SeqCst) {
+                        return readers;
+                    }
+                    readers += 1;
+                    // Let that reader see the end of the file before the next open.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        FifoWatch {
+            path,
+            releasing,
+            thread,
+        }
+    }
+
+    fn finish(self) -> u32 {
+        self.releasing.store(true, Ordering::SeqCst);
+        drop(std::fs::File::open(&self.path).unwrap());
+        self.thread.join().unwrap()
+    }
+}
+
+/// Shards sharing one output directory (one manifest): a shard's start checks its own finished
+/// items only and never opens another shard's file. Another shard's finished item is a FIFO
+/// here: opening it is seen by the watcher (and a check of every record, as before the fix, is
+/// shown to open it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_sharing_a_directory_never_open_each_others_files() {
+    let env = Env::start().await;
+    let text: String = (0..40)
+        .map(|i| env.url(&format!("/items/{i}")) + "\n")
+        .collect();
+    let out = env.out("shared");
+    let run = async |k: u64| {
+        let mut o = BatchOptions::new(&out);
+        o.shard = Some(Shard { k, n: 2 });
+        Batch::new(env.client(), o).run(Input::parse(&text)).await
+    };
+    let s = run(1).await.unwrap();
+    assert_eq!((s.done, s.failed), (20, 0));
+    // A finished item of shard 1 whose file is the FIFO (an empty body: its size and hash match
+    // what a reader of the FIFO gets).
+    let fifo = FifoWatch::new(out.join("other-shards-item"));
+    let fake = Record {
+        outcome: Outcome::Done,
+        line: 42,
+        index: 41,
+        url: env.url("/items/41"),
+        status: Some(200),
+        bytes: 0,
+        sha256: Some(sha_hex(b"")),
+        duration_ms: 1,
+        attempts: 1,
+        interaction_id: None,
+        file: Some("other-shards-item".into()),
+        error: None,
+    };
+    fapi_host::batch::Manifest::open(&out)
+        .unwrap()
+        .append(&fake)
+        .unwrap();
+    // Shard 0 starts (nothing of its own done yet), then resumes (everything of its own done).
+    let s = run(0).await.unwrap();
+    assert_eq!((s.done, s.skipped, s.failed), (20, 0, 0));
+    let s = run(0).await.unwrap();
+    assert_eq!((s.done, s.skipped, s.failed), (0, 20, 0));
+    assert_eq!(fifo.finish(), 0, "shard 0 opened a file of shard 1");
+    // Shard 1's own resume checks its files, the FIFO among them; so did every shard's start
+    // before the fix, checking every record: the watcher sees both.
+    let fifo = FifoWatch::watch(out.join("other-shards-item"));
+    let s = run(1).await.unwrap();
+    assert_eq!((s.done, s.skipped), (0, 20));
+    let recs = fapi_host::batch::read(&out).unwrap();
+    let unfiltered = std::thread::spawn({
+        let out = out.clone();
+        move || fapi_host::batch::completed(&out, &recs, None, || false).len()
+    });
+    assert_eq!(unfiltered.join().unwrap(), 41);
+    assert!(fifo.finish() >= 2, "the watcher sees every opening");
+}
+
+/// `fapi-host batch manifest`: two shards in their own directories, one killed mid-run and
+/// resumed, an item fetched again (its file was deleted), a line cut by a crash: the view has
+/// every item exactly once, with its last record, and each file it names is the item's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_merged_manifest_view_has_every_item_once() {
+    let env = Env::start().await;
+    let n = 2000u64;
+    let input = env.out("view.txt");
+    let text: String = (0..n)
+        .map(|i| env.url(&format!("/items/{i}")) + "\n")
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let dirs = [env.out("view-0"), env.out("view-1")];
+    let shard = |k: usize| format!("{k}/2");
+    // Shard 0: SIGKILL mid-run, then resumed.
+    let mut child = batch_command(&env, &input, &dirs[0], &["--shard", &shard(0)])
+        .spawn()
+        .unwrap();
+    wait_for_lines(&dirs[0], 200, &mut child).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A crash cut a line in the middle (a line written partly, as by a full disk).
+    let mut m = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dirs[0].join("manifest.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut m, b"{\"outcome\":\"done\",\"line\":9").unwrap();
+    drop(m);
+    for (k, dir) in dirs.iter().enumerate() {
+        let o = batch_command(&env, &input, dir, &["--shard", &shard(k)])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // An item whose file went missing is fetched again: its manifest holds it twice.
+    let first = records(&dirs[1])
+        .into_iter()
+        .find(|r| r.index == 1)
+        .unwrap();
+    std::fs::remove_file(dirs[1].join(first.file.as_ref().unwrap())).unwrap();
+    let o = batch_command(&env, &input, &dirs[1], &["--shard", &shard(1)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let raw = std::fs::read_to_string(dirs[1].join("manifest.jsonl")).unwrap();
+    assert_eq!(raw.lines().filter(|l| l.contains("/items/1\"")).count(), 2);
+
+    let view = std::process::Command::new(fapi_host_bin())
+        .args(["batch", "manifest"])
+        .args(&dirs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&view.stderr);
+    assert_eq!(view.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{n} items ({n} done, 0 failed)"))
+            && stderr.contains("1 records superseded")
+            && stderr.contains("1 cut lines skipped"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(view.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, n);
+    for (i, l) in lines.iter().enumerate() {
+        let r: Record = serde_json::from_value(l.clone()).unwrap();
+        assert_eq!(r.index, i as u64, "sorted, each item once");
+        assert_eq!(r.outcome, Outcome::Done);
+        let dir = Path::new(l["dir"].as_str().unwrap());
+        assert_eq!(dir, dirs[i % 2]);
+        let body = std::fs::read(dir.join(r.file.as_ref().unwrap())).unwrap();
+        assert_eq!(body, expected_item(i as u64));
+        assert_eq!(r.sha256.as_deref(), Some(sha_hex(&body).as_str()));
+    }
+    // The view of the re-fetched item is its last record.
+    let last = records(&dirs[1])
+        .into_iter()
+        .rfind(|r| r.index == 1)
+        .unwrap();
+    assert_ne!(last, first);
+    assert_eq!(
+        serde_json::from_value::<Record>(lines[1].clone()).unwrap(),
+        last
+    );
+    // Bad usage: no directory, or one that holds no manifest.
+    let o = std::process::Command::new(fapi_host_bin())
+        .args(["batch", "manifest"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = std::process::Command::new(fapi_host_bin())
+        .args(["batch", "manifest"])
+        .arg(env.out("nothing-here"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("give the --out directory"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    env.assert_no_secrets(&[&view.stdout, &view.stderr], &[&dirs[0], &dirs[1]]);
+}

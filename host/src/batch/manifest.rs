@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::input::Shard;
 use super::naming::MANIFEST;
 use crate::error::{Error, Result};
 
@@ -195,15 +196,95 @@ fn parse_records(bytes: &[u8]) -> Vec<Record> {
         .collect()
 }
 
+/// One item's last outcome in a [`merge`]d view, and where its line was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged {
+    /// The item's last record.
+    pub record: Record,
+    /// Which of the sources given to [`merge`] it came from (an index into them).
+    pub source: usize,
+}
+
+/// What [`merge`] read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Each item's last record, by item index (ascending).
+    pub items: Vec<Merged>,
+    /// Records read (every line that is one).
+    pub records: u64,
+    /// Records that a later record of the same item superseded (an item fetched again).
+    pub superseded: u64,
+    /// Lines that are not a record (cut by a crash or a failed write), skipped.
+    pub cut: u64,
+}
+
+/// The clean view of one or more manifests (shards of one input, in separate directories or
+/// sharing one): one record per item index, its last one, reading `sources` in the order given
+/// and each manifest from top to bottom; lines that are not a record (cut by a crash or a failed
+/// write) are skipped and counted. A source is a directory holding `manifest.jsonl`, or a
+/// manifest file itself. Reads line by line: memory grows with the items, not the lines.
+pub fn merge(sources: &[PathBuf]) -> Result<MergeReport> {
+    use std::io::BufRead as _;
+    let mut last: std::collections::BTreeMap<u64, Merged> = std::collections::BTreeMap::new();
+    let mut report = MergeReport::default();
+    for (source, path) in sources.iter().enumerate() {
+        let file = if path.is_dir() {
+            path.join(MANIFEST)
+        } else {
+            path.clone()
+        };
+        let io = |e: std::io::Error| {
+            let fix = if e.kind() == std::io::ErrorKind::NotFound {
+                " (give the --out directory of a batch, or its manifest.jsonl)"
+            } else {
+                ""
+            };
+            Error::Io(format!("manifest {}: {e}{fix}", file.display()))
+        };
+        let mut reader = std::io::BufReader::new(std::fs::File::open(&file).map_err(io)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+                break;
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<Record>(text) else {
+                report.cut += 1;
+                continue;
+            };
+            report.records += 1;
+            if last
+                .insert(record.index, Merged { record, source })
+                .is_some()
+            {
+                report.superseded += 1;
+            }
+        }
+    }
+    report.items = last.into_values().collect();
+    Ok(report)
+}
+
 /// The items a previous run finished: `(file, url)` of each `done` record whose file is present
 /// in `dir` with the recorded size and SHA-256. These are skipped on resume; the rest are retried.
+///
+/// With `shard`, only that shard's records are looked at: shards sharing one directory (and so
+/// one manifest) never open, let alone hash, each other's files.
 pub fn completed(
     dir: &Path,
     records: &[Record],
+    shard: Option<Shard>,
     stopping: impl Fn() -> bool,
 ) -> HashMap<(String, String), Record> {
     let mut done = HashMap::new();
     for r in records {
+        if shard.is_some_and(|s| !s.contains(r.index)) {
+            continue;
+        }
         // Every file is read and hashed: a resume over much output takes a while, and a signal
         // ends it (the items not checked yet are not counted done; the next run checks them).
         if stopping() {
@@ -318,13 +399,13 @@ mod tests {
         let records = read(d).expect("read");
         assert_eq!(records.len(), 6);
         std::fs::write(d.join("f"), b"").expect("write");
-        let done = completed(d, &records, || false);
+        let done = completed(d, &records, None, || false);
         let mut files: Vec<_> = done.keys().map(|(f, _)| f.as_str()).collect();
         files.sort();
         assert_eq!(files, vec!["a", "c", "f"]);
         // A signal during the check ends it: what was checked before it counts, nothing after.
         let asked = std::cell::Cell::new(0);
-        let done = completed(d, &records, || {
+        let done = completed(d, &records, None, || {
             asked.set(asked.get() + 1);
             asked.get() > 1
         });
@@ -420,6 +501,105 @@ mod tests {
         let got = read(dir.path()).expect("read");
         let indexes: Vec<u64> = got.iter().map(|r| r.index).collect();
         assert_eq!(indexes, vec![0, 2]);
+    }
+
+    /// Shards in a shared directory: a shard's check looks at its own records only, and so
+    /// never counts (or opens) another shard's file.
+    #[test]
+    fn a_shard_checks_only_its_own_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let m = Manifest::open(d).expect("open");
+        for i in 0..6u64 {
+            let body = format!("item {i}");
+            std::fs::write(d.join(format!("f{i}")), &body).expect("write");
+            m.append(&record(i, &format!("f{i}"), body.as_bytes()))
+                .expect("append");
+        }
+        let records = read(d).expect("read");
+        let asked = std::cell::Cell::new(0);
+        let done = completed(d, &records, Some(Shard { k: 1, n: 3 }), || {
+            asked.set(asked.get() + 1);
+            false
+        });
+        let mut files: Vec<_> = done.keys().map(|(f, _)| f.as_str()).collect();
+        files.sort();
+        assert_eq!(files, vec!["f1", "f4"]);
+        assert_eq!(asked.get(), 2, "only this shard's records are checked");
+        assert_eq!(completed(d, &records, None, || false).len(), 6);
+    }
+
+    fn write_manifest(dir: &Path, lines: &[&[u8]]) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join(MANIFEST), lines.concat()).expect("write");
+    }
+
+    fn line_of(r: &Record) -> Vec<u8> {
+        let mut buf = Vec::new();
+        r.write_line(&mut buf);
+        buf
+    }
+
+    /// The merged view: one record per item, its last; cut lines skipped and counted; several
+    /// shards' directories, or one shared by shards, or a manifest file given itself.
+    #[test]
+    fn merge_keeps_each_items_last_record_and_skips_cut_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("shard-0"), dir.path().join("shard-1"));
+        let mut failed = record(2, "f2", b"");
+        failed.outcome = Outcome::Failed;
+        failed.file = None;
+        failed.sha256 = None;
+        let refetched = record(2, "f2", b"second");
+        // Shard 0/2: items 0, 2 (failed, then done on resume), a line cut by a crash in between,
+        // and one at the end without its newline.
+        write_manifest(
+            &a,
+            &[
+                &line_of(&record(0, "f0", b"zero")),
+                &line_of(&failed),
+                b"{\"outcome\":\"done\",\"line\":5,\"ind\n",
+                b"\n",
+                &line_of(&refetched),
+                b"{\"outcome\":\"do",
+            ],
+        );
+        // Shard 1/2: items 1 and 3, item 1 twice (its file was fetched again).
+        write_manifest(
+            &b,
+            &[
+                &line_of(&record(3, "f3", b"three")),
+                &line_of(&record(1, "f1", b"one")),
+                &line_of(&record(1, "f1", b"one again")),
+            ],
+        );
+        let report = merge(&[a.clone(), b.join(MANIFEST)]).expect("merge");
+        let got: Vec<(u64, Outcome, u64, usize)> = report
+            .items
+            .iter()
+            .map(|m| (m.record.index, m.record.outcome, m.record.bytes, m.source))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, Outcome::Done, 4, 0),
+                (1, Outcome::Done, 9, 1),
+                (2, Outcome::Done, 6, 0),
+                (3, Outcome::Done, 5, 1),
+            ]
+        );
+        assert_eq!((report.records, report.superseded, report.cut), (6, 2, 2));
+        // The last record wins, in the order the sources are given.
+        let mut late_failure = record(0, "f0", b"");
+        late_failure.outcome = Outcome::Failed;
+        write_manifest(&b, &[&line_of(&late_failure)]);
+        let report = merge(&[a.clone(), b.clone()]).expect("merge");
+        assert_eq!(report.items[0].record.outcome, Outcome::Failed);
+        let report = merge(&[b.clone(), a.clone()]).expect("merge");
+        assert_eq!(report.items[0].record.outcome, Outcome::Done);
+        // A directory without a manifest is an error that says what to give.
+        let e = merge(&[dir.path().join("nowhere")]).expect_err("missing");
+        assert!(e.to_string().contains("give the --out directory"), "{e}");
     }
 
     #[test]

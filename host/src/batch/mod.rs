@@ -23,7 +23,9 @@ mod urls;
 mod writer;
 
 pub use input::{BadLine, Input, Item, Shard};
-pub use manifest::{Manifest, Outcome, Record, RecordError, completed, read};
+pub use manifest::{
+    Manifest, MergeReport, Merged, Outcome, Record, RecordError, completed, merge, read,
+};
 pub use politeness::{Politeness, Rate, RateLimiter};
 pub use progress::{Display, Progress, Stats, Summary};
 #[cfg(feature = "sandbox")]

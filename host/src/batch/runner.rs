@@ -216,9 +216,9 @@ impl Batch {
         // that the signal handler runs, and ended by a signal.
         let records = manifest::read(out)?;
         let completed = {
-            let (out, stop) = (out.clone(), sh.stop.clone());
+            let (out, stop, shard) = (out.clone(), sh.stop.clone(), sh.options.shard);
             tokio::task::spawn_blocking(move || {
-                manifest::completed(&out, &records, || stop.is_stopping())
+                manifest::completed(&out, &records, shard, || stop.is_stopping())
             })
             .await
             .map_err(|e| Error::Io(format!("checking the files of the last run: {e}")))?

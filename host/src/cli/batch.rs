@@ -17,15 +17,18 @@ use crate::sandbox::Sandbox;
   fapi-host --config fapi.toml batch --input items.jsonl --out data/ --shard \"$JOB_COMPLETION_INDEX/8\"
   fapi-host --config fapi.toml batch --input urls.txt --out json/ --plugin csv_to_json.wasm
 
+  fapi-host batch manifest out/shard-*/ > merged.jsonl
+
 Running the same command again skips the items the manifest records as done and retries the rest.")]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BatchArgs {
     /// Input file ('-' for stdin): one https URL per line, or JSON lines
     /// {"url", "method", "headers", "body", "name"}; blank lines and '#' comments are skipped.
-    #[arg(long, value_name = "FILE|-")]
-    pub input: String,
+    #[arg(long, value_name = "FILE|-", required = true)]
+    pub input: Option<String>,
     /// Output directory; also holds manifest.jsonl.
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    #[arg(long, value_name = "DIR", required = true)]
+    pub out: Option<PathBuf>,
     /// A batch processor component: each 2xx response goes through it and its output is written.
     #[arg(long, value_name = "COMPONENT.wasm")]
     pub plugin: Option<PathBuf>,
@@ -57,18 +60,53 @@ pub struct BatchArgs {
     /// Sandbox grants and limits for the plugin.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Instead of fetching: a view of what batches recorded.
+    #[command(subcommand)]
+    pub view: Option<BatchView>,
+}
+
+/// `fapi-host batch SUBCOMMAND`: views of finished or running batches (nothing is fetched).
+#[derive(Debug, clap::Subcommand)]
+pub enum BatchView {
+    /// Print one JSON line per item, the last outcome of each, merged across the manifests of
+    /// shards (separate directories or a shared one); lines cut by a crash are skipped.
+    #[command(
+        after_help = "Each line is the item's last manifest record plus \"dir\", the directory its \
+file is in. Lines are sorted by item index. A summary (items, done, failed, superseded records, cut \
+lines) goes to stderr. Exit status: 0; 6 a manifest cannot be read.
+
+Example:
+  fapi-host batch manifest out/shard-*/ | jq -r 'select(.outcome == \"failed\") | .url'"
+    )]
+    Manifest {
+        /// Output directories of batches (or their manifest.jsonl files), read in this order: an
+        /// item recorded in several, or several times, is shown with its last record.
+        #[arg(value_name = "DIR", required = true)]
+        dirs: Vec<PathBuf>,
+    },
 }
 
 pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
+    let (input_arg, out) = match (&args.view, &args.input, &args.out) {
+        (Some(BatchView::Manifest { dirs }), _, _) => return manifest_view(dirs),
+        (None, Some(input), Some(out)) => (input, out),
+        // clap requires both without a subcommand.
+        _ => {
+            eprintln!(
+                "fapi-host batch: give --input FILE and --out DIR (see fapi-host batch --help)"
+            );
+            return Ok(EXIT_USAGE);
+        }
+    };
     // A regular file is checked line by line and read again as the batch goes, never held whole:
     // memory stays flat however many items it has. Stdin (and a pipe or FIFO given as a path) can
     // be read only once, so it is kept.
-    let input = if args.input == "-" {
+    let input = if input_arg == "-" {
         Input::read(std::io::stdin().lock())
             .map_err(|e| Error::Io(format!("reading the input from stdin: {e}")))?
     } else {
-        Input::open(std::path::Path::new(&args.input))
-            .map_err(|e| Error::Io(format!("reading the input {}: {e}", args.input)))?
+        Input::open(std::path::Path::new(input_arg))
+            .map_err(|e| Error::Io(format!("reading the input {input_arg}: {e}")))?
     };
     // The bad lines of this shard: another shard's are that shard's to report.
     let bad: Vec<_> = input
@@ -78,7 +116,7 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
         .collect();
     if !bad.is_empty() && !args.keep_going {
         for b in bad {
-            eprintln!("fapi-host batch: {}: {b}", args.input);
+            eprintln!("fapi-host batch: {input_arg}: {b}");
         }
         eprintln!("fapi-host batch: nothing fetched; fix these lines or use --keep-going");
         return Ok(EXIT_USAGE);
@@ -101,7 +139,7 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     settings.client.retries = 0;
     let (client, _) = FapiClient::from_settings(&settings)?;
     let options = BatchOptions {
-        out: args.out.clone(),
+        out: out.clone(),
         concurrency: args.concurrency.max(1),
         rate: args.rate,
         shard: args.shard,
@@ -179,4 +217,67 @@ async fn watch_signals(stop: Stop) {
         _ = next(&mut term) => {},
     }
     stop.cancel();
+}
+
+/// One line of `fapi-host batch manifest`: the record, and the directory its file is in.
+#[derive(serde::Serialize)]
+struct ViewLine<'a> {
+    #[serde(flatten)]
+    record: &'a crate::batch::Record,
+    dir: &'a str,
+}
+
+/// `fapi-host batch manifest DIR...`: each item's last record, across the manifests given.
+fn manifest_view(sources: &[PathBuf]) -> Result<u8> {
+    use std::io::Write as _;
+    let report = crate::batch::merge(sources)?;
+    // The directory each source's files are in, as the user wrote it.
+    let dirs: Vec<String> = sources
+        .iter()
+        .map(|p| {
+            let dir = match p.parent() {
+                _ if p.is_dir() => p.as_path(),
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                // A manifest file named without a directory: the current one.
+                _ => std::path::Path::new("."),
+            };
+            dir.display().to_string()
+        })
+        .collect();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut line = Vec::new();
+    let (mut done, mut failed) = (0u64, 0u64);
+    for m in &report.items {
+        match m.record.outcome {
+            crate::batch::Outcome::Done => done += 1,
+            crate::batch::Outcome::Failed => failed += 1,
+        }
+        line.clear();
+        let view = ViewLine {
+            record: &m.record,
+            dir: dirs.get(m.source).map_or("", String::as_str),
+        };
+        serde_json::to_writer(&mut line, &view)
+            .map_err(|e| Error::Io(format!("writing a record: {e}")))?;
+        line.push(b'\n');
+        stdout.write_all(&line).map_err(stdout_error)?;
+    }
+    stdout.flush().map_err(stdout_error)?;
+    eprintln!(
+        "fapi-host batch manifest: {} items ({done} done, {failed} failed) from {} records in {} \
+         manifests; {} records superseded by a later one of their item; {} cut lines skipped",
+        report.items.len(),
+        report.records,
+        sources.len(),
+        report.superseded,
+        report.cut
+    );
+    Ok(EXIT_OK)
+}
+
+fn stdout_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        super::STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Error::Io(format!("writing to standard output: {e}"))
 }
