@@ -55,6 +55,21 @@ fn main() {
                 .output()
                 .is_ok()
     });
+    tool_cfg("fapi_has_slurm", "FAPI_REQUIRE_SLURM", &[], || {
+        ["slurmctld", "slurmd", "munged", "sbatch"]
+            .iter()
+            .all(|t| std::process::Command::new(t).arg("-V").output().is_ok())
+            && std::fs::read_to_string("/proc/self/status")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    tool_cfg(
+        "fapi_has_kubernetes_validate",
+        "FAPI_REQUIRE_K8S_VALIDATE",
+        &[],
+        || command_runs("kubernetes-validate", &["--version"]),
+    );
     // The wasmtime compilation cache that every test binary of this crate shares.
     println!(
         "cargo:rustc-env=FAPI_TESTS_WASMTIME_CACHE={}",

@@ -48,6 +48,10 @@ fn the_readme_quotes_the_job_manifest() {
 }
 
 #[test]
+#[cfg_attr(
+    not(fapi_has_kubernetes_validate),
+    ignore = "needs kubernetes-validate: pip install kubernetes-validate"
+)]
 fn the_job_manifest_validates_and_keeps_the_secret_out_of_the_environment() {
     let job = root().join("deploy/job.yaml");
     let validator = Command::new("kubernetes-validate")

@@ -601,6 +601,10 @@ fn fapi_host_hex(b: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(fapi_has_slurm),
+    ignore = "needs root and Slurm: apt-get install slurm-wlm munge"
+)]
 async fn the_readmes_slurm_array_on_a_real_cluster() {
     let mut tools = BTreeMap::new();
     let mut missing = Vec::new();
