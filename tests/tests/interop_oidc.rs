@@ -893,18 +893,18 @@ fn dev_issuer_options_need_issuer() {
     assert!(text(&out.stderr).contains("https"), "{}", text(&out.stderr));
 }
 
-/// The consumer's key in a PKCS#11 token (SoftHSM2, made here): `check`, `fetch` and `run` get
-/// oidc-provider's tokens, bound to the certificate, while every TLS signature is made in the
+/// The consumer's keys in a PKCS#11 token (SoftHSM2, made here), P-256 and RSA 2048 each with a
+/// certificate for the consumer's registered subject: `check`, `fetch`, `run` and `batch` get
+/// oidc-provider's tokens, bound to that certificate, while every TLS signature is made in the
 /// token; the PIN appears in no output.
 #[tokio::test]
 #[cfg_attr(
     not(all(fapi_has_oidc_provider, fapi_has_softhsm)),
-    ignore = "needs node with `npm ci --prefix tests/oidc`, softhsm2 and opensc"
+    ignore = "needs node with `npm ci --prefix tests/oidc`, softhsm2, opensc and openssl"
 )]
-async fn a_key_in_a_pkcs11_token_gets_oidc_provider_tokens() {
+async fn keys_in_a_pkcs11_token_get_oidc_provider_tokens() {
     use std::os::unix::fs::PermissionsExt as _;
-    let Some(env) = Env::start("a_key_in_a_pkcs11_token_gets_oidc_provider_tokens", 300).await
-    else {
+    let Some(env) = Env::start("keys_in_a_pkcs11_token_get_oidc_provider_tokens", 300).await else {
         return;
     };
     const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -944,86 +944,143 @@ async fn a_key_in_a_pkcs11_token_gets_oidc_provider_tokens() {
             "so-pin-93",
         ],
     );
-    let key = &env.fed.pki().client("consumer").unwrap().key_pem;
-    std::fs::write(dir.join("consumer-for-token.key"), key).unwrap();
-    tool(
-        "pkcs11-tool",
-        &[
-            "--module",
-            MODULE,
-            "--token-label",
-            "fapi",
-            "--login",
-            "--pin",
-            PIN,
-            "--write-object",
-            "consumer-for-token.key",
-            "--type",
-            "privkey",
-            "--label",
-            "consumer",
-            "--id",
-            "01",
-        ],
-    );
-    std::fs::remove_file(dir.join("consumer-for-token.key")).unwrap();
     let pin_file = dir.join("pin");
     std::fs::write(&pin_file, PIN).unwrap();
     std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The P-256 key the federation made for the consumer, and an RSA key made here, certified
+    // for the same registered subject.
+    let consumer = env.fed.pki().client("consumer").unwrap();
+    tool("openssl", &["genrsa", "-out", "rsa.key", "2048"]);
+    let rsa_key = std::fs::read_to_string(dir.join("rsa.key")).unwrap();
+    let mut spec = fapi_federation::ClientSpec::new("fapi-dev-consumer");
+    spec.name = "consumer-rsa".into();
+    spec.algorithm = &rcgen::PKCS_RSA_SHA256;
+    spec.key_pair = Some(rcgen::KeyPair::from_pem(&rsa_key).unwrap());
+    let rsa = env.fed.pki().issue_client(spec).unwrap();
+    let keys = [
+        (
+            "p256",
+            consumer.key_pem.clone(),
+            consumer.cert_pem.clone(),
+            consumer.thumbprint(),
+        ),
+        ("rsa", rsa_key, rsa.cert_pem.clone(), rsa.thumbprint()),
+    ];
     let original = std::fs::read_to_string(&env.config).unwrap();
-    let mut hsm = format!(
-        "pkcs11_module = {MODULE:?}\npkcs11_pin_file = {:?}\n",
-        pin_file.display().to_string()
-    );
-    for line in original.lines() {
-        if line.starts_with("private_key") {
-            hsm.push_str("private_key = \"pkcs11:token=fapi;object=consumer\"\n");
-        } else {
-            hsm.push_str(line);
-            hsm.push('\n');
-        }
-    }
-    assert!(hsm.contains("pkcs11:token=fapi"), "{hsm}");
-    let hsm_config = dir.join("hsm.toml");
-    std::fs::write(&hsm_config, hsm).unwrap();
     let vars = [("SOFTHSM2_CONF", conf.as_path())];
-
+    let input = dir.join("items.txt");
+    std::fs::write(
+        &input,
+        (0..3)
+            .map(|i| format!("{}/items/{i}\n", env.fed.data_origin()))
+            .collect::<String>(),
+    )
+    .unwrap();
     let mut searched: Vec<(String, Vec<u8>)> = Vec::new();
-    let out = env.cli_with(&hsm_config, &["check"], &vars).await;
-    env.oidc.assert_exit(&out, 0);
-    assert!(
-        text(&out.stdout).contains("test signature"),
-        "{}",
-        text(&out.stdout)
-    );
-    searched.push(("check".into(), [out.stdout, out.stderr].concat()));
-    let out = env
-        .cli_with(&hsm_config, &["-vv", "fetch", &env.fed.data_url()], &vars)
-        .await;
-    env.oidc.assert_exit(&out, 0);
-    assert!(
-        out.stdout
-            .starts_with(data::csv(data::DEFAULT_ROWS).as_bytes())
-    );
-    searched.push(("fetch".into(), [out.stdout, out.stderr].concat()));
-    let out = env
-        .cli_with(
-            &hsm_config,
-            &["run", guests::FETCH, "--", &env.fed.data_json_url()],
-            &vars,
-        )
-        .await;
-    env.oidc.assert_exit(&out, 0);
-    searched.push(("run".into(), [out.stdout, out.stderr].concat()));
-    // Tokens from oidc-provider, bound to the consumer's certificate.
-    let issued = env.oidc.tokens();
-    assert!(issued.len() >= 2, "{}", env.oidc.log());
-    for t in &issued {
-        assert_eq!(t["client_id"], "fapi-dev-consumer");
-        assert_eq!(
-            t["x5t#S256"],
-            env.fed.pki().client("consumer").unwrap().thumbprint()
+    for (id, (name, key, cert, thumbprint)) in keys.iter().enumerate() {
+        let id = format!("{:02}", id + 1);
+        std::fs::write(dir.join("for-token.key"), key).unwrap();
+        tool(
+            "pkcs11-tool",
+            &[
+                "--module",
+                MODULE,
+                "--token-label",
+                "fapi",
+                "--login",
+                "--pin",
+                PIN,
+                "--write-object",
+                "for-token.key",
+                "--type",
+                "privkey",
+                "--label",
+                name,
+                "--id",
+                &id,
+            ],
         );
+        std::fs::remove_file(dir.join("for-token.key")).unwrap();
+        let cert_file = dir.join(format!("{name}.pem"));
+        std::fs::write(&cert_file, cert).unwrap();
+        let mut hsm = format!(
+            "pkcs11_module = {MODULE:?}\npkcs11_pin_file = {:?}\n",
+            pin_file.display().to_string()
+        );
+        for line in original.lines() {
+            if line.starts_with("private_key") {
+                hsm.push_str(&format!(
+                    "private_key = \"pkcs11:token=fapi;object={name}\"\n"
+                ));
+            } else if line.starts_with("certificate") {
+                hsm.push_str(&format!(
+                    "certificate = {:?}\n",
+                    cert_file.display().to_string()
+                ));
+            } else {
+                hsm.push_str(line);
+                hsm.push('\n');
+            }
+        }
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, hsm).unwrap();
+        let before = env.oidc.tokens().len();
+
+        let out = env.cli_with(&config, &["check"], &vars).await;
+        env.oidc.assert_exit(&out, 0);
+        assert!(
+            text(&out.stdout).contains("test signature"),
+            "{name}: {}",
+            text(&out.stdout)
+        );
+        searched.push((format!("check ({name})"), [out.stdout, out.stderr].concat()));
+        let out = env
+            .cli_with(&config, &["-vv", "fetch", &env.fed.data_url()], &vars)
+            .await;
+        env.oidc.assert_exit(&out, 0);
+        assert!(
+            out.stdout
+                .starts_with(data::csv(data::DEFAULT_ROWS).as_bytes()),
+            "{name}"
+        );
+        searched.push((format!("fetch ({name})"), [out.stdout, out.stderr].concat()));
+        let out = env
+            .cli_with(
+                &config,
+                &["run", guests::FETCH, "--", &env.fed.data_json_url()],
+                &vars,
+            )
+            .await;
+        env.oidc.assert_exit(&out, 0);
+        searched.push((format!("run ({name})"), [out.stdout, out.stderr].concat()));
+        let out_dir = dir.join(format!("batch-{name}"));
+        let out = env
+            .cli_with(
+                &config,
+                &[
+                    "batch",
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--out",
+                    out_dir.to_str().unwrap(),
+                ],
+                &vars,
+            )
+            .await;
+        env.oidc.assert_exit(&out, 0);
+        assert_eq!(
+            std::fs::read_dir(&out_dir).unwrap().count(),
+            4,
+            "{name}: 3 items and the manifest"
+        );
+        searched.push((format!("batch ({name})"), [out.stdout, out.stderr].concat()));
+        // One token per process, from oidc-provider, bound to this key's certificate.
+        let issued = env.oidc.tokens();
+        assert_eq!(issued.len() - before, 4, "{name}: {}", env.oidc.log());
+        for t in &issued[before..] {
+            assert_eq!(t["client_id"], "fapi-dev-consumer");
+            assert_eq!(t["x5t#S256"], thumbprint.as_str(), "{name}");
+        }
     }
     for (what, bytes) in &searched {
         assert!(
