@@ -223,23 +223,8 @@ async fn ten_thousand_items_with_faults_and_a_revocation() {
     env.assert_no_secrets(&[], &[&out]);
 }
 
-fn fapi_host_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("fapi-host"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p fapi-host`; `cargo test --workspace` does)",
-        bin.display()
-    );
-    bin
-}
-
 fn batch_command(env: &Env, input: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new(fapi_host_bin());
+    let mut c = std::process::Command::new(fapi_tests::fapi_host_bin());
     c.arg("--config")
         .arg(&env.config)
         .arg("batch")
@@ -1129,7 +1114,7 @@ async fn the_merged_manifest_view_has_every_item_once() {
     let raw = std::fs::read_to_string(dirs[1].join("manifest.jsonl")).unwrap();
     assert_eq!(raw.lines().filter(|l| l.contains("/items/1\"")).count(), 2);
 
-    let view = std::process::Command::new(fapi_host_bin())
+    let view = std::process::Command::new(fapi_tests::fapi_host_bin())
         .args(["batch", "manifest"])
         .args(&dirs)
         .output()
@@ -1169,12 +1154,12 @@ async fn the_merged_manifest_view_has_every_item_once() {
         last
     );
     // Bad usage: no directory, or one that holds no manifest.
-    let o = std::process::Command::new(fapi_host_bin())
+    let o = std::process::Command::new(fapi_tests::fapi_host_bin())
         .args(["batch", "manifest"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    let o = std::process::Command::new(fapi_host_bin())
+    let o = std::process::Command::new(fapi_tests::fapi_host_bin())
         .args(["batch", "manifest"])
         .arg(env.out("nothing-here"))
         .output()

@@ -53,21 +53,6 @@ fn find_tool(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn fapi_host_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("fapi-host"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p fapi-host`; `cargo test --workspace` does)",
-        bin.display()
-    );
-    bin
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -399,7 +384,7 @@ fn ppid(pid: u32) -> u32 {
 
 /// PATH for the jobs: the directory of this build's `fapi-host` first.
 fn job_path() -> std::ffi::OsString {
-    let bin = fapi_host_bin();
+    let bin = fapi_tests::fapi_host_bin();
     let mut dirs = vec![bin.parent().unwrap().to_path_buf()];
     dirs.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
@@ -450,7 +435,7 @@ fn job_dir(root: &Path, name: &str, fed: &Federation, script: &str, urls: &str) 
 /// `fapi-host batch manifest` over `dirs`: the records it prints (checked: one per item, in
 /// order, none failed) and its summary line.
 fn merged_view(cwd: &Path, dirs: &[String]) -> (Vec<(Record, String)>, String) {
-    let o = Command::new(fapi_host_bin())
+    let o = Command::new(fapi_tests::fapi_host_bin())
         .args(["batch", "manifest"])
         .args(dirs)
         .current_dir(cwd)
