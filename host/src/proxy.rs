@@ -25,6 +25,13 @@ use hyper::body::{Frame, Incoming};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
 use crate::client::{FapiClient, FapiRequest};
 use crate::error::{Error, Result};
 use crate::policy::{HeaderCaller, HeaderOwner, Policy, bounded, refused_header, shown_url};
@@ -100,8 +107,70 @@ pub struct ProxyOptions {
     pub caller_timeout: std::time::Duration,
 }
 
+/// The proxy's metrics, in the Prometheus / OpenMetrics text format at the admin listener's
+/// `/metrics`.
+struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    upstream_seconds: Histogram,
+    token_failures: Counter,
+    token_requests: Gauge,
+    certificate_expiry_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("fapi_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route (its prefix, or none) and status",
+            requests.clone(),
+        );
+        let upstream_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "upstream_seconds",
+            "Time to the upstream's response head, token and retries included",
+            upstream_seconds.clone(),
+        );
+        let token_failures = Counter::default();
+        registry.register(
+            "token_failures",
+            "Requests answered 503 because no token could be had",
+            token_failures.clone(),
+        );
+        let token_requests = Gauge::default();
+        registry.register(
+            "token_requests",
+            "Token requests sent to the authorization server",
+            token_requests.clone(),
+        );
+        let certificate_expiry_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the client certificate expires",
+            certificate_expiry_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_seconds,
+            token_failures,
+            token_requests,
+            certificate_expiry_seconds,
+        }
+    }
+}
+
 /// A proxy ready to serve: its policy checked against the authorization server.
 pub struct Proxy {
+    metrics: Metrics,
     client: FapiClient,
     policy: Policy,
     options: ProxyOptions,
@@ -314,6 +383,7 @@ impl Proxy {
             crate::sandbox::guarded_egress(&client, policy, &blocked, &limits).await?;
         let in_flight = Semaphore::new(options.max_concurrent_requests.max(1));
         Ok(Proxy {
+            metrics: Metrics::new(),
             client,
             policy,
             options,
@@ -387,6 +457,19 @@ impl Proxy {
             Caller::Stranger(why) => error_response(StatusCode::FORBIDDEN, "not_the_owner", why),
             _ => self.forward(req, matches!(caller, Caller::Owner)).await,
         };
+        let route = self
+            .options
+            .routes
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+            .map_or("none", |r| r.prefix.as_str());
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                status: response.status().as_u16(),
+            })
+            .inc();
         tracing::info!(
             peer = %caller, %method, path = %bounded(&path, crate::policy::MAX_QUOTED),
             status = response.status().as_u16(),
@@ -526,6 +609,7 @@ impl Proxy {
         let Ok(_permit) = self.in_flight.acquire().await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down");
         };
+        let asked = std::time::Instant::now();
         let sent = self
             .client
             .send(FapiRequest {
@@ -537,6 +621,9 @@ impl Proxy {
                 timeout: None,
             })
             .await;
+        self.metrics
+            .upstream_seconds
+            .observe(asked.elapsed().as_secs_f64());
         let mut upstream = match sent {
             Ok(r) => r,
             Err(e) => return self.failure(&e),
@@ -557,6 +644,103 @@ impl Proxy {
         }
         *response.headers_mut() = response_headers;
         response
+    }
+
+    /// Serve the admin endpoints on `listener` until `stop` changes: `/healthz` (the proxy runs),
+    /// `/readyz` (a token can be had now: 200, else 503 with the reason) and `/metrics`.
+    pub async fn serve_admin(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.changed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.admin(req.uri().path()).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn admin(&self, path: &str) -> Response<ProxyBody> {
+        let json = |status: StatusCode, v: serde_json::Value| {
+            let mut r = Response::new(
+                Full::new(Bytes::from(v.to_string()))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        };
+        match path {
+            "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+            "/readyz" => {
+                let limit = self.client.settings().client.timeout;
+                match tokio::time::timeout(limit, self.client.token_info()).await {
+                    Ok(Ok(_)) => json(StatusCode::OK, serde_json::json!({ "ready": true })),
+                    Ok(Err(e)) => json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({ "ready": false, "error": e.to_string() }),
+                    ),
+                    Err(_) => json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({ "ready": false, "error": "no token within the timeout" }),
+                    ),
+                }
+            }
+            "/metrics" => {
+                let m = &self.metrics;
+                m.token_requests
+                    .set(i64::try_from(self.client.token_requests()).unwrap_or(i64::MAX));
+                let expiry = self.client.identity().not_after();
+                let left = match expiry.duration_since(std::time::SystemTime::now()) {
+                    Ok(d) => d.as_secs_f64(),
+                    Err(e) => -e.duration().as_secs_f64(),
+                };
+                m.certificate_expiry_seconds.set(left);
+                let mut text = String::new();
+                if prometheus_client::encoding::text::encode(&mut text, &m.registry).is_err() {
+                    return error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "metrics",
+                        "encoding failed",
+                    );
+                }
+                let mut r = Response::new(
+                    Full::new(Bytes::from(text))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            _ => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the admin listener serves /healthz, /readyz and /metrics",
+            ),
+        }
     }
 
     /// A `Location` inside a route, as the caller reaches it through the proxy.
@@ -590,6 +774,7 @@ impl Proxy {
             | Error::Discovery(_)
             | Error::Config(_)
             | Error::Credentials(_) => {
+                self.metrics.token_failures.inc();
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "token_unavailable",

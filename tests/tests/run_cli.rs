@@ -1018,3 +1018,88 @@ async fn the_proxy_keeps_a_valid_token_through_a_failed_refresh_then_answers_503
         .push(("the proxy's output".into(), printed));
     s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
 }
+
+/// `--admin`: `/healthz`, `/readyz` (a token can be had: 200; none: 503 with the reason) and
+/// Prometheus metrics (requests by route and status, upstream latency, token requests and
+/// failures, seconds to the certificate's expiry), on a loopback address of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxys_admin_listener_reports_health_readiness_and_metrics() {
+    use std::io::BufRead as _;
+    let s = setup().await;
+    let mut proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start_with(
+            &s,
+            "127.0.0.1:0",
+            &[format!("/items/={}/items/", s.fed.data_origin())],
+            &["--admin", "127.0.0.1:0"],
+        )
+    });
+    let admin = {
+        let mut out = std::io::BufReader::new(proxy.child.stdout.as_mut().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "no admin line");
+            if let Some(rest) = line.trim().strip_prefix("admin: ") {
+                break rest.split('/').take(3).collect::<Vec<_>>().join("/");
+            }
+        }
+    };
+    let get = |url: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", url])
+            .output()
+            .unwrap();
+        let t = text(&out.stdout);
+        let (body, status) = t.rsplit_once('\n').unwrap();
+        (status.to_owned(), body.to_owned())
+    };
+    assert_eq!(get(&format!("{admin}/healthz")).0, "200");
+    // Not ready while the authorization server refuses (no token yet), ready once it answers.
+    s.fed
+        .set_as_fault(Some(fapi_federation::AsFault::InvalidClient));
+    let (status, body) = get(&format!("{admin}/readyz"));
+    assert_eq!(status, "503", "{body}");
+    assert!(body.contains("invalid_client"), "{body}");
+    s.fed.set_as_fault(None);
+    let (status, body) = get(&format!("{admin}/readyz"));
+    assert_eq!(status, "200", "{body}");
+    let (status, _) = tokio::task::block_in_place(|| {
+        proxy.curl(&["-H", &proxy.bearer(), &format!("{}/items/1", proxy.origin)])
+    });
+    assert_eq!(status, 200);
+    let (status, _) = tokio::task::block_in_place(|| {
+        proxy.curl(&["-H", &proxy.bearer(), &format!("{}/nowhere", proxy.origin)])
+    });
+    assert_eq!(status, 404);
+    let (status, metrics) = get(&format!("{admin}/metrics"));
+    assert_eq!(status, "200", "{metrics}");
+    for expected in [
+        r#"fapi_proxy_requests_total{route="/items/",status="200"} 1"#,
+        r#"fapi_proxy_requests_total{route="none",status="404"} 1"#,
+        "fapi_proxy_upstream_seconds_count 1",
+        "fapi_proxy_token_failures_total 0",
+        "fapi_proxy_token_requests 2",
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in {metrics}");
+    }
+    let expiry: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fapi_proxy_certificate_expiry_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(expiry > 86_400.0, "{expiry}");
+    assert_eq!(get(&format!("{admin}/other")).0, "404");
+    let printed = proxy.stop();
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the metrics".into(), metrics.into_bytes()));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+}

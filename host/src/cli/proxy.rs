@@ -37,6 +37,10 @@ pub struct ProxyArgs {
     /// Requests sent on at once; more wait (default 64).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_concurrent_requests: usize,
+    /// An admin listener (a loopback address): /healthz, /readyz (a token can be had) and
+    /// /metrics (Prometheus). Off by default.
+    #[arg(long, value_name = "127.0.0.1:PORT")]
+    pub admin: Option<std::net::SocketAddr>,
     /// How long a caller may take to send its request head, then its body, seconds (default 30).
     #[arg(long, value_name = "S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub caller_timeout_seconds: u64,
@@ -100,6 +104,22 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
     for route in &routes {
         println!("{}", route_line(&origin, route));
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.admin {
+        if !addr.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "--admin {addr}: the admin listener has no authentication; give a loopback address"
+            )));
+        }
+        let admin = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Io(format!("cannot listen on {addr} (--admin): {e}")))?;
+        let bound = admin
+            .local_addr()
+            .map_err(|e| Error::Io(format!("the admin listener's address: {e}")))?;
+        println!("  admin: http://{bound}/healthz, /readyz, /metrics");
+        tokio::spawn(proxy.clone().serve_admin(admin, stop_rx));
+    }
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -115,6 +135,7 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
             }
         }
         tracing::info!("proxy: stopping; finishing the requests in flight");
+        let _ = stop_tx.send(true);
     };
     proxy.serve(listener, shutdown).await?;
     if let Some(f) = key_file {
