@@ -107,6 +107,30 @@ pub struct ProxyOptions {
     pub caller_timeout: std::time::Duration,
 }
 
+/// What requests go out with: a client (identity, TLS, token cache) and the policy its routes
+/// are checked by.
+struct Upstream {
+    client: FapiClient,
+    policy: Policy,
+}
+
+impl Upstream {
+    /// The client for guests' egress of `client`, and the policy of `routes` against its
+    /// authorization server (by name and address).
+    async fn new(client: FapiClient, routes: &[Route]) -> Result<Upstream> {
+        let issuer = url::Url::parse(&client.settings().issuer_url)
+            .map_err(|e| Error::Config(format!("`issuer_url`: {e}")))?;
+        let mut blocked = vec![issuer];
+        blocked.extend(client.server_metadata().await?.endpoints());
+        let allow: Vec<String> = routes.iter().map(|r| r.upstream.to_string()).collect();
+        let policy = Policy::new(&allow, &blocked)?;
+        let limits = client.settings().sandbox.clone();
+        let (policy, client) =
+            crate::sandbox::guarded_egress(&client, policy, &blocked, &limits).await?;
+        Ok(Upstream { client, policy })
+    }
+}
+
 /// The proxy's metrics, in the Prometheus / OpenMetrics text format at the admin listener's
 /// `/metrics`.
 struct Metrics {
@@ -171,8 +195,9 @@ impl Metrics {
 /// A proxy ready to serve: its policy checked against the authorization server.
 pub struct Proxy {
     metrics: Metrics,
-    client: FapiClient,
-    policy: Policy,
+    /// The identity, token cache and policy requests go out with; replaced whole by
+    /// [`Proxy::reload`] (a request in flight keeps the one it started with).
+    upstream: std::sync::RwLock<Arc<Upstream>>,
     options: ProxyOptions,
     in_flight: Semaphore,
     /// `http://ADDRESS`, for rewriting redirects into a route.
@@ -368,28 +393,42 @@ impl Proxy {
                     .into(),
             ));
         }
-        let issuer = url::Url::parse(&client.settings().issuer_url)
-            .map_err(|e| Error::Config(format!("`issuer_url`: {e}")))?;
-        let mut blocked = vec![issuer];
-        blocked.extend(client.server_metadata().await?.endpoints());
-        let allow: Vec<String> = options
-            .routes
-            .iter()
-            .map(|r| r.upstream.to_string())
-            .collect();
-        let policy = Policy::new(&allow, &blocked)?;
-        let limits = client.settings().sandbox.clone();
-        let (policy, client) =
-            crate::sandbox::guarded_egress(&client, policy, &blocked, &limits).await?;
+        let upstream = Upstream::new(client, &options.routes).await?;
         let in_flight = Semaphore::new(options.max_concurrent_requests.max(1));
         Ok(Proxy {
             metrics: Metrics::new(),
-            client,
-            policy,
+            upstream: std::sync::RwLock::new(Arc::new(upstream)),
             options,
             in_flight,
             origin: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The upstream requests go out with now.
+    fn upstream(&self) -> Arc<Upstream> {
+        self.upstream
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Take a new identity (the key and certificate `settings` name, read again): a new client,
+    /// whose token cache starts empty, so that no token bound to the old certificate is sent
+    /// again; requests in flight finish with the old one. If the new pair cannot be used
+    /// (unreadable, not matching, expired, discovery failing), the old identity stays and the
+    /// error says why. Returns the new certificate's subject and expiry.
+    pub async fn reload(
+        &self,
+        settings: &crate::config::Settings,
+    ) -> Result<(String, std::time::SystemTime)> {
+        let (client, _) = FapiClient::from_settings(settings)?;
+        let identity = (
+            client.identity().subject().to_owned(),
+            client.identity().not_after(),
+        );
+        let fresh = Upstream::new(client, &self.options.routes).await?;
+        *self.upstream.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(identity)
     }
 
     /// Serve callers on `listener` until `shutdown` resolves; then stop accepting and let the
@@ -541,7 +580,8 @@ impl Proxy {
             target.push('?');
             target.push_str(q);
         }
-        let url = match self.policy.check_url(&target) {
+        let upstream = self.upstream();
+        let url = match upstream.policy.check_url(&target) {
             Ok(u) => u,
             Err(d) => {
                 return error_response(StatusCode::FORBIDDEN, "denied", &d.to_string());
@@ -610,7 +650,7 @@ impl Proxy {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down");
         };
         let asked = std::time::Instant::now();
-        let sent = self
+        let sent = upstream
             .client
             .send(FapiRequest {
                 method: parts.method.clone(),
@@ -691,8 +731,9 @@ impl Proxy {
         match path {
             "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
             "/readyz" => {
-                let limit = self.client.settings().client.timeout;
-                match tokio::time::timeout(limit, self.client.token_info()).await {
+                let client = self.upstream().client.clone();
+                let limit = client.settings().client.timeout;
+                match tokio::time::timeout(limit, client.token_info()).await {
                     Ok(Ok(_)) => json(StatusCode::OK, serde_json::json!({ "ready": true })),
                     Ok(Err(e)) => json(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -706,9 +747,10 @@ impl Proxy {
             }
             "/metrics" => {
                 let m = &self.metrics;
+                let client = self.upstream().client.clone();
                 m.token_requests
-                    .set(i64::try_from(self.client.token_requests()).unwrap_or(i64::MAX));
-                let expiry = self.client.identity().not_after();
+                    .set(i64::try_from(client.token_requests()).unwrap_or(i64::MAX));
+                let expiry = client.identity().not_after();
                 let left = match expiry.duration_since(std::time::SystemTime::now()) {
                     Ok(d) => d.as_secs_f64(),
                     Err(e) => -e.duration().as_secs_f64(),

@@ -1103,3 +1103,88 @@ async fn the_proxys_admin_listener_reports_health_readiness_and_metrics() {
         .push(("the metrics".into(), metrics.into_bytes()));
     s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
 }
+
+/// A new key and certificate without a restart: on SIGHUP, and when the files change, the proxy
+/// takes the new pair, its next request gets a token bound to the new certificate (the data
+/// provider checks the binding); a pair that does not match keeps the old identity, with a
+/// warning saying why, and requests go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxy_takes_a_new_key_and_certificate_without_a_restart() {
+    let s = setup().await;
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/items/={}/items/", s.fed.data_origin())])
+    });
+    let item = format!("{}/items/1", proxy.origin);
+    let bearer = proxy.bearer();
+    let ok = || tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &item]).0 == 200);
+    assert!(ok());
+    assert_eq!(s.fed.counters().token_requests, 1);
+    let (cert, key) = (
+        s.dir.path().join("consumer.pem"),
+        s.dir.path().join("consumer.key"),
+    );
+    let new_pair = |name: &str| {
+        let mut spec = fapi_federation::ClientSpec::new("fapi-dev-consumer");
+        spec.name = name.into();
+        spec.not_after = std::time::SystemTime::now() + std::time::Duration::from_secs(90 * 86_400);
+        s.fed.pki().issue_client(spec).unwrap()
+    };
+    // Until the proxy has taken a new pair, its requests go on with the old one.
+    let wait_for_token = |tokens: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while s.fed.counters().token_requests < tokens {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new pair was not taken"
+            );
+            assert!(ok(), "a request failed while the pair changed");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+
+    // 1. SIGHUP.
+    let second = new_pair("second");
+    std::fs::write(&key, &second.key_pem).unwrap();
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status();
+    tokio::task::block_in_place(|| wait_for_token(2));
+    assert!(ok());
+
+    // 2. A pair that does not match: the old identity stays.
+    let stray = new_pair("stray");
+    std::fs::write(&key, &stray.key_pem).unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(ok());
+    assert_eq!(
+        s.fed.counters().token_requests,
+        2,
+        "a token was requested for a bad pair"
+    );
+
+    // 3. The files changing is enough.
+    let third = new_pair("third");
+    std::fs::write(&key, &third.key_pem).unwrap();
+    std::fs::write(&cert, &third.cert_pem).unwrap();
+    tokio::task::block_in_place(|| wait_for_token(3));
+    assert!(ok());
+
+    let printed = proxy.stop();
+    let text = text(&printed);
+    assert!(
+        text.contains("kept the previous key and certificate"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("took the new key and certificate").count(),
+        2,
+        "{text}"
+    );
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key"), &key]);
+}

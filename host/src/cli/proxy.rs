@@ -137,9 +137,67 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         tracing::info!("proxy: stopping; finishing the requests in flight");
         let _ = stop_tx.send(true);
     };
-    proxy.serve(listener, shutdown).await?;
+    // The key and certificate files, watched for a new pair (a key in a token has no file).
+    let mut watched = vec![settings.certificate.clone()];
+    if settings.pkcs11_uri().is_none() {
+        watched.push(settings.private_key.clone());
+    }
+    watched.retain(|p| p.is_file());
+    tokio::select! {
+        served = proxy.clone().serve(listener, shutdown) => served?,
+        () = reload_on_change(cli, &proxy, &watched) => {}
+    }
     if let Some(f) = key_file {
         let _ = std::fs::remove_file(f);
     }
     Ok(EXIT_OK)
+}
+
+/// The modification times of `files` (None for one that cannot be read).
+fn modified(files: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Take a new key and certificate without a restart: on SIGHUP, and when one of `files` changes
+/// (looked at every 2 s). A pair that cannot be used leaves the current identity in place, with
+/// a warning saying why. Never returns.
+async fn reload_on_change(cli: &Cli, proxy: &Proxy, files: &[PathBuf]) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = modified(files);
+    loop {
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = signalled => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                if modified(files) == seen {
+                    continue;
+                }
+                // A writer may still be at it: let the pair settle before reading it.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        seen = modified(files);
+        let reloaded = match cli.settings() {
+            Ok(settings) => proxy.reload(&settings).await,
+            Err(e) => Err(e),
+        };
+        match reloaded {
+            Ok((subject, until)) => tracing::warn!(
+                "proxy: took the new key and certificate ({subject}, valid until {}); tokens \
+                 of the old certificate are no longer sent",
+                httpdate::fmt_http_date(until)
+            ),
+            Err(e) => tracing::warn!("proxy: kept the previous key and certificate: {e}"),
+        }
+    }
 }
