@@ -1468,8 +1468,15 @@ async fn no_space_for_the_manifest(f: &Fed, out: &Path, squeeze: Squeeze) {
     if let Squeeze::FileSizeLimit(bytes) = squeeze {
         cmd = with_file_size_limit(&cmd, bytes);
     }
+    // Each body takes a while (two 4 KiB pieces, 200 ms apart), so that the first manifest write
+    // fails before more than the two items in flight and the next two are fetched, however slow
+    // this machine's writer thread is today.
+    f.fed.set_dp_fault(Some(fapi_federation::DpFault::SlowBody(
+        std::time::Duration::from_millis(200),
+    )));
     let before = f.fed.counters().dp_requests;
     let (code, err) = run(cmd).await;
+    f.fed.set_dp_fault(None);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("manifest"), "{err}");
     assert!(err.contains(why), "{err}");
