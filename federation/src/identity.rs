@@ -99,7 +99,7 @@ impl ServerIdentity {
 /// What [`crate::Pki::issue_client`] should put in an extra client certificate.
 ///
 /// Times are [`SystemTime`]s. Defaults from [`ClientSpec::new`]: ECDSA P-256 generated key,
-/// `O=fapi-host dev`, valid from one hour ago for 30 days, `name` = the common name.
+/// `O=fapi-host dev`, valid from one hour ago for 90 days, `name` = the common name.
 pub struct ClientSpec {
     /// Short name recorded in the returned identity.
     pub name: String,
@@ -140,7 +140,7 @@ impl ClientSpec {
             algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
             key_pair: None,
             not_before: now - Duration::from_secs(3600),
-            not_after: now + Duration::from_secs(30 * 86_400),
+            not_after: now + Duration::from_secs(90 * 86_400),
         }
     }
 }

@@ -35,7 +35,7 @@ pub(crate) enum KeyCheck {
 }
 
 /// Certificates that expire within this window produce a warning.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A loaded and checked client identity (certificate chain plus private key).
 #[derive(Clone)]
@@ -63,7 +63,7 @@ impl Identity {
     /// Load `certificate` (PEM chain, leaf first) and `private_key` (PEM: PKCS#8, PKCS#1 RSA or
     /// SEC1 EC) and check them: the key matches the leaf, the leaf is within its validity period,
     /// RSA keys have at least 2048 bits and EC keys use P-256 or stronger. Returns warnings for
-    /// findings that are not fatal (a certificate that expires within 14 days).
+    /// findings that are not fatal (a certificate that expires within 30 days).
     pub fn load(certificate: &Path, private_key: &Path) -> Result<(Identity, Vec<Warning>)> {
         let cert_pem = read(certificate, "certificate")?;
         let key_pem = Zeroizing::new(read(private_key, "private_key")?);

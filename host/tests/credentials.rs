@@ -126,8 +126,15 @@ fn validity_is_checked() {
     let err = load(dir.path(), &future.cert_pem, &future.key_pem).unwrap_err();
     assert!(err.to_string().contains("not valid yet"), "{err}");
 
+    // The warning comes 30 days before expiry, not earlier.
     let mut spec = ClientSpec::new("fapi-dev-consumer");
-    spec.not_after = now + 3 * day;
+    spec.not_after = now + 31 * day;
+    let month = pki.issue_client(spec).unwrap();
+    let (_, warnings) = load(dir.path(), &month.cert_pem, &month.key_pem).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    let mut spec = ClientSpec::new("fapi-dev-consumer");
+    spec.not_after = now + 29 * day;
     let soon = pki.issue_client(spec).unwrap();
     let (_, warnings) = load(dir.path(), &soon.cert_pem, &soon.key_pem).unwrap();
     assert_eq!(warnings.len(), 1);

@@ -231,7 +231,7 @@ fn certify(f: &Fed, spki: &[u8]) -> String {
     dn.push(rcgen::DnType::CommonName, "fapi-dev-consumer");
     p.distinguished_name = dn;
     p.not_before = (SystemTime::now() - Duration::from_secs(3600)).into();
-    p.not_after = (SystemTime::now() + Duration::from_secs(30 * 86_400)).into();
+    p.not_after = (SystemTime::now() + Duration::from_secs(90 * 86_400)).into();
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     p.use_authority_key_identifier_extension = true;
