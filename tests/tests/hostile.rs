@@ -1035,8 +1035,8 @@ async fn misused_resource_handles_stop_the_guest_with_one_line() {
     assert_eq!(v["ok"]["held"], 500, "{v}");
 }
 
-/// A request whose own timeout is 0 ms times out at once, and the host does not claim to retry
-/// what it will not (nothing is retried past a request's deadline).
+/// A request whose own timeout is 0 ms times out at once (fapi-fetch), and the host does not claim
+/// to retry what it will not (nothing is retried past a request's deadline).
 #[tokio::test]
 async fn a_zero_timeout_is_a_timeout_without_a_retry() {
     let _serial = SERIAL.lock().await;
@@ -1048,10 +1048,15 @@ async fn a_zero_timeout_is_a_timeout_without_a_retry() {
         .probe(&["fetch-timeout", &env.fed.data_json_url(), "0"])
         .await;
     assert_eq!(v["err"], "Timeout", "{v}");
+    // wasi:http's first-byte-timeout of 0 is taken as 1 ms, which a fast loopback answer may
+    // beat: either outcome, but no retry claimed.
     let v = env
         .probe(&["http-timeout", &env.fed.data_json_url(), "0"])
         .await;
-    assert!(v["err"].as_str().unwrap().contains("Timeout"), "{v}");
+    assert!(
+        v["ok"]["status"] == 200 || v["err"].as_str().is_some_and(|e| e.contains("Timeout")),
+        "{v}"
+    );
     let text = String::from_utf8_lossy(&logs.lock().unwrap()[from..]).into_owned();
     assert!(!text.contains("retrying"), "{text}");
     assert!(env.fed.counters().dp_requests - before.dp_requests <= 2);
