@@ -1025,27 +1025,25 @@ async fn the_proxy_keeps_a_valid_token_through_a_failed_refresh_then_answers_503
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
 async fn the_proxys_admin_listener_reports_health_readiness_and_metrics() {
-    use std::io::BufRead as _;
     let s = setup().await;
-    let mut proxy = tokio::task::block_in_place(|| {
+    // A free port for the admin listener, named on the command line (the proxy's start-up lines
+    // are read by ProxyProcess, which may have read past the first).
+    let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let admin_flag = admin_addr.to_string();
+    let proxy = tokio::task::block_in_place(|| {
         ProxyProcess::start_with(
             &s,
             "127.0.0.1:0",
             &[format!("/items/={}/items/", s.fed.data_origin())],
-            &["--admin", "127.0.0.1:0"],
+            &["--admin", &admin_flag],
         )
     });
-    let admin = {
-        let mut out = std::io::BufReader::new(proxy.child.stdout.as_mut().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "no admin line");
-            if let Some(rest) = line.trim().strip_prefix("admin: ") {
-                break rest.split('/').take(3).collect::<Vec<_>>().join("/");
-            }
-        }
-    };
+    let admin = format!("http://{admin_addr}");
+    // The proxy is listening once it has printed its address; the admin listener, bound before,
+    // answers too.
     let get = |url: &str| {
         let out = Command::new("curl")
             .args(["-sS", "-w", "\n%{http_code}", url])

@@ -93,19 +93,9 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         }
         Listener::Unix(_, path, _) => (format!("unix:{}", path.display()), None),
     };
-    println!("fapi-host proxy: listening on {origin} (Ctrl-C to stop)");
-    match &key_file {
-        Some(f) => println!(
-            "  local key in {} (send it as `Authorization: Bearer KEY`)",
-            f.display()
-        ),
-        None => println!("  for this user's programs only (the socket is 0600); no key needed"),
-    }
-    for route in &routes {
-        println!("{}", route_line(&origin, route));
-    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = args.admin {
+    // Bound before anything is printed: a caller that reads the first line may use both.
+    let admin = if let Some(addr) = args.admin {
         if !addr.ip().is_loopback() {
             return Err(Error::Config(format!(
                 "--admin {addr}: the admin listener has no authentication; give a loopback address"
@@ -117,8 +107,24 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         let bound = admin
             .local_addr()
             .map_err(|e| Error::Io(format!("the admin listener's address: {e}")))?;
-        println!("  admin: http://{bound}/healthz, /readyz, /metrics");
         tokio::spawn(proxy.clone().serve_admin(admin, stop_rx));
+        Some(bound)
+    } else {
+        None
+    };
+    println!("fapi-host proxy: listening on {origin} (Ctrl-C to stop)");
+    match &key_file {
+        Some(f) => println!(
+            "  local key in {} (send it as `Authorization: Bearer KEY`)",
+            f.display()
+        ),
+        None => println!("  for this user's programs only (the socket is 0600); no key needed"),
+    }
+    for route in &routes {
+        println!("{}", route_line(&origin, route));
+    }
+    if let Some(bound) = admin {
+        println!("  admin: http://{bound}/healthz, /readyz, /metrics");
     }
     let shutdown = async {
         let mut term =
