@@ -17,6 +17,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::client::FapiClient;
@@ -30,6 +31,7 @@ mod fetch;
 mod http;
 mod limits;
 mod processor;
+mod service;
 
 pub use audit::{Audit, AuditEvent};
 pub(crate) use egress::guarded as guarded_egress;
@@ -37,6 +39,7 @@ pub use fetch::BodyState;
 pub use limits::EPOCH_TICK;
 use limits::{GuestLimiter, Ticker, handle_misuse};
 pub use processor::{ProcessItem, ProcessOutcome};
+pub use service::{SERVICE_WORLD, ServiceBody, error_response};
 
 /// Bindings generated from `wit/fapi.wit`.
 pub(crate) mod bindings {
@@ -191,6 +194,8 @@ pub struct Plugin {
 enum PluginKind {
     Command(CommandPre<GuestState>),
     Processor(bindings::BatchProcessorPre<GuestState>),
+    /// Exports `wasi:http/incoming-handler`: a service for `fapi-host serve`.
+    Service(ProxyPre<GuestState>),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -198,6 +203,7 @@ impl std::fmt::Debug for Plugin {
         let kind = match self.kind {
             PluginKind::Command(_) => "command",
             PluginKind::Processor(_) => "batch-processor",
+            PluginKind::Service(_) => "http-service",
         };
         f.debug_struct("Plugin")
             .field("name", &self.name)
@@ -211,9 +217,25 @@ impl Plugin {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Whether it is a batch processor (else a command).
+    /// Whether it is a batch processor.
     pub fn is_processor(&self) -> bool {
         matches!(self.kind, PluginKind::Processor(_))
+    }
+    /// Whether it is a service (exports `wasi:http/incoming-handler`, for `fapi-host serve`).
+    pub fn is_service(&self) -> bool {
+        matches!(self.kind, PluginKind::Service(_))
+    }
+    /// What it is, and the command that runs it: for errors that say which command to use.
+    pub fn kind_and_command(&self) -> &'static str {
+        match self.kind {
+            PluginKind::Command(_) => {
+                "a command (it exports wasi:cli/run): use it with `fapi-host run`"
+            }
+            PluginKind::Processor(_) => "a batch processor: use it with `fapi-host batch --plugin`",
+            PluginKind::Service(_) => {
+                "a service (it exports wasi:http/incoming-handler): use it with `fapi-host serve`"
+            }
+        }
     }
 }
 
@@ -367,19 +389,27 @@ impl Sandbox {
                     e,
                 )
             })?;
-        let kind = match CommandPre::new(pre.clone()) {
-            Ok(p) => PluginKind::Command(p),
-            Err(_) => match bindings::BatchProcessorPre::new(pre) {
-                Ok(p) => PluginKind::Processor(p),
+        let kind = if let Ok(p) = CommandPre::new(pre.clone()) {
+            PluginKind::Command(p)
+        } else if let Ok(p) = bindings::BatchProcessorPre::new(pre.clone()) {
+            PluginKind::Processor(p)
+        } else {
+            match ProxyPre::new(pre) {
+                Ok(p) => PluginKind::Service(p),
                 Err(e) => {
                     return Err(component_error(
                         &format!(
-                            "{name} exports neither wasi:cli/run (a command) nor openenergy:fapi/processor (a batch processor)"
+                            "{name} exports none of wasi:cli/run (a command for `run`: world \
+                             openenergy:fapi/plugin), openenergy:fapi/processor (a batch \
+                             processor: world openenergy:fapi/batch-processor) and \
+                             wasi:http/incoming-handler@0.2.12 (a service for `serve`: world \
+                             {SERVICE_WORLD}); build it against one of these worlds of \
+                             wit/fapi.wit"
                         ),
                         e,
                     ));
                 }
-            },
+            }
         };
         Ok(Plugin {
             name: name.to_owned(),
@@ -470,37 +500,7 @@ impl Sandbox {
 
     /// Why a guest stopped, from its error and its store's flags.
     fn explain(&self, store: &Store<GuestState>, e: &wasmtime::Error) -> String {
-        let limits = &self.limits;
-        if store.data().cpu_exhausted {
-            return format!(
-                "the guest used more than {:?} of CPU time ([sandbox] max_cpu_seconds / --max-cpu-seconds)",
-                limits.max_cpu
-            );
-        }
-        if store.data().limiter.memory_hit {
-            return format!(
-                "the guest ran out of memory: its limit is {} MiB ([sandbox] max_memory_mib / --max-memory-mib)",
-                limits.max_memory >> 20
-            );
-        }
-        if let Some(why) = handle_misuse(e, limits.max_handles) {
-            return why;
-        }
-        match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::StackOverflow) => {
-                "the guest overflowed its stack (too deep recursion)".into()
-            }
-            Some(wasmtime::Trap::UnreachableCodeReached) => {
-                "the guest trapped (it panicked or aborted)".into()
-            }
-            Some(wasmtime::Trap::MemoryOutOfBounds) => {
-                "the guest trapped: out-of-bounds memory access (in Rust guests, usually a stack \
-                 overflow from too deep recursion)"
-                    .into()
-            }
-            Some(t) => format!("the guest trapped: {t}"),
-            None => format!("the guest failed: {}", wasm_error_chain(e)),
-        }
+        stopped_because(&self.limits, store, e)
     }
 
     /// Run a command component with `args` (the guest sees the component's file name first, then
@@ -508,8 +508,9 @@ impl Sandbox {
     pub async fn run(&self, plugin: &Plugin, args: &[String], stdio: Stdio) -> Result<RunOutcome> {
         let PluginKind::Command(pre) = &plugin.kind else {
             return Err(Error::Component(format!(
-                "{} is a batch processor, not a command: use it with `fapi-host batch --plugin`",
-                plugin.name
+                "{} is {}",
+                plugin.name,
+                plugin.kind_and_command()
             )));
         };
         let (mut store, pipes) = self.store(plugin, args, stdio)?;
@@ -546,5 +547,44 @@ impl Sandbox {
             stdout,
             stderr,
         })
+    }
+}
+
+/// Why a guest stopped, from its error and its store's flags; each limit is named with the
+/// setting that raises it.
+fn stopped_because(
+    limits: &SandboxSettings,
+    store: &Store<GuestState>,
+    e: &wasmtime::Error,
+) -> String {
+    if store.data().cpu_exhausted {
+        return format!(
+            "the guest used more than {:?} of CPU time ([sandbox] max_cpu_seconds / --max-cpu-seconds)",
+            limits.max_cpu
+        );
+    }
+    if store.data().limiter.memory_hit {
+        return format!(
+            "the guest ran out of memory: its limit is {} MiB ([sandbox] max_memory_mib / --max-memory-mib)",
+            limits.max_memory >> 20
+        );
+    }
+    if let Some(why) = handle_misuse(e, limits.max_handles) {
+        return why;
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "the guest overflowed its stack (too deep recursion)".into()
+        }
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "the guest trapped (it panicked or aborted)".into()
+        }
+        Some(wasmtime::Trap::MemoryOutOfBounds) => {
+            "the guest trapped: out-of-bounds memory access (in Rust guests, usually a stack \
+             overflow from too deep recursion)"
+                .into()
+        }
+        Some(t) => format!("the guest trapped: {t}"),
+        None => format!("the guest failed: {}", wasm_error_chain(e)),
     }
 }

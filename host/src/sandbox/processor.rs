@@ -76,8 +76,9 @@ impl Sandbox {
     ) -> Result<ProcessOutcome> {
         let PluginKind::Processor(pre) = &plugin.kind else {
             return Err(Error::Component(format!(
-                "{} is a command, not a batch processor (it must export openenergy:fapi/processor)",
-                plugin.name
+                "{} is {}, not a batch processor (it must export openenergy:fapi/processor)",
+                plugin.name,
+                plugin.kind_and_command()
             )));
         };
         let (mut store, _) = self.store(plugin, &[], Stdio::Inherit)?;
