@@ -6,7 +6,7 @@
 //!   authorization server, gets certificate-bound tokens with `client_credentials` over mutual TLS
 //!   when needed, and makes every protected call look like a plain HTTP call.
 //! - The `fapi-host` binary around it (`fetch`, `token`, `introspect`, `check`, `dev`, `run`,
-//!   `demo`, `batch`).
+//!   `demo`, `batch`, `proxy`, `serve`).
 //!
 //! Threat model, in short:
 //! - The private key and every access token stay inside this process: the key lives only in
@@ -37,6 +37,7 @@
 //! | [`sandbox`] | the wasm sandbox: engine, limits, the two guest interfaces, audit |
 //! | [`batch`] | `fapi-host batch`: input, naming, the engine, the manifest |
 //! | [`proxy`] | `fapi-host proxy`: plain HTTP on loopback in, mTLS and the token out |
+//! | [`serve`] | `fapi-host serve`: a service component answers loopback callers, an instance each |
 //! | [`cli`] | the `fapi-host` commands |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -69,6 +70,8 @@ pub mod proxy;
 mod retry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+#[cfg(feature = "sandbox")]
+pub mod serve;
 
 /// The example plugins bundled in the binary (built from `guest/examples` by `build.rs`):
 /// `CSV_SUMMARY` (fetch the consumption CSV and summarise it) and `FETCH` (fetch URLs to stdout).

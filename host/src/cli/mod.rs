@@ -18,6 +18,7 @@ mod dev;
 mod fetch;
 mod proxy;
 mod run;
+mod serve;
 mod token;
 
 pub use run::SandboxArgs;
@@ -128,6 +129,9 @@ pub enum Command {
     /// Serve plain HTTP on a loopback address and send each request on with mTLS and the token,
     /// so that any program can call FAPI endpoints without holding a credential.
     Proxy(proxy::ProxyArgs),
+    /// Answer HTTP callers on a loopback address with a service component (it exports
+    /// wasi:http/incoming-handler), a fresh sandboxed instance per request.
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
@@ -236,6 +240,23 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Batch(args) => batch::run(&cli, args).await,
         Command::Demo => demo::run().await,
         Command::Proxy(args) => proxy::run(&cli, args).await,
+        Command::Serve(args) => serve::run(&cli, args).await,
+    }
+}
+
+/// Wait for SIGTERM or Ctrl-C (SIGINT): how the long-running commands are told to stop.
+pub(crate) async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    match term.as_mut() {
+        Some(t) => {
+            tokio::select! {
+                _ = t.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

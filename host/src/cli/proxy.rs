@@ -127,19 +127,7 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         println!("  admin: http://{bound}/healthz, /readyz, /metrics");
     }
     let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        match term.as_mut() {
-            Some(t) => {
-                tokio::select! {
-                    _ = t.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        super::stop_signal().await;
         tracing::info!("proxy: stopping; finishing the requests in flight");
         let _ = stop_tx.send(true);
     };
