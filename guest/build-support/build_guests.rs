@@ -95,6 +95,16 @@ mod guest_build {
             constant: "HOSTILE_EXHAUST",
         },
         Component {
+            package: "serve-summary",
+            file: "serve_summary.wasm",
+            constant: "SERVE_SUMMARY",
+        },
+        Component {
+            package: "test-service",
+            file: "test_service.wasm",
+            constant: "TEST_SERVICE",
+        },
+        Component {
             package: "csv-to-json",
             file: "csv_to_json.wasm",
             constant: "CSV_TO_JSON",
@@ -111,7 +121,7 @@ mod guest_build {
     /// `packages` names cargo PACKAGES of the guest workspace (each built with `-p`), not binaries:
     /// every component of a named package is built and returned. Today each package builds exactly one
     /// component and is named after it (`fetch`, `csv-summary`, `http-fetch`, `trivial`, `csv-to-json`,
-    /// `test-processor`), except `test-plugins`, which builds `probe` and the hostile plugins (`hostile-*`). `None` builds every component.
+    /// `test-processor`, `serve-summary`, `test-service`), except `test-plugins`, which builds `probe` and the hostile plugins (`hostile-*`). `None` builds every component.
     ///
     /// Panics (failing the build script) with the nested cargo's stderr when the build fails, and with
     /// the fix when the `wasm32-wasip2` target is not installed.

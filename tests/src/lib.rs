@@ -14,7 +14,10 @@
 ///   [`HOSTILE_HEADERS`](guests::HOSTILE_HEADERS), [`HOSTILE_LIMITS`](guests::HOSTILE_LIMITS),
 ///   [`HOSTILE_EXHAUST`](guests::HOSTILE_EXHAUST): the hostile plugins (`guest/test-plugins/src/bin/`);
 /// - [`CSV_TO_JSON`](guests::CSV_TO_JSON), [`TEST_PROCESSOR`](guests::TEST_PROCESSOR): batch processors
-///   (`guest/processors/`).
+///   (`guest/processors/`);
+/// - [`SERVE_SUMMARY`](guests::SERVE_SUMMARY): the example service (`guest/examples/serve-summary/`),
+///   and [`TEST_SERVICE`](guests::TEST_SERVICE): the hostile service of the `serve` tests
+///   (`guest/test-service/`).
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }

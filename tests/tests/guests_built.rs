@@ -42,6 +42,8 @@ fn every_guest_is_a_component() {
         ("HOSTILE_EXHAUST", guests::HOSTILE_EXHAUST),
         ("CSV_TO_JSON", guests::CSV_TO_JSON),
         ("TEST_PROCESSOR", guests::TEST_PROCESSOR),
+        ("SERVE_SUMMARY", guests::SERVE_SUMMARY),
+        ("TEST_SERVICE", guests::TEST_SERVICE),
     ];
     let mut named: Vec<(String, String)> = all
         .iter()
