@@ -406,8 +406,8 @@ async fn a_request_the_policy_refuses_reaches_nothing() {
     s.assert_no_secrets();
 }
 
-/// A guest that traps, spins or runs out of memory gives its caller a 500 naming the cause and
-/// the setting; the server carries on and answers the next request.
+/// A guest that traps, spins, runs out of memory or out of wall time gives its caller a 500
+/// naming the cause and the setting; the server carries on and answers the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_traps_or_hits_a_limit_gives_500_and_the_server_carries_on() {
     let s = setup().await;
@@ -416,13 +416,21 @@ async fn a_guest_that_traps_or_hits_a_limit_gives_500_and_the_server_carries_on(
             &s,
             "-v",
             guests::TEST_SERVICE,
-            &["--max-cpu-seconds", "1", "--max-memory-mib", "32"],
+            &[
+                "--max-cpu-seconds",
+                "1",
+                "--max-memory-mib",
+                "32",
+                "--max-wall-seconds",
+                "2",
+            ],
         )
     });
     let cases = [
         ("/trap", "panicked"),
         ("/spin", "--max-cpu-seconds"),
         ("/alloc/64", "--max-memory-mib"),
+        ("/sleep/60000", "--max-wall-seconds"),
     ];
     for (path, cause) in cases {
         let started = Instant::now();
