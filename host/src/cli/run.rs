@@ -9,7 +9,8 @@ use crate::config::SandboxSettings;
 use crate::error::{Error, Result};
 use crate::sandbox::{DirGrant, Sandbox, SandboxOptions, Stdio};
 
-/// Options shared by `run` and `batch`: grants and limits of the sandbox.
+/// Options shared by `run`, `batch` and `serve`: grants and limits of the sandbox (for `serve`, of
+/// each request's instance).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxArgs {
     /// Allow guests to call URLs under this prefix (https, host, port, path), in addition to
