@@ -6,7 +6,13 @@
 //! response gives the caller a 500 naming the cause; one that stops after cuts the body short
 //! (the connection is closed, so that a caller cannot take a partial body for a whole one).
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use http_body::Frame;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use wasmtime_wasi_http::WasiHttpView as _;
@@ -95,6 +101,8 @@ impl Sandbox {
         let pre = pre.clone();
         let limits = self.limits.clone();
         let name = plugin.name.clone();
+        let stopped_flag = Arc::new(AtomicBool::new(false));
+        let flag = stopped_flag.clone();
         let instance = tokio::spawn(async move {
             let _permit = permit;
             let result = {
@@ -118,11 +126,20 @@ impl Sandbox {
             };
             if let Some(why) = &stopped {
                 tracing::warn!("serve: {name} was stopped: {why}");
+                // Before the store goes, so that a body it ends is seen as cut (Guarded).
+                flag.store(true, Ordering::SeqCst);
             }
+            drop(store);
             stopped
         });
         Ok(match receiver.await {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => response.map(|inner| {
+                Guarded {
+                    inner,
+                    stopped: stopped_flag,
+                }
+                .boxed_unsync()
+            }),
             Ok(Err(code)) => error_response(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "service_error",
@@ -150,4 +167,32 @@ impl Sandbox {
 /// An error code a guest answered with, in a line (its text is the guest's, cut short).
 fn describe(code: &ErrorCode) -> String {
     crate::policy::bounded(&format!("{code:?}"), crate::policy::MAX_QUOTED).into_owned()
+}
+
+/// A guest's response body that ends in an error, not cleanly, when its instance was stopped
+/// (trap, limit) before it finished the body: wasmtime ends the body of a dropped instance as if
+/// it were whole, and a caller must never take a body cut short for a whole one. The error makes
+/// hyper close the connection without the last chunk.
+struct Guarded {
+    inner: ServiceBody,
+    stopped: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) if self.stopped.load(Ordering::SeqCst) => {
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the service was stopped before it finished its response body".into(),
+                )))))
+            }
+            other => other,
+        }
+    }
 }
