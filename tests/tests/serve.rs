@@ -197,6 +197,9 @@ struct Answer {
     status: u16,
     head: String,
     body: String,
+    /// Whether the body arrived whole: its last chunk (for a chunked body), or all of
+    /// `content-length`.
+    complete: bool,
 }
 
 /// `METHOD PATH` with `body` to `addr`, over a connection of its own; the whole answer, which
@@ -243,6 +246,7 @@ fn parse(raw: &[u8]) -> Answer {
             status: 0,
             head: text,
             body: String::new(),
+            complete: false,
         };
     };
     let status = head
@@ -253,27 +257,38 @@ fn parse(raw: &[u8]) -> Answer {
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked {
+    let (body, complete) = if chunked {
         let mut body = String::new();
         let mut rest = rest;
+        let mut complete = false;
         while let Some((size, after)) = rest.split_once("\r\n") {
             let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
                 break;
             };
-            if size == 0 || after.len() < size {
+            if size == 0 {
+                complete = true;
+                break;
+            }
+            if after.len() < size {
                 break;
             }
             body.push_str(&after[..size]);
             rest = after[size..].trim_start_matches("\r\n");
         }
-        body
+        (body, complete)
     } else {
-        rest.to_owned()
+        let declared = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        });
+        (rest.to_owned(), declared.is_none_or(|n| n == rest.len()))
     };
     Answer {
         status,
         head: head.to_owned(),
         body,
+        complete,
     }
 }
 
@@ -446,7 +461,19 @@ async fn a_guest_that_traps_or_hits_a_limit_gives_500_and_the_server_carries_on(
         assert!(started.elapsed() < Duration::from_secs(20), "{path}");
         let next = get(&s, &served.addr, "/remember/after").await;
         assert_eq!(next.body, "previous= now=after", "after {path}: {next:?}");
+        assert!(next.complete, "{next:?}");
     }
+    // Stopped after its response began: the caller's connection is cut (with or without the head
+    // and what the guest wrote: hyper may not have sent them yet), never a whole body.
+    let a = get(&s, &served.addr, "/trap-midway").await;
+    assert!(
+        !a.complete,
+        "a body cut short arrived as a whole one: {a:?}"
+    );
+    assert!(a.status == 0 || a.status == 200, "{a:?}");
+    assert!("partial".starts_with(&a.body), "{a:?}");
+    let next = get(&s, &served.addr, "/remember/after").await;
+    assert_eq!(next.body, "previous= now=after", "{next:?}");
     assert_eq!(served.child.try_wait().unwrap(), None, "serve exited");
     let printed = tokio::task::block_in_place(|| served.stop(&s));
     assert!(printed.contains("was stopped"), "{printed}");

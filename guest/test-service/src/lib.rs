@@ -8,6 +8,7 @@
 //!   `error=<variant>: <text>` (502);
 //! - `/http?<url>`: the same through `wasi:http/outgoing-handler`; `error=<ErrorCode>` (502);
 //! - `/trap`: panics before it answers;
+//! - `/trap-midway`: sets a 200 response, writes `partial` of its body, then panics;
 //! - `/spin`: loops forever before it answers;
 //! - `/sleep/<ms>`: sleeps `<ms>` milliseconds, then answers `slept=<ms>`;
 //! - `/alloc/<mib>`: allocates and touches `<mib>` MiB, then answers `allocated=<mib>`;
@@ -46,6 +47,7 @@ impl wasip2::exports::http::incoming_handler::Guest for TestService {
             ["", "fetch"] => fetch(query),
             ["", "http"] => http(query),
             ["", "trap"] => panic!("test-service: trapping as asked"),
+            ["", "trap-midway"] => trap_midway(out),
             ["", "spin"] => {
                 let mut i = 0u64;
                 loop {
@@ -77,6 +79,19 @@ impl wasip2::exports::http::incoming_handler::Guest for TestService {
 mod export {
     use super::TestService;
     wasip2::http::proxy::export!(TestService);
+}
+
+/// Begin a response, then trap before its body is finished.
+fn trap_midway(out: ResponseOutparam) -> ! {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().ok();
+    ResponseOutparam::set(out, Ok(response));
+    if let Some(stream) = body.as_ref().and_then(|b| b.write().ok()) {
+        let _ = stream.blocking_write_and_flush(b"partial");
+        // The stream outlives the panic: the body is never finished.
+        std::mem::forget(stream);
+    }
+    panic!("test-service: trapping midway through the body, as asked")
 }
 
 fn fetch(url: &str) -> (u16, String) {
