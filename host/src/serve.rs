@@ -30,8 +30,8 @@ use crate::error::{Error, Result};
 use crate::policy::{MAX_QUOTED, bounded};
 use crate::sandbox::{Plugin, SERVICE_WORLD, Sandbox, ServiceBody, error_response};
 
-/// The largest request head (request line and headers) a caller may send: hyper's read buffer,
-/// beyond which it answers 431 without calling the service.
+/// The largest request head (target and headers) a caller may send; beyond it the caller gets
+/// 431 and no instance runs.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How the server treats its callers.
@@ -185,6 +185,21 @@ impl Server {
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<ServiceBody> {
+        // hyper's buffer limit bounds memory, but a head that arrives in one large read can pass
+        // it: the size itself is checked here, before any instance runs.
+        let head = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+            + req
+                .headers()
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if head > MAX_HEAD_BYTES {
+            return error_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "head_too_large",
+                &format!("request heads are limited to {MAX_HEAD_BYTES} bytes"),
+            );
+        }
         let max_body = self.options.max_body;
         let declared = req
             .headers()
