@@ -551,7 +551,8 @@ async fn wait_for_started(served: &Served, n: usize) {
 
 /// What callers send is bounded: a body over --max-caller-body-mib is refused before any
 /// instance runs (413) when declared, and fails the service's read when it is not; a request
-/// beyond --max-concurrent-instances gets 503 with Retry-After at once.
+/// beyond --max-concurrent-instances gets 503 with Retry-After at once; a request head slower
+/// than --caller-timeout-seconds, or larger than 64 KiB, is refused before any instance runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_are_bounded_in_body_size_and_concurrency() {
     let s = setup().await;
@@ -564,6 +565,8 @@ async fn callers_are_bounded_in_body_size_and_concurrency() {
                 "--max-caller-body-mib",
                 "1",
                 "--max-concurrent-instances",
+                "1",
+                "--caller-timeout-seconds",
                 "1",
             ],
         )
@@ -602,6 +605,28 @@ async fn callers_are_bounded_in_body_size_and_concurrency() {
     let a = send(&s, "a chunked large body", &served.addr, &raw).await;
     assert_eq!(a.status, 400, "{a:?}");
     assert!(a.body.starts_with("error="), "{a:?}");
+    // Heads that never end (never handed over) or are too large (431, where the service would
+    // have answered 200) are refused before any instance runs.
+    let began = served.printed().matches("serve: request began").count();
+    let started = Instant::now();
+    let endless = b"GET /remember/x HTTP/1.1\r\nhost: x\r\n";
+    let a = send(&s, "a head that never ends", &served.addr, endless).await;
+    assert!(a.status == 408 || a.status == 0, "{a:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        served.printed().matches("serve: request began").count(),
+        began
+    );
+    let big = format!(
+        "GET /remember/x HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let a = send(&s, "a head over 64 KiB", &served.addr, big.as_bytes()).await;
+    assert_eq!(a.status, 431, "{a:?}");
     tokio::task::block_in_place(|| served.stop(&s));
 }
 
