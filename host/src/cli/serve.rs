@@ -17,7 +17,7 @@ use crate::serve::{ServeOptions, Server, bind};
     after_help = "Each request gets a fresh instance of the component, under the sandbox limits of one \
 `run` (--max-memory-mib, --max-cpu-seconds, --max-wall-seconds, ...). Callers are not authenticated: \
 only loopback addresses are accepted.\n\nExample:\n  fapi-host --config fapi.toml serve --allow \
-https://data.example/ --env CSV_URL=https://data.example/consumption.csv serve-summary.wasm"
+https://data.example/ --env CSV_URL=https://data.example/consumption.csv serve_summary.wasm"
 )]
 pub struct ServeArgs {
     /// Sandbox grants and limits, as for `run` (the limits apply to each request).
