@@ -37,6 +37,7 @@
 //! | [`sandbox`] | the wasm sandbox: engine, limits, the two guest interfaces, audit |
 //! | [`batch`] | `fapi-host batch`: input, naming, the engine, the manifest |
 //! | [`proxy`] | `fapi-host proxy`: plain HTTP on loopback in, mTLS and the token out |
+//! | `local_http` | one connection of the local servers (`proxy`, `serve`), bounded |
 //! | [`serve`] | `fapi-host serve`: a service component answers loopback callers, an instance each |
 //! | [`cli`] | the `fapi-host` commands |
 #![forbid(unsafe_code)]
@@ -64,6 +65,8 @@ mod discovery;
 mod error;
 mod net;
 pub mod pkcs11;
+#[cfg(feature = "sandbox")]
+mod local_http;
 mod policy;
 #[cfg(feature = "sandbox")]
 pub mod proxy;

@@ -34,7 +34,15 @@ use prometheus_client::registry::Registry;
 
 use crate::client::{FapiClient, FapiRequest};
 use crate::error::{Error, Result};
-use crate::policy::{HeaderCaller, HeaderOwner, Policy, bounded, refused_header, shown_url};
+use crate::policy::{
+    HeaderCaller, HeaderOwner, MAX_HEADER_BYTES, MAX_HEADER_VALUE, MAX_HEADERS, Policy, bounded,
+    refused_header, shown_url,
+};
+use crate::sandbox::{Audit, AuditEvent};
+
+/// The largest request head read: the headers a caller may pass on, a request line with a long
+/// URL, and the headers the proxy drops (its key, framing, hop-by-hop).
+const MAX_HEAD: usize = MAX_HEADER_BYTES + (32 << 10);
 
 /// One route: requests under `prefix` go to `upstream`, the rest of the path appended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +113,8 @@ pub struct ProxyOptions {
     pub max_concurrent_requests: usize,
     /// How long a caller may take to send its request head, and then its body.
     pub caller_timeout: std::time::Duration,
+    /// Where each request's audit record goes (the log at `-v`, and a file with `--audit`).
+    pub audit: Arc<Audit>,
 }
 
 /// What requests go out with: a client (identity, TLS, token cache) and the policy its routes
@@ -227,7 +237,111 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<Pro
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response.extensions_mut().insert(Outcome {
+        error: Some(format!("{kind}: {message}")),
+        ..Outcome::default()
+    });
     response
+}
+
+/// What a request came to, for its audit record: put in the response's extensions by the code
+/// that decided it.
+#[derive(Clone, Debug, Default)]
+struct Outcome {
+    /// The upstream URL, when the request went there.
+    url: Option<String>,
+    /// The `x-fapi-interaction-id` sent with it.
+    interaction_id: Option<String>,
+    /// Why it was refused or failed.
+    error: Option<String>,
+}
+
+/// A response body that writes the request's audit record when it is done with (sent whole, cut,
+/// or dropped by a caller that went away): the bytes sent and the time to the end.
+struct Audited {
+    inner: ProxyBody,
+    audit: Arc<Audit>,
+    caller: String,
+    method: String,
+    /// The URL sent to, or the path asked for when nothing was sent.
+    url: String,
+    status: u16,
+    outcome: Outcome,
+    started: std::time::Instant,
+    bytes: u64,
+    /// The body came to its end (the caller got all of it).
+    ended: bool,
+    /// The length the response head declared, if it did (hyper stops reading a body there).
+    declared: Option<u64>,
+    body_error: Option<String>,
+}
+
+impl http_body::Body for Audited {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                self.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if Some(self.bytes) == self.declared {
+                    self.ended = true;
+                }
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                self.body_error = Some(format!("the response body broke off: {e}"));
+            }
+            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        use http_body::Body as _;
+        let error = match (&self.outcome.error, &self.body_error) {
+            (Some(e), _) | (None, Some(e)) => Some(e.clone()),
+            (None, None)
+                if !self.ended
+                    && !self.inner.is_end_stream()
+                    && self.inner.size_hint().exact() != Some(0)
+                    && self.outcome.url.is_some() =>
+            {
+                Some("the caller left before the end of the body".to_owned())
+            }
+            (None, None) => None,
+        };
+        self.audit.record(&AuditEvent {
+            guest: &self.caller,
+            interface: "proxy",
+            decision: if self.outcome.url.is_some() {
+                "allow"
+            } else {
+                "deny"
+            },
+            method: &self.method,
+            url: &self.url,
+            status: Some(self.status),
+            bytes: self.bytes,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            interaction_id: self.outcome.interaction_id.as_deref(),
+            error,
+        });
+    }
 }
 
 /// Where the proxy listens: a loopback TCP address (callers give the local key) or a Unix socket
@@ -455,7 +569,7 @@ impl Proxy {
                 }
             };
             let this = self.clone();
-            let mut stop = stop_rx.clone();
+            let stop = stop_rx.clone();
             let caller_timeout = self.options.caller_timeout;
             connections.spawn(async move {
                 let caller = Arc::new(caller);
@@ -464,19 +578,10 @@ impl Proxy {
                     let caller = caller.clone();
                     async move { Ok::<_, Infallible>(this.handle(req, &caller).await) }
                 });
-                // A caller that never finishes its request head is cut off (hyper answers 408).
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(caller_timeout)
-                    .serve_connection(hyper_util::rt::TokioIo::new(io), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+                // A head larger than the headers the policy passes (plus a request line) is
+                // refused before it is buffered whole.
+                crate::local_http::serve_connection(io, service, caller_timeout, MAX_HEAD, stop)
+                    .await;
             });
             // Reap finished connections as we go.
             while connections.try_join_next().is_some() {}
@@ -515,7 +620,33 @@ impl Proxy {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "proxy"
         );
-        response
+        let (mut parts, body) = response.into_parts();
+        let outcome = parts.extensions.remove::<Outcome>().unwrap_or_default();
+        let url = match &outcome.url {
+            Some(u) => shown_url(u).into_owned(),
+            None => bounded(&path, crate::policy::MAX_QUOTED).into_owned(),
+        };
+        let audited = Audited {
+            inner: body,
+            audit: self.options.audit.clone(),
+            caller: caller.to_string(),
+            method: bounded(method.as_str(), crate::policy::MAX_QUOTED_NAME).into_owned(),
+            url,
+            status: parts.status.as_u16(),
+            outcome,
+            started,
+            bytes: 0,
+            // No body goes to the caller for HEAD, 204 and 304, whatever the head declares.
+            ended: method == Method::HEAD
+                || parts.status == StatusCode::NO_CONTENT
+                || parts.status == StatusCode::NOT_MODIFIED,
+            declared: parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            body_error: None,
+        };
+        Response::from_parts(parts, audited.boxed_unsync())
     }
 
     /// Check and send on a caller's request; `trusted` when the socket's permissions and peer
@@ -589,10 +720,26 @@ impl Proxy {
         };
         let mut headers = HeaderMap::new();
         let connection_named = connection_named(&parts.headers);
+        let mut total = 0usize;
         for (name, value) in &parts.headers {
             let n = name.as_str();
             if n == "authorization" || hop_by_hop(n) || connection_named.iter().any(|c| c == n) {
                 continue;
+            }
+            // The limits guests have: what a caller may pass on is what a plugin may.
+            total += n.len() + value.len();
+            if headers.len() >= MAX_HEADERS
+                || value.len() > MAX_HEADER_VALUE
+                || total > MAX_HEADER_BYTES
+            {
+                return error_response(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    &format!(
+                        "at most {MAX_HEADERS} headers are passed on, {MAX_HEADER_VALUE} bytes per \
+                         value and {MAX_HEADER_BYTES} in all"
+                    ),
+                );
             }
             match refused_header(HeaderCaller::Guest, name) {
                 Some(rule) if rule.owner == HeaderOwner::Credentials => {
@@ -668,6 +815,8 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return self.failure(&e),
         };
+        let sent_to = upstream.url().to_string();
+        let interaction_id = upstream.interaction_id().map(str::to_owned);
         let mut response_headers = upstream.take_headers();
         let status = upstream.status();
         let stream = upstream
@@ -683,6 +832,11 @@ impl Proxy {
             response_headers.insert(header::LOCATION, rewritten);
         }
         *response.headers_mut() = response_headers;
+        response.extensions_mut().insert(Outcome {
+            url: Some(sent_to),
+            interaction_id,
+            error: None,
+        });
         response
     }
 

@@ -126,27 +126,21 @@ impl Server {
                 },
             };
             let this = self.clone();
-            let mut stop = stop_rx.clone();
+            let stop = stop_rx.clone();
             let caller_timeout = self.options.caller_timeout;
             connections.spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
                 });
-                // A caller that never finishes its request head is cut off (hyper answers 408).
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(caller_timeout)
-                    .max_buf_size(MAX_HEAD_BYTES)
-                    .serve_connection(hyper_util::rt::TokioIo::new(io), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+                crate::local_http::serve_connection(
+                    io,
+                    service,
+                    caller_timeout,
+                    MAX_HEAD_BYTES,
+                    stop,
+                )
+                .await;
             });
             while connections.try_join_next().is_some() {}
         }

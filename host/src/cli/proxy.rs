@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::proxy::{
     Listener, Proxy, ProxyOptions, Route, new_local_key, route_line, write_local_key,
 };
+use crate::sandbox::Audit;
 
 /// `fapi-host proxy`.
 #[derive(Debug, Args)]
@@ -44,6 +45,10 @@ pub struct ProxyArgs {
     /// How long a caller may take to send its request head, then its body, seconds (default 30).
     #[arg(long, value_name = "S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub caller_timeout_seconds: u64,
+    /// Append one JSON line per request to FILE (caller, method, URL, status, bytes, time,
+    /// interaction id, error; never a credential). Records also go to the log at -v.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
 }
 
 /// Serve until Ctrl-C or SIGTERM; then finish the requests in flight.
@@ -66,6 +71,10 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         max_request_body: args.max_request_body_mib.saturating_mul(1 << 20),
         max_concurrent_requests: args.max_concurrent_requests,
         caller_timeout: std::time::Duration::from_secs(args.caller_timeout_seconds),
+        audit: Arc::new(match &args.audit {
+            Some(path) => Audit::to_file(path)?,
+            None => Audit::log_only(),
+        }),
     };
     let listener = match args.listen.strip_prefix("unix:") {
         Some(path) => Listener::unix(std::path::Path::new(path))?,
