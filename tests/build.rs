@@ -47,6 +47,21 @@ fn main() {
                 && command_runs("python3", &["-c", "import requests"])
         },
     );
+    tool_cfg(
+        "fapi_has_python_dataframes",
+        "FAPI_REQUIRE_INTEROP",
+        &[],
+        || {
+            command_runs("curl", &["--version"])
+                && command_runs(
+                    "python3",
+                    &[
+                        "-c",
+                        "import requests, pandas, duckdb, duckdb_extension_httpfs",
+                    ],
+                )
+        },
+    );
     tool_cfg("fapi_has_softhsm", "FAPI_REQUIRE_PKCS11", &[], || {
         std::path::Path::new(SOFTHSM_MODULE).exists()
             && command_runs("softhsm2-util", &["--version"])

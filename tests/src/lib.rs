@@ -92,3 +92,23 @@ pub fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
     })
     .clone()
 }
+
+/// The code of every fenced block in `lang` (```` ```sh ````, ```` ```python ````, ...) of the
+/// repository's markdown file `doc` (`README.md`, `docs/batch-clusters.md`), in order, so that
+/// tests run what the documentation shows and the two cannot drift.
+pub fn doc_blocks(doc: &str, lang: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(doc);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.split(&format!("```{lang}\n"))
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(code, _)| code.to_owned()))
+        .collect()
+}
+
+/// [`doc_blocks`] of README.md.
+pub fn readme_blocks(lang: &str) -> Vec<String> {
+    doc_blocks("README.md", lang)
+}

@@ -437,6 +437,21 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// Send `request` as written (with `Connection: close`, so that the server closes after its
+/// answer) on a fresh connection to `addr` and return the whole answer (up to the server's close
+/// or 10 s of silence); a write the server cut short (it answers and closes before reading a huge
+/// head) is not an error.
+fn raw_exchange(addr: &str, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = sock.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    text(&answer)
+}
+
 /// curl and Python's `requests` read protected data through `fapi-host proxy` with nothing but
 /// its local key: the proxy adds mTLS, the token and the interaction id; one token serves every
 /// request; no token is in anything the callers or the proxy printed.
@@ -490,6 +505,118 @@ async fn curl_and_python_requests_read_protected_data_through_the_proxy() {
     s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
 }
 
+/// The README's proxy examples, word for word: its `proxy` command's route and key file, then
+/// curl, Python `requests`, pandas and DuckDB (its httpfs extension from PyPI's
+/// `duckdb-extension-httpfs`, put where DuckDB looks for it, as no network is needed) read the
+/// provider's CSV through the proxy with nothing but the local key, and print what the provider
+/// serves: the CSV itself, or its meter count and total consumption computed here from the same
+/// rows. Only the address changes: 127.0.0.1:8080 becomes the proxy's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(fapi_has_python_dataframes),
+    ignore = "needs curl and python3 with requests, pandas, duckdb and duckdb-extension-httpfs"
+)]
+async fn the_readmes_proxy_examples_run_as_written() {
+    let s = setup().await;
+    let sh = fapi_tests::readme_blocks("sh");
+    let start = sh
+        .iter()
+        .find(|b| b.contains(" proxy --listen 127.0.0.1:8080"))
+        .expect("README.md shows how to start the proxy");
+    let words: Vec<&str> = start.split_whitespace().collect();
+    let route = words[words.iter().position(|w| *w == "--route").unwrap() + 1];
+    let (prefix, upstream) = route.split_once('=').unwrap();
+    assert_eq!(upstream, "https://data.provider.example/api/", "{start}");
+    assert!(
+        start.contains("--local-key-file ~/.fapi-proxy.key"),
+        "{start}"
+    );
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("{prefix}={}/", s.fed.data_origin())])
+    });
+    // The caller's home, with the key file where the README's proxy command writes it.
+    let home = s.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::copy(s.dir.path().join("proxy.key"), home.join(".fapi-proxy.key")).unwrap();
+    let duckdb_setup = "import duckdb, duckdb_extension_httpfs, glob, os, shutil\n\
+        src, = glob.glob(os.path.join(os.path.dirname(duckdb_extension_httpfs.__file__), \
+        'extensions', '*', 'httpfs.duckdb_extension'))\n\
+        dst = os.path.expanduser(os.path.join('~', '.duckdb', 'extensions', 'v' + duckdb.__version__, \
+        duckdb.sql('PRAGMA platform').fetchone()[0]))\n\
+        os.makedirs(dst)\nshutil.copy(src, dst)\n";
+    let out = Command::new("python3")
+        .args(["-c", duckdb_setup])
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let csv = data::csv(data::DEFAULT_ROWS);
+    let (mut meters, mut tenths) = (0u64, 0u64);
+    for line in csv.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        meters += fields[1].parse::<u64>().unwrap();
+        let (whole, tenth) = fields[2].split_once('.').unwrap();
+        tenths += whole.parse::<u64>().unwrap() * 10 + tenth.parse::<u64>().unwrap();
+    }
+    let summary = format!("{meters} meters, {}.{} kWh\n", tenths / 10, tenths % 10);
+    let address = proxy.origin.trim_start_matches("http://");
+    let curl = sh
+        .iter()
+        .find(|b| b.starts_with("curl ") && b.contains("127.0.0.1:8080/energy/"))
+        .expect("README.md shows curl through the proxy");
+    let mut examples = vec![("curl", "bash", curl.clone(), csv.clone())];
+    for block in fapi_tests::readme_blocks("python") {
+        let Some(name) = ["requests", "pandas", "DuckDB"].into_iter().find(|n| {
+            block.contains("127.0.0.1:8080") && block.lines().next().unwrap().contains(n)
+        }) else {
+            continue;
+        };
+        let expected = if name == "requests" {
+            csv.clone()
+        } else {
+            summary.clone()
+        };
+        examples.push((name, "python3", block, expected));
+    }
+    let names: Vec<&str> = examples.iter().map(|e| e.0).collect();
+    assert_eq!(
+        names,
+        ["curl", "requests", "pandas", "DuckDB"],
+        "README.md's proxy examples"
+    );
+    for (name, interpreter, code, expected) in examples {
+        let out = Command::new(interpreter)
+            .args(["-c", &code.replace("127.0.0.1:8080", address)])
+            .env("HOME", &home)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), expected, "{name}");
+        s.outputs.lock().unwrap().push((
+            format!("{name}'s output"),
+            [out.stdout, out.stderr].concat(),
+        ));
+    }
+    assert_eq!(
+        s.fed.counters().token_requests,
+        1,
+        "one token for every program"
+    );
+    let printed = proxy.stop();
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.assert_no_secrets(
+        true,
+        &[
+            &s.dir.path().join("proxy.key"),
+            &home.join(".fapi-proxy.key"),
+        ],
+    );
+}
+
 /// What a stranger tries against the proxy is refused, with nothing sent upstream (the data
 /// provider's counter): no key or a wrong one, credential headers of its own, paths that leave a
 /// route's upstream (`..`, encoded dots and slashes, `..;`), an absolute-form target, CONNECT and
@@ -499,8 +626,14 @@ async fn curl_and_python_requests_read_protected_data_through_the_proxy() {
 #[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
 async fn the_proxy_refuses_what_a_stranger_tries_and_sends_nothing_upstream() {
     let s = setup().await;
+    let audit = s.dir.path().join("proxy-audit.jsonl");
     let proxy = tokio::task::block_in_place(|| {
-        ProxyProcess::start(&s, &[format!("/items/={}/items/", s.fed.data_origin())])
+        ProxyProcess::start_with(
+            &s,
+            "127.0.0.1:0",
+            &[format!("/items/={}/items/", s.fed.data_origin())],
+            &["--audit", audit.to_str().unwrap()],
+        )
     });
     let o = &proxy.origin;
     let bearer = proxy.bearer();
@@ -659,13 +792,110 @@ async fn the_proxy_refuses_what_a_stranger_tries_and_sends_nothing_upstream() {
             "{request:?}: {answer}"
         );
     }
+    // Sizes nobody plans for: a 1 MiB method or path is cut off by the head's size limit (an
+    // error status, or a reset that the kernel may deliver before it), a 32 KiB method, a 70 KB
+    // header name or 200 headers get a short refusal that quotes a bounded piece.
+    let huge = "A".repeat(1 << 20);
+    let long = "A".repeat(32 << 10);
+    let close = "Connection: close\r\n";
+    for (request, allowed) in [
+        (
+            format!("{huge} /items/1 HTTP/1.1\r\nHost: x\r\n{close}{bearer}\r\n\r\n"),
+            &["431", "400", ""][..],
+        ),
+        (
+            format!("GET /items/{huge} HTTP/1.1\r\nHost: x\r\n{close}{bearer}\r\n\r\n"),
+            &["431", "414", "400", ""],
+        ),
+        (
+            format!("{long} /items/1 HTTP/1.1\r\nHost: x\r\n{close}{bearer}\r\n\r\n"),
+            &["405"],
+        ),
+        (
+            format!(
+                "GET /items/1 HTTP/1.1\r\nHost: x\r\n{}: 1\r\n{close}{bearer}\r\n\r\n",
+                "x".repeat(70_000)
+            ),
+            &["431", "400"],
+        ),
+        (
+            format!(
+                "GET /items/1 HTTP/1.1\r\nHost: x\r\n{}{close}{bearer}\r\n\r\n",
+                (0..200)
+                    .map(|i| format!("x-h{i}: 1\r\n"))
+                    .collect::<String>()
+            ),
+            &["431", "400"],
+        ),
+    ] {
+        let answer = raw_exchange(&addr, &request);
+        let what = &request[..40];
+        assert!(
+            allowed.iter().any(|s| if s.is_empty() {
+                answer.is_empty()
+            } else {
+                answer.starts_with(&format!("HTTP/1.1 {s}"))
+            }),
+            "{what}...: {}",
+            &answer[..answer.len().min(200)]
+        );
+        assert!(
+            answer.len() < 4096,
+            "{what}...: a {}-byte answer",
+            answer.len()
+        );
+    }
     let after = s.fed.counters();
     assert_eq!(
         after.dp_requests, before.dp_requests,
         "a refused request went upstream"
     );
     assert_eq!(after.token_requests, before.token_requests);
-    drop(proxy);
+    let printed = proxy.stop();
+    assert!(
+        printed.len() < 64 << 10,
+        "the proxy printed {} bytes for a few refusals",
+        printed.len()
+    );
+    // One audit record per request that reached the proxy's handler (every case above, the
+    // absolute-form target, CONNECT and the 32 KiB method; not the heads the HTTP server refused
+    // whole): the allowed one with its upstream URL, status, bytes and interaction id; every
+    // refusal with its reason, bounded.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            assert!(l.len() < 1024, "an audit record of {} bytes", l.len());
+            serde_json::from_str(l).unwrap()
+        })
+        .collect();
+    let allowed: Vec<_> = records
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .collect();
+    assert_eq!(allowed.len(), 1, "{records:#?}");
+    let first = allowed[0];
+    assert_eq!(first["interface"], "proxy");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["url"], format!("{}/items/1", s.fed.data_origin()));
+    assert!(first["bytes"].as_u64().unwrap() > 0, "{first}");
+    assert!(first["interaction_id"].is_string(), "{first}");
+    assert!(first["error"].is_null(), "{first}");
+    let denied = records.iter().filter(|r| r["decision"] == "deny");
+    assert!(
+        denied.clone().count() >= cases.len() + 3,
+        "{} refusals recorded: {records:#?}",
+        denied.clone().count()
+    );
+    for r in denied {
+        assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+        assert!(r["status"].as_u64().unwrap() >= 400, "{r}");
+    }
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
 
     // Never a route to the authorization server, by its name or another; loopback only.
     let port = url::Url::parse(&s.fed.issuer_url())
