@@ -3,13 +3,11 @@
 //! stderr or in the manifest.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Fed, contains};
+use crate::common::{Fed, contains};
 use fapi_federation::FederationConfig;
 
 fn batch_cmd(f: &Fed, input: &str, out: &Path, extra: &[&str]) -> Command {

@@ -1,13 +1,13 @@
 //! The native client against the local federation: every rule of issue "Native FAPI client".
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Fed, contains, logs};
+use crate::common::{Fed, contains, logs};
 use fapi_federation::{AsFault, DpFault, FederationConfig};
 use fapi_host::{AuthProblem, Error, FapiClient};
 

@@ -4,7 +4,7 @@
 //! make P-192 keys), unless `FAPI_REQUIRE_OPENSSL=1` (set by `.ci/run`): then they fail.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

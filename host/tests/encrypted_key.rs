@@ -8,13 +8,13 @@
 //! `FAPI_REQUIRE_OPENSSL=1` (set by `.ci/run`): then they fail.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Fed, contains, fapi_host_env};
+use crate::common::{Fed, contains, fapi_host_env};
 use fapi_federation::{ClientSpec, FederationConfig};
 use fapi_host::{Error, FapiClient, Overrides, Settings};
 

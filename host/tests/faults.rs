@@ -5,7 +5,7 @@
 //! other test files are listed, with their tests, in docs/fault-cases.md.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Fed, contains, logs};
+use crate::common::{Fed, contains, logs};
 use fapi_federation::{AsFault, FederationConfig};
 use fapi_host::{Error, FapiClient, Settings};
 use sha2::{Digest as _, Sha256};

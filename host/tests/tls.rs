@@ -3,12 +3,10 @@
 //! by an intermediate CA presented with its chain (TLS-07).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::Fed;
+use crate::common::Fed;
 use fapi_federation::FederationConfig;
 use fapi_host::{Error, FapiClient, Settings};
 use rustls::pki_types::pem::PemObject as _;

@@ -1,0 +1,14 @@
+//! The end-to-end tests, linked into one binary (each file here is a module of it), so that a test
+//! run links wasmtime once for this crate, not once per file. Run one file's tests with
+//! `cargo test -p fapi-tests --test all hostile::`.
+
+mod batch;
+mod deploy;
+mod guests_built;
+mod hostile;
+mod interop_oidc;
+mod plugins_lang;
+mod run_cli;
+mod sandbox;
+mod serve;
+mod slurm;
