@@ -15,41 +15,27 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fapi_federation::SoftHsm;
 use fapi_host::{FapiClient, Settings};
 use rustls::pki_types::pem::PemObject as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::median;
 use crate::setup::{Bench, fapi_get};
 
 const PIN: &str = "bench-pin-4410";
-const MODULES: [&str; 3] = [
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",
-];
 
 pub async fn run(handshakes: usize, requests: usize, rounds: usize) {
-    let Some(module) = MODULES.iter().map(PathBuf::from).find(|m| m.is_file()) else {
+    if SoftHsm::installed_module().is_none() {
         eprintln!("SoftHSM2 is not installed (apt-get install softhsm2 opensc): nothing measured");
         std::process::exit(2);
-    };
+    }
     let Some(hsm_dir) = std::env::var_os("FAPI_BENCH_SOFTHSM_DIR").map(PathBuf::from) else {
         // Run again with SOFTHSM2_CONF naming a token directory of our own.
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("tokens")).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.path().join("tokens").display()
-            ),
-        )
-        .unwrap();
+        let hsm = SoftHsm::new(dir.path()).unwrap();
         let status = Command::new(std::env::current_exe().unwrap())
             .args(std::env::args_os().skip(1))
-            .env("SOFTHSM2_CONF", &conf)
+            .env("SOFTHSM2_CONF", hsm.conf())
             .env("FAPI_BENCH_SOFTHSM_DIR", dir.path())
             .env("FAPI_PKCS11_PIN", PIN)
             .status()
@@ -59,7 +45,7 @@ pub async fn run(handshakes: usize, requests: usize, rounds: usize) {
 
     let b = Bench::start().await;
     let consumer = b.fed.pki().client("consumer").unwrap();
-    let token_settings = import_key(&b.settings, &consumer.key_pem, &module, &hsm_dir);
+    let token_settings = import_key(&b.settings, &consumer.key_pem, &hsm_dir);
     let pem = b.client();
     let (token, _) = FapiClient::from_settings(&token_settings).unwrap();
     assert_eq!(pem.identity().thumbprint(), token.identity().thumbprint());
@@ -134,59 +120,14 @@ async fn sequential(client: &FapiClient, url: &str, n: usize) -> Duration {
 }
 
 /// Import the consumer's PEM key into a fresh SoftHSM2 token; settings that use it there.
-fn import_key(settings: &Settings, key_pem: &str, module: &Path, dir: &Path) -> Settings {
-    let module_s = module.to_str().unwrap();
-    let run = |prog: &str, args: &[&str]| {
-        let out = Command::new(prog)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("{prog}: {e} (apt-get install softhsm2 opensc)"));
-        assert!(
-            out.status.success(),
-            "{prog}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(
-        "softhsm2-util",
-        &[
-            "--init-token",
-            "--free",
-            "--label",
-            "bench",
-            "--pin",
-            PIN,
-            "--so-pin",
-            "bench-so-1",
-        ],
-    );
-    let key = dir.join("consumer.key");
-    std::fs::write(&key, key_pem).unwrap();
-    run(
-        "pkcs11-tool",
-        &[
-            "--module",
-            module_s,
-            "--token-label",
-            "bench",
-            "--login",
-            "--pin",
-            PIN,
-            "--write-object",
-            "consumer.key",
-            "--type",
-            "privkey",
-            "--label",
-            "consumer",
-            "--id",
-            "01",
-        ],
-    );
-    std::fs::remove_file(&key).unwrap();
+fn import_key(settings: &Settings, key_pem: &str, dir: &Path) -> Settings {
+    let hsm = SoftHsm::new(dir).unwrap();
+    hsm.init_token("bench", PIN, "bench-so-1").unwrap();
+    hsm.import_key("bench", PIN, key_pem, "consumer", "01")
+        .unwrap();
     let mut s = settings.clone();
     s.private_key = PathBuf::from("pkcs11:token=bench;object=consumer");
-    s.pkcs11_module = Some(module.to_path_buf());
+    s.pkcs11_module = Some(hsm.module().to_path_buf());
     s
 }
 
@@ -226,33 +167,9 @@ impl Probe {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = format!("https://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = tls
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                        )
-                        .await;
-                    let _ = tls.shutdown().await;
-                });
-            }
-        });
+        let (origin, task) = fapi_federation::one_reply_server(Arc::new(config), "ok")
+            .await
+            .unwrap();
         Probe { origin, task }
     }
 }

@@ -65,6 +65,11 @@ pub enum Error {
     #[error("unknown client {0:?} (known: consumer, consumer-b, limited, provider)")]
     UnknownClient(String),
 
+    /// An outside tool (SoftHSM2's `softhsm2-util`, OpenSC's `pkcs11-tool`) is missing or
+    /// failed; the message has what it printed.
+    #[error("{0}")]
+    Tool(String),
+
     /// Installing a signal handler failed in `fapi-host dev`.
     #[error("signal handler: {0}")]
     Signal(std::io::Error),

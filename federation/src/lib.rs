@@ -35,6 +35,7 @@ mod federation;
 mod identity;
 mod introspection;
 mod pki;
+mod softhsm;
 mod state;
 mod tls;
 
@@ -44,4 +45,6 @@ pub use faults::{AsFault, DpFault};
 pub use federation::{ExternalIssuer, Federation, FederationConfig};
 pub use identity::{ClientIdentity, ClientSpec, ServerIdentity, subject_dn, thumbprint};
 pub use pki::Pki;
+pub use softhsm::{SOFTHSM_MODULES, SoftHsm};
 pub use state::Counters;
+pub use tls::one_reply_server;

@@ -233,3 +233,45 @@ pub(crate) fn spawn_http(listener: TcpListener, router: Router) -> JoinHandle<()
         }
     })
 }
+
+/// An HTTPS server on 127.0.0.1 with `config` that answers the first request of every connection
+/// with `200 body` and closes it: each request is a full handshake, for probing what a client
+/// presents and signs. Returns its origin (`https://127.0.0.1:PORT`) and its accept task.
+pub async fn one_reply_server(
+    config: Arc<ServerConfig>,
+    body: &'static str,
+) -> Result<(String, JoinHandle<()>), Error> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let acceptor = TlsAcceptor::from(config);
+    let bind = |source| Error::Bind { port: 0, source };
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(bind)?;
+    let origin = format!("https://{}", listener.local_addr().map_err(bind)?);
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(mut tls)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    Ok((origin, task))
+}

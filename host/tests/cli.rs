@@ -1,11 +1,11 @@
 //! The `fapi-host` binary: fetch, token, introspect, check, dev, and its exit codes.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Fed, contains, fapi_host};
+use crate::common::{Fed, contains, fapi_host};
 use fapi_federation::{AsFault, FederationConfig};
 
 fn s(b: &[u8]) -> String {
@@ -357,35 +357,10 @@ fn dev_runs_the_federation_until_sigterm() {
 
 /// An HTTPS server with `server`'s certificate that answers every request with `200 body`.
 async fn https_responder(server: &fapi_federation::ServerIdentity, body: &'static str) -> u16 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config().unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(reply.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    port
+    let (origin, _task) = fapi_federation::one_reply_server(server.server_config().unwrap(), body)
+        .await
+        .unwrap();
+    url::Url::parse(&origin).unwrap().port().unwrap()
 }
 
 /// Servers are trusted when they chain to `ca_bundle` OR to the system roots: the bundle is tried

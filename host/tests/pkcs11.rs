@@ -9,7 +9,7 @@
 //! (host/build.rs), unless `FAPI_REQUIRE_PKCS11=1` (set by `.ci/run`): then they fail.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use rustls::pki_types::pem::PemObject as _;
 use std::time::{Duration, SystemTime};
 
-use common::{Fed, contains};
+use crate::common::{Fed, contains};
 use fapi_federation::FederationConfig;
 
 const PIN: &str = "Pkcs11-PIN-6e81c2";
@@ -27,15 +27,10 @@ const WRONG_PIN: &str = "Wrong-PIN-93d0aa";
 const SO_PIN: &str = "So-PIN-0a9f33";
 const TOKEN: &str = "fapi";
 
-const MODULES: [&str; 3] = [
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",
-];
-
 /// A SoftHSM2 installation of our own: its configuration and token directory.
 struct Hsm {
     dir: tempfile::TempDir,
+    soft: fapi_federation::SoftHsm,
     conf: PathBuf,
     module: PathBuf,
 }
@@ -54,8 +49,7 @@ fn runs(prog: &str, arg: &str) -> bool {
 /// A fresh SoftHSM with one initialised token, or None (SKIPPED) when SoftHSM2 or OpenSC is
 /// missing and `FAPI_REQUIRE_PKCS11` is not 1.
 fn hsm(test: &str) -> Option<Hsm> {
-    let module = MODULES.iter().map(PathBuf::from).find(|m| m.is_file());
-    let why = if module.is_none() {
+    let why = if fapi_federation::SoftHsm::installed_module().is_none() {
         Some("the SoftHSM2 module (libsofthsm2.so) is not installed")
     } else if !runs("softhsm2-util", "--version") {
         Some("softhsm2-util is not installed")
@@ -75,52 +69,19 @@ fn hsm(test: &str) -> Option<Hsm> {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("tokens")).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.path().join("tokens").display()
-        ),
-    )
-    .unwrap();
-    let h = Hsm {
+    let soft = fapi_federation::SoftHsm::new(dir.path()).unwrap();
+    soft.init_token(TOKEN, PIN, SO_PIN).unwrap();
+    Some(Hsm {
+        conf: soft.conf().to_owned(),
+        module: soft.module().to_owned(),
         dir,
-        conf,
-        module: module.unwrap(),
-    };
-    h.run(
-        "softhsm2-util",
-        &[
-            "--init-token",
-            "--free",
-            "--label",
-            TOKEN,
-            "--pin",
-            PIN,
-            "--so-pin",
-            SO_PIN,
-        ],
-    );
-    Some(h)
+        soft,
+    })
 }
 
 impl Hsm {
     fn run(&self, prog: &str, args: &[&str]) -> Output {
-        let out = Command::new(prog)
-            .args(args)
-            .env("SOFTHSM2_CONF", &self.conf)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{prog} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        self.soft.run(prog, args).unwrap()
     }
 
     /// Generate a key pair in the token (`rsa:2048`, `EC:prime256v1`, `EC:secp384r1`); its public
@@ -655,7 +616,7 @@ async fn library_clients_sign_concurrent_handshakes_in_the_token() {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
         "--exact",
-        "child_library_clients",
+        this_module_test("child_library_clients").as_str(),
         "--ignored",
         "--nocapture",
         "--test-threads",
@@ -775,7 +736,6 @@ async fn scheme_probe(
     Arc<Mutex<Vec<rustls::SignatureScheme>>>,
     tokio::task::JoinHandle<()>,
 ) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -806,33 +766,9 @@ async fn scheme_probe(
     // No resumption: every connection is a full handshake, signed by the client's key.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("https://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tls
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
+    let (origin, task) = fapi_federation::one_reply_server(Arc::new(config), "ok")
+        .await
+        .unwrap();
     (origin, verified, task)
 }
 
@@ -867,7 +803,7 @@ async fn rsa_schemes_and_a_removed_token() {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
         "--exact",
-        "child_rsa_schemes_and_token_loss",
+        this_module_test("child_rsa_schemes_and_token_loss").as_str(),
         "--ignored",
         "--nocapture",
     ])
@@ -1140,4 +1076,11 @@ async fn a_token_removed_during_a_batch() {
         verified.lock().unwrap().len()
     );
     task.abort();
+}
+
+/// The full name of this file's test `name` in the test binary (`pkcs11::name`), for running it
+/// alone in a child process.
+fn this_module_test(name: &str) -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::{name}")
 }

@@ -907,50 +907,20 @@ async fn keys_in_a_pkcs11_token_get_oidc_provider_tokens() {
     let Some(env) = Env::start("keys_in_a_pkcs11_token_get_oidc_provider_tokens", 300).await else {
         return;
     };
-    const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
     const PIN: &str = "pkcs11-interop-pin-4821";
     let dir = env.dir.path();
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\n", tokens.display()),
-    )
-    .unwrap();
-    let tool = |cmd: &str, args: &[&str]| {
-        let out = Command::new(cmd)
-            .args(args)
-            .env("SOFTHSM2_CONF", &conf)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    tool(
-        "softhsm2-util",
-        &[
-            "--init-token",
-            "--free",
-            "--label",
-            "fapi",
-            "--pin",
-            PIN,
-            "--so-pin",
-            "so-pin-93",
-        ],
-    );
+    let hsm = fapi_federation::SoftHsm::new(dir).unwrap();
+    hsm.init_token("fapi", PIN, "so-pin-93").unwrap();
+    let conf = hsm.conf().to_owned();
+    let module = hsm.module().display().to_string();
     let pin_file = dir.join("pin");
     std::fs::write(&pin_file, PIN).unwrap();
     std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     // The P-256 key the federation made for the consumer, and an RSA key made here, certified
     // for the same registered subject.
     let consumer = env.fed.pki().client("consumer").unwrap();
-    tool("openssl", &["genrsa", "-out", "rsa.key", "2048"]);
+    hsm.run("openssl", &["genrsa", "-out", "rsa.key", "2048"])
+        .unwrap();
     let rsa_key = std::fs::read_to_string(dir.join("rsa.key")).unwrap();
     let mut spec = fapi_federation::ClientSpec::new("fapi-dev-consumer");
     spec.name = "consumer-rsa".into();
@@ -979,32 +949,11 @@ async fn keys_in_a_pkcs11_token_get_oidc_provider_tokens() {
     let mut searched: Vec<(String, Vec<u8>)> = Vec::new();
     for (id, (name, key, cert, thumbprint)) in keys.iter().enumerate() {
         let id = format!("{:02}", id + 1);
-        std::fs::write(dir.join("for-token.key"), key).unwrap();
-        tool(
-            "pkcs11-tool",
-            &[
-                "--module",
-                MODULE,
-                "--token-label",
-                "fapi",
-                "--login",
-                "--pin",
-                PIN,
-                "--write-object",
-                "for-token.key",
-                "--type",
-                "privkey",
-                "--label",
-                name,
-                "--id",
-                &id,
-            ],
-        );
-        std::fs::remove_file(dir.join("for-token.key")).unwrap();
+        hsm.import_key("fapi", PIN, key, name, &id).unwrap();
         let cert_file = dir.join(format!("{name}.pem"));
         std::fs::write(&cert_file, cert).unwrap();
         let mut hsm = format!(
-            "pkcs11_module = {MODULE:?}\npkcs11_pin_file = {:?}\n",
+            "pkcs11_module = {module:?}\npkcs11_pin_file = {:?}\n",
             pin_file.display().to_string()
         );
         for line in original.lines() {
