@@ -53,6 +53,53 @@ pub struct Options {
     pub json: PathBuf,
     /// Where the SVG chart goes.
     pub svg: PathBuf,
+    /// A markdown file whose results section (between [`RESULTS_BEGIN`] and [`RESULTS_END`]) is
+    /// replaced by this run's tables.
+    pub markdown: Option<PathBuf>,
+}
+
+/// The line before the results section of the benchmarks page.
+pub const RESULTS_BEGIN: &str = "<!-- fapi-bench compare: results (written by the benchmark) -->";
+/// The line after it.
+pub const RESULTS_END: &str = "<!-- end of fapi-bench compare results -->";
+
+/// Replace the results section of `doc` with `report`.
+fn splice_results(doc: &Path, report: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(doc)
+        .map_err(|e| format!("results not written into {}: {e}", doc.display()))?;
+    let (Some(a), Some(b)) = (text.find(RESULTS_BEGIN), text.find(RESULTS_END)) else {
+        return Err(format!(
+            "results not written into {}: it has no line {RESULTS_BEGIN:?} followed by \
+             {RESULTS_END:?} to put them between",
+            doc.display()
+        ));
+    };
+    if b < a {
+        return Err(format!(
+            "{}: the results markers are out of order",
+            doc.display()
+        ));
+    }
+    let spliced = format!(
+        "{}{RESULTS_BEGIN}\n\n{}\n{}",
+        &text[..a],
+        report.trim_end(),
+        &text[b..]
+    );
+    std::fs::write(doc, spliced).map_err(|e| format!("writing {}: {e}", doc.display()))
+}
+
+/// What `prog args` prints, trimmed, or `?` when it cannot run.
+fn run_output(prog: &str, args: &[&str]) -> String {
+    std::process::Command::new(prog)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "?".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        )
 }
 
 /// One figure of the table.
@@ -908,17 +955,29 @@ pub async fn run(opts: Options) {
         }
     }
 
-    // Report.
+    // Report: printed, and written into the results section of `opts.markdown`.
+    use std::fmt::Write as _;
     let took = t_start.elapsed();
-    println!(
-        "\n## fapi-bench compare ({} requests x {} rounds per request; {} items per throughput run; {size} large response{})\n",
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "Measured by `fapi-bench compare` on {} at commit {} ({} build, {} cores; {} requests x {} \
+         rounds per request; {} items per throughput run; {size} large response{}).\n",
+        run_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        run_output("git", &["rev-parse", "--short", "HEAD"]),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         opts.requests,
         opts.rounds,
         opts.items,
         if opts.quick { "; --quick" } else { "" }
     );
-    println!("| figure | value | ratio | ratio to (same run) |");
-    println!("|---|---|---|---|");
+    let _ = writeln!(report, "| figure | value | ratio | ratio to (same run) |");
+    let _ = writeln!(report, "|---|---|---|---|");
     for r in &rows {
         let v = if r.value >= 100.0 {
             format!("{:.0} {}", r.value, r.unit)
@@ -932,14 +991,20 @@ pub async fn run(opts: Options) {
                 } else {
                     format!("{b:.2} {}", r.unit)
                 };
-                println!("| {} | {v} | {x:.2} | {what}: {bv} |", r.figure)
+                let _ = writeln!(report, "| {} | {v} | {x:.2} | {what}: {bv} |", r.figure);
             }
-            _ => println!("| {} | {v} | — | — |", r.figure),
+            _ => {
+                let _ = writeln!(report, "| {} | {v} | — | — |", r.figure);
+            }
         }
     }
-    println!("\n| target | goal | measured | |\n|---|---|---|---|");
+    let _ = writeln!(
+        report,
+        "\n| target | goal | measured | |\n|---|---|---|---|"
+    );
     for t in &targets {
-        println!(
+        let _ = writeln!(
+            report,
             "| {} | {} | {} | {} |",
             t.what,
             t.goal,
@@ -947,13 +1012,22 @@ pub async fn run(opts: Options) {
             if t.met { "met" } else { "**missed**" }
         );
     }
-    println!(
-        "\ncurl made {} TLS connection(s) for {} URLs; the token endpoint saw {} token requests in all; the run took {:.0} s",
+    let _ = writeln!(
+        report,
+        "\ncurl made {} TLS connection(s) for {} URLs; the token endpoint saw {} token requests in \
+         all; the run took {:.0} s.",
         out.curl_connections,
         opts.requests + 1,
         b.fed.counters().token_requests,
         took.as_secs_f64()
     );
+    println!("\n{report}");
+    if let Some(doc) = &opts.markdown {
+        match splice_results(doc, &report) {
+            Ok(()) => println!("wrote the results into {}", doc.display()),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
 
     let json_rows: Vec<Value> = rows
         .iter()

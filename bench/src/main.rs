@@ -128,6 +128,12 @@ enum What {
         /// Where to write the chart (SVG).
         #[arg(long, default_value = "docs/bench/compare.svg")]
         svg: std::path::PathBuf,
+        /// The page whose results section gets this run's tables (between its marker lines).
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        markdown: std::path::PathBuf,
+        /// Write no page (the tables are printed all the same).
+        #[arg(long)]
+        no_markdown: bool,
     },
     /// The plain reqwest mTLS fetcher `compare` runs as a process (bearer in FAPI_BENCH_BEARER).
     #[command(hide = true)]
@@ -237,6 +243,8 @@ async fn main() {
             no_python,
             json,
             svg,
+            markdown,
+            no_markdown,
         } => {
             let pick =
                 |v: Option<u64>, full: u64, q: u64| v.unwrap_or(if quick { q } else { full });
@@ -250,6 +258,7 @@ async fn main() {
                 no_python,
                 json,
                 svg,
+                markdown: (!no_markdown).then_some(markdown),
             })
             .await
         }
