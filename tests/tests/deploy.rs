@@ -1,4 +1,4 @@
-//! What users deploy: `deploy/job.yaml` (the Kubernetes Indexed Job the README quotes) and the
+//! What users deploy: `deploy/job.yaml` (the Kubernetes Indexed Job docs/batch-clusters.md quotes) and the
 //! `Dockerfile`.
 //!
 //! The Job is validated against the Kubernetes schema with `kubernetes-validate --strict`
@@ -29,21 +29,18 @@ fn required() -> bool {
     std::env::var("FAPI_REQUIRE_K8S_VALIDATE").is_ok_and(|v| v == "1")
 }
 
-/// The README quotes `deploy/job.yaml` whole (its only yaml block), so the two cannot drift.
+/// docs/batch-clusters.md quotes `deploy/job.yaml` whole (its only yaml block), so the two cannot drift.
 #[test]
 fn the_readme_quotes_the_job_manifest() {
-    let readme = read("README.md");
-    let blocks: Vec<&str> = readme
-        .split("```yaml\n")
-        .skip(1)
-        .filter_map(|b| b.split_once("```").map(|(code, _)| code))
+    let blocks: Vec<String> = fapi_tests::doc_blocks("docs/batch-clusters.md", "yaml")
+        .into_iter()
         .filter(|code| code.contains("kind: Job"))
         .collect();
-    assert_eq!(blocks.len(), 1, "README.md quotes one Job");
+    assert_eq!(blocks.len(), 1, "docs/batch-clusters.md quotes one Job");
     assert_eq!(
         blocks[0],
         read("deploy/job.yaml"),
-        "README.md's Job differs from deploy/job.yaml: copy the file into the README"
+        "docs/batch-clusters.md's Job differs from deploy/job.yaml: copy the file into it"
     );
 }
 

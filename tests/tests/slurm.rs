@@ -3,7 +3,7 @@
 //! (`proctrack/linuxproc`, `task/none`: no cgroups), with its own munge key and socket, state,
 //! spool, logs and ports, and stopped by PID at the end.
 //!
-//! The README's Slurm array script is taken from README.md itself and submitted with
+//! The Slurm array script of docs/batch-clusters.md is taken from that page and submitted with
 //! `sbatch --wait` against a local federation started here: 8 array tasks, 20,000 items; then one
 //! task cancelled mid-run (`scancel`) and submitted again; then a lost node (slurmd and one task's
 //! processes killed, slurmd started again: Slurm requeues the task); then 8 shards sharing one
@@ -392,21 +392,16 @@ fn job_path() -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap()
 }
 
-/// The README's Slurm array script: the ```sh block that holds `#SBATCH --array`.
+/// The Slurm array script of docs/batch-clusters.md: its ```sh block that holds `#SBATCH --array`.
 fn readme_array_script() -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap();
-    let blocks: Vec<&str> = readme
-        .split("```sh\n")
-        .skip(1)
-        .filter_map(|b| b.split_once("```").map(|(code, _)| code))
+    let blocks: Vec<String> = fapi_tests::doc_blocks("docs/batch-clusters.md", "sh")
+        .into_iter()
         .filter(|code| code.contains("#SBATCH --array"))
         .collect();
     assert_eq!(
         blocks.len(),
         1,
-        "README.md holds one ```sh block with #SBATCH --array (the Slurm array)"
+        "docs/batch-clusters.md holds one ```sh block with #SBATCH --array (the Slurm array)"
     );
     let script = blocks[0].to_owned();
     assert!(
@@ -422,7 +417,7 @@ fn readme_array_script() -> String {
 }
 
 /// A job's working directory: the script, `fapi.toml` (and the key and certificate it names)
-/// and `urls.txt`, as the README's script expects them.
+/// and `urls.txt`, as the documented script expects them.
 fn job_dir(root: &Path, name: &str, fed: &Federation, script: &str, urls: &str) -> PathBuf {
     let dir = root.join(name);
     let config = fed.write_client_config(&dir, "consumer").unwrap();
@@ -646,7 +641,7 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
     };
     let shard_args: Vec<String> = (0..TASKS).map(|k| format!("out/shard-{k}")).collect();
 
-    // 1. The README's script as written: 8 tasks, one directory each.
+    // 1. The documented script as written: 8 tasks, one directory each.
     let cwd = job_dir(work.path(), "array", &fed, &script, &urls);
     let tokens = fed.counters().token_requests;
     let (job, submitted, wall) =
@@ -793,7 +788,7 @@ async fn the_readmes_slurm_array_on_a_real_cluster() {
 
     // 3. A lost node: slurmd, the batch step and the task's processes killed (SIGKILL) mid-run,
     // then slurmd started again (the node is back, empty). Slurm finds the batch job missing from
-    // the node and requeues it (JobRequeue=1, Slurm's default: the README's script as written);
+    // the node and requeues it (JobRequeue=1, Slurm's default: the documented script as written);
     // the task runs again and resumes from its manifest.
     let cwd = job_dir(work.path(), "lost", &fed, &script, &slow);
     let before = fed.counters();
