@@ -105,18 +105,29 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One keep-alive HTTP/1.1 connection to `addr` (no TLS): requests go one after another.
-pub struct Conn(hyper::client::conn::http1::SendRequest<Body>);
+/// One keep-alive HTTP/1.1 connection to `addr` (no TLS): requests go one after another; a
+/// connection the server closed is opened again.
+pub struct Conn {
+    addr: String,
+    send: hyper::client::conn::http1::SendRequest<Body>,
+}
 
 impl Conn {
     pub async fn open(addr: &str) -> Conn {
+        Conn {
+            addr: addr.to_owned(),
+            send: Conn::connect(addr).await,
+        }
+    }
+
+    async fn connect(addr: &str) -> hyper::client::conn::http1::SendRequest<Body> {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
             .await
             .unwrap();
         tokio::spawn(conn);
-        Conn(send)
+        send
     }
 
     /// Send `method path` with `headers` and `body`; the response head.
@@ -134,8 +145,13 @@ impl Conn {
         for (n, v) in headers {
             req = req.header(*n, *v);
         }
-        self.0.ready().await.unwrap();
-        self.0.send_request(req.body(body).unwrap()).await.unwrap()
+        if self.send.ready().await.is_err() {
+            self.send = Conn::connect(&self.addr).await;
+        }
+        self.send
+            .send_request(req.body(body).unwrap())
+            .await
+            .unwrap()
     }
 
     /// GET `path`, the body read and dropped chunk by chunk: its status and length.

@@ -44,7 +44,8 @@ impl Nginx {
         // Two workers: the proxy's runtime has two threads on this machine's two cores. When
         // started by root, the workers run as nginx's default unprivileged user (the key is read
         // by the master before they start). No access log: the proxy writes none per request at
-        // its default level either. Responses are buffered in memory only.
+        // its default level either. Responses are buffered in memory only. Callers' connections are
+        // kept however many requests they carry, as the proxy does.
         let conf = format!(
             "worker_processes 2;
 daemon off;
@@ -64,6 +65,7 @@ http {{
     }}
     server {{
         listen {addr};
+        keepalive_requests 1000000;
         location /data/ {{
             proxy_pass https://provider/;
             proxy_http_version 1.1;
