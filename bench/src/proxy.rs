@@ -63,6 +63,10 @@ impl ProxyChild {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its peak resident set so far (VmHWM), KiB, by the kernel's accounting.
     pub fn peak_kib(&self) -> u64 {
         proc_status_kib(self.child.id(), "VmHWM:")

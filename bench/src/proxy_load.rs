@@ -138,6 +138,35 @@ struct Row {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time of the process in the middle (the proxy, nginx's master and workers) per
+    /// request: what it costs whatever else runs on the machine.
+    cpu_per_request: Option<Duration>,
+}
+
+/// User + system CPU time of process `pid` and of its live children, from `/proc` (clock ticks
+/// of 10 ms: rows run long enough for that to be fine).
+fn cpu_of(pid: u32) -> Duration {
+    let fields = |stat: &str| -> Option<(u32, u64)> {
+        // The fields after the command name, which may hold spaces, in parentheses.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ppid = rest.get(1)?.parse().ok()?;
+        let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        Some((ppid, ticks))
+    };
+    let mut ticks = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if let Some((ppid, t)) = fields(&stat)
+            && (p == pid || ppid == pid)
+        {
+            ticks += t;
+        }
+    }
+    Duration::from_millis(ticks * 10)
 }
 
 fn row(mut latencies: Vec<Duration>, took: Duration) -> Row {
@@ -147,6 +176,7 @@ fn row(mut latencies: Vec<Duration>, took: Duration) -> Row {
         per_second: latencies.len() as f64 / took.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
+        cpu_per_request: None,
     }
 }
 
@@ -250,8 +280,10 @@ pub async fn run(requests: usize, levels: &[usize]) {
     println!(
         "\n## Load: GET {path} ({len} bytes) at concurrency {levels:?}, {requests} requests a row\n"
     );
-    println!("| concurrency | path | req/s | p50 | p99 | req/s vs nginx | p99 vs nginx |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| concurrency | path | req/s | p50 | p99 | CPU per request of the proxy process | req/s vs nginx | p99 vs nginx |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for &c in levels {
         // Warm-up of every path at this concurrency (connections, the token, introspection).
         let warm = (c * 20).min(requests);
@@ -260,10 +292,17 @@ pub async fn run(requests: usize, levels: &[usize]) {
         if let Some(n) = &nginx {
             over_http(&n.addr, path, &[], c, warm, len).await;
         }
-        let via_proxy = over_http(&proxy.addr, path, &proxy_headers, c, requests, len).await;
+        let cpu0 = cpu_of(proxy.pid());
+        let mut via_proxy = over_http(&proxy.addr, path, &proxy_headers, c, requests, len).await;
+        via_proxy.cpu_per_request = Some((cpu_of(proxy.pid()) - cpu0) / requests as u32);
         let direct = in_process(&client, &url, c, requests).await;
         let via_nginx = match &nginx {
-            Some(n) => Some(over_http(&n.addr, path, &[], c, requests, len).await),
+            Some(n) => {
+                let cpu0 = cpu_of(n.child.id());
+                let mut r = over_http(&n.addr, path, &[], c, requests, len).await;
+                r.cpu_per_request = Some((cpu_of(n.child.id()) - cpu0) / requests as u32);
+                Some(r)
+            }
             None => None,
         };
         let print = |name: &str, r: &Row| {
@@ -274,8 +313,11 @@ pub async fn run(requests: usize, levels: &[usize]) {
                 ),
                 None => ("-".into(), "-".into()),
             };
+            let cpu = r
+                .cpu_per_request
+                .map_or("-".into(), |d| format!("{} µs", d.as_micros()));
             println!(
-                "| {c} | {name} | {:.0} | {} | {} | {rate} | {p99} |",
+                "| {c} | {name} | {:.0} | {} | {} | {cpu} | {rate} | {p99} |",
                 r.per_second,
                 ms(r.p50),
                 ms(r.p99)
