@@ -18,6 +18,8 @@ mod keys;
 mod lang;
 mod memory;
 mod profile;
+mod proxy;
+mod proxy_load;
 mod sandbox;
 mod setup;
 
@@ -176,6 +178,26 @@ enum What {
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
     },
+    /// Peak memory of `fapi-host proxy` (a child process) while concurrent callers download, then
+    /// upload, large bodies through it, against its peak after one small request.
+    ProxyMemory {
+        /// Size of each download and upload, MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Callers at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Small CSV GETs through `fapi-host proxy`, with FapiClient in process and through nginx
+    /// (same mTLS identity, a fixed token): req/s, p50 and p99 per concurrency, ratios to nginx.
+    ProxyLoad {
+        /// Requests per row.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// Concurrency levels (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+    },
     /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
     Memory {
         /// The largest response, MiB.
@@ -226,6 +248,11 @@ async fn main() {
         } => keys::run(handshakes, requests, rounds).await,
         What::Sandbox { requests, rounds } => sandbox::run(requests, rounds).await,
         What::Memory { max_mib } => memory::run(max_mib).await,
+        What::ProxyMemory { mib, concurrency } => proxy::memory(mib, concurrency).await,
+        What::ProxyLoad {
+            requests,
+            concurrency,
+        } => proxy_load::run(requests, &concurrency).await,
         What::ExecPeak { .. } => unreachable!("handled above"),
         What::Loop { which, requests } => profile::run(which, requests).await,
         What::Lang {

@@ -53,7 +53,7 @@ pub(crate) fn router(st: Arc<DpState>) -> Router {
         )
         .route("/sized", get(sized))
         .route("/items/{id}", get(item))
-        .route("/upload", post(upload));
+        .route("/upload", post(upload).put(upload));
     if st.faults_enabled {
         r = r.route("/echo", get(echo));
     }
@@ -384,7 +384,10 @@ async fn item(Path(id): Path<String>) -> Response {
     Json(data::item(&id)).into_response()
 }
 
-async fn upload(req: Request) -> Response {
+/// Read the body to its end: `{bytes, sha256}` of what arrived, and the upload counted whole; a
+/// body that breaks off is counted broken (tests check that a cut upload never arrives whole).
+async fn upload(State(st): St, req: Request) -> Response {
+    let counters = &st.shared.counters;
     let mut stream = req.into_body().into_data_stream();
     let mut hasher = Sha256::new();
     let mut n = 0u64;
@@ -394,9 +397,13 @@ async fn upload(req: Request) -> Response {
                 n += b.len() as u64;
                 hasher.update(&b);
             }
-            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+            Err(_) => {
+                bump(&counters.uploads_broken);
+                return StatusCode::BAD_REQUEST.into_response();
+            }
         }
     }
+    bump(&counters.uploads_whole);
     let hex = hasher.finalize().iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s

@@ -31,6 +31,10 @@ pub struct Counters {
     pub revocation_requests: u64,
     /// Requests received by the data provider.
     pub dp_requests: u64,
+    /// Uploads (`POST`/`PUT /upload`) the data provider read to their end.
+    pub uploads_whole: u64,
+    /// Uploads whose body broke off (the connection closed or reset before its end).
+    pub uploads_broken: u64,
     /// Token endpoint requests by the `client_id` form field (`<none>` when absent).
     pub per_client_token_requests: BTreeMap<String, u64>,
 }
@@ -45,6 +49,8 @@ pub(crate) struct CounterCells {
     pub introspection_requests: AtomicU64,
     pub revocation_requests: AtomicU64,
     pub dp_requests: AtomicU64,
+    pub uploads_whole: AtomicU64,
+    pub uploads_broken: AtomicU64,
     pub per_client: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -64,6 +70,8 @@ impl CounterCells {
             introspection_requests: get(&self.introspection_requests),
             revocation_requests: get(&self.revocation_requests),
             dp_requests: get(&self.dp_requests),
+            uploads_whole: get(&self.uploads_whole),
+            uploads_broken: get(&self.uploads_broken),
             per_client_token_requests: self
                 .per_client
                 .lock()

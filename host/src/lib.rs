@@ -88,7 +88,7 @@ pub mod www_authenticate;
 
 pub use client::{
     AuthProblem, FapiClient, FapiClientBuilder, FapiRequest, FapiResponse, INTERACTION_ID,
-    RedactedHeaders, RequestBuilder, parse_header,
+    RedactedHeaders, RequestBuilder, StreamedBody, parse_header,
 };
 pub use config::{ClientOptions, DEFAULT_CONFIG_FILE, Overrides, SandboxSettings, Settings};
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};

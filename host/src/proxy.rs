@@ -10,17 +10,23 @@
 //!   stripped before the request goes on.
 //! - Credential headers of the caller's (`Cookie`, `x-fapi-*`, `DPoP`, `Proxy-Authorization`) are
 //!   refused; the connection's own and the framing headers are dropped and set anew.
+//! - Request bodies up to 64 KiB (by their `Content-Length`) are read whole, so that a request
+//!   can be replayed after `invalid_token` or retried; larger and chunked bodies stream through,
+//!   memory flat, within `--max-request-body-mib` and with `--caller-timeout-seconds` between
+//!   chunks; a body cut off breaks the upstream request (it never sees a short complete one).
 //! - Errors are JSON a caller can act on: 401 (no or wrong key), 400, 403 (policy), 404 (no
-//!   route), 405, 413, 502 (provider unreachable), 503 with `Retry-After` (no token), 504.
+//!   route), 405, 408 (the caller stalled), 413, 502 (provider unreachable), 503 with
+//!   `Retry-After` (no token), 504.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -32,7 +38,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::client::{FapiClient, FapiRequest};
+use crate::client::{FapiClient, FapiRequest, StreamedBody};
 use crate::error::{Error, Result};
 use crate::policy::{
     HeaderCaller, HeaderOwner, MAX_HEADER_BYTES, MAX_HEADER_VALUE, MAX_HEADERS, Policy, bounded,
@@ -465,11 +471,14 @@ impl Drop for Listener {
     }
 }
 
-/// Headers of the connection itself (RFC 9110 section 7.6.1), never passed on either way.
+/// Headers of the connection itself (RFC 9110 section 7.6.1), never passed on either way, and
+/// `Expect`: the proxy answers a caller's `100-continue` itself when it starts reading the body,
+/// and sends the body on at once.
 fn hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
+            | "expect"
             | "keep-alive"
             | "proxy-connection"
             | "te"
@@ -760,54 +769,70 @@ impl Proxy {
                 }
             }
         }
-        let limit = usize::try_from(self.options.max_request_body).unwrap_or(usize::MAX);
+        let limit = self.options.max_request_body;
         let timeout = self.options.caller_timeout;
-        let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect());
-        let Ok(collected) = collected.await else {
-            return error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "caller_timeout",
-                &format!(
-                    "the request body did not arrive within {} s",
-                    timeout.as_secs()
-                ),
-            );
+        let too_large = || {
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("request bodies are limited to {limit} bytes (--max-request-body-mib)"),
+            )
         };
-        let body = match collected {
-            Ok(b) => b.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    &format!("request bodies are limited to {} bytes", limit),
-                );
+        let length = http_body::Body::size_hint(&body).exact();
+        if length.is_some_and(|n| n > limit) {
+            return too_large();
+        }
+        let request = |body: Option<Bytes>| FapiRequest {
+            method: parts.method.clone(),
+            url,
+            headers,
+            body,
+            interaction_id: None,
+            timeout: None,
+        };
+        // Small bodies are held whole, so that the client may replay or retry their request;
+        // the others go on as they arrive, memory flat.
+        let (request, streamed) = match length {
+            Some(n) if n <= COLLECT_MAX => {
+                let body = match read_whole(body, timeout).await {
+                    Ok(b) => b,
+                    Err(response) => return response,
+                };
+                (request((!body.is_empty()).then_some(body)), None)
             }
-            Err(e) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "body",
-                    &format!("reading the request body failed: {e}"),
-                );
+            _ => {
+                let fault = Arc::new(AtomicU8::new(BODY_OK));
+                let stream = caller_stream(body, limit, timeout, fault.clone());
+                (
+                    request(None),
+                    Some((StreamedBody::new(stream, length), fault)),
+                )
             }
         };
         let Ok(_permit) = self.in_flight.acquire().await else {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down");
         };
         let asked = std::time::Instant::now();
-        let sent = upstream
-            .client
-            .send(FapiRequest {
-                method: parts.method.clone(),
-                url,
-                headers,
-                body: (!body.is_empty()).then_some(body),
-                interaction_id: None,
-                timeout: None,
-            })
-            .await;
+        let sent = match streamed {
+            None => upstream.client.send(request).await,
+            Some((body, fault)) => {
+                let sent = upstream.client.send_stream(request, body).await;
+                // The caller's body broke off before the upstream answered: say why to the
+                // caller (the upstream saw a broken request, never a short complete one).
+                match (&sent, fault.load(Ordering::Relaxed)) {
+                    (Err(_), BODY_TOO_LARGE) => return too_large(),
+                    (Err(_), BODY_STALLED) => return caller_stalled(timeout),
+                    (Err(_), BODY_BROKEN) => {
+                        return error_response(
+                            StatusCode::BAD_REQUEST,
+                            "body",
+                            "reading the request body failed: the caller's connection broke off",
+                        );
+                    }
+                    _ => sent,
+                }
+            }
+        };
         self.metrics
             .upstream_seconds
             .observe(asked.elapsed().as_secs_f64());
@@ -985,6 +1010,84 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Request bodies with a `Content-Length` up to this are read whole before they go on (so that
+/// the client may replay or retry their request); larger and chunked ones are streamed.
+const COLLECT_MAX: u64 = 64 * 1024;
+
+/// How a streamed caller body ended, when it did not end well.
+const BODY_OK: u8 = 0;
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_STALLED: u8 = 2;
+const BODY_BROKEN: u8 = 3;
+
+fn caller_stalled(timeout: std::time::Duration) -> Response<ProxyBody> {
+    error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "caller_timeout",
+        &format!(
+            "the request body did not arrive within {} s (--caller-timeout-seconds)",
+            timeout.as_secs()
+        ),
+    )
+}
+
+/// A small body, whole, within the caller timeout.
+async fn read_whole(
+    body: Incoming,
+    timeout: std::time::Duration,
+) -> std::result::Result<Bytes, Response<ProxyBody>> {
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Err(_) => Err(caller_stalled(timeout)),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "body",
+            &format!("reading the request body failed: {e}"),
+        )),
+    }
+}
+
+/// The caller's body as it arrives: an error (and `fault` set) once it passes `limit` bytes,
+/// once `idle` passes without a chunk, or when the caller's connection breaks. Trailers are
+/// dropped, as every other header of the caller's framing.
+fn caller_stream(
+    body: Incoming,
+    limit: u64,
+    idle: std::time::Duration,
+    fault: Arc<AtomicU8>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold((body, 0u64), move |(mut body, seen)| {
+        let fault = fault.clone();
+        let fail = move |code: u8, why: String| {
+            fault.store(code, Ordering::Relaxed);
+            Err(std::io::Error::other(why))
+        };
+        async move {
+            loop {
+                let frame = match tokio::time::timeout(idle, body.frame()).await {
+                    Err(_) => {
+                        return fail(
+                            BODY_STALLED,
+                            format!("the caller sent nothing for {} s", idle.as_secs()),
+                        );
+                    }
+                    Ok(None) => return Ok(None),
+                    Ok(Some(Err(e))) => return fail(BODY_BROKEN, e.to_string()),
+                    Ok(Some(Ok(frame))) => frame,
+                };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let seen = seen + data.len() as u64;
+                if seen > limit {
+                    return fail(BODY_TOO_LARGE, format!("over {limit} bytes"));
+                }
+                return Ok(Some((data, (body, seen))));
+            }
+        }
+    })
 }
 
 /// Dropping the headers of one connection from a response's.

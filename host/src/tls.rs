@@ -261,6 +261,31 @@ pub fn http_client_from(
     options: &ClientOptions,
     resolver: Resolver,
 ) -> Result<reqwest::Client> {
+    client_builder(config, options, resolver)
+        .read_timeout(options.timeout)
+        .build()
+        .map_err(|e| Error::Tls(format!("building the HTTP client: {e}")))
+}
+
+/// The same client without reqwest's read timeout, for streamed request bodies: that timeout runs
+/// from the start of a request to its response head, which a long upload outlasts. The caller
+/// bounds the wait itself (`FapiClient::send_stream`: after the body's last chunk, and between
+/// chunks of the answer).
+pub fn upload_client_from(
+    config: rustls::ClientConfig,
+    options: &ClientOptions,
+    resolver: Resolver,
+) -> Result<reqwest::Client> {
+    client_builder(config, options, resolver)
+        .build()
+        .map_err(|e| Error::Tls(format!("building the HTTP client: {e}")))
+}
+
+fn client_builder(
+    config: rustls::ClientConfig,
+    options: &ClientOptions,
+    resolver: Resolver,
+) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .dns_resolver(resolver)
@@ -268,11 +293,8 @@ pub fn http_client_from(
         .no_proxy()
         .https_only(true)
         .connect_timeout(options.connect_timeout)
-        .read_timeout(options.timeout)
         .pool_max_idle_per_host(256)
         .user_agent(concat!("fapi-host/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Tls(format!("building the HTTP client: {e}")))
 }
 
 #[cfg(test)]

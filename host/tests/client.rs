@@ -1265,3 +1265,73 @@ async fn a_missing_interaction_id_echo_is_warned_once_per_origin() {
         }
     }
 }
+
+/// A streamed body goes out once, from the stream as it is read: it arrives whole (the data
+/// provider's byte count and digest), with its `Content-Length` or chunked; a 401 `invalid_token`
+/// comes back as it is, with no new token and no replay (the body is gone); a request that also
+/// has a body held whole is refused before anything is sent.
+#[tokio::test]
+async fn a_streamed_body_is_sent_once_and_never_replayed() {
+    use sha2::Digest as _;
+    let f = Fed::start(FederationConfig {
+        introspection_cache_ttl: Duration::ZERO,
+        ..FederationConfig::default()
+    })
+    .await;
+    let client = f.client();
+    let url = url::Url::parse(&format!("{}/upload", f.fed.data_origin())).unwrap();
+    let request = |method| fapi_host::FapiRequest {
+        method,
+        url: url.clone(),
+        headers: http::HeaderMap::new(),
+        body: None,
+        interaction_id: None,
+        timeout: None,
+    };
+    const CHUNKS: usize = 16;
+    let chunk = bytes::Bytes::from((0..64u32 << 10).map(|i| i as u8).collect::<Vec<u8>>());
+    let body = |length: Option<u64>| {
+        let chunk = chunk.clone();
+        let chunks = (0..CHUNKS).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        fapi_host::StreamedBody::new(futures_util::stream::iter(chunks), length)
+    };
+    let mut digest = sha2::Sha256::new();
+    for _ in 0..CHUNKS {
+        digest.update(&chunk);
+    }
+    let sha256: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let size = (CHUNKS * chunk.len()) as u64;
+    for length in [Some(size), None] {
+        let r = client
+            .send_stream(request(http::Method::PUT), body(length))
+            .await
+            .unwrap();
+        assert_eq!((r.status().as_u16(), r.attempts()), (200, 1), "{length:?}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["bytes"], size, "{length:?}");
+        assert_eq!(v["sha256"], sha256.as_str(), "{length:?}");
+    }
+    f.fed.revoke_all_tokens();
+    let r = client
+        .send_stream(request(http::Method::PUT), body(Some(size)))
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.attempts()), (401, 1));
+    assert_eq!(r.auth_problem(), Some(&AuthProblem::InvalidToken));
+    let c = f.fed.counters();
+    assert_eq!(
+        c.token_requests, 1,
+        "a new token for a body that cannot be sent again"
+    );
+    assert_eq!(c.uploads_whole, 2);
+    let mut both = request(http::Method::POST);
+    both.body = Some(bytes::Bytes::from_static(b"whole"));
+    let before = f.fed.counters().dp_requests;
+    let e = client.send_stream(both, body(None)).await.unwrap_err();
+    assert!(e.to_string().contains("streamed body"), "{e}");
+    assert_eq!(f.fed.counters().dp_requests, before);
+}

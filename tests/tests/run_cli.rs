@@ -1135,6 +1135,195 @@ async fn a_slow_caller_is_cut_off_and_nothing_goes_upstream() {
     assert_eq!(s.fed.counters().dp_requests, before);
 }
 
+/// Write `head` and `body` to the proxy at `addr` on a fresh connection, leave it open (a caller
+/// that stalls), and read what comes back until the proxy closes it: the answer and how long that
+/// took (bounded at 20 s by the read timeout).
+fn stall_after(addr: &str, head: &str, body: &[u8]) -> (String, std::time::Duration) {
+    use std::io::{Read as _, Write as _};
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    sock.write_all(head.as_bytes()).unwrap();
+    sock.write_all(body).unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    (text(&answer), started.elapsed())
+}
+
+/// The peak resident set of process `pid` (VmHWM), KiB: the kernel's accounting.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The data provider's count of broken uploads once it passes `before` (within 10 s): the
+/// upstream's side of a body the proxy broke off may land a moment after the caller's answer.
+async fn broken_upload_after(s: &Setup, before: u64) -> u64 {
+    for _ in 0..100 {
+        let now = s.fed.counters().uploads_broken;
+        if now > before {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s.fed.counters().uploads_broken
+}
+
+/// A body larger than the proxy holds whole streams through it: 64 MiB, sent with its
+/// `Content-Length` and sent chunked, arrives whole at the data provider (its byte count and
+/// SHA-256 match), and the proxy's peak memory stays below the body's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn a_large_upload_streams_through_the_proxy_whole() {
+    use sha2::Digest as _;
+    const SIZE: usize = 64 << 20;
+    let s = setup().await;
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start_with(
+            &s,
+            "127.0.0.1:0",
+            &[format!("/energy/={}/", s.fed.data_origin())],
+            &["--max-request-body-mib", "128"],
+        )
+    });
+    let body: Vec<u8> = (0..SIZE as u64)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
+        .collect();
+    let sha256: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file = s.dir.path().join("upload.bin");
+    std::fs::write(&file, &body).unwrap();
+    drop(body);
+    let data = format!("@{}", file.display());
+    let url = format!("{}/energy/upload", proxy.origin);
+    let bearer = proxy.bearer();
+    for framing in [None, Some("Transfer-Encoding: chunked")] {
+        let mut args = vec!["-X", "PUT", "-H", &bearer, "--data-binary", &data, &url];
+        args.extend(framing.iter().flat_map(|h| ["-H", h]));
+        let (status, answer) = tokio::task::block_in_place(|| proxy.curl(&args));
+        assert_eq!(status, 200, "{framing:?}: {answer}");
+        let got: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(got["bytes"], SIZE as u64, "{framing:?}");
+        assert_eq!(got["sha256"], sha256.as_str(), "{framing:?}");
+    }
+    assert_eq!(s.fed.counters().uploads_whole, 2);
+    let peak = peak_rss_kib(proxy.child.id());
+    assert!(
+        peak < (SIZE as u64 >> 10),
+        "the proxy's peak RSS was {peak} KiB: a {SIZE}-byte body was held whole"
+    );
+    let printed = proxy.stop();
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key"), &file]);
+}
+
+/// A streamed body is bounded: one over `--max-request-body-mib` is 413 (at once when its
+/// `Content-Length` says so, with nothing sent upstream; when it is chunked, as soon as it passes
+/// the limit), and one whose caller stalls is 408 after `--caller-timeout-seconds`, chunked or
+/// with a length. In every case the data provider sees a broken upload, never a whole one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn a_streamed_body_over_the_limit_or_stalled_never_arrives_whole_through_the_proxy() {
+    let s = setup().await;
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start_with(
+            &s,
+            "127.0.0.1:0",
+            &[format!("/energy/={}/", s.fed.data_origin())],
+            &[
+                "--max-request-body-mib",
+                "1",
+                "--caller-timeout-seconds",
+                "1",
+            ],
+        )
+    });
+    let url = format!("{}/energy/upload", proxy.origin);
+    let bearer = proxy.bearer();
+    let file = s.dir.path().join("two-mib.bin");
+    std::fs::write(&file, vec![7u8; 2 << 20]).unwrap();
+    let data = format!("@{}", file.display());
+    // One upload under the limit, so that the token is behind us and the counters move only
+    // for what follows.
+    let (status, answer) = tokio::task::block_in_place(|| {
+        proxy.curl(&["-X", "PUT", "-H", &bearer, "--data-binary", "small", &url])
+    });
+    assert_eq!(status, 200, "{answer}");
+    let before = s.fed.counters();
+    let (status, answer) = tokio::task::block_in_place(|| {
+        proxy.curl(&["-X", "PUT", "-H", &bearer, "--data-binary", &data, &url])
+    });
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains(r#""error":"too_large""#), "{answer}");
+    assert_eq!(
+        s.fed.counters().dp_requests,
+        before.dp_requests,
+        "a body whose length is over the limit went upstream"
+    );
+    let (status, answer) = tokio::task::block_in_place(|| {
+        proxy.curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &bearer,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &data,
+            &url,
+        ])
+    });
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains(r#""error":"too_large""#), "{answer}");
+    let mut broken = broken_upload_after(&s, before.uploads_broken).await;
+    assert_eq!(broken, before.uploads_broken + 1, "the cut body upstream");
+    let addr = proxy.origin.trim_start_matches("http://").to_owned();
+    let part = vec![b'x'; 100 << 10];
+    let chunked = format!(
+        "PUT /energy/upload HTTP/1.1\r\nHost: x\r\n{bearer}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        part.len()
+    );
+    let sized = format!(
+        "PUT /energy/upload HTTP/1.1\r\nHost: x\r\n{bearer}\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    for head in [chunked, sized] {
+        let (answer, took) = tokio::task::block_in_place(|| stall_after(&addr, &head, &part));
+        assert!(
+            answer.starts_with("HTTP/1.1 408") && answer.contains("caller_timeout"),
+            "{head:?}: {answer}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(15),
+            "{head:?}: the stalled caller was held for {took:?}"
+        );
+        let now = broken_upload_after(&s, broken).await;
+        assert_eq!(now, broken + 1, "{head:?}: the stalled body upstream");
+        broken = now;
+    }
+    assert_eq!(
+        s.fed.counters().uploads_whole,
+        before.uploads_whole,
+        "a body the proxy refused arrived whole"
+    );
+    let printed = proxy.stop();
+    s.outputs
+        .lock()
+        .unwrap()
+        .push(("the proxy's output".into(), printed));
+    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key"), &file]);
+}
+
 /// SIGTERM while requests are in flight: the proxy stops accepting, the requests it has finish
 /// whole, and it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,8 @@ pub struct ProxyArgs {
     /// default: proxy.key in the system's temporary directory, under a name with the port).
     #[arg(long, value_name = "FILE")]
     pub local_key_file: Option<PathBuf>,
-    /// The largest request body a caller may send, MiB (default 16).
+    /// The largest request body a caller may send, MiB (default 16). Bodies over 64 KiB and
+    /// chunked ones stream through, memory flat; a smaller limit bounds what an upstream gets.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub max_request_body_mib: u64,
     /// Requests sent on at once; more wait (default 64).
@@ -42,7 +43,8 @@ pub struct ProxyArgs {
     /// /metrics (Prometheus). Off by default.
     #[arg(long, value_name = "127.0.0.1:PORT")]
     pub admin: Option<std::net::SocketAddr>,
-    /// How long a caller may take to send its request head, then its body, seconds (default 30).
+    /// How long a caller may take to send its request head, then its body (a small body whole; a
+    /// streamed one, between chunks), seconds (default 30).
     #[arg(long, value_name = "S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub caller_timeout_seconds: u64,
     /// Append one JSON line per request to FILE (caller, method, URL, status, bytes, time,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -26,7 +27,7 @@ mod response;
 
 pub use log::RedactedHeaders;
 use log::{MissingEcho, check_interaction_echo, log_request};
-pub use request::{FapiRequest, RequestBuilder, parse_header};
+pub use request::{FapiRequest, RequestBuilder, StreamedBody, parse_header};
 use request::{check_headers, check_url};
 pub use response::{AuthProblem, FapiResponse};
 
@@ -42,6 +43,9 @@ pub struct FapiClient {
 
 struct Inner {
     http: Transport,
+    /// The same connections' twins without reqwest's read timeout, for streamed request bodies
+    /// ([`FapiClient::send_stream`]); a pool of their own, used by uploads only.
+    upload: Transport,
     /// The TLS configuration the clients were built over, for [`FapiClient::for_guests`].
     tls: Arc<rustls::ClientConfig>,
     /// Shared with the clients made by [`FapiClient::with_retries`]: one token cache.
@@ -73,7 +77,8 @@ impl FapiClient {
         let config =
             tls::client_config(&identity, settings.ca_bundle.as_deref(), &settings.client)?;
         let resolver = Resolver::new(settings.client.resolve.clone());
-        let http = tls::http_client_from(config.clone(), &settings.client, resolver)?;
+        let http = tls::http_client_from(config.clone(), &settings.client, resolver.clone())?;
+        let upload = tls::upload_client_from(config.clone(), &settings.client, resolver)?;
         let tokens = TokenManager::new(
             http.clone(),
             settings.issuer_url.clone(),
@@ -85,6 +90,7 @@ impl FapiClient {
         let client = FapiClient {
             inner: Arc::new(Inner {
                 http: Transport::One(http),
+                upload: Transport::One(upload),
                 tls: Arc::new(config),
                 tokens: Arc::new(tokens),
                 options: settings.client.clone(),
@@ -107,6 +113,7 @@ impl FapiClient {
         FapiClient {
             inner: Arc::new(Inner {
                 http: inner.http.clone(),
+                upload: inner.upload.clone(),
                 tls: inner.tls.clone(),
                 tokens: inner.tokens.clone(),
                 options: settings.client.clone(),
@@ -131,6 +138,7 @@ impl FapiClient {
         let inner = &self.inner;
         let base = Resolver::new(inner.options.resolve.clone());
         let mut clients = Vec::with_capacity(ports.len());
+        let mut uploads = Vec::with_capacity(ports.len());
         for &port in ports {
             let names = shared
                 .iter()
@@ -138,13 +146,20 @@ impl FapiClient {
                 .map(|(n, _)| n.clone())
                 .collect();
             let resolver = base.guarding(port, addresses.clone(), Arc::new(names));
-            let http =
-                tls::http_client_from(ClientConfig::clone(&inner.tls), &inner.options, resolver)?;
+            let http = tls::http_client_from(
+                ClientConfig::clone(&inner.tls),
+                &inner.options,
+                resolver.clone(),
+            )?;
+            let upload =
+                tls::upload_client_from(ClientConfig::clone(&inner.tls), &inner.options, resolver)?;
             clients.push((port, http));
+            uploads.push((port, upload));
         }
         Ok(FapiClient {
             inner: Arc::new(Inner {
                 http: Transport::PerPort(Arc::new(clients)),
+                upload: Transport::PerPort(Arc::new(uploads)),
                 tls: inner.tls.clone(),
                 tokens: inner.tokens.clone(),
                 options: inner.options.clone(),
@@ -226,7 +241,40 @@ impl FapiClient {
 
     /// Send a request: token, mTLS, interaction id, `invalid_token` replay and retries.
     pub async fn send(&self, request: FapiRequest) -> Result<FapiResponse> {
+        self.send_with(request, None).await
+    }
+
+    /// Send a request whose body is read from `body` while it goes out, memory flat whatever its
+    /// size (`request.body` must be `None`). The token is had (refreshed if due, never an expired
+    /// one) before the first byte is sent.
+    ///
+    /// A streamed body cannot be sent twice, so there is no `invalid_token` replay and no retry,
+    /// whatever the method: the response (a 401, a 503) goes back as it is, and an error is
+    /// returned as it happened. The wait for the response head is bounded by `timeout_seconds`
+    /// counted from the last chunk the server took (a long upload is not cut, a stalled one is),
+    /// and the response body by `timeout_seconds` between chunks; a request's own `timeout`
+    /// bounds all of it.
+    pub async fn send_stream(
+        &self,
+        request: FapiRequest,
+        body: StreamedBody,
+    ) -> Result<FapiResponse> {
+        if request.body.is_some() {
+            return Err(Error::InvalidRequest(
+                "a request sent with a streamed body has no other body: leave `body` None".into(),
+            ));
+        }
+        self.send_with(request, Some(body)).await
+    }
+
+    async fn send_with(
+        &self,
+        request: FapiRequest,
+        mut streamed: Option<StreamedBody>,
+    ) -> Result<FapiResponse> {
         let inner = &self.inner;
+        // Only a body held whole can be sent again.
+        let replayable = streamed.is_none();
         check_url(&request.url)?;
         let url = request.url;
         check_headers(&request.headers)?;
@@ -235,7 +283,7 @@ impl FapiClient {
             None if inner.options.interaction_id => Some(Uuid::new_v4().to_string()),
             None => None,
         };
-        let idempotent = retry::is_idempotent(&request.method);
+        let idempotent = replayable && retry::is_idempotent(&request.method);
         let started = Instant::now();
         // A request's own timeout bounds all of it: the token, every attempt and the waits
         // between them; each attempt is also bounded by `timeout_seconds`.
@@ -246,7 +294,13 @@ impl FapiClient {
         let mut attempts = 0u32;
         let mut retries = 0u32;
         let mut replayed = false;
-        let http = inner.http.for_url(&url)?;
+        let http = if replayable {
+            inner.http.for_url(&url)?
+        } else {
+            inner.upload.for_url(&url)?
+        };
+        // When the server last took a chunk of a streamed body, ms after `started`.
+        let progress = Arc::new(AtomicU64::new(0));
         loop {
             attempts += 1;
             let lease = inner.tokens.bearer().await?;
@@ -260,6 +314,16 @@ impl FapiClient {
             if let Some(body) = &request.body {
                 builder = builder.body(body.clone());
             }
+            if let Some(body) = streamed.take() {
+                if let Some(n) = body.length {
+                    builder = builder.header(http::header::CONTENT_LENGTH, n);
+                }
+                let progress = progress.clone();
+                let stream = futures_util::StreamExt::inspect(body.stream, move |_| {
+                    progress.store(millis_since(started), Ordering::Relaxed);
+                });
+                builder = builder.body(reqwest::Body::wrap_stream(stream));
+            }
             let req = builder
                 .build()
                 .map_err(|e| Error::InvalidRequest(format!("{}: {e}", what(&url))))?;
@@ -272,12 +336,17 @@ impl FapiClient {
                 None => inner.options.timeout,
             };
             let t0 = Instant::now();
-            let sent = match tokio::time::timeout(timeout, http.execute(req)).await {
-                Ok(r) => r.map_err(|e| {
+            let answered = if replayable {
+                tokio::time::timeout(timeout, http.execute(req)).await.ok()
+            } else {
+                head_after_body(http.execute(req), timeout, deadline, &progress, started).await
+            };
+            let sent = match answered {
+                Some(r) => r.map_err(|e| {
                     let transient = e.is_connect() || e.is_timeout() || e.is_request();
                     (Error::from_reqwest(&what(&url), e), transient)
                 }),
-                Err(_) => Err((
+                None => Err((
                     Error::Timeout(format!("{}: no response within {timeout:?}", what(&url))),
                     true,
                 )),
@@ -321,7 +390,7 @@ impl FapiClient {
                 interaction_id.as_deref(),
             );
 
-            if status == StatusCode::UNAUTHORIZED && !replayed {
+            if status == StatusCode::UNAUTHORIZED && !replayed && replayable {
                 let challenge = www_authenticate::bearer(response.headers());
                 if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
                     if inner.tokens.invalidate(lease.generation) {
@@ -365,7 +434,41 @@ impl FapiClient {
                 elapsed: started.elapsed(),
                 problem,
                 inner: response,
+                idle: (!replayable).then_some(inner.options.timeout),
             });
+        }
+    }
+}
+
+fn millis_since(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The response head of a request with a streamed body, or `None` once nothing has moved for
+/// `timeout`: the server took no chunk of the body, or, after the last one, did not answer.
+/// `deadline` (the request's own timeout) bounds it all.
+async fn head_after_body<F: std::future::Future>(
+    response: F,
+    timeout: Duration,
+    deadline: Option<Instant>,
+    progress: &AtomicU64,
+    started: Instant,
+) -> Option<F::Output> {
+    tokio::pin!(response);
+    loop {
+        let last = progress.load(Ordering::Relaxed);
+        let mut until = started + Duration::from_millis(last) + timeout;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        tokio::select! {
+            r = &mut response => return Some(r),
+            () = tokio::time::sleep_until(until.into()) => {
+                let moved = progress.load(Ordering::Relaxed) != last;
+                if !moved || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
+                }
+            }
         }
     }
 }

@@ -27,6 +27,41 @@ pub struct FapiRequest {
     pub timeout: Option<Duration>,
 }
 
+/// A request body read from a stream while it is sent, for [`FapiClient::send_stream`]: memory
+/// stays flat whatever its size. It cannot be sent twice.
+pub struct StreamedBody {
+    pub(super) stream: futures_util::stream::BoxStream<'static, StreamResult>,
+    pub(super) length: Option<u64>,
+}
+
+type StreamResult = std::result::Result<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+impl StreamedBody {
+    /// A body of the chunks of `stream`. With `length`, the request carries it as its
+    /// `Content-Length` (a stream that ends short of it, or goes past it, is a broken body the
+    /// server sees as such); without, it is sent chunked. A stream that yields an error breaks
+    /// the request off: the server never sees a complete body.
+    pub fn new<S, E>(stream: S, length: Option<u64>) -> StreamedBody
+    where
+        S: futures_util::Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        StreamedBody {
+            stream: stream.map_err(Into::into).boxed(),
+            length,
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedBody")
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builds a [`FapiRequest`] and sends it.
 #[derive(Debug)]
 pub struct RequestBuilder {

@@ -76,6 +76,9 @@ pub struct FapiResponse {
     pub(super) elapsed: Duration,
     pub(super) problem: Option<AuthProblem>,
     pub(super) inner: reqwest::Response,
+    /// The longest wait for a chunk of the body, when the transport has no read timeout of its
+    /// own (the answer to a streamed body).
+    pub(super) idle: Option<Duration>,
 }
 
 impl FapiResponse {
@@ -115,14 +118,30 @@ impl FapiResponse {
     /// The next chunk of the body, or None at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
         let url = &self.url;
-        self.inner.chunk().await.map_err(|e| body_error(url, e))
+        let next = self.inner.chunk();
+        let next = match self.idle {
+            Some(idle) => tokio::time::timeout(idle, next)
+                .await
+                .map_err(|_| stalled(url))?,
+            None => next.await,
+        };
+        next.map_err(|e| body_error(url, e))
     }
     /// The body as a stream of chunks.
     pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + 'static {
+        use futures_util::StreamExt as _;
+        if self.idle.is_some() {
+            // One chunk at a time, each within `idle`; the first error ends it.
+            return futures_util::stream::try_unfold(self, |mut r| async move {
+                Ok(r.chunk().await?.map(|chunk| (chunk, r)))
+            })
+            .left_stream();
+        }
         let url = self.url;
-        futures_util::StreamExt::map(self.inner.bytes_stream(), move |r| {
-            r.map_err(|e| body_error(&url, e))
-        })
+        self.inner
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| body_error(&url, e)))
+            .right_stream()
     }
 
     /// The whole body, up to `limit` bytes.
@@ -170,6 +189,13 @@ impl FapiResponse {
             Error::InvalidRequest(format!("the body of {url} is not the JSON expected ({e})"))
         })
     }
+}
+
+fn stalled(url: &url::Url) -> Error {
+    Error::Timeout(format!(
+        "reading the body of {}: timed out: nothing arrived for the configured `timeout_seconds`",
+        shown_url(url.as_str())
+    ))
 }
 
 /// A failure while reading a response body, after the head arrived (TLS was fine then): the
