@@ -26,6 +26,7 @@
 
 mod admin;
 mod auth_server;
+mod capture;
 pub mod data;
 mod data_provider;
 mod dev;
@@ -39,6 +40,7 @@ mod softhsm;
 mod state;
 mod tls;
 
+pub use capture::{Capture, capture_logs};
 pub use dev::{DevExternalIssuer, DevOptions, run_dev};
 pub use error::Error;
 pub use faults::{AsFault, DpFault};

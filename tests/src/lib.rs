@@ -56,42 +56,7 @@ pub async fn recording_federation(faults: bool) -> fapi_federation::Federation {
         .expect("the federation starts")
 }
 
-/// A `Write` into a shared buffer, for capturing every log line in tests.
-#[derive(Clone, Debug)]
-pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Capture every log line of this test process, of every target (fapi-host, the federation,
-/// reqwest, hyper, rustls, wasmtime, through `log` too) at every level down to `trace`, so that
-/// tests can search them for credentials: a leak at any level must be seen. One capture per
-/// process, started by the first call. Returns the shared buffer.
-pub fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
-    use std::sync::{Arc, Mutex, OnceLock};
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = Capture(buf.clone());
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .with_writer(move || w.clone())
-            .try_init()
-            .expect("no other subscriber: the tests' logs are captured here");
-        buf
-    })
-    .clone()
-}
+pub use fapi_federation::{Capture, capture_logs};
 
 /// The code of every fenced block in `lang` (```` ```sh ````, ```` ```python ````, ...) of the
 /// repository's markdown file `doc` (`README.md`, `docs/batch-clusters.md`), in order, so that
