@@ -3,6 +3,9 @@
 //! `cargo test -p fapi-tests --test all hostile::`.
 
 mod batch;
+// Named to sort right after `batch`: libtest starts tests in the order of their names, and this
+// one runs for minutes, so it starts early, beside the others, not after them all.
+mod batch_on_slurm;
 mod deploy;
 mod guests_built;
 mod hostile;
@@ -11,4 +14,3 @@ mod plugins_lang;
 mod run_cli;
 mod sandbox;
 mod serve;
-mod slurm;
