@@ -63,10 +63,10 @@ mod config;
 mod credentials;
 mod discovery;
 mod error;
-mod net;
-pub mod pkcs11;
 #[cfg(feature = "sandbox")]
 mod local_http;
+mod net;
+pub mod pkcs11;
 mod policy;
 #[cfg(feature = "sandbox")]
 pub mod proxy;
