@@ -459,9 +459,8 @@ fn reference_python(opts: &Options) -> Option<String> {
     Some(py.display().to_string())
 }
 
-/// `fapi-bench plain-fetch`: one GET with plain reqwest mTLS and the bearer from
-/// `FAPI_BENCH_BEARER`, body streamed and counted (the large-response baseline, as a process).
-pub async fn plain_fetch(cert: &Path, key: &Path, ca: &Path, url: &str) {
+/// A rustls client configuration of the identity in `cert` and `key`, trusting the CAs in `ca`.
+pub fn plain_tls(cert: &Path, key: &Path, ca: &Path) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -473,12 +472,18 @@ pub async fn plain_fetch(cert: &Path, key: &Path, ca: &Path, url: &str) {
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(fapi_host::fapi_provider()))
+    rustls::ClientConfig::builder_with_provider(Arc::new(fapi_host::fapi_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
-        .unwrap();
+        .unwrap()
+}
+
+/// `fapi-bench plain-fetch`: one GET with plain reqwest mTLS and the bearer from
+/// `FAPI_BENCH_BEARER`, body streamed and counted (the large-response baseline, as a process).
+pub async fn plain_fetch(cert: &Path, key: &Path, ca: &Path, url: &str) {
+    let tls = plain_tls(cert, key, ca);
     let bearer = std::env::var("FAPI_BENCH_BEARER").unwrap();
     let mut r = plain_head(&plain_client(tls, 1), url, &bearer).await;
     let mut n = 0u64;

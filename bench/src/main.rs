@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+mod bare_proxy;
 mod batch;
 mod chart;
 mod client;
@@ -136,6 +137,18 @@ enum What {
         /// Write no page (the tables are printed all the same).
         #[arg(long)]
         no_markdown: bool,
+    },
+    /// The bare reverse proxy (hyper + reqwest, nothing else) `proxy-load` runs as a process
+    /// (bearer in FAPI_BENCH_BEARER).
+    #[command(hide = true)]
+    BareProxy {
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        #[arg(long)]
+        key: std::path::PathBuf,
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        upstream: String,
     },
     /// The plain reqwest mTLS fetcher `compare` runs as a process (bearer in FAPI_BENCH_BEARER).
     #[command(hide = true)]
@@ -289,6 +302,12 @@ async fn main() {
             })
             .await
         }
+        What::BareProxy {
+            cert,
+            key,
+            ca,
+            upstream,
+        } => bare_proxy::run(&cert, &key, &ca, upstream).await,
         What::PlainFetch { cert, key, ca, url } => {
             compare::plain_fetch(&cert, &key, &ca, &url).await
         }

@@ -11,6 +11,62 @@ use fapi_host::FapiClient;
 use crate::proxy::{Conn, ProxyChild, stop};
 use crate::setup::{Bench, fapi_get};
 
+/// `fapi-bench bare-proxy` as a child of ours: hyper + reqwest forwarding, nothing else.
+struct Bare {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Bare {
+    fn start(b: &Bench, upstream: &str, token: &str) -> Bare {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().unwrap();
+        let consumer = b.fed.pki().client("consumer").unwrap();
+        let (cert, key, ca) = (
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert, &consumer.cert_pem).unwrap();
+        std::fs::write(&key, &consumer.key_pem).unwrap();
+        std::fs::write(&ca, b.fed.pki().ca_pem()).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("bare-proxy")
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("--ca")
+            .arg(&ca)
+            .arg(upstream)
+            .env("FAPI_BENCH_BEARER", token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        // The bench's own first line (the machine) comes before the address.
+        let addr = out
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening on ").map(str::to_owned))
+            .expect("bare-proxy prints its address");
+        Bare {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// nginx as a child of ours, with its own configuration, PID file and logs in a temporary
 /// directory (mode 0700: the configuration holds the token); stopped by its PID when dropped.
 struct Nginx {
@@ -262,10 +318,11 @@ pub async fn run(requests: usize, levels: &[usize]) {
     let client = b.client();
     let route = format!("/data/={origin}/");
     let proxy = tokio::task::block_in_place(|| ProxyChild::start(&config, &route, &[]));
-    let nginx = {
-        let token = client.danger_reveal_token().await.unwrap();
-        tokio::task::block_in_place(|| Nginx::start(&b, upstream_port, token.as_str()))
-    };
+    let token = client.danger_reveal_token().await.unwrap();
+    let nginx =
+        tokio::task::block_in_place(|| Nginx::start(&b, upstream_port, token.as_str()));
+    let bare = tokio::task::block_in_place(|| Bare::start(&b, &format!("{origin}/"), &token));
+    drop(token);
     let nginx = match nginx {
         Ok(n) => Some(n),
         Err(why) => {
@@ -292,10 +349,14 @@ pub async fn run(requests: usize, levels: &[usize]) {
         if let Some(n) = &nginx {
             over_http(&n.addr, path, &[], c, warm, len).await;
         }
+        over_http(&bare.addr, path, &[], c, warm, len).await;
         let cpu0 = cpu_of(proxy.pid());
         let mut via_proxy = over_http(&proxy.addr, path, &proxy_headers, c, requests, len).await;
         via_proxy.cpu_per_request = Some((cpu_of(proxy.pid()) - cpu0) / requests as u32);
         let direct = in_process(&client, &url, c, requests).await;
+        let cpu0 = cpu_of(bare.child.id());
+        let mut via_bare = over_http(&bare.addr, path, &[], c, requests, len).await;
+        via_bare.cpu_per_request = Some((cpu_of(bare.child.id()) - cpu0) / requests as u32);
         let via_nginx = match &nginx {
             Some(n) => {
                 let cpu0 = cpu_of(n.child.id());
@@ -324,11 +385,13 @@ pub async fn run(requests: usize, levels: &[usize]) {
             );
         };
         print("fapi-host proxy", &via_proxy);
+        print("hyper + reqwest forwarding, nothing else (the stack's floor)", &via_bare);
         print("FapiClient in process", &direct);
         if let Some(n) = &via_nginx {
             print("nginx", n);
         }
     }
     drop(nginx);
+    drop(bare);
     drop(proxy);
 }
