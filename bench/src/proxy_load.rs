@@ -319,8 +319,7 @@ pub async fn run(requests: usize, levels: &[usize]) {
     let route = format!("/data/={origin}/");
     let proxy = tokio::task::block_in_place(|| ProxyChild::start(&config, &route, &[]));
     let token = client.danger_reveal_token().await.unwrap();
-    let nginx =
-        tokio::task::block_in_place(|| Nginx::start(&b, upstream_port, token.as_str()));
+    let nginx = tokio::task::block_in_place(|| Nginx::start(&b, upstream_port, token.as_str()));
     let bare = tokio::task::block_in_place(|| Bare::start(&b, &format!("{origin}/"), &token));
     drop(token);
     let nginx = match nginx {
@@ -385,7 +384,10 @@ pub async fn run(requests: usize, levels: &[usize]) {
             );
         };
         print("fapi-host proxy", &via_proxy);
-        print("hyper + reqwest forwarding, nothing else (the stack's floor)", &via_bare);
+        print(
+            "hyper + reqwest forwarding, nothing else (the stack's floor)",
+            &via_bare,
+        );
         print("FapiClient in process", &direct);
         if let Some(n) = &via_nginx {
             print("nginx", n);
