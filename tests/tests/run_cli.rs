@@ -41,6 +41,17 @@ fn setup_from(fed: Federation) -> Setup {
 }
 
 impl Setup {
+    /// Stop `proxy` (SIGTERM), keep what it printed with the other outputs, and search them all,
+    /// and every file written but `test_files`, for every issued token and the key.
+    fn stop_proxy_and_search(&self, proxy: ProxyProcess, test_files: &[&Path]) {
+        let printed = proxy.stop();
+        self.outputs
+            .lock()
+            .unwrap()
+            .push(("the proxy's output".into(), printed));
+        self.assert_no_secrets(true, test_files);
+    }
+
     /// Assert that no token the federation issued and no piece of the client's key is in what any
     /// process printed or in any file written in its working directory or cache since `setup`
     /// (but `test_files`, which the test wrote there). With `tokens` false, the processes never
@@ -493,16 +504,11 @@ async fn curl_and_python_requests_read_protected_data_through_the_proxy() {
         1,
         "one token for every caller"
     );
-    let printed = proxy.stop();
-    s.outputs
-        .lock()
-        .unwrap()
-        .push(("the proxy's output".into(), printed));
     s.outputs
         .lock()
         .unwrap()
         .push(("python's output".into(), py.stdout));
-    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key")]);
 }
 
 /// The README's proxy examples, word for word: its `proxy` command's route and key file, then
@@ -603,13 +609,8 @@ async fn the_readmes_proxy_examples_run_as_written() {
         1,
         "one token for every program"
     );
-    let printed = proxy.stop();
-    s.outputs
-        .lock()
-        .unwrap()
-        .push(("the proxy's output".into(), printed));
-    s.assert_no_secrets(
-        true,
+    s.stop_proxy_and_search(
+        proxy,
         &[
             &s.dir.path().join("proxy.key"),
             &home.join(".fapi-proxy.key"),
@@ -1007,12 +1008,7 @@ async fn the_proxy_answers_what_the_caller_can_act_on() {
     });
     assert_eq!(status, 502, "{body}");
     assert!(body.contains(r#""error":"upstream_unreachable""#), "{body}");
-    let printed = proxy.stop();
-    s.outputs
-        .lock()
-        .unwrap()
-        .push(("the proxy's output".into(), printed));
-    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key")]);
 }
 
 /// On a Unix socket the proxy serves its own user without a key: the socket is 0600, and a
@@ -1219,12 +1215,7 @@ async fn a_large_upload_streams_through_the_proxy_whole() {
         peak < (SIZE as u64 >> 10),
         "the proxy's peak RSS was {peak} KiB: a {SIZE}-byte body was held whole"
     );
-    let printed = proxy.stop();
-    s.outputs
-        .lock()
-        .unwrap()
-        .push(("the proxy's output".into(), printed));
-    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key"), &file]);
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key"), &file]);
 }
 
 /// A streamed body is bounded: one over `--max-request-body-mib` is 413 (at once when its
@@ -1316,12 +1307,7 @@ async fn a_streamed_body_over_the_limit_or_stalled_never_arrives_whole_through_t
         before.uploads_whole,
         "a body the proxy refused arrived whole"
     );
-    let printed = proxy.stop();
-    s.outputs
-        .lock()
-        .unwrap()
-        .push(("the proxy's output".into(), printed));
-    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key"), &file]);
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key"), &file]);
 }
 
 /// SIGTERM while requests are in flight: the proxy stops accepting, the requests it has finish
@@ -1430,12 +1416,7 @@ async fn the_proxy_keeps_a_valid_token_through_a_failed_refresh_then_answers_503
         before,
         "an expired token was sent"
     );
-    let printed = proxy.stop();
-    s.outputs
-        .lock()
-        .unwrap()
-        .push(("the proxy's output".into(), printed));
-    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key")]);
 }
 
 /// `--admin`: `/healthz`, `/readyz` (a token can be had: 200; none: 503 with the reason) and
@@ -1509,16 +1490,11 @@ async fn the_proxys_admin_listener_reports_health_readiness_and_metrics() {
         .unwrap();
     assert!(expiry > 86_400.0, "{expiry}");
     assert_eq!(get(&format!("{admin}/other")).0, "404");
-    let printed = proxy.stop();
-    s.outputs
-        .lock()
-        .unwrap()
-        .push(("the proxy's output".into(), printed));
     s.outputs
         .lock()
         .unwrap()
         .push(("the metrics".into(), metrics.into_bytes()));
-    s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key")]);
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key")]);
 }
 
 /// A new key and certificate without a restart: on SIGHUP, and when the files change, the proxy
