@@ -1,4 +1,4 @@
-//! `fapi-bench compare`: every figure of issue #7 in one run, against one local data provider, each
+//! `fapi-bench compare`: every comparison in one run, against one local data provider, each
 //! as a ratio to plain reqwest mTLS measured in the same run; prints a table and writes a JSON file
 //! and an SVG chart.
 //!
@@ -120,7 +120,7 @@ impl Row {
     }
 }
 
-/// One of issue #7's targets.
+/// One of the targets the figures are held to.
 #[derive(Debug, Clone)]
 struct Target {
     what: String,

@@ -99,7 +99,7 @@ enum What {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// Issue #7's benchmarks in one run (per request, throughput, start, instances, large
+    /// Every comparison in one run (per request, throughput, start, instances, large
     /// responses), each figure as a ratio to plain reqwest mTLS of the same run; prints a table and
     /// writes JSON and an SVG chart (paths relative to the current directory).
     Compare {

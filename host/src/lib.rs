@@ -33,6 +33,7 @@
 //! | `config` | [`Settings`]: the configuration file, environment and flags, validated |
 //! | `error` | [`Error`], [`ErrorKind`], [`Warning`] |
 //! | `retry` | backoff and `Retry-After` |
+//! | `time` | times as RFC 3339 in UTC, for any time a certificate can hold |
 //! | [`www_authenticate`] | RFC 6750 challenges |
 //! | [`sandbox`] | the wasm sandbox: engine, limits, the two guest interfaces, audit |
 //! | [`batch`] | `fapi-host batch`: input, naming, the engine, the manifest |
@@ -82,6 +83,7 @@ pub mod serve;
 pub mod examples {
     include!(concat!(env!("OUT_DIR"), "/embedded_guests.rs"));
 }
+mod time;
 mod tls;
 mod token;
 pub mod www_authenticate;

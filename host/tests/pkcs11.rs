@@ -176,6 +176,30 @@ impl Hsm {
     }
 }
 
+/// The set-up of a test of one key: a fresh token (or None when the test is skipped) with a key
+/// `label` (`id`, `key_type` as for [`Hsm::keygen`]) made in it, a federation, and the
+/// configuration `name` that uses the key there with a certificate for it.
+async fn one_key_in_a_token(
+    test: &str,
+    name: &str,
+    label: &str,
+    id: &str,
+    key_type: &str,
+) -> Option<(Hsm, Fed, PathBuf)> {
+    let h = hsm(test)?;
+    let f = Fed::start(FederationConfig::default()).await;
+    let cert = certify(&f, &h.keygen(label, id, key_type));
+    let module = h.module.to_str().unwrap();
+    let cfg = config(
+        &f,
+        name,
+        &format!("pkcs11:token={TOKEN};object={label}"),
+        &cert,
+        &format!("pkcs11_module = {module:?}"),
+    );
+    Some((h, f, cfg))
+}
+
 /// A client certificate for the consumer's registered subject, for the public key `spki`, issued
 /// by the federation's CA (the key stays in the token: only its public half is certified).
 fn certify(f: &Fed, spki: &[u8]) -> String {
@@ -781,20 +805,17 @@ async fn scheme_probe(
     ignore = "needs SoftHSM2 and OpenSC: apt-get install softhsm2 opensc"
 )]
 async fn rsa_schemes_and_a_removed_token() {
-    let Some(h) = hsm("rsa_schemes_and_a_removed_token") else {
+    let Some((h, f, cfg)) = one_key_in_a_token(
+        "rsa_schemes_and_a_removed_token",
+        "rsa",
+        "rsa-key",
+        "01",
+        "rsa:2048",
+    )
+    .await
+    else {
         return;
     };
-    let f = Fed::start(FederationConfig::default()).await;
-    let spki = h.keygen("rsa-key", "01", "rsa:2048");
-    let cert = certify(&f, &spki);
-    let module = h.module.to_str().unwrap();
-    let cfg = config(
-        &f,
-        "rsa",
-        &format!("pkcs11:token={TOKEN};object=rsa-key"),
-        &cert,
-        &format!("pkcs11_module = {module:?}"),
-    );
     let server = f.fed.pki().issue_server(&["127.0.0.1"], false).unwrap();
     let server_dir = f.path("probe");
     std::fs::create_dir(&server_dir).unwrap();
@@ -908,20 +929,17 @@ async fn child_rsa_schemes_and_token_loss() {
     ignore = "needs SoftHSM2 and OpenSC: apt-get install softhsm2 opensc"
 )]
 async fn a_plugin_runs_with_the_key_in_the_token() {
-    let Some(h) = hsm("a_plugin_runs_with_the_key_in_the_token") else {
+    let Some((h, f, cfg)) = one_key_in_a_token(
+        "a_plugin_runs_with_the_key_in_the_token",
+        "plugin",
+        "ec-key",
+        "02",
+        "EC:prime256v1",
+    )
+    .await
+    else {
         return;
     };
-    let f = Fed::start(FederationConfig::default()).await;
-    let spki = h.keygen("ec-key", "02", "EC:prime256v1");
-    let cert = certify(&f, &spki);
-    let module = h.module.to_str().unwrap();
-    let cfg = config(
-        &f,
-        "plugin",
-        &format!("pkcs11:token={TOKEN};object=ec-key"),
-        &cert,
-        &format!("pkcs11_module = {module:?}"),
-    );
     let plugin = f.path("fetch.wasm");
     std::fs::write(&plugin, fapi_host::examples::FETCH).unwrap();
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasmtime-cache");
@@ -959,20 +977,17 @@ async fn a_plugin_runs_with_the_key_in_the_token() {
     ignore = "needs SoftHSM2 and OpenSC: apt-get install softhsm2 opensc"
 )]
 async fn a_token_removed_during_a_batch() {
-    let Some(h) = hsm("a_token_removed_during_a_batch") else {
+    let Some((h, f, cfg)) = one_key_in_a_token(
+        "a_token_removed_during_a_batch",
+        "batch",
+        "ec-key",
+        "02",
+        "EC:prime256v1",
+    )
+    .await
+    else {
         return;
     };
-    let f = Fed::start(FederationConfig::default()).await;
-    let spki = h.keygen("ec-key", "02", "EC:prime256v1");
-    let cert = certify(&f, &spki);
-    let module = h.module.to_str().unwrap();
-    let cfg = config(
-        &f,
-        "batch",
-        &format!("pkcs11:token={TOKEN};object=ec-key"),
-        &cert,
-        &format!("pkcs11_module = {module:?}"),
-    );
     let server = f.fed.pki().issue_server(&["127.0.0.1"], false).unwrap();
     let (origin, verified, task) = scheme_probe(
         f.fed.pki().ca_pem(),

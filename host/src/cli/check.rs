@@ -2,8 +2,8 @@
 
 use super::{Cli, EXIT_CHECK, EXIT_OK, outln};
 use crate::client::FapiClient;
-use crate::credentials::fmt_time;
 use crate::error::Result;
+use crate::time::fmt_time;
 
 /// The lines of the report; each write fails only when stdout is closed (the command then stops).
 struct Report {

@@ -2,8 +2,8 @@
 
 use super::{Cli, EXIT_OK, outln};
 use crate::client::FapiClient;
-use crate::credentials::fmt_time;
 use crate::error::{Error, Result};
+use crate::time::fmt_time;
 
 /// Arguments of `fapi-host token`.
 #[derive(Debug, clap::Args)]
