@@ -619,23 +619,40 @@ fn allowed_method(method: &Method) -> bool {
     )
 }
 
+/// The count and size limits on the headers a guest (or a caller of `fapi-host proxy`) may have
+/// sent on: [`MAX_HEADERS`], [`MAX_HEADER_VALUE`] a value, [`MAX_HEADER_BYTES`] in all.
+#[derive(Debug, Default)]
+pub struct HeaderBudget {
+    count: usize,
+    total: usize,
+}
+
+impl HeaderBudget {
+    /// Take one more header of `name_len` and `value_len` bytes, or say which limit it passes.
+    pub fn take(&mut self, name_len: usize, value_len: usize) -> std::result::Result<(), String> {
+        if self.count >= MAX_HEADERS {
+            return Err(format!("more than {MAX_HEADERS} headers"));
+        }
+        self.count += 1;
+        self.total += name_len + value_len;
+        if value_len > MAX_HEADER_VALUE || self.total > MAX_HEADER_BYTES {
+            return Err(format!(
+                "headers too large (at most {MAX_HEADER_VALUE} bytes per value, {MAX_HEADER_BYTES} in all)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Check a guest's headers: names and values valid (no CR, LF, NUL), none the host owns, within
 /// the count and size limits.
 pub fn check_headers<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> std::result::Result<http::HeaderMap, String> {
     let mut map = http::HeaderMap::new();
-    let mut total = 0usize;
-    for (i, (name, value)) in headers.into_iter().enumerate() {
-        if i >= MAX_HEADERS {
-            return Err(format!("more than {MAX_HEADERS} headers"));
-        }
-        total += name.len() + value.len();
-        if value.len() > MAX_HEADER_VALUE || total > MAX_HEADER_BYTES {
-            return Err(format!(
-                "headers too large (at most {MAX_HEADER_VALUE} bytes per value, {MAX_HEADER_BYTES} in all)"
-            ));
-        }
+    let mut budget = HeaderBudget::default();
+    for (name, value) in headers {
+        budget.take(name.len(), value.len())?;
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{:?} is not a valid header name", printable(name)))?;
         if let Some(refusal) = header_refusal(HeaderCaller::Guest, &n) {

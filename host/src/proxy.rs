@@ -41,8 +41,8 @@ use prometheus_client::registry::Registry;
 use crate::client::{FapiClient, FapiRequest, StreamedBody};
 use crate::error::{Error, Result};
 use crate::policy::{
-    HeaderCaller, HeaderOwner, MAX_HEADER_BYTES, MAX_HEADER_VALUE, MAX_HEADERS, Policy, bounded,
-    refused_header, shown_url,
+    HeaderBudget, HeaderCaller, HeaderOwner, MAX_HEADER_BYTES, Policy, bounded, refused_header,
+    shown_url,
 };
 use crate::sandbox::{Audit, AuditEvent};
 
@@ -218,6 +218,8 @@ pub struct Proxy {
     in_flight: Semaphore,
     /// `http://ADDRESS`, for rewriting redirects into a route.
     origin: std::sync::OnceLock<String>,
+    /// `Bearer KEY`, as a TCP caller must send it (built once, not per request).
+    expected_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -519,6 +521,7 @@ impl Proxy {
         let upstream = Upstream::new(client, &options.routes).await?;
         let in_flight = Semaphore::new(options.max_concurrent_requests.max(1));
         Ok(Proxy {
+            expected_key: format!("Bearer {}", options.local_key).into_bytes(),
             metrics: Metrics::new(),
             upstream: std::sync::RwLock::new(Arc::new(upstream)),
             options,
@@ -629,6 +632,10 @@ impl Proxy {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "proxy"
         );
+        // The record is built only where it goes somewhere (a file, or the log at -v).
+        if !self.options.audit.is_recording() {
+            return response;
+        }
         let (mut parts, body) = response.into_parts();
         let outcome = parts.extensions.remove::<Outcome>().unwrap_or_default();
         let url = match &outcome.url {
@@ -663,12 +670,11 @@ impl Proxy {
     async fn forward(&self, req: Request<Incoming>, trusted: bool) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         // The caller's key: required over TCP, compared in constant time, never passed on.
-        let expected = format!("Bearer {}", self.options.local_key);
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        if !trusted && !given.is_some_and(|g| same_key(g, expected.as_bytes())) {
+        if !trusted && !given.is_some_and(|g| same_key(g, &self.expected_key)) {
             return error_response(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -729,25 +735,18 @@ impl Proxy {
         };
         let mut headers = HeaderMap::new();
         let connection_named = connection_named(&parts.headers);
-        let mut total = 0usize;
+        let mut budget = HeaderBudget::default();
         for (name, value) in &parts.headers {
             let n = name.as_str();
             if n == "authorization" || hop_by_hop(n) || connection_named.iter().any(|c| c == n) {
                 continue;
             }
             // The limits guests have: what a caller may pass on is what a plugin may.
-            total += n.len() + value.len();
-            if headers.len() >= MAX_HEADERS
-                || value.len() > MAX_HEADER_VALUE
-                || total > MAX_HEADER_BYTES
-            {
+            if let Err(why) = budget.take(n.len(), value.len()) {
                 return error_response(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "headers_too_large",
-                    &format!(
-                        "at most {MAX_HEADERS} headers are passed on, {MAX_HEADER_VALUE} bytes per \
-                         value and {MAX_HEADER_BYTES} in all"
-                    ),
+                    &why,
                 );
             }
             match refused_header(HeaderCaller::Guest, name) {

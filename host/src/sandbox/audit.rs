@@ -66,6 +66,12 @@ impl Audit {
         })
     }
 
+    /// Whether a record would go anywhere: to the file, or to a log that takes the audit target
+    /// at its level. When not, a caller may skip building the record.
+    pub fn is_recording(&self) -> bool {
+        self.file.is_some() || tracing::enabled!(target: "fapi_host::audit", tracing::Level::INFO)
+    }
+
     /// Record one request.
     pub fn record(&self, event: &AuditEvent<'_>) {
         use std::sync::atomic::Ordering::Relaxed;
