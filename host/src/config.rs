@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::profile::{AssertionAudience, ClientAuth, Profile, SenderConstraint, TlsSuites};
 
 /// The file read when neither `--config` nor `$FAPI_CONFIG` names one.
 pub const DEFAULT_CONFIG_FILE: &str = "fapi.toml";
@@ -34,12 +35,33 @@ struct FileConfig {
     private_key_passphrase_file: Option<PathBuf>,
     pkcs11_module: Option<PathBuf>,
     pkcs11_pin_file: Option<PathBuf>,
+    profile: Option<String>,
+    token_endpoint_auth_method: Option<String>,
+    client_assertion_audience: Option<String>,
+    signing_key: Option<PathBuf>,
+    signing_certificate: Option<PathBuf>,
+    signing_kid: Option<String>,
+    sender_constraint: Option<String>,
+    dpop_key: Option<PathBuf>,
+    #[serde(default)]
+    trust: FileTrust,
     #[serde(default)]
     client: FileClient,
     #[serde(default)]
     sandbox: FileSandbox,
     #[serde(default)]
     proxy: FileProxy,
+}
+
+/// `[trust]`: server trust anchors per endpoint class.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTrust {
+    system_roots: Option<bool>,
+    #[serde(default)]
+    authorization_server: Vec<PathBuf>,
+    #[serde(default)]
+    data_providers: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +89,7 @@ struct FileClient {
     default_token_lifetime_seconds: Option<u64>,
     token_refresh_margin_seconds: Option<u64>,
     tls13_only: Option<bool>,
+    tls_cipher_suites: Option<String>,
     max_retry_after_seconds: Option<u64>,
     #[serde(default)]
     resolve: BTreeMap<String, OneOrMany>,
@@ -135,6 +158,8 @@ pub struct ClientOptions {
     pub token_refresh_margin: Duration,
     /// Refuse TLS 1.2 (default false: TLS 1.3, and TLS 1.2 with the FAPI cipher suites).
     pub tls13_only: bool,
+    /// The TLS 1.2 suites offered (`tls_cipher_suites`; default: the profile's).
+    pub tls_suites: TlsSuites,
     /// The longest `Retry-After` waited for (default 60 s): a response asking for a longer wait
     /// is not retried (it is returned as it is; a token request fails with what it asked).
     pub max_retry_after: Duration,
@@ -160,6 +185,7 @@ impl Default for ClientOptions {
             default_token_lifetime: Duration::from_secs(300),
             token_refresh_margin: Duration::from_secs(30),
             tls13_only: false,
+            tls_suites: TlsSuites::Bcp195,
             max_retry_after: Duration::from_secs(60),
             backoff_base: Duration::from_millis(250),
             resolve: crate::net::ResolveOverrides::new(),
@@ -253,6 +279,40 @@ impl Default for SandboxSettings {
     }
 }
 
+/// How the client authenticates and binds its tokens: the profile's defaults with the file's
+/// keys over them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// `token_endpoint_auth_method`.
+    pub client_auth: ClientAuth,
+    /// `client_assertion_audience`: the `aud` of a `private_key_jwt` assertion.
+    pub assertion_audience: AssertionAudience,
+    /// `signing_key`: the key that signs client assertions when it is not the transport key (PEM
+    /// file or PKCS#11 URI, as `private_key`).
+    pub signing_key: Option<PathBuf>,
+    /// `signing_certificate`: the certificate of `signing_key`, checked to match it.
+    pub signing_certificate: Option<PathBuf>,
+    /// `signing_kid`: the `kid` of the assertion's header (default: the RFC 7638 thumbprint of
+    /// the signing key).
+    pub signing_kid: Option<String>,
+    /// `sender_constraint`.
+    pub sender_constraint: SenderConstraint,
+    /// `dpop_key`: a DPoP key registered in advance (PEM); without it a fresh one is made at
+    /// start.
+    pub dpop_key: Option<PathBuf>,
+}
+
+/// `[trust]`: which anchors verify which class of server. `ca_bundle` is added to both classes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustSettings {
+    /// Whether the system's roots verify servers (default: the profile's; `false` for `cdr`).
+    pub system_roots: bool,
+    /// PEM bundles of anchors for the authorization server alone.
+    pub authorization_server: Vec<PathBuf>,
+    /// PEM bundles of anchors for the data providers (every other server) alone.
+    pub data_providers: Vec<PathBuf>,
+}
+
 /// Validated settings of one client identity.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -278,6 +338,12 @@ pub struct Settings {
     /// File holding the token's user PIN (mode 0600 or stricter); else `$FAPI_PKCS11_PIN`, read
     /// when the key is loaded. Never a flag: a command line is visible to every user.
     pub pkcs11_pin_file: Option<PathBuf>,
+    /// The ecosystem profile (`profile`; default `open-energy`).
+    pub profile: Profile,
+    /// Client authentication and sender constraint.
+    pub auth: AuthSettings,
+    /// Server trust anchors per endpoint class.
+    pub trust: TrustSettings,
     /// HTTP client and token options.
     pub client: ClientOptions,
     /// The sandbox table.
@@ -395,6 +461,43 @@ impl Settings {
             ));
         }
 
+        let profile: Profile = match &file.profile {
+            Some(p) => p.parse()?,
+            None => Profile::default(),
+        };
+        let pd = profile.defaults();
+        let auth = AuthSettings {
+            client_auth: parsed(&file.token_endpoint_auth_method)?.unwrap_or(pd.client_auth),
+            assertion_audience: parsed(&file.client_assertion_audience)?
+                .unwrap_or(pd.assertion_audience),
+            signing_key: match file.signing_key {
+                Some(p) if is_pkcs11_uri(&p) => Some(p),
+                p => p.map(rel),
+            },
+            signing_certificate: file.signing_certificate.map(rel),
+            signing_kid: file.signing_kid,
+            sender_constraint: parsed(&file.sender_constraint)?.unwrap_or(pd.sender_constraint),
+            dpop_key: file.dpop_key.map(rel),
+        };
+        if profile == Profile::Cdr && auth.client_auth == ClientAuth::TlsClientAuth {
+            return Err(Error::Config(
+                "`token_endpoint_auth_method` = \"tls_client_auth\" under profile \"cdr\": the \
+                 Consumer Data Right does not accept mTLS as client authentication; use \
+                 \"private_key_jwt\" (the profile's default) or remove the key"
+                    .into(),
+            ));
+        }
+        let trust = TrustSettings {
+            system_roots: file.trust.system_roots.unwrap_or(pd.system_roots),
+            authorization_server: file
+                .trust
+                .authorization_server
+                .into_iter()
+                .map(rel)
+                .collect(),
+            data_providers: file.trust.data_providers.into_iter().map(rel).collect(),
+        };
+
         let c = file.client;
         let d = ClientOptions::default();
         let secs = Duration::from_secs;
@@ -416,6 +519,7 @@ impl Settings {
                 .map(secs)
                 .unwrap_or(d.token_refresh_margin),
             tls13_only: c.tls13_only.unwrap_or(d.tls13_only),
+            tls_suites: parsed(&c.tls_cipher_suites)?.unwrap_or(pd.tls_suites),
             max_retry_after: c
                 .max_retry_after_seconds
                 .map(secs)
@@ -483,6 +587,9 @@ impl Settings {
             private_key_passphrase_file,
             pkcs11_module,
             pkcs11_pin_file,
+            profile,
+            auth,
+            trust,
             client,
             sandbox,
             proxy_routes: file
@@ -539,6 +646,11 @@ fn resolve_table(table: BTreeMap<String, OneOrMany>) -> Result<crate::net::Resol
         out.insert(&name, ips);
     }
     Ok(out)
+}
+
+/// A key's value parsed into its enum (the error names the key and lists the choices).
+fn parsed<T: std::str::FromStr<Err = Error>>(value: &Option<String>) -> Result<Option<T>> {
+    value.as_deref().map(str::parse).transpose()
 }
 
 fn is_pkcs11_uri(p: &Path) -> bool {

@@ -31,6 +31,7 @@
 //! | `net` | name resolution (`[client.resolve]`) and the authorization server's addresses |
 //! | `policy` | the egress policy of guests, the one table of headers the host owns, bounded quoting |
 //! | `config` | [`Settings`]: the configuration file, environment and flags, validated |
+//! | [`profile`] | ecosystem profiles: client authentication, sender constraint, TLS suites, trust |
 //! | `error` | [`Error`], [`ErrorKind`], [`Warning`] |
 //! | `retry` | backoff and `Retry-After` |
 //! | `time` | times as RFC 3339 in UTC, for any time a certificate can hold |
@@ -69,6 +70,7 @@ mod local_http;
 mod net;
 pub mod pkcs11;
 mod policy;
+pub mod profile;
 #[cfg(feature = "sandbox")]
 pub mod proxy;
 mod retry;
@@ -92,7 +94,10 @@ pub use client::{
     AuthProblem, FapiClient, FapiClientBuilder, FapiRequest, FapiResponse, INTERACTION_ID,
     RedactedHeaders, RequestBuilder, StreamedBody, parse_header,
 };
-pub use config::{ClientOptions, DEFAULT_CONFIG_FILE, Overrides, SandboxSettings, Settings};
+pub use config::{
+    AuthSettings, ClientOptions, DEFAULT_CONFIG_FILE, Overrides, SandboxSettings, Settings,
+    TrustSettings,
+};
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
 pub use discovery::{ServerMetadata, check_document, well_known_url};
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};
