@@ -255,6 +255,23 @@ impl Identity {
         self.certified.cert.len()
     }
 
+    /// A JWS signer of this identity's key (its token's, for a PKCS#11 key), the public half
+    /// taken from the leaf certificate: for `private_key_jwt` with the transport key.
+    pub fn jws_key(&self) -> Result<crate::jws::JwsKey> {
+        let leaf = self
+            .certified
+            .end_entity_cert()
+            .map_err(|_| Error::Credentials("the identity has no certificate".into()))?;
+        let (_, x509) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
+            Error::Credentials(format!("the certificate is not valid X.509 ({e})"))
+        })?;
+        crate::jws::JwsKey::new(
+            self.certified.key.clone(),
+            x509.public_key().raw,
+            &format!("the key of {}", self.subject),
+        )
+    }
+
     pub(crate) fn certified_key(&self) -> Arc<CertifiedKey> {
         self.certified.clone()
     }

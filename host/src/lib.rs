@@ -33,6 +33,7 @@
 //! | `config` | [`Settings`]: the configuration file, environment and flags, validated |
 //! | [`profile`] | ecosystem profiles: client authentication, sender constraint, TLS suites, trust |
 //! | `error` | [`Error`], [`ErrorKind`], [`Warning`] |
+//! | [`jws`] | JWS signing for client assertions and DPoP proofs, by any key the host holds |
 //! | `retry` | backoff and `Retry-After` |
 //! | `time` | times as RFC 3339 in UTC, for any time a certificate can hold |
 //! | [`www_authenticate`] | RFC 6750 challenges |
@@ -65,6 +66,7 @@ mod config;
 mod credentials;
 mod discovery;
 mod error;
+pub mod jws;
 #[cfg(feature = "sandbox")]
 mod local_http;
 mod net;
