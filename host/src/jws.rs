@@ -301,6 +301,7 @@ fn ecdsa_der_to_fixed(der: &[u8], half: usize) -> Result<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
