@@ -262,9 +262,8 @@ impl Identity {
             .certified
             .end_entity_cert()
             .map_err(|_| Error::Credentials("the identity has no certificate".into()))?;
-        let (_, x509) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
-            Error::Credentials(format!("the certificate is not valid X.509 ({e})"))
-        })?;
+        let (_, x509) = X509Certificate::from_der(leaf.as_ref())
+            .map_err(|e| Error::Credentials(format!("the certificate is not valid X.509 ({e})")))?;
         crate::jws::JwsKey::new(
             self.certified.key.clone(),
             x509.public_key().raw,

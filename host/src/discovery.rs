@@ -58,12 +58,27 @@ struct Document {
     rest: serde_json::Map<String, Value>,
 }
 
-/// The discovery URL of an issuer: any trailing `/` removed, then `/.well-known/openid-configuration`.
+/// The discovery URL of an issuer: any trailing `/` removed, then `/.well-known/openid-configuration`
+/// (OIDD section 4; the location the reference client reads, tried first).
 pub fn well_known_url(issuer: &str) -> String {
     format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     )
+}
+
+/// The RFC 8414 section 3 metadata URL of an issuer: `/.well-known/oauth-authorization-server`
+/// inserted between the host and the path (`https://as.example/accounts` publishes at
+/// `https://as.example/.well-known/oauth-authorization-server/accounts`), a trailing `/` of the
+/// path removed. Tried when the OpenID location answers 404. `None` for a string that is not an
+/// absolute URL (configured issuers always are).
+pub fn oauth_metadata_url(issuer: &str) -> Option<String> {
+    let url = url::Url::parse(issuer).ok()?;
+    let origin = url.origin().ascii_serialization();
+    let path = url.path().trim_end_matches('/');
+    Some(format!(
+        "{origin}/.well-known/oauth-authorization-server{path}"
+    ))
 }
 
 /// The largest discovery document, token response or introspection response read: 1 MiB (real
@@ -77,15 +92,24 @@ pub(crate) async fn discover(
     scopes: &[String],
     timeout: Duration,
 ) -> Result<(ServerMetadata, Vec<Warning>)> {
-    let url = well_known_url(issuer);
-    tracing::debug!(%url, "fetching the discovery document");
-    let response = http
-        .get(&url)
-        .header(http::header::ACCEPT, "application/json")
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e))?;
+    let openid = well_known_url(issuer);
+    let mut response = fetch_document(http, &openid, timeout).await?;
+    let mut url = openid;
+    if response.status() == http::StatusCode::NOT_FOUND
+        && let Some(oauth) = oauth_metadata_url(issuer)
+    {
+        tracing::debug!(not_found = %url, "no OpenID discovery document; trying the RFC 8414 location");
+        let second = fetch_document(http, &oauth, timeout).await?;
+        if second.status() == http::StatusCode::NOT_FOUND {
+            return Err(Error::Discovery(format!(
+                "neither {url} (OpenID Connect Discovery) nor {oauth} (RFC 8414) has a discovery \
+                 document (both answered HTTP 404); check `issuer_url` (it must be the \
+                 authorization server's issuer, exactly)"
+            )));
+        }
+        response = second;
+        url = oauth;
+    }
     check_response_head(&url, response.status(), response.headers())?;
     let body = read_limited(
         response,
@@ -95,6 +119,20 @@ pub(crate) async fn discover(
     )
     .await?;
     check_document(issuer, &url, &body, scopes)
+}
+
+async fn fetch_document(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<reqwest::Response> {
+    tracing::debug!(%url, "fetching the discovery document");
+    http.get(url)
+        .header(http::header::ACCEPT, "application/json")
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e))
 }
 
 /// A discovery document is an HTTP 200 response with a JSON media type (RFC 8414 section 3.2,
@@ -358,6 +396,32 @@ mod tests {
                "tls_client_certificate_bound_access_tokens":true,"unknown":{{"x":[1]}}{extra}}}"#
         )
         .into_bytes()
+    }
+
+    /// DISC-03: the two locations differ for issuers with a path.
+    #[test]
+    fn rfc8414_location_is_inserted_between_host_and_path() {
+        for (issuer, url) in [
+            (
+                "https://auth.example.org/accounts",
+                "https://auth.example.org/.well-known/oauth-authorization-server/accounts",
+            ),
+            (
+                "https://auth.example.org/accounts/",
+                "https://auth.example.org/.well-known/oauth-authorization-server/accounts",
+            ),
+            (
+                "https://auth.example.org",
+                "https://auth.example.org/.well-known/oauth-authorization-server",
+            ),
+            (
+                "https://auth.example.org:8443/a/b/",
+                "https://auth.example.org:8443/.well-known/oauth-authorization-server/a/b",
+            ),
+        ] {
+            assert_eq!(oauth_metadata_url(issuer).as_deref(), Some(url), "{issuer}");
+        }
+        assert_eq!(oauth_metadata_url("not a url"), None);
     }
 
     #[test]

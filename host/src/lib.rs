@@ -101,7 +101,7 @@ pub use config::{
     TrustSettings,
 };
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
-pub use discovery::{ServerMetadata, check_document, well_known_url};
+pub use discovery::{ServerMetadata, check_document, oauth_metadata_url, well_known_url};
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};
 pub use net::{AuthorizationServerAddresses, ResolveOverrides};
 pub use policy::{

@@ -927,6 +927,68 @@ async fn discovery_must_be_http_200_application_json() {
     assert_eq!(info.token_endpoint, token_endpoint);
 }
 
+/// DISC-03: an issuer with a path whose server publishes metadata only at the RFC 8414 location
+/// (`/.well-known/oauth-authorization-server` inserted between host and path) is discovered there
+/// after the OpenID location answers 404, and the exact issuer check stays; when both answer 404,
+/// the error names both URLs. The stand-in records the exact paths asked for.
+#[tokio::test]
+async fn an_issuer_with_a_path_is_discovered_at_the_rfc8414_location() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let te = format!("{}/token", f.fed.issuer_url());
+    let claimed = Arc::new(Mutex::new(String::new()));
+    let c = claimed.clone();
+    let as_ = StandIn::start(&f, move |_, path, origin| match path {
+        "/.well-known/oauth-authorization-server/accounts" => {
+            let issuer = c.lock().unwrap().replace("ORIGIN", origin);
+            Reply::json(200, discovery_doc(&issuer, &te, ""))
+        }
+        _ => Reply::json(404, r#"{"error":"not_found"}"#),
+    })
+    .await;
+    *claimed.lock().unwrap() = "ORIGIN/accounts".into();
+    let issuer = format!("{}/accounts", as_.origin);
+    let client = client_of(&quick_settings(&f, &issuer, 0));
+    let r = client.get(f.fed.data_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(as_.hits("/accounts/.well-known/openid-configuration"), 1);
+    assert_eq!(
+        as_.hits("/.well-known/oauth-authorization-server/accounts"),
+        1
+    );
+
+    // The document found there must still name this issuer exactly (a trailing slash differs).
+    *claimed.lock().unwrap() = "ORIGIN/accounts/".into();
+    let err = client_of(&quick_settings(&f, &issuer, 0))
+        .token_info()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Discovery(_)), "{msg}");
+    assert!(
+        msg.contains("/.well-known/oauth-authorization-server/accounts") && msg.contains("issuer"),
+        "{msg}"
+    );
+
+    // Neither location: one error naming both, and no token request.
+    let before = f.fed.counters().token_requests;
+    let elsewhere = format!("{}/elsewhere", as_.origin);
+    let msg = client_of(&quick_settings(&f, &elsewhere, 0))
+        .token_info()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&format!("{elsewhere}/.well-known/openid-configuration"))
+            && msg.contains(&format!(
+                "{}/.well-known/oauth-authorization-server/elsewhere",
+                as_.origin
+            ))
+            && msg.contains("404"),
+        "{msg}"
+    );
+    assert_eq!(f.fed.counters().token_requests, before);
+}
+
 /// A document without token_endpoint_auth_methods_supported (RFC 8414 default: client_secret_basic)
 /// or grant_types_supported (default: authorization_code, implicit) is accepted, as real
 /// directories omit them, with a warning each, logged once however many requests follow.
