@@ -160,7 +160,7 @@ struct Metrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: Arc<str>,
     status: u16,
 }
 
@@ -220,6 +220,9 @@ pub struct Proxy {
     origin: std::sync::OnceLock<String>,
     /// `Bearer KEY`, as a TCP caller must send it (built once, not per request).
     expected_key: Vec<u8>,
+    /// The metrics' `route` label of each route (its prefix), then `none`: shared, not
+    /// allocated per request.
+    route_labels: Vec<Arc<str>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -520,8 +523,13 @@ impl Proxy {
         }
         let upstream = Upstream::new(client, &options.routes).await?;
         let in_flight = Semaphore::new(options.max_concurrent_requests.max(1));
+        let route_labels = (options.routes.iter().map(|r| r.prefix.as_str()))
+            .chain(["none"])
+            .map(Arc::from)
+            .collect();
         Ok(Proxy {
             expected_key: format!("Bearer {}", options.local_key).into_bytes(),
+            route_labels,
             metrics: Metrics::new(),
             upstream: std::sync::RwLock::new(Arc::new(upstream)),
             options,
@@ -608,21 +616,25 @@ impl Proxy {
     async fn handle(&self, req: Request<Incoming>, caller: &Caller) -> Response<ProxyBody> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let route = (self.options.routes.iter())
+            .position(|r| req.uri().path().starts_with(&r.prefix))
+            .unwrap_or(self.options.routes.len());
+        // The record is built only where it goes somewhere (a file, or the log at -v), and the
+        // path kept only for it or the log line.
+        let recording = self.options.audit.is_recording();
+        let path = if recording || tracing::enabled!(tracing::Level::INFO) {
+            req.uri().path().to_owned()
+        } else {
+            String::new()
+        };
         let response = match caller {
             Caller::Stranger(why) => error_response(StatusCode::FORBIDDEN, "not_the_owner", why),
-            _ => self.forward(req, matches!(caller, Caller::Owner)).await,
+            _ => (self.forward(req, matches!(caller, Caller::Owner), recording)).await,
         };
-        let route = self
-            .options
-            .routes
-            .iter()
-            .find(|r| path.starts_with(&r.prefix))
-            .map_or("none", |r| r.prefix.as_str());
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
+                route: self.route_labels[route].clone(),
                 status: response.status().as_u16(),
             })
             .inc();
@@ -632,8 +644,7 @@ impl Proxy {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "proxy"
         );
-        // The record is built only where it goes somewhere (a file, or the log at -v).
-        if !self.options.audit.is_recording() {
+        if !recording {
             return response;
         }
         let (mut parts, body) = response.into_parts();
@@ -667,7 +678,13 @@ impl Proxy {
 
     /// Check and send on a caller's request; `trusted` when the socket's permissions and peer
     /// vouch for the caller (a Unix socket of this user's), else it must give the local key.
-    async fn forward(&self, req: Request<Incoming>, trusted: bool) -> Response<ProxyBody> {
+    /// `recording`: an audit record is made of it, which needs the [`Outcome`].
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        trusted: bool,
+        recording: bool,
+    ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         // The caller's key: required over TCP, compared in constant time, never passed on.
         let given = parts
@@ -839,8 +856,11 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return self.failure(&e),
         };
-        let sent_to = upstream.url().to_string();
-        let interaction_id = upstream.interaction_id().map(str::to_owned);
+        let outcome = recording.then(|| Outcome {
+            url: Some(upstream.url().to_string()),
+            interaction_id: upstream.interaction_id().map(str::to_owned),
+            error: None,
+        });
         let mut response_headers = upstream.take_headers();
         let status = upstream.status();
         let stream = upstream
@@ -856,11 +876,9 @@ impl Proxy {
             response_headers.insert(header::LOCATION, rewritten);
         }
         *response.headers_mut() = response_headers;
-        response.extensions_mut().insert(Outcome {
-            url: Some(sent_to),
-            interaction_id,
-            error: None,
-        });
+        if let Some(outcome) = outcome {
+            response.extensions_mut().insert(outcome);
+        }
         response
     }
 
