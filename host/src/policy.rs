@@ -376,6 +376,18 @@ impl Policy {
         }
         let url = url::Url::parse(raw)
             .map_err(|e| Denial::Invalid(format!("{:?}: {e}", bounded(raw, MAX_QUOTED))))?;
+        self.check_parsed(url)
+    }
+
+    /// [`Policy::check_url`] for a URL already parsed (the proxy's: a route's upstream with the
+    /// caller's path set on it), as long as [`MAX_URL`] allows.
+    pub fn check_parsed(&self, url: url::Url) -> std::result::Result<url::Url, Denial> {
+        let len = url.as_str().len();
+        if len > MAX_URL {
+            return Err(Denial::Invalid(format!(
+                "URL of {len} bytes, longer than {MAX_URL}"
+            )));
+        }
         let (host, port) = host_port(&url)?;
         if self
             .blocked

@@ -738,13 +738,13 @@ impl Proxy {
                 ),
             );
         };
-        let mut target = format!("{}{}", route.upstream, &path[route.prefix.len()..]);
-        if let Some(q) = parts.uri.query() {
-            target.push('?');
-            target.push_str(q);
-        }
+        // The route's upstream, its path extended by the rest of the caller's: only the path is
+        // parsed (with dot segments resolved as in a whole URL), not the scheme and host again.
+        let mut target = route.upstream.clone();
+        target.set_path(&[route.upstream.path(), &path[route.prefix.len()..]].concat());
+        target.set_query(parts.uri.query());
         let upstream = self.upstream();
-        let url = match upstream.policy.check_url(&target) {
+        let url = match upstream.policy.check_parsed(target) {
             Ok(u) => u,
             Err(d) => {
                 return error_response(StatusCode::FORBIDDEN, "denied", &d.to_string());
