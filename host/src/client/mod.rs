@@ -10,6 +10,7 @@ use rustls::ClientConfig;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
@@ -79,6 +80,7 @@ impl FapiClient {
         let resolver = Resolver::new(settings.client.resolve.clone());
         let http = tls::http_client_from(config.clone(), &settings.client, resolver.clone())?;
         let upload = tls::upload_client_from(config.clone(), &settings.client, resolver)?;
+        let client_auth = ClientAuthenticator::from_settings(settings, &identity)?;
         let tokens = TokenManager::new(
             http.clone(),
             settings.issuer_url.clone(),
@@ -86,6 +88,7 @@ impl FapiClient {
             settings.scopes(),
             identity.thumbprint().to_owned(),
             settings.client.clone(),
+            client_auth,
         );
         let client = FapiClient {
             inner: Arc::new(Inner {
