@@ -37,6 +37,9 @@ pub enum AsFault {
     InvalidClient,
     /// Token responses report this `expires_in` (the stored token still lives `token_ttl`).
     ExpiresIn(i64),
+    /// Discovery's `token_endpoint_auth_signing_alg_values_supported` is this list, and the
+    /// token endpoint accepts assertions of these algorithms only.
+    SigningAlgs(Vec<String>),
 }
 
 /// A fault of the data provider, applied after the request has been authorised. JSON form
