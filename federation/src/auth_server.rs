@@ -213,6 +213,14 @@ async fn token(
         .ok()
         .and_then(|f| param(&f.0, "client_id").map(str::to_owned));
     c.bump_client(claimed.as_deref().unwrap_or("<none>"));
+    // Every assertion received, faults or not (kept only when a test asked for them).
+    if let Some(a) = form
+        .as_ref()
+        .ok()
+        .and_then(|f| param(&f.0, "client_assertion"))
+    {
+        st.shared.assertions.record(a);
+    }
 
     let fault = st.shared.as_fault();
     if let Some(AsFault::SlowToken(d)) = fault {
@@ -400,9 +408,6 @@ fn assertion_client(
 ) -> Result<(String, String), Refused> {
     let refuse =
         |status, error, description: &str| Box::new(oauth_error(status, error, description));
-    if let Some(a) = param(pairs, "client_assertion") {
-        st.shared.assertions.record(a);
-    }
     if headers.contains_key(header::AUTHORIZATION) || param(pairs, "client_secret").is_some() {
         return Err(refuse(
             StatusCode::BAD_REQUEST,

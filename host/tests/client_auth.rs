@@ -322,3 +322,29 @@ async fn the_cli_never_prints_an_assertion() {
     assert_no_assertion_or_token(&f.fed, "the CLI's stdout", &out);
     assert_no_assertion_or_token(&f.fed, "the CLI's stderr (-vv)", &err);
 }
+
+/// TIME-01 / PKJ-02: a token request retried after 503 sends a new assertion each time (a jti is
+/// never sent twice, each iat is stamped when it is sent).
+#[tokio::test]
+async fn each_retry_sends_a_new_assertion_pkj_02() {
+    let f = Fed::start(pkjwt(Vec::new(), false)).await;
+    let mut s = f.settings();
+    s.client.token_retries = 2;
+    s.client.backoff_base = std::time::Duration::from_millis(1);
+    f.fed.set_as_fault(Some(AsFault::TokenEndpointStatus(503)));
+    let err = FapiClient::from_settings(&s)
+        .unwrap()
+        .0
+        .token_info()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    let received = f.fed.received_assertions();
+    assert_eq!(received.len(), 3, "the request and its two retries");
+    let jtis: std::collections::BTreeSet<String> = received
+        .iter()
+        .map(|a| decode(a).1["jti"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(jtis.len(), 3, "three different jti");
+    assert_eq!(f.fed.counters().token_requests, 3);
+}
