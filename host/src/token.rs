@@ -333,6 +333,13 @@ impl TokenManager {
         }
     }
 
+    /// A new token whatever the cache holds (`acquiring` taken: one token request at a time).
+    pub(crate) async fn renew(&self) -> Result<TokenInfo> {
+        let _acquiring = self.acquiring.lock().await;
+        let new = self.request_new().await?;
+        Ok(self.store_new(new, &|c: &Cached| c.info.clone()))
+    }
+
     /// What the cache holds, looked at once.
     fn find<T>(&self, f: &impl Fn(&Cached) -> T) -> Found<T> {
         let slot = self.slot();

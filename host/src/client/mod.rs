@@ -226,6 +226,14 @@ impl FapiClient {
         Ok(self.inner.tokens.lease().await?.1)
     }
 
+    /// A new token now, whatever the cache holds (it replaces the cached one): one token request,
+    /// with a new client assertion under `private_key_jwt`. Callers of [`FapiClient::token_info`]
+    /// or requests meanwhile wait for it, as for any token request. For measurements and for
+    /// operators who know the current token is void; requests replace a refused token themselves.
+    pub async fn renew_token(&self) -> Result<TokenInfo> {
+        self.inner.tokens.renew().await
+    }
+
     /// The RFC 7662 introspection response for this client's own token.
     pub async fn introspect(&self) -> Result<Value> {
         self.inner.tokens.introspect().await
