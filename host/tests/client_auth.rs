@@ -348,3 +348,78 @@ async fn each_retry_sends_a_new_assertion_pkj_02() {
     assert_eq!(jtis.len(), 3, "three different jti");
     assert_eq!(f.fed.counters().token_requests, 3);
 }
+
+/// `fapi-host dev --auth private_key_jwt`: the summary says so, the written `fapi.toml` makes
+/// `fetch` authenticate with an assertion (the admin counters: one verified, none refused).
+#[tokio::test]
+async fn dev_auth_private_key_jwt_serves_assertion_clients() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fapi-host"))
+        .args(["dev", "--auth", "private_key_jwt", "--dir"])
+        .arg(dir.path().join("fed"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let out = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let summary = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("  fapi-host --config");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines.join("\n")
+    })
+    .await
+    .unwrap();
+    assert!(summary.contains("private_key_jwt over mTLS"), "{summary}");
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("fed/federation.json")).unwrap())
+            .unwrap();
+    let config = info["config"].as_str().unwrap().to_owned();
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("token_endpoint_auth_method = \"private_key_jwt\"")
+    );
+    let url = info["data_url"].as_str().unwrap().to_owned();
+    let cwd = dir.path().to_owned();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        common::fapi_host(&["--config", &config, "fetch", &url], &cwd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&stderr));
+    assert!(stdout.starts_with(b"postcode,"));
+    // The admin listener's counters (plain HTTP on 127.0.0.1).
+    let admin = info["admin_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let counters: Value = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&admin).unwrap();
+        write!(s, "GET /counters HTTP/1.0\r\nHost: {admin}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(counters["assertions_verified"], 1, "{counters}");
+    assert_eq!(counters["assertions_refused"], 0, "{counters}");
+    assert_eq!(counters["tokens_issued"], 1, "{counters}");
+}
