@@ -648,7 +648,9 @@ impl TokenManager {
         metadata: &ServerMetadata,
         endpoint: &url::Url,
     ) -> Result<zeroize::Zeroizing<String>> {
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        // Room for an assertion (an RSA-4096 one is under 2 KiB): no reallocation leaves a copy
+        // of it behind unzeroized.
+        let mut form = url::form_urlencoded::Serializer::new(String::with_capacity(FORM_CAPACITY));
         form.append_pair("grant_type", "client_credentials")
             .append_pair("client_id", &self.client_id)
             .append_pair("scope", &self.scopes.join(" "));
@@ -673,7 +675,9 @@ impl TokenManager {
         })?;
         let lease = self.bearer().await?;
         let token = String::from_utf8_lossy(lease.bearer.expose_token()).into_owned();
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        // Room for an assertion (an RSA-4096 one is under 2 KiB): no reallocation leaves a copy
+        // of it behind unzeroized.
+        let mut form = url::form_urlencoded::Serializer::new(String::with_capacity(FORM_CAPACITY));
         form.append_pair("token", &token)
             .append_pair("token_type_hint", "access_token")
             .append_pair("client_id", &self.client_id);
@@ -718,6 +722,9 @@ impl TokenManager {
         })
     }
 }
+
+/// The initial capacity of a token or introspection form.
+const FORM_CAPACITY: usize = 4096;
 
 /// Parse a successful token response: the bearer header, the granted scopes (the requested ones
 /// when the server does not say), the lifetime (`default_lifetime` without `expires_in`) and
