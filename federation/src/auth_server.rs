@@ -430,13 +430,18 @@ fn assertion_client(
     };
     let rules = st.private_key_jwt.clone().unwrap_or_default();
     let algs = signing_algs(fault);
+    let skew = match fault {
+        Some(AsFault::ClockSkew(s)) => *s,
+        _ => 0,
+    };
+    let now = now_secs().saturating_add_signed(skew);
     let expected = Expected {
         issuer: &st.issuer,
         token_endpoint: &format!("{origin}/token"),
         rules: &rules,
         algs: &algs,
         keys: &st.client_keys,
-        now: now_secs(),
+        now,
     };
     match assertion::verify(pairs, &expected, &st.shared.seen_jtis) {
         Ok(client_id) => {
@@ -446,7 +451,14 @@ fn assertion_client(
         Err(why) => {
             bump(&st.shared.counters.assertions_refused);
             tracing::debug!(reason = %why, "client assertion refused");
-            Err(refuse(StatusCode::UNAUTHORIZED, "invalid_client", &why))
+            let mut refused = refuse(StatusCode::UNAUTHORIZED, "invalid_client", &why);
+            if skew != 0 {
+                let date = std::time::UNIX_EPOCH + Duration::from_secs(now);
+                if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
+                    refused.headers_mut().insert(header::DATE, v);
+                }
+            }
+            Err(refused)
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum AsFault {
     /// Discovery's `token_endpoint_auth_signing_alg_values_supported` is this list, and the
     /// token endpoint accepts assertions of these algorithms only.
     SigningAlgs(Vec<String>),
+    /// The token endpoint's clock is this many seconds off (negative: behind): client assertions
+    /// are judged by it, and its refusals carry a `Date` header from it.
+    ClockSkew(i64),
 }
 
 /// A fault of the data provider, applied after the request has been authorised. JSON form

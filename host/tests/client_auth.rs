@@ -423,3 +423,46 @@ async fn dev_auth_private_key_jwt_serves_assertion_clients() {
     assert_eq!(counters["assertions_refused"], 0, "{counters}");
     assert_eq!(counters["tokens_issued"], 1, "{counters}");
 }
+
+/// The number of seconds in "it is N s <direction> the server's clock" of `msg`.
+fn skew_in(msg: &str, direction: &str) -> u64 {
+    let end = msg
+        .find(&format!(" s {direction} the server's clock"))
+        .unwrap_or_else(|| panic!("no {direction} skew in: {msg}"));
+    let start = msg[..end].rfind(' ').unwrap() + 1;
+    msg[start..end].parse().unwrap()
+}
+
+/// PKJ-04 / TIME-01 with the client's clock effectively skewed (the server's clock set off): 5 s
+/// is tolerated; with the server 90 s behind, the assertion's iat is 90 s in its future and it is
+/// refused, and with the server 90 s ahead its exp is past; each error names the skew from the
+/// server's `Date` header and says to set the clock right (the host does not correct it).
+#[tokio::test]
+async fn a_skewed_clock_is_refused_and_named_pkj_04_time_01() {
+    let f = Fed::start(pkjwt(Vec::new(), false)).await;
+    f.fed.set_as_fault(Some(AsFault::ClockSkew(-5)));
+    f.client().token_info().await.unwrap();
+
+    f.fed.set_as_fault(Some(AsFault::ClockSkew(-90)));
+    let msg = f.client().token_info().await.unwrap_err().to_string();
+    assert!(
+        msg.contains("invalid_client") && msg.contains("in the future"),
+        "{msg}"
+    );
+    assert!((89..=91).contains(&skew_in(&msg, "ahead of")), "{msg}");
+    assert!(msg.contains("set the clock right (NTP)"), "{msg}");
+
+    f.fed.set_as_fault(Some(AsFault::ClockSkew(90)));
+    let msg = f.client().token_info().await.unwrap_err().to_string();
+    assert!(
+        msg.contains("invalid_client") && msg.contains("expired"),
+        "{msg}"
+    );
+    assert!((89..=91).contains(&skew_in(&msg, "behind")), "{msg}");
+
+    let c = f.fed.counters();
+    assert_eq!(
+        (c.assertions_verified, c.assertions_refused, c.tokens_issued),
+        (1, 2, 1)
+    );
+}
