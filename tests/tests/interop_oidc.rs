@@ -2,7 +2,8 @@
 //! `tests/oidc/package-lock.json`, configured by `tests/oidc/server.mjs` as an Open Energy-style
 //! directory) issues the tokens, and the federation's data provider introspects them there.
 //! `fapi-host fetch`, `run` and `batch` read data through it; token expiry and refresh, the
-//! `mtls_endpoint_aliases`, `invalid_scope` and `invalid_client` are checked against its event log.
+//! `mtls_endpoint_aliases`, `invalid_scope` and `invalid_client` are checked against its event log,
+//! and so is `private_key_jwt` client authentication (a consumer registered with its JWK).
 //!
 //! Needs `node` and `npm ci --prefix tests/oidc`; without them each test prints why it is skipped
 //! and passes, unless `FAPI_REQUIRE_INTEROP=1` (set by `.ci/run`), which makes them fail.
@@ -1206,4 +1207,22 @@ async fn private_key_jwt_with_oidc_provider_new_assertion_after_expiry_pkj_01() 
     assert_eq!(refused.len(), 1, "{}", env.oidc.log());
     assert_eq!(refused[0]["error"], "invalid_client");
     assert_eq!(env.oidc.tokens().len(), 3);
+
+    // The FAPI 1.0 audience (`client_assertion_audience = "token_endpoint"`): the mTLS alias the
+    // request goes to, which oidc-provider accepts as the endpoint's URL.
+    let mut s = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
+    s.auth.assertion_audience = "token_endpoint".parse().unwrap();
+    let info = FapiClient::from_settings(&s)
+        .unwrap()
+        .0
+        .token_info()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.oidc.log()));
+    let tokens = env.oidc.tokens();
+    assert_eq!(tokens.len(), 4, "{}", env.oidc.log());
+    assert_eq!(
+        info.token_endpoint,
+        format!("{}/token", env.oidc.mtls_origin)
+    );
+    assert_eq!(claims(&tokens[3])["aud"], info.token_endpoint.as_str());
 }
