@@ -53,6 +53,7 @@ pub struct DevArgs {
         long,
         default_value = "tls_client_auth",
         value_name = "METHOD",
+        value_parser = ["tls_client_auth", "private_key_jwt"],
         conflicts_with = "issuer"
     )]
     pub auth: String,
