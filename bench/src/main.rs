@@ -13,6 +13,7 @@ mod bare_proxy;
 mod batch;
 mod chart;
 mod client;
+mod client_auth;
 mod compare;
 mod cpu;
 mod keys;
@@ -40,6 +41,16 @@ enum What {
         requests: usize,
         /// Rounds (alternating between the clients; the median round is reported).
         #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
+    /// Token requests with private_key_jwt against tls_client_auth (same run, same identity,
+    /// local federations): forced token acquisitions, per token and as a ratio.
+    ClientAuth {
+        /// Token requests per round.
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        /// Rounds (alternating between the methods; the median round is reported).
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
     /// What a key in a PKCS#11 token costs: the same P-256 key as a PEM file and in SoftHSM2,
@@ -254,6 +265,7 @@ async fn main() {
     );
     match args.what {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
+        What::ClientAuth { tokens, rounds } => client_auth::run(tokens, rounds).await,
         What::Keys {
             handshakes,
             requests,

@@ -1,10 +1,12 @@
 //! The authorization server: OIDC discovery, `client_credentials` with RFC 8705 `tls_client_auth`
-//! and certificate-bound opaque tokens, RFC 7662 introspection and RFC 7009 revocation.
+//! (or RFC 7523 `private_key_jwt` over mTLS, [`crate::assertion`]) and certificate-bound opaque
+//! tokens, RFC 7662 introspection and RFC 7009 revocation.
 //!
 //! One router serves two listeners with the same issuer: the plain TLS one (no client certificate
 //! requested, like the directory's top-level endpoints) and the mTLS one (the issuer and the
 //! `mtls_endpoint_aliases`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::assertion::{self, Expected, PrivateKeyJwt, SIGNING_ALGS};
 use crate::faults::AsFault;
 use crate::identity::{subject_dn, thumbprint};
 use crate::pki::{REGISTERED, registered_dn};
@@ -44,6 +47,18 @@ pub(crate) struct AsState {
     pub plain_origin: String,
     pub token_ttl: Duration,
     pub shared: Arc<Shared>,
+    /// `Some`: the token endpoint requires `private_key_jwt` instead of `tls_client_auth`.
+    pub private_key_jwt: Option<PrivateKeyJwt>,
+    /// The keys (DER SubjectPublicKeyInfo) registered per client id for `private_key_jwt`.
+    pub client_keys: HashMap<String, Vec<Vec<u8>>>,
+}
+
+/// The algorithms advertised and accepted for client assertions (the fault may change them).
+fn signing_algs(fault: Option<&AsFault>) -> Vec<String> {
+    match fault {
+        Some(AsFault::SigningAlgs(list)) => list.clone(),
+        _ => SIGNING_ALGS.iter().map(|a| (*a).to_owned()).collect(),
+    }
 }
 
 type St = State<Arc<AsState>>;
@@ -75,6 +90,7 @@ pub(crate) fn discovery_document(st: &AsState, fault: Option<&AsFault>) -> Value
     };
     let auth_methods: Vec<&str> = match fault {
         Some(AsFault::NoTlsClientAuth) => vec!["private_key_jwt"],
+        _ if st.private_key_jwt.is_some() => vec!["private_key_jwt"],
         _ => vec!["tls_client_auth", "private_key_jwt"],
     };
     let issuer = match fault {
@@ -94,7 +110,7 @@ pub(crate) fn discovery_document(st: &AsState, fault: Option<&AsFault>) -> Value
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
-        "token_endpoint_auth_signing_alg_values_supported": ["PS256", "ES256"],
+        "token_endpoint_auth_signing_alg_values_supported": signing_algs(fault),
         "introspection_endpoint_auth_methods_supported": ["tls_client_auth"],
         "revocation_endpoint_auth_methods_supported": ["tls_client_auth"],
         "tls_client_certificate_bound_access_tokens": true,
@@ -197,6 +213,14 @@ async fn token(
         .ok()
         .and_then(|f| param(&f.0, "client_id").map(str::to_owned));
     c.bump_client(claimed.as_deref().unwrap_or("<none>"));
+    // Every assertion received, faults or not (kept only when a test asked for them).
+    if let Some(a) = form
+        .as_ref()
+        .ok()
+        .and_then(|f| param(&f.0, "client_assertion"))
+    {
+        st.shared.assertions.record(a);
+    }
 
     let fault = st.shared.as_fault();
     if let Some(AsFault::SlowToken(d)) = fault {
@@ -239,30 +263,16 @@ async fn token(
         Ok(p) => p,
         Err(resp) => return *resp,
     };
-    if headers.contains_key(header::AUTHORIZATION)
-        || ["client_secret", "client_assertion", "client_assertion_type"]
-            .iter()
-            .any(|p| param(&pairs, p).is_some())
-    {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "only tls_client_auth is accepted: send no other client credential",
-        );
-    }
-    let Some(client_id) = param(&pairs, "client_id") else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "client_id is required",
-        );
-    };
-    let Some((client_id, x5t)) = authenticate(&conn, Some(client_id)) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "no client certificate, unknown client, or certificate subject does not match the client",
-        );
+    let (client_id, x5t) = if st.private_key_jwt.is_some() {
+        match assertion_client(&st, listener, &conn, &headers, &pairs, fault.as_ref()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        }
+    } else {
+        match certificate_client(&conn, &headers, &pairs) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        }
     };
     match param(&pairs, "grant_type") {
         None => {
@@ -347,6 +357,110 @@ async fn token(
         _ => {}
     }
     no_store(StatusCode::OK, Json(body))
+}
+
+/// A refusal of the token endpoint, boxed (a `Response` is large).
+type Refused = Box<Response>;
+
+/// `tls_client_auth`: no other credential, a `client_id`, and a certificate registered for it.
+/// The client id and the certificate's thumbprint.
+fn certificate_client(
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<(String, String), Refused> {
+    if headers.contains_key(header::AUTHORIZATION)
+        || ["client_secret", "client_assertion", "client_assertion_type"]
+            .iter()
+            .any(|p| param(pairs, p).is_some())
+    {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "only tls_client_auth is accepted: send no other client credential",
+        )));
+    }
+    let Some(client_id) = param(pairs, "client_id") else {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id is required",
+        )));
+    };
+    authenticate(conn, Some(client_id)).ok_or_else(|| {
+        Box::new(oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "no client certificate, unknown client, or certificate subject does not match the client",
+        ))
+    })
+}
+
+/// `private_key_jwt` ([`assertion::verify`]) over mTLS: the client id the assertion
+/// authenticates, and the thumbprint of the connection's certificate, which the token is bound to.
+fn assertion_client(
+    st: &AsState,
+    listener: AsListener,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+    fault: Option<&AsFault>,
+) -> Result<(String, String), Refused> {
+    let refuse =
+        |status, error, description: &str| Box::new(oauth_error(status, error, description));
+    if headers.contains_key(header::AUTHORIZATION) || param(pairs, "client_secret").is_some() {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "only private_key_jwt is accepted: send no other client credential",
+        ));
+    }
+    let Some(cert) = conn.peer_cert.as_ref() else {
+        bump(&st.shared.counters.assertions_refused);
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "mTLS is required (tokens are bound to the client certificate): use the \
+             mtls_endpoint_aliases token endpoint with a client certificate",
+        ));
+    };
+    let origin = match listener {
+        AsListener::Mtls => &st.issuer,
+        AsListener::Plain => &st.plain_origin,
+    };
+    let rules = st.private_key_jwt.clone().unwrap_or_default();
+    let algs = signing_algs(fault);
+    let skew = match fault {
+        Some(AsFault::ClockSkew(s)) => *s,
+        _ => 0,
+    };
+    let now = now_secs().saturating_add_signed(skew);
+    let expected = Expected {
+        issuer: &st.issuer,
+        token_endpoint: &format!("{origin}/token"),
+        rules: &rules,
+        algs: &algs,
+        keys: &st.client_keys,
+        now,
+    };
+    match assertion::verify(pairs, &expected, &st.shared.seen_jtis) {
+        Ok(client_id) => {
+            bump(&st.shared.counters.assertions_verified);
+            Ok((client_id, thumbprint(cert)))
+        }
+        Err(why) => {
+            bump(&st.shared.counters.assertions_refused);
+            tracing::debug!(reason = %why, "client assertion refused");
+            let mut refused = refuse(StatusCode::UNAUTHORIZED, "invalid_client", &why);
+            if skew != 0 {
+                let date = std::time::UNIX_EPOCH + Duration::from_secs(now);
+                if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(date)) {
+                    refused.headers_mut().insert(header::DATE, v);
+                }
+            }
+            Err(refused)
+        }
+    }
 }
 
 /// The RFC 7662 answer for `token`.

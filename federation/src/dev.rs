@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::pki::write_file;
-use crate::{ClientIdentity, Error, ExternalIssuer, Federation, FederationConfig, Pki, subject_dn};
+use crate::{
+    ClientIdentity, Error, ExternalIssuer, Federation, FederationConfig, Pki, PrivateKeyJwt,
+    subject_dn,
+};
 
 /// Options of `fapi-host dev`. `Default`: `./fapi-dev`, 300 s tokens, free ports, faults off.
 #[derive(Clone, Debug)]
@@ -24,6 +27,10 @@ pub struct DevOptions {
     pub faults_enabled: bool,
     /// Let the data provider introspect at this authorization server instead of starting ours.
     pub external_issuer: Option<DevExternalIssuer>,
+    /// `fapi-host dev --auth private_key_jwt`: the token endpoint requires client assertions
+    /// ([`crate::FederationConfig::private_key_jwt`]) and `fapi.toml` says
+    /// `token_endpoint_auth_method = "private_key_jwt"`. Default `None`: `tls_client_auth`.
+    pub private_key_jwt: Option<PrivateKeyJwt>,
 }
 
 /// `fapi-host dev --issuer URL`: an authorization server elsewhere (for example an independent
@@ -84,6 +91,7 @@ impl Default for DevOptions {
             admin_port: 0,
             faults_enabled: false,
             external_issuer: None,
+            private_key_jwt: None,
         }
     }
 }
@@ -154,6 +162,29 @@ pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Er
         );
         return Ok(summary);
     }
+    if let Some(p) = fed.private_key_jwt() {
+        let summary = format!(
+            "fapi-host dev: local federation running, token endpoint with private_key_jwt over \
+             mTLS (Ctrl-C to stop)\n\
+             \n  issuer (AS, mTLS)  {issuer}\n  data (CSV)         {data}\n  data (JSON)        {json}\n  admin (HTTP)       {admin}\n\
+             \n  files in {dir}: ca.pem, consumer.pem, consumer.key, fapi.toml, federation.json\n\
+             \nClient assertions: signed by the client's certificate key, aud = {aud}, iat at most \
+             10 s ahead, exp required, jti single-use; algorithms PS256, ES256, EdDSA.\n\
+             \nFetch with fapi-host:\n  fapi-host --config {cfgq} fetch {data}\n",
+            issuer = fed.issuer_url(),
+            data = fed.data_url(),
+            json = fed.data_json_url(),
+            admin = fed.admin_url(),
+            dir = dir.display(),
+            cfgq = sh(&cfg),
+            aud = if p.accept_token_endpoint_audience {
+                "the issuer or the token endpoint's URL"
+            } else {
+                "the issuer"
+            },
+        );
+        return Ok(summary);
+    }
     let summary = format!(
         "fapi-host dev: local Open Energy-style federation running (Ctrl-C to stop)\n\
          \n  issuer (AS, mTLS)  {issuer}\n  data (CSV)         {data}\n  data (JSON)        {json}\n  admin (HTTP)       {admin}\n\
@@ -211,6 +242,7 @@ pub async fn run_dev(opts: DevOptions) -> Result<(), Error> {
         dp_port: opts.dp_port,
         admin_port: opts.admin_port,
         external_issuer,
+        private_key_jwt: opts.private_key_jwt.clone(),
         ..FederationConfig::default()
     };
     let stop = shutdown_signal()?;

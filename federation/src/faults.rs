@@ -37,6 +37,12 @@ pub enum AsFault {
     InvalidClient,
     /// Token responses report this `expires_in` (the stored token still lives `token_ttl`).
     ExpiresIn(i64),
+    /// Discovery's `token_endpoint_auth_signing_alg_values_supported` is this list, and the
+    /// token endpoint accepts assertions of these algorithms only.
+    SigningAlgs(Vec<String>),
+    /// The token endpoint's clock is this many seconds off (negative: behind): client assertions
+    /// are judged by it, and its refusals carry a `Date` header from it.
+    ClockSkew(i64),
 }
 
 /// A fault of the data provider, applied after the request has been authorised. JSON form

@@ -1,6 +1,7 @@
 //! Starting, observing and stopping the whole federation: the two AS listeners, the data provider
 //! and the admin listener, all on 127.0.0.1 and on the current tokio runtime.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use rustls_pki_types::pem::PemObject as _;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
+use crate::assertion::{PrivateKeyJwt, certificate_key};
 use crate::auth_server::{self, AsListener, AsState};
 use crate::data_provider::{self, DpState};
 use crate::faults::{AsFault, DpFault};
@@ -54,7 +56,14 @@ pub struct FederationConfig {
     /// [`Federation::issued_tokens`], so that a test can search everything a client printed, logged
     /// or wrote for every token it was given (a client process of its own included). Default
     /// false: otherwise tokens are kept only as SHA-256 digests. `fapi-host dev` never sets it.
+    /// The client assertions the token endpoint receives are recorded too
+    /// ([`Federation::received_assertions`]).
     pub record_issued_tokens: bool,
+    /// The token endpoint requires RFC 7523 `private_key_jwt` (verified with the client's
+    /// certificate key, or a key of [`PrivateKeyJwt::extra_keys`]) instead of `tls_client_auth`;
+    /// mTLS is still required and tokens are still bound to the certificate. Discovery then lists
+    /// only `private_key_jwt`. Default `None`: `tls_client_auth`.
+    pub private_key_jwt: Option<PrivateKeyJwt>,
 }
 
 impl Default for FederationConfig {
@@ -69,6 +78,7 @@ impl Default for FederationConfig {
             external_issuer: None,
             introspection_cache_ttl: Duration::from_secs(60),
             record_issued_tokens: false,
+            private_key_jwt: None,
         }
     }
 }
@@ -80,6 +90,7 @@ pub struct Federation {
     shared: Arc<Shared>,
     issuer_url: String,
     external_ca_pem: Option<String>,
+    private_key_jwt: Option<PrivateKeyJwt>,
     data_origin: String,
     admin_url: String,
     tasks: Vec<JoinHandle<()>>,
@@ -109,6 +120,11 @@ impl Federation {
             } else {
                 IssuedTokens::default()
             },
+            assertions: if cfg.record_issued_tokens {
+                IssuedTokens::recording()
+            } else {
+                IssuedTokens::default()
+            },
             ..Shared::default()
         });
         let ca = pki.ca_der();
@@ -118,6 +134,7 @@ impl Federation {
             shared: shared.clone(),
             issuer_url: String::new(),
             external_ca_pem: None,
+            private_key_jwt: cfg.private_key_jwt.clone(),
             data_origin: String::new(),
             admin_url: String::new(),
             tasks: Vec::new(),
@@ -133,11 +150,30 @@ impl Federation {
             None => {
                 let plain = tls::bind(cfg.as_plain_port).await?;
                 let mtls = tls::bind(cfg.as_port).await?;
+                let mut client_keys: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+                for (name, client_id, _) in REGISTERED {
+                    if let Some(c) = fed.pki.client(name) {
+                        let key = certificate_key(&c.cert_der()?)
+                            .ok_or_else(|| Error::pem(name, "unparseable certificate"))?;
+                        client_keys
+                            .entry(client_id.to_owned())
+                            .or_default()
+                            .push(key);
+                    }
+                }
+                for (client_id, key) in cfg.private_key_jwt.iter().flat_map(|p| &p.extra_keys) {
+                    client_keys
+                        .entry(client_id.clone())
+                        .or_default()
+                        .push(key.clone());
+                }
                 let st = Arc::new(AsState {
                     issuer: origin(&mtls, "https")?,
                     plain_origin: origin(&plain, "https")?,
                     token_ttl: cfg.token_ttl,
                     shared: shared.clone(),
+                    private_key_jwt: cfg.private_key_jwt.clone(),
+                    client_keys,
                 });
                 fed.issuer_url = st.issuer.clone();
                 let plain_cfg = tls::server_config(chain.clone(), key.clone_key(), None)?;
@@ -267,6 +303,25 @@ impl Federation {
         })
     }
 
+    /// Every client assertion our token endpoint has received so far (accepted or refused), in
+    /// clear, oldest first. **For tests only**: a leak search looks for each of them.
+    ///
+    /// # Panics
+    ///
+    /// When the federation was started without [`FederationConfig::record_issued_tokens`].
+    pub fn received_assertions(&self) -> Vec<String> {
+        self.shared.assertions.all().unwrap_or_else(|| {
+            panic!(
+                "Federation::received_assertions needs FederationConfig::record_issued_tokens = true"
+            )
+        })
+    }
+
+    /// Whether the token endpoint requires `private_key_jwt`, and with which rules.
+    pub fn private_key_jwt(&self) -> Option<&PrivateKeyJwt> {
+        self.private_key_jwt.as_ref()
+    }
+
     /// Set or clear the AS fault (works whatever `faults_enabled` says).
     pub fn set_as_fault(&self, f: Option<AsFault>) {
         self.shared.set_as_fault(f);
@@ -320,9 +375,16 @@ impl Federation {
             .find(|(name, _, _)| *name == client)
             .map_or("", |(_, _, s)| *s);
         let s = |v: &str| serde_json::Value::from(v).to_string();
+        let auth = match &self.private_key_jwt {
+            None => "",
+            Some(p) if p.accept_token_endpoint_audience => {
+                "token_endpoint_auth_method = \"private_key_jwt\"\nclient_assertion_audience = \"token_endpoint\"\n"
+            }
+            Some(_) => "token_endpoint_auth_method = \"private_key_jwt\"\n",
+        };
         let toml = format!(
             "# Written by fapi-federation for the local federation; paths are relative to this file.\n\
-             client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n\n\
+             client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n{auth}\n\
              [sandbox]\nallow = [{}]\n",
             s(&id.client_id),
             s(&self.issuer_url),

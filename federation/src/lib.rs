@@ -2,7 +2,8 @@
 //! Python users.
 //!
 //! - An **authorization server** with two HTTPS listeners and one issuer: OIDC discovery (with
-//!   `mtls_endpoint_aliases`), `client_credentials` with RFC 8705 `tls_client_auth`, opaque
+//!   `mtls_endpoint_aliases`), `client_credentials` with RFC 8705 `tls_client_auth` (or RFC 7523
+//!   `private_key_jwt` over mTLS, [`FederationConfig::private_key_jwt`]), opaque
 //!   certificate-bound tokens (`cnf.x5t#S256`), RFC 7662 introspection and RFC 7009 revocation.
 //! - A **data provider** that validates every request the Open Energy way (client certificate,
 //!   one Bearer header, introspection over mTLS, `active`/`exp`/`iat`/thumbprint/scope checks,
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod assertion;
 mod auth_server;
 mod capture;
 pub mod data;
@@ -40,6 +42,7 @@ mod softhsm;
 mod state;
 mod tls;
 
+pub use assertion::{JWT_BEARER, MAX_FUTURE, PrivateKeyJwt, SIGNING_ALGS};
 pub use capture::{Capture, capture_logs};
 pub use dev::{DevExternalIssuer, DevOptions, run_dev};
 pub use error::Error;

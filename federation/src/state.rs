@@ -35,6 +35,10 @@ pub struct Counters {
     pub uploads_whole: u64,
     /// Uploads whose body broke off (the connection closed or reset before its end).
     pub uploads_broken: u64,
+    /// `private_key_jwt` client assertions verified (the client authenticated by one).
+    pub assertions_verified: u64,
+    /// `private_key_jwt` client assertions refused (`invalid_client`).
+    pub assertions_refused: u64,
     /// Token endpoint requests by the `client_id` form field (`<none>` when absent).
     pub per_client_token_requests: BTreeMap<String, u64>,
 }
@@ -51,6 +55,8 @@ pub(crate) struct CounterCells {
     pub dp_requests: AtomicU64,
     pub uploads_whole: AtomicU64,
     pub uploads_broken: AtomicU64,
+    pub assertions_verified: AtomicU64,
+    pub assertions_refused: AtomicU64,
     pub per_client: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -72,6 +78,8 @@ impl CounterCells {
             dp_requests: get(&self.dp_requests),
             uploads_whole: get(&self.uploads_whole),
             uploads_broken: get(&self.uploads_broken),
+            assertions_verified: get(&self.assertions_verified),
+            assertions_refused: get(&self.assertions_refused),
             per_client_token_requests: self
                 .per_client
                 .lock()
@@ -114,9 +122,9 @@ pub(crate) fn token_label(token: &str) -> String {
         .collect()
 }
 
-/// The access tokens issued, in clear and in order, kept only when
-/// [`crate::FederationConfig::record_issued_tokens`] is set: for tests that search what a client
-/// printed, logged or wrote for every token it was given. Its `Debug` shows the count, never a token.
+/// The access tokens issued (or the client assertions received), in clear and in order, kept only
+/// when [`crate::FederationConfig::record_issued_tokens`] is set: for tests that search what a
+/// client printed, logged or wrote for every token it was given (every assertion it made). Its `Debug` shows the count, never a token.
 #[derive(Default)]
 pub(crate) struct IssuedTokens {
     /// `None`: not recording.
@@ -174,6 +182,10 @@ pub(crate) struct Shared {
     pub fault_times: FaultTimes,
     /// The tokens in clear, for tests only (empty and off unless asked for).
     pub issued: IssuedTokens,
+    /// The client assertions received, in clear, for tests only (recorded with `issued`).
+    pub assertions: IssuedTokens,
+    /// The `jti`s of client assertions, against replays.
+    pub seen_jtis: crate::assertion::SeenJtis,
 }
 
 impl Shared {

@@ -276,6 +276,38 @@ impl Identity {
     }
 }
 
+/// A PEM private key file (plain, or encrypted PKCS#8 decrypted with the passphrase from
+/// `passphrase_file` or `$FAPI_PRIVATE_KEY_PASSPHRASE`) as a rustls signing key, the way
+/// [`Identity::from_settings`] loads `private_key`; `setting` names the key in errors (for
+/// `signing_key`, the key of `private_key_jwt` assertions). The file's bytes are zeroized.
+pub(crate) fn key_from_file(
+    path: &Path,
+    passphrase_file: Option<&Path>,
+    setting: &str,
+) -> Result<Arc<dyn SigningKey>> {
+    let key_pem = Zeroizing::new(read(path, setting)?);
+    if !is_encrypted(&key_pem) {
+        return signing_key(&parse_key(&key_pem, path)?, path);
+    }
+    let passphrase = read_secret(
+        passphrase_file,
+        "private_key_passphrase_file",
+        PASSPHRASE_ENV,
+    )?
+    .ok_or_else(|| {
+        Error::Credentials(format!(
+            "{}: the `{setting}` key is encrypted: give its passphrase in a file named by \
+             `private_key_passphrase_file` (mode 0600) or in ${PASSPHRASE_ENV}",
+            path.display()
+        ))
+    })?;
+    let der = decrypt_pkcs8(&key_pem, &passphrase, path)?;
+    signing_key(
+        &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(&der[..])),
+        path,
+    )
+}
+
 /// base64url (no padding) of the SHA-256 of a certificate's DER: RFC 8705 section 3.1.
 pub fn thumbprint(der: &CertificateDer<'_>) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref()))

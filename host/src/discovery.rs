@@ -22,6 +22,9 @@ pub struct ServerMetadata {
     pub scopes_supported: Option<Vec<String>>,
     /// `token_endpoint_auth_methods_supported`, when given.
     pub auth_methods_supported: Option<Vec<String>>,
+    /// `token_endpoint_auth_signing_alg_values_supported`, when given: the algorithms the server
+    /// accepts for `private_key_jwt` client assertions.
+    pub auth_signing_algs_supported: Option<Vec<String>>,
     /// Whether the token endpoint came from `mtls_endpoint_aliases`.
     pub token_endpoint_is_alias: bool,
     /// Every other endpoint the document names (`*_endpoint` at the top level, whether or not an
@@ -50,6 +53,7 @@ struct Document {
     revocation_endpoint: Option<Value>,
     scopes_supported: Option<Vec<String>>,
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    token_endpoint_auth_signing_alg_values_supported: Option<Vec<String>>,
     grant_types_supported: Option<Vec<String>>,
     tls_client_certificate_bound_access_tokens: Option<bool>,
     mtls_endpoint_aliases: Option<serde_json::Map<String, Value>>,
@@ -226,6 +230,11 @@ pub(crate) const ABSENT_AUTH_METHODS: &str = "omits token_endpoint_auth_methods_
     default (RFC 8414 section 2) is client_secret_basic only; assuming the server accepts \
     tls_client_auth";
 
+/// The client authentication methods this client can use: a document that lists neither is
+/// refused here; the configured one is checked before the first token request
+/// (`client_auth::ClientAuthenticator::check`).
+const USABLE_AUTH_METHODS: [&str; 2] = ["tls_client_auth", "private_key_jwt"];
+
 /// Check a discovery document's bytes (separate from the fetch so that it can be fuzzed).
 pub fn check_document(
     issuer: &str,
@@ -284,10 +293,15 @@ pub fn check_document(
 
     let mut warnings = Vec::new();
     match &doc.token_endpoint_auth_methods_supported {
-        Some(methods) if !methods.iter().any(|m| m == "tls_client_auth") => {
+        Some(methods)
+            if !methods
+                .iter()
+                .any(|m| USABLE_AUTH_METHODS.contains(&m.as_str())) =>
+        {
             return Err(Error::Discovery(format!(
-                "the authorization server does not support `tls_client_auth` (it lists {methods:?}); \
-                 this client authenticates with its certificate only"
+                "the authorization server supports neither `tls_client_auth` nor \
+                 `private_key_jwt` (it lists {methods:?}); this client authenticates with its \
+                 certificate or a signed client assertion only"
             )));
         }
         Some(_) => {}
@@ -359,6 +373,7 @@ pub fn check_document(
             revocation_endpoint,
             scopes_supported: doc.scopes_supported,
             auth_methods_supported: doc.token_endpoint_auth_methods_supported,
+            auth_signing_algs_supported: doc.token_endpoint_auth_signing_alg_values_supported,
             token_endpoint_is_alias,
             other_endpoints,
         },

@@ -20,12 +20,13 @@ pub enum Error {
     Credentials(String),
 
     /// The authorization server's discovery document could not be fetched or is not acceptable
-    /// (issuer mismatch, http endpoints, no tls_client_auth). Fix: check `issuer_url`.
+    /// (issuer mismatch, http endpoints, not the configured client authentication method). Fix:
+    /// check `issuer_url` and `token_endpoint_auth_method`.
     #[error("discovery error: {0}")]
     Discovery(String),
 
     /// The authorization server refused to issue a token (RFC 6749 section 5.2).
-    #[error("the authorization server refused the token request (HTTP {status}): {error}{}{}", describe(.description), fix(.error))]
+    #[error("the authorization server refused the token request (HTTP {status}): {error}{}{}", describe(.description), fix(.error, .assertion_hint))]
     TokenRefused {
         /// HTTP status of the token response.
         status: u16,
@@ -33,6 +34,10 @@ pub enum Error {
         error: String,
         /// The server's `error_description`, if any.
         description: Option<String>,
+        /// With `private_key_jwt`, what to check when the server refused the client assertion
+        /// (`invalid_client`): the registered key and `kid`, the clock, the `aud`. Never the
+        /// assertion itself.
+        assertion_hint: Option<String>,
     },
 
     /// The authorization server answered the token request with something that is not a usable
@@ -106,9 +111,13 @@ pub(crate) fn describe(description: &Option<String>) -> String {
 }
 
 /// How to fix the RFC 6749 errors a client can fix itself (servers often say no more than
-/// "client authentication failed").
-fn fix(error: &str) -> &'static str {
-    match error {
+/// "client authentication failed"); `assertion_hint` replaces the `tls_client_auth` advice when
+/// the client authenticated with a `private_key_jwt` assertion.
+fn fix(error: &str, assertion_hint: &Option<String>) -> String {
+    if let (Some(hint), "invalid_client") = (assertion_hint, error) {
+        return format!("; {hint}");
+    }
+    let fix = match error {
         "invalid_client" => {
             "; check `client_id` and that the certificate is the one registered for it (with \
              tls_client_auth the certificate's subject DN must match the registration)"
@@ -118,7 +127,8 @@ fn fix(error: &str) -> &'static str {
         }
         "unauthorized_client" => "; the client is not registered for the client_credentials grant",
         _ => "",
-    }
+    };
+    fix.to_owned()
 }
 
 /// What kind of failure an [`Error`] is, for exit codes and for guests.
@@ -407,6 +417,7 @@ mod tests {
             status: 400,
             error: "invalid_scope".into(),
             description: None,
+            assertion_hint: None,
         }
         .in_token_step();
         assert!(matches!(refused, Error::TokenRefused { .. }));

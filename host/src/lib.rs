@@ -62,6 +62,7 @@ pub mod batch;
 #[cfg(feature = "sandbox")]
 pub mod cli;
 mod client;
+mod client_auth;
 mod config;
 mod credentials;
 mod discovery;

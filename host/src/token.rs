@@ -1,5 +1,6 @@
-//! Access tokens: client_credentials over mTLS (RFC 6749 section 4.4, RFC 8705 section 2), cached
-//! with their expiry, acquired once for all concurrent callers.
+//! Access tokens: client_credentials over mTLS (RFC 6749 section 4.4, RFC 8705 section 2), the
+//! client authenticated by its certificate or a `private_key_jwt` assertion
+//! ([`crate::client_auth`]), cached with their expiry, acquired once for all concurrent callers.
 //!
 //! The token exists in exactly one form: a `BearerHeader` (a sensitive `HeaderValue`) inside the
 //! cache. It is written into requests' `Authorization` headers and into the introspection form
@@ -14,6 +15,7 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, MAX_TOKEN_LIFETIME};
 use crate::discovery::{self, ServerMetadata};
 use crate::error::{Error, Result, Warning};
@@ -157,6 +159,8 @@ pub(crate) struct TokenManager {
     scopes: Vec<String>,
     thumbprint: String,
     options: ClientOptions,
+    /// How token (and introspection) requests authenticate the client.
+    client_auth: ClientAuthenticator,
     /// The discovery document's metadata: fetched on first need, fetched again when a token
     /// request fails as if the token endpoint had moved. The lock is held while it is fetched, so
     /// there is one discovery request at a time.
@@ -208,6 +212,7 @@ impl TokenManager {
         scopes: Vec<String>,
         thumbprint: String,
         options: ClientOptions,
+        client_auth: ClientAuthenticator,
     ) -> TokenManager {
         TokenManager {
             http,
@@ -216,6 +221,7 @@ impl TokenManager {
             scopes,
             thumbprint,
             options,
+            client_auth,
             metadata: tokio::sync::Mutex::new(None),
             warned: std::sync::Mutex::new(Vec::new()),
             cache: std::sync::Mutex::new(None),
@@ -325,6 +331,13 @@ impl TokenManager {
                 Ok(self.store_new(new, &f))
             }
         }
+    }
+
+    /// A new token whatever the cache holds (`acquiring` taken: one token request at a time).
+    pub(crate) async fn renew(&self) -> Result<TokenInfo> {
+        let _acquiring = self.acquiring.lock().await;
+        let new = self.request_new().await?;
+        Ok(self.store_new(new, &|c: &Cached| c.info.clone()))
     }
 
     /// What the cache holds, looked at once.
@@ -478,11 +491,8 @@ impl TokenManager {
         metadata: &ServerMetadata,
     ) -> std::result::Result<NewToken, Failed> {
         let endpoint = metadata.token_endpoint.clone();
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", &self.client_id)
-            .append_pair("scope", &self.scopes.join(" "))
-            .finish();
+        self.client_auth.check(metadata)?;
+        let method = self.client_auth.method().name();
         let mut attempt = 0;
         // When the attempt that got the response was sent: the token's lifetime counts from then.
         let mut sent_at;
@@ -492,7 +502,9 @@ impl TokenManager {
             attempt += 1;
             sent_at = Instant::now();
             self.requests.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(endpoint = %endpoint, attempt, "requesting a token (client_credentials, tls_client_auth)");
+            tracing::debug!(endpoint = %endpoint, attempt, client_auth = method, "requesting a token (client_credentials)");
+            // Made for each attempt: an assertion is never sent twice (a new jti, a fresh iat).
+            let body = self.token_form(metadata, &endpoint)?;
             let sent = self
                 .http
                 .post(endpoint.clone())
@@ -501,10 +513,11 @@ impl TokenManager {
                     "application/x-www-form-urlencoded",
                 )
                 .header(http::header::ACCEPT, "application/json")
-                .body(body.clone())
+                .body(body.as_str().to_owned())
                 .timeout(self.options.timeout)
                 .send()
                 .await;
+            drop(body);
             let may_retry = attempt <= self.options.token_retries;
             match sent {
                 // 429 and 503 say the request was not processed: trying again is safe, after
@@ -550,6 +563,11 @@ impl TokenManager {
         };
         let status = response.status();
         let received = SystemTime::now();
+        let server_date = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok());
         let bytes = zeroize::Zeroizing::new(
             discovery::read_limited(
                 response,
@@ -577,6 +595,7 @@ impl TokenManager {
                     status: status.as_u16(),
                     error: printable(&err.error),
                     description: err.error_description.as_deref().map(printable),
+                    assertion_hint: self.client_auth.refusal_hint(server_date),
                 },
                 None => Error::TokenResponse(format!(
                     "{endpoint} answered HTTP {status} without an OAuth error; {}",
@@ -622,6 +641,24 @@ impl TokenManager {
         })
     }
 
+    /// The form of one token request: the grant, the client and scopes, and the client
+    /// authentication parameters (a new assertion with `private_key_jwt`), in a zeroizing buffer.
+    fn token_form(
+        &self,
+        metadata: &ServerMetadata,
+        endpoint: &url::Url,
+    ) -> Result<zeroize::Zeroizing<String>> {
+        // Room for an assertion (an RSA-4096 one is under 2 KiB): no reallocation leaves a copy
+        // of it behind unzeroized.
+        let mut form = url::form_urlencoded::Serializer::new(String::with_capacity(FORM_CAPACITY));
+        form.append_pair("grant_type", "client_credentials")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("scope", &self.scopes.join(" "));
+        let appended = self.client_auth.append(&mut form, metadata, endpoint);
+        let form = zeroize::Zeroizing::new(form.finish());
+        appended.map(|()| form)
+    }
+
     /// The raw token, for `fapi-host token --reveal-token` only.
     pub(crate) async fn danger_reveal_token(&self) -> Result<zeroize::Zeroizing<String>> {
         let lease = self.bearer().await?;
@@ -638,14 +675,16 @@ impl TokenManager {
         })?;
         let lease = self.bearer().await?;
         let token = String::from_utf8_lossy(lease.bearer.expose_token()).into_owned();
-        let body = zeroize::Zeroizing::new(
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("token", &token)
-                .append_pair("token_type_hint", "access_token")
-                .append_pair("client_id", &self.client_id)
-                .finish(),
-        );
+        // Room for an assertion (an RSA-4096 one is under 2 KiB): no reallocation leaves a copy
+        // of it behind unzeroized.
+        let mut form = url::form_urlencoded::Serializer::new(String::with_capacity(FORM_CAPACITY));
+        form.append_pair("token", &token)
+            .append_pair("token_type_hint", "access_token")
+            .append_pair("client_id", &self.client_id);
+        let appended = self.client_auth.append(&mut form, &metadata, &endpoint);
+        let body = zeroize::Zeroizing::new(form.finish());
         drop(zeroize::Zeroizing::new(token));
+        appended?;
         let response = self
             .http
             .post(endpoint.clone())
@@ -683,6 +722,9 @@ impl TokenManager {
         })
     }
 }
+
+/// The initial capacity of a token or introspection form.
+const FORM_CAPACITY: usize = 4096;
 
 /// Parse a successful token response: the bearer header, the granted scopes (the requested ones
 /// when the server does not say), the lifetime (`default_lifetime` without `expires_in`) and

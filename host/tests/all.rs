@@ -7,6 +7,7 @@ mod common;
 mod batch_input;
 mod cli;
 mod client;
+mod client_auth;
 mod credentials;
 mod encrypted_key;
 mod faults;

@@ -308,3 +308,42 @@ fn settings_read_the_passphrase_file_relative_to_the_config() {
         Some(Path::new("/srv/fapi/secrets/pass"))
     );
 }
+
+/// `private_key_jwt` with an encrypted PKCS#8 `signing_key` and no `signing_certificate` (its
+/// public key is derived from the key): the passphrase file's passphrase decrypts it and the
+/// server verifies the assertion; without a passphrase the error names `signing_key`.
+#[tokio::test]
+async fn an_encrypted_signing_key_signs_assertions() {
+    if !openssl_works("an_encrypted_signing_key_signs_assertions") {
+        return;
+    }
+    let f = Fed::start(FederationConfig {
+        private_key_jwt: Some(fapi_federation::PrivateKeyJwt::default()),
+        record_issued_tokens: true,
+        ..FederationConfig::default()
+    })
+    .await;
+    let signing = encrypt(
+        f.dir.path(),
+        "consumer.key",
+        "signing.p8",
+        &["-v2", "aes-256-cbc"],
+    );
+    let pass = f.path("pass");
+    write_secret(&pass, PASSPHRASE, 0o600);
+    let mut s = f.settings();
+    s.auth.signing_key = Some(signing.clone());
+    s.private_key_passphrase_file = Some(pass);
+    fetch_ok(&s, &f).await;
+    let c = f.fed.counters();
+    assert_eq!((c.assertions_verified, c.tokens_issued), (1, 1));
+
+    s.private_key_passphrase_file = None;
+    let err = FapiClient::from_settings(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("the `signing_key` key is encrypted")
+            && err.contains(&signing.display().to_string()),
+        "{err}"
+    );
+    assert_no_secret("the error", err.as_bytes());
+}

@@ -1099,3 +1099,76 @@ fn this_module_test(name: &str) -> String {
     let module = module_path!().split_once("::").map_or("", |(_, m)| m);
     format!("{module}::{name}")
 }
+
+/// `private_key_jwt` with a signing key in the token (`signing_key` a PKCS#11 URI, its
+/// certificate in `signing_certificate`) beside a PEM transport key: the assertion is signed in
+/// the token (its `kid` is the token key's thumbprint, and the server verifies it with that key),
+/// and neither the PIN nor the assertion is in the output.
+#[tokio::test]
+#[cfg_attr(
+    not(fapi_has_softhsm),
+    ignore = "needs SoftHSM2 and OpenSC: apt-get install softhsm2 opensc"
+)]
+async fn private_key_jwt_assertions_signed_in_the_token() {
+    let Some(h) = hsm("private_key_jwt_assertions_signed_in_the_token") else {
+        return;
+    };
+    let spki = h.keygen("signer", "05", "EC:prime256v1");
+    let f = Fed::start(FederationConfig {
+        private_key_jwt: Some(fapi_federation::PrivateKeyJwt {
+            accept_token_endpoint_audience: false,
+            extra_keys: vec![("fapi-dev-consumer".into(), spki.clone())],
+        }),
+        record_issued_tokens: true,
+        ..FederationConfig::default()
+    })
+    .await;
+    std::fs::write(f.path("signer.pem"), certify(&f, &spki)).unwrap();
+    let module = h.module.to_str().unwrap();
+    let base = std::fs::read_to_string(&f.config).unwrap();
+    assert!(base.contains("token_endpoint_auth_method = \"private_key_jwt\""));
+    let cfg = f.path("signer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "signing_key = \"pkcs11:token={TOKEN};object=signer\"\nsigning_certificate = \
+             \"signer.pem\"\npkcs11_module = {module:?}\n{base}"
+        ),
+    )
+    .unwrap();
+    let data = f.fed.data_url();
+    let (code, out, err) = host(
+        &h,
+        &["-vv", "--config", cfg.to_str().unwrap(), "fetch", &data],
+        &[("FAPI_PKCS11_PIN", PIN)],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("postcode,"), "{out:.100}");
+    let received = f.fed.received_assertions();
+    assert_eq!(received.len(), 1);
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            received[0].split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // The P-256 SubjectPublicKeyInfo: 26 bytes of algorithm and bit-string header, then 04 || x || y.
+    assert_eq!(spki.len(), 91);
+    let b64 =
+        |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&spki[27..59]), "y": b64(&spki[59..91])});
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], fapi_host::jws::jwk_thumbprint(&jwk).as_str());
+    let c = f.fed.counters();
+    assert_eq!((c.assertions_verified, c.tokens_issued), (1, 1));
+    for a in &received {
+        let signature = a.rsplit('.').next().unwrap();
+        assert!(
+            !out.contains(signature) && !err.contains(signature),
+            "the assertion leaked"
+        );
+    }
+}

@@ -12,12 +12,14 @@
 // - client_credentials only, tls_client_auth by the certificate's subject DN (RFC 8705 2.1), opaque
 //   access tokens bound to the certificate (cnf.x5t#S256), RFC 7662 introspection.
 //
-// --clients is a JSON array of {"client_id", "subject_dn" (RFC 4514, e.g. "CN=a,O=b"), "scope"}.
+// --clients is a JSON array of {"client_id", "subject_dn" (RFC 4514, e.g. "CN=a,O=b"), "scope"}; a
+// client with "jwks" (its public keys) authenticates with private_key_jwt instead (RFC 7523, its
+// "token_endpoint_auth_signing_alg" or ES256), still over mTLS with certificate-bound tokens.
 // Environment: OIDC_PORT, OIDC_MTLS_PORT, OIDC_TOKEN_TTL are used when the flag is absent.
 //
 // stdout: one JSON object per line. First {"event":"ready","issuer","mtls_origin","oidc_provider"},
 // then "request" (listener, method, path, status), "token_issued" (listener, client_id, scope,
-// expires_in, access_token, x5t#S256), "grant_error", "introspection", "introspection_error",
+// expires_in, access_token, x5t#S256, client_auth, client_assertion), "grant_error", "introspection", "introspection_error",
 // "server_error", "sync". Everything else (oidc-provider's notices) goes to stderr.
 // Exits when stdin closes, on SIGTERM or on SIGINT; a line "sync ID" on stdin is answered by
 // {"event":"sync","id":"ID"} after every earlier event.
@@ -97,10 +99,17 @@ const mtlsOrigin = `https://127.0.0.1:${mtlsPort}`;
 // RFC 4514 string of a subject: Node gives the RDNs first to last, one per line.
 const rfc4514 = (subject) => subject.split('\n').reverse().join(',');
 
+// private_key_jwt clients: registered public keys, one algorithm; tls_client_auth: the subject DN.
+const clientAuth = (c) => (c.jwks
+  ? {
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: c.jwks,
+    token_endpoint_auth_signing_alg: c.token_endpoint_auth_signing_alg ?? 'ES256',
+  }
+  : { token_endpoint_auth_method: 'tls_client_auth', tls_client_auth_subject_dn: c.subject_dn });
 const clients = JSON.parse(fs.readFileSync(opt.clients, 'utf8')).map((c) => ({
   client_id: c.client_id,
-  token_endpoint_auth_method: 'tls_client_auth',
-  tls_client_auth_subject_dn: c.subject_dn,
+  ...clientAuth(c),
   tls_client_certificate_bound_access_tokens: true,
   grant_types: ['client_credentials'],
   response_types: [],
@@ -109,6 +118,7 @@ const clients = JSON.parse(fs.readFileSync(opt.clients, 'utf8')).map((c) => ({
   // Only opaque access tokens are issued; the metadata must still name an algorithm we have a key for.
   id_token_signed_response_alg: 'ES256',
 }));
+const privateKeyJwt = clients.some((c) => c.token_endpoint_auth_method === 'private_key_jwt');
 const scopes = [...new Set(clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean)))];
 
 // Signing keys are needed by oidc-provider's JWKS even though every token here is opaque.
@@ -123,7 +133,9 @@ const peer = (ctx) => {
 const provider = new Provider(issuer, {
   clients,
   scopes,
-  clientAuthMethods: ['tls_client_auth'],
+  clientAuthMethods: privateKeyJwt ? ['tls_client_auth', 'private_key_jwt'] : ['tls_client_auth'],
+  // FAPI 2.0 section 5.4.1: never HS256 or RS256 for client assertions.
+  ...(privateKeyJwt ? { enabledJWA: { clientAuthSigningAlgValues: ['PS256', 'ES256', 'EdDSA'] } } : {}),
   jwks: { keys: [jwk] },
   ttl: { ClientCredentials: tokenTtl },
   features: {
@@ -163,6 +175,8 @@ provider.on('grant.success', (ctx) => {
     expires_in: body.expires_in,
     access_token: body.access_token,
     'x5t#S256': cert ? crypto.hash('sha256', cert.raw, 'base64url') : null,
+    client_auth: ctx.oidc.client?.clientAuthMethod,
+    client_assertion: ctx.oidc.params?.client_assertion ?? null,
   });
 });
 provider.on('grant.error', (ctx, err) => emit({

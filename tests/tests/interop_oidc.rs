@@ -2,7 +2,8 @@
 //! `tests/oidc/package-lock.json`, configured by `tests/oidc/server.mjs` as an Open Energy-style
 //! directory) issues the tokens, and the federation's data provider introspects them there.
 //! `fapi-host fetch`, `run` and `batch` read data through it; token expiry and refresh, the
-//! `mtls_endpoint_aliases`, `invalid_scope` and `invalid_client` are checked against its event log.
+//! `mtls_endpoint_aliases`, `invalid_scope` and `invalid_client` are checked against its event log,
+//! and so is `private_key_jwt` client authentication (a consumer registered with its JWK).
 //!
 //! Needs `node` and `npm ci --prefix tests/oidc`; without them each test prints why it is skipped
 //! and passes, unless `FAPI_REQUIRE_INTEROP=1` (set by `.ci/run`), which makes them fail.
@@ -221,6 +222,16 @@ impl OidcServer {
 /// A fresh PKI written to `<tempdir>/pki`, and oidc-provider serving its server certificate with the
 /// four registered clients of the local federation.
 async fn start_oidc(test: &str, token_ttl: u64) -> Option<(Pki, tempfile::TempDir, OidcServer)> {
+    start_oidc_as(test, token_ttl, false).await
+}
+
+/// [`start_oidc`]; with `consumer_private_key_jwt`, the consumer is registered for
+/// `private_key_jwt` with the public JWK of its certificate's key (ES256), still mTLS-bound.
+async fn start_oidc_as(
+    test: &str,
+    token_ttl: u64,
+    consumer_private_key_jwt: bool,
+) -> Option<(Pki, tempfile::TempDir, OidcServer)> {
     prerequisites(test)?;
     // Every log line of this process, every target at every level, is searched for tokens.
     fapi_tests::capture_logs();
@@ -232,8 +243,25 @@ async fn start_oidc(test: &str, token_ttl: u64) -> Option<(Pki, tempfile::TempDi
         let c = pki.client(name).unwrap();
         serde_json::json!({ "client_id": c.client_id, "subject_dn": c.subject_dn, "scope": scope })
     };
+    let mut consumer = client("consumer", "directory:software consumption:read");
+    if consumer_private_key_jwt {
+        let c = pki.client("consumer").unwrap();
+        let (cert, key) = (pki_dir.join("consumer.pem"), pki_dir.join("consumer.key"));
+        std::fs::write(&cert, &c.cert_pem).unwrap();
+        std::fs::write(&key, &c.key_pem).unwrap();
+        let jws = fapi_host::Identity::load(&cert, &key)
+            .unwrap()
+            .0
+            .jws_key()
+            .unwrap();
+        // Registered under the kid the host sends by default: the key's RFC 7638 thumbprint.
+        let mut jwk = jws.jwk().clone();
+        jwk["kid"] = jws.thumbprint().into();
+        consumer["jwks"] = serde_json::json!({ "keys": [jwk] });
+        consumer["token_endpoint_auth_signing_alg"] = jws.alg().name().into();
+    }
     let clients = serde_json::json!([
-        client("consumer", "directory:software consumption:read"),
+        consumer,
         client("consumer-b", "directory:software consumption:read"),
         client("limited", "directory:software"),
         client("provider", ""),
@@ -255,7 +283,13 @@ struct Env {
 
 impl Env {
     async fn start(test: &str, token_ttl: u64) -> Option<Env> {
-        let (pki, dir, oidc) = start_oidc(test, token_ttl).await?;
+        Env::start_as(test, token_ttl, false).await
+    }
+
+    /// [`Env::start`]; with `private_key_jwt`, the consumer authenticates with client assertions
+    /// (its configuration says `token_endpoint_auth_method = "private_key_jwt"`).
+    async fn start_as(test: &str, token_ttl: u64, private_key_jwt: bool) -> Option<Env> {
+        let (pki, dir, oidc) = start_oidc_as(test, token_ttl, private_key_jwt).await?;
         let external = ExternalIssuer {
             issuer_url: oidc.issuer.clone(),
             ca_pem: pki.ca_pem().to_owned(),
@@ -265,6 +299,7 @@ impl Env {
             pki,
             FederationConfig {
                 external_issuer: Some(external),
+                private_key_jwt: private_key_jwt.then(fapi_federation::PrivateKeyJwt::default),
                 ..FederationConfig::default()
             },
         )
@@ -1041,4 +1076,153 @@ async fn keys_in_a_pkcs11_token_get_oidc_provider_tokens() {
     for (what, bytes) in &searched {
         needles.assert_absent(what, bytes);
     }
+}
+
+/// PKJ-01, PKJ-02, TIME-01 with an independent server: oidc-provider authenticates the consumer by
+/// `private_key_jwt` (its registered JWK, ES256) over mTLS and binds the token to the certificate;
+/// the data provider's introspection there accepts it; after expiry the host sends a new
+/// assertion with a new jti (two token requests, two assertions, both verified: no grant error);
+/// the CLI with -vv prints neither an assertion nor a token.
+#[tokio::test]
+#[cfg_attr(
+    not(fapi_has_oidc_provider),
+    ignore = "needs node and `npm ci --prefix tests/oidc` (missing when this crate was built)"
+)]
+async fn private_key_jwt_with_oidc_provider_new_assertion_after_expiry_pkj_01() {
+    const TTL: u64 = 3;
+    let Some(env) = Env::start_as(
+        "private_key_jwt_with_oidc_provider_new_assertion_after_expiry_pkj_01",
+        TTL,
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    assert!(
+        config.contains("token_endpoint_auth_method = \"private_key_jwt\""),
+        "{config}"
+    );
+    let client = env.library_client(Some(Duration::ZERO));
+    let r = client
+        .get(env.fed.data_url())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.oidc.log()));
+    let got = Instant::now();
+    assert_eq!(r.status(), 200, "{}", env.oidc.log());
+    let tokens = env.oidc.tokens();
+    assert_eq!(tokens.len(), 1, "{}", env.oidc.log());
+    assert_eq!(tokens[0]["client_auth"], "private_key_jwt");
+    assert_eq!(tokens[0]["listener"], "mtls");
+    assert_eq!(
+        tokens[0]["x5t#S256"],
+        env.fed.pki().client("consumer").unwrap().thumbprint(),
+        "bound to the certificate of the connection"
+    );
+    assert!(
+        !env.oidc.events("introspection").is_empty(),
+        "{}",
+        env.oidc.log()
+    );
+
+    // Past the lifetime: a new token through a new assertion.
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 300).saturating_sub(got.elapsed())).await;
+    let r = client.get(env.fed.data_json_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", env.oidc.log());
+    let tokens = env.oidc.tokens();
+    assert_eq!(tokens.len(), 2, "{}", env.oidc.log());
+    assert_eq!(client.token_requests(), 2);
+    assert_eq!(
+        env.oidc.requests("mtls", "/token").len(),
+        2,
+        "{}",
+        env.oidc.log()
+    );
+    assert!(
+        env.oidc.events("grant_error").is_empty(),
+        "{}",
+        env.oidc.log()
+    );
+    let claims = |t: &Value| -> Value {
+        use base64::Engine as _;
+        let jws = t["client_assertion"].as_str().unwrap();
+        let part = jws.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (claims(&tokens[0]), claims(&tokens[1]));
+    assert_ne!(a["jti"], b["jti"], "a new jti");
+    assert!(b["iat"].as_u64().unwrap() > a["iat"].as_u64().unwrap());
+    for c in [&a, &b] {
+        assert_eq!(c["iss"], "fapi-dev-consumer");
+        assert_eq!(c["sub"], "fapi-dev-consumer");
+        assert_eq!(
+            c["aud"],
+            env.oidc.issuer.as_str(),
+            "the issuer as a plain string"
+        );
+    }
+
+    // The CLI, every log line on: a third token, and no assertion or token in its output.
+    let cfg = env.config.clone();
+    let out = env.cli(&cfg, &["-vv", "fetch", &env.fed.data_url()]).await;
+    env.oidc.assert_exit(&out, 0);
+    let tokens = env.oidc.tokens();
+    assert_eq!(tokens.len(), 3, "{}", env.oidc.log());
+    assert_eq!(tokens[2]["client_auth"], "private_key_jwt");
+    let mut secrets: Vec<String> = tokens
+        .iter()
+        .map(|t| t["client_assertion"].as_str().unwrap().to_owned())
+        .collect();
+    secrets.extend(env.oidc.token_values());
+    let needles = Needles::new(&secrets, &env.fed.pki().client("consumer").unwrap().key_pem);
+    needles.assert_absent("fetch stdout", &out.stdout);
+    needles.assert_absent("fetch stderr (-vv)", &out.stderr);
+    needles.assert_absent_from_logs();
+
+    // An assertion oidc-provider refuses (a kid it has no key for): invalid_client, with what to
+    // check, and no token.
+    let mut s = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
+    s.auth.signing_kid = Some("not-registered".into());
+    let err = FapiClient::from_settings(&s)
+        .unwrap()
+        .0
+        .token_info()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("invalid_client")
+            && msg.contains("refused the private_key_jwt client assertion")
+            && msg.contains("\"not-registered\""),
+        "{msg}"
+    );
+    let refused = env.oidc.events("grant_error");
+    assert_eq!(refused.len(), 1, "{}", env.oidc.log());
+    assert_eq!(refused[0]["error"], "invalid_client");
+    assert_eq!(env.oidc.tokens().len(), 3);
+
+    // The FAPI 1.0 audience (`client_assertion_audience = "token_endpoint"`): the mTLS alias the
+    // request goes to, which oidc-provider accepts as the endpoint's URL.
+    let mut s = Settings::load(Some(&env.config), &Overrides::default()).unwrap();
+    s.auth.assertion_audience = "token_endpoint".parse().unwrap();
+    let info = FapiClient::from_settings(&s)
+        .unwrap()
+        .0
+        .token_info()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.oidc.log()));
+    let tokens = env.oidc.tokens();
+    assert_eq!(tokens.len(), 4, "{}", env.oidc.log());
+    assert_eq!(
+        info.token_endpoint,
+        format!("{}/token", env.oidc.mtls_origin)
+    );
+    assert_eq!(claims(&tokens[3])["aud"], info.token_endpoint.as_str());
 }

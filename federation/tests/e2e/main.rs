@@ -3,4 +3,5 @@
 mod auth_server;
 mod data_provider;
 mod interop;
+mod private_key_jwt;
 mod support;

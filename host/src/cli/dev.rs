@@ -47,6 +47,20 @@ pub struct DevArgs {
     /// Private key (PEM) for --provider-cert (default: DIR/provider.key).
     #[arg(long, value_name = "FILE", requires = "provider_cert")]
     pub provider_key: Option<PathBuf>,
+    /// How the token endpoint authenticates clients: tls_client_auth (the certificate), or
+    /// private_key_jwt (a signed client assertion over mTLS; tokens stay certificate-bound).
+    #[arg(
+        long,
+        default_value = "tls_client_auth",
+        value_name = "METHOD",
+        value_parser = ["tls_client_auth", "private_key_jwt"],
+        conflicts_with = "issuer"
+    )]
+    pub auth: String,
+    /// With --auth private_key_jwt, also accept assertions whose aud is the token endpoint's URL
+    /// (FAPI 1.0 ecosystems); by default only the issuer (FAPI 2.0).
+    #[arg(long)]
+    pub accept_token_endpoint_aud: bool,
 }
 
 pub(super) async fn run(args: &DevArgs) -> Result<u8> {
@@ -73,6 +87,18 @@ pub(super) async fn run(args: &DevArgs) -> Result<u8> {
             })
         }
     };
+    let private_key_jwt = match args.auth.parse::<crate::profile::ClientAuth>()? {
+        crate::profile::ClientAuth::TlsClientAuth if args.accept_token_endpoint_aud => {
+            return Err(Error::Config(
+                "--accept-token-endpoint-aud needs --auth private_key_jwt".into(),
+            ));
+        }
+        crate::profile::ClientAuth::TlsClientAuth => None,
+        crate::profile::ClientAuth::PrivateKeyJwt => Some(fapi_federation::PrivateKeyJwt {
+            accept_token_endpoint_audience: args.accept_token_endpoint_aud,
+            extra_keys: Vec::new(),
+        }),
+    };
     let opts = fapi_federation::DevOptions {
         dir: args.dir.clone(),
         token_ttl: Duration::from_secs(args.token_ttl),
@@ -81,6 +107,7 @@ pub(super) async fn run(args: &DevArgs) -> Result<u8> {
         admin_port: args.admin_port,
         faults_enabled: args.faults,
         external_issuer,
+        private_key_jwt,
     };
     fapi_federation::run_dev(opts)
         .await

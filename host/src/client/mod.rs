@@ -10,6 +10,7 @@ use rustls::ClientConfig;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
@@ -79,6 +80,7 @@ impl FapiClient {
         let resolver = Resolver::new(settings.client.resolve.clone());
         let http = tls::http_client_from(config.clone(), &settings.client, resolver.clone())?;
         let upload = tls::upload_client_from(config.clone(), &settings.client, resolver)?;
+        let client_auth = ClientAuthenticator::from_settings(settings, &identity)?;
         let tokens = TokenManager::new(
             http.clone(),
             settings.issuer_url.clone(),
@@ -86,6 +88,7 @@ impl FapiClient {
             settings.scopes(),
             identity.thumbprint().to_owned(),
             settings.client.clone(),
+            client_auth,
         );
         let client = FapiClient {
             inner: Arc::new(Inner {
@@ -221,6 +224,14 @@ impl FapiClient {
     /// token itself.
     pub async fn token_info(&self) -> Result<TokenInfo> {
         Ok(self.inner.tokens.lease().await?.1)
+    }
+
+    /// A new token now, whatever the cache holds (it replaces the cached one): one token request,
+    /// with a new client assertion under `private_key_jwt`. Callers of [`FapiClient::token_info`]
+    /// or requests meanwhile wait for it, as for any token request. For measurements and for
+    /// operators who know the current token is void; requests replace a refused token themselves.
+    pub async fn renew_token(&self) -> Result<TokenInfo> {
+        self.inner.tokens.renew().await
     }
 
     /// The RFC 7662 introspection response for this client's own token.
