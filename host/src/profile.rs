@@ -268,6 +268,7 @@ impl TlsSuites {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
