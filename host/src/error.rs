@@ -299,6 +299,15 @@ fn tls_hint(err: &rustls::Error) -> Option<&'static str> {
              server must offer TLS 1.3; set `tls13_only = false` to allow TLS 1.2 with the FAPI \
              cipher suites",
         ),
+        // What a server answers when it shares no cipher suite (or signature scheme) with the
+        // client: under TLS 1.2, often a server that accepts none of `tls_cipher_suites`'s.
+        rustls::Error::AlertReceived(Alert::HandshakeFailure) => Some(
+            "the server accepted nothing this client offered, often no cipher suite: under TLS \
+             1.2 this client offers only the suites of `tls_cipher_suites` (\"fapi1\": \
+             ECDHE-RSA with AES-GCM; \"bcp195\": ECDHE-RSA or ECDHE-ECDSA with AES-GCM); ask \
+             the server's operator for TLS 1.3 or one of those suites, or set \
+             `tls_cipher_suites = \"bcp195\"` if its certificate is an ECDSA one",
+        ),
         rustls::Error::AlertReceived(Alert::CertificateRevoked) => Some(
             "the server says this client's certificate is revoked: issue a new one with the \
              directory and point `certificate` and `private_key` at it",
@@ -475,13 +484,14 @@ mod tests {
             (E::AlertReceived(A::AccessDenied), server_refused),
             (E::AlertReceived(A::DecryptError), server_refused),
             (E::AlertReceived(A::CertificateExpired), "renew it"),
+            (E::AlertReceived(A::HandshakeFailure), "`tls_cipher_suites`"),
         ] {
             let what = format!("{e:?}");
             let got = hint(e).unwrap_or_else(|| panic!("no hint for {what}"));
             assert!(got.contains(needle), "{what}: {got}");
         }
         // Other failures keep their chain alone.
-        assert_eq!(hint(E::AlertReceived(A::HandshakeFailure)), None);
+        assert_eq!(hint(E::AlertReceived(A::IllegalParameter)), None);
         assert_eq!(hint(E::InvalidCertificate(C::BadSignature)), None);
     }
 }

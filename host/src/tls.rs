@@ -1,7 +1,9 @@
 //! TLS for one identity: one `rustls::ClientConfig`, one reqwest client.
 //!
-//! - TLS 1.3, and TLS 1.2 only with the FAPI cipher suites (ECDHE with AES-GCM); no CBC, no
-//!   CHACHA20 under 1.2, no RSA key exchange.
+//! - TLS 1.3, and TLS 1.2 only with the cipher suites of `tls_cipher_suites` (checklist TLS-04):
+//!   `bcp195` (FAPI 2.0 section 5.2.2: ECDHE with RSA or ECDSA, AES-GCM) or `fapi1` (FAPI 1.0
+//!   Final part 2 section 8.5: ECDHE-RSA with AES-GCM). Never CBC, never CHACHA20 under 1.2, never
+//!   RSA key exchange. `tls13_only` leaves TLS 1.2 out altogether.
 //! - Servers are verified in full (chain to the system roots plus `ca_bundle`, host name,
 //!   validity) by rustls's WebPKI verifier. There is no switch that turns this off. A server
 //!   whose chain ends at `ca_bundle` (every Open Energy endpoint) is verified against the bundle
@@ -29,24 +31,48 @@ use crate::config::ClientOptions;
 use crate::credentials::Identity;
 use crate::error::{Error, Result};
 use crate::net::Resolver;
+use crate::profile::TlsSuites;
 
-/// The TLS 1.2 suites offered: FAPI 2.0's (section 5.2.2, the BCP 195 recommendations: ECDHE with
-/// RSA or ECDSA, AES-GCM). FAPI 1.0 Final's own list (part 2 section 8.5) is narrower, ECDHE-RSA
-/// and DHE-RSA only; against a FAPI 1.0 server with an ECDSA certificate, set `tls13_only` or
-/// expect its conformance check to flag the ECDSA suites.
-const FAPI_TLS12_SUITES: [CipherSuite; 4] = [
+/// The TLS 1.2 suites of `tls_cipher_suites = "bcp195"`: FAPI 2.0's (section 5.2.2, the BCP 195
+/// recommendations: ECDHE with RSA or ECDSA, AES-GCM).
+const BCP195_TLS12_SUITES: [CipherSuite; 4] = [
     CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
     CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
 ];
 
-/// The crypto provider: ring, restricted to the FAPI cipher suites.
+/// The TLS 1.2 suites of `tls_cipher_suites = "fapi1"`: FAPI 1.0 Final part 2 section 8.5's
+/// ECDHE ones. Its other two, `TLS_DHE_RSA_WITH_AES_{128,256}_GCM_*`, are not offered: rustls has
+/// no finite-field Diffie-Hellman, so a FAPI 1.0 server must accept an ECDHE-RSA suite (every
+/// conformant one does; the list allows both). A server with an ECDSA certificate shares no
+/// TLS 1.2 suite with this list: it must speak TLS 1.3.
+const FAPI1_TLS12_SUITES: [CipherSuite; 2] = [
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+];
+
+/// The TLS 1.2 suites offered under `suites`, in order of preference.
+pub(crate) fn tls12_suites(suites: TlsSuites) -> &'static [CipherSuite] {
+    match suites {
+        TlsSuites::Bcp195 => &BCP195_TLS12_SUITES,
+        TlsSuites::Fapi1 => &FAPI1_TLS12_SUITES,
+    }
+}
+
+/// The crypto provider: ring, restricted to the BCP 195 cipher suites (`tls_cipher_suites =
+/// "bcp195"`, the default).
 pub fn fapi_provider() -> CryptoProvider {
+    provider_for(TlsSuites::Bcp195)
+}
+
+/// The crypto provider: ring, with every TLS 1.3 suite and, under TLS 1.2, only `suites`'s.
+fn provider_for(suites: TlsSuites) -> CryptoProvider {
+    let allowed = tls12_suites(suites);
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites.retain(|suite| match suite {
         SupportedCipherSuite::Tls13(_) => true,
-        SupportedCipherSuite::Tls12(_) => FAPI_TLS12_SUITES.contains(&suite.suite()),
+        SupportedCipherSuite::Tls12(_) => allowed.contains(&suite.suite()),
     });
     provider
 }
@@ -238,14 +264,14 @@ fn protocol_versions(tls13_only: bool) -> &'static [&'static rustls::SupportedPr
     if tls13_only { TLS13_ONLY } else { TLS13_AND_12 }
 }
 
-/// The rustls configuration of one identity: FAPI suites, full server verification, the client
-/// certificate presented whenever asked.
+/// The rustls configuration of one identity: the suites of `tls_cipher_suites`, full server
+/// verification, the client certificate presented whenever asked.
 pub fn client_config(
     identity: &Identity,
     ca_bundle: Option<&Path>,
     options: &ClientOptions,
 ) -> Result<rustls::ClientConfig> {
-    let provider = Arc::new(fapi_provider());
+    let provider = Arc::new(provider_for(options.tls_suites));
     let verifier = Arc::new(BundleFirst::new(ca_bundle, provider.clone())?);
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(protocol_versions(options.tls13_only))
@@ -298,24 +324,45 @@ fn client_builder(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
+    /// TLS-04: under TLS 1.2, `bcp195` offers exactly its four ECDHE AES-GCM suites and `fapi1`
+    /// exactly FAPI 1.0 Final's two ECDHE-RSA ones; TLS 1.3's suites are offered under both.
     #[test]
-    fn only_fapi_suites_are_offered() {
-        let provider = fapi_provider();
-        for suite in &provider.cipher_suites {
-            if let SupportedCipherSuite::Tls12(_) = suite {
-                assert!(
-                    FAPI_TLS12_SUITES.contains(&suite.suite()),
-                    "{:?}",
-                    suite.suite()
-                );
-            }
+    fn each_setting_offers_exactly_its_tls12_suites() {
+        for (suites, expected) in [
+            (TlsSuites::Bcp195, &BCP195_TLS12_SUITES[..]),
+            (TlsSuites::Fapi1, &FAPI1_TLS12_SUITES[..]),
+        ] {
+            let provider = provider_for(suites);
+            let tls12: Vec<_> = provider
+                .cipher_suites
+                .iter()
+                .filter(|s| matches!(s, SupportedCipherSuite::Tls12(_)))
+                .map(|s| s.suite())
+                .collect();
+            let mut sorted = tls12.clone();
+            sorted.sort_by_key(|s| u16::from(*s));
+            let mut want = expected.to_vec();
+            want.sort_by_key(|s| u16::from(*s));
+            assert_eq!(sorted, want, "{suites:?}");
+            let names: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
+            assert!(names.contains(&CipherSuite::TLS13_AES_128_GCM_SHA256));
+            assert!(!names.contains(&CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256));
         }
-        let names: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
-        assert!(!names.contains(&CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256));
-        assert!(names.contains(&CipherSuite::TLS13_AES_128_GCM_SHA256));
-        assert!(names.contains(&CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256));
+        assert_eq!(
+            FAPI1_TLS12_SUITES,
+            [
+                CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            ]
+        );
+        // The exported provider is the default's.
+        assert_eq!(
+            fapi_provider().cipher_suites.len(),
+            provider_for(TlsSuites::Bcp195).cipher_suites.len()
+        );
     }
 }
