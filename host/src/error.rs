@@ -199,6 +199,11 @@ impl Error {
         if err.is_timeout() {
             Error::Timeout(format!("{context}: timed out ({chain})"))
         } else if let Some(tls) = rustls_error(&err) {
+            // A server outside its class's anchors: the class, the anchors tried and the key to
+            // change say it all (rustls's own words for it would only repeat them).
+            if let Some(untrusted) = untrusted(tls) {
+                return Error::Tls(format!("{context}: {untrusted}; {}", untrusted.fix()));
+            }
             match tls_hint(tls) {
                 Some(hint) => Error::Tls(format!("{context}: {chain}; {hint}")),
                 None => Error::Tls(format!("{context}: {chain}")),
@@ -243,6 +248,16 @@ fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
         };
     }
     None
+}
+
+/// The refusal of a server whose chain ends at none of its class's anchors (`[trust]`).
+fn untrusted(err: &rustls::Error) -> Option<&crate::tls::Untrusted> {
+    match err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            other.0.downcast_ref::<crate::tls::Untrusted>()
+        }
+        _ => None,
+    }
 }
 
 /// What to do about the common TLS failures: a server certificate this client does not accept,
@@ -441,6 +456,25 @@ mod tests {
         let eof = IoError::other(IoError::new(Io::UnexpectedEof, "tls handshake eof"));
         assert!(rustls_error(&eof).is_none());
         assert!(rustls_error(&IoError::from(Io::ConnectionReset)).is_none());
+    }
+
+    /// TLS-06: a server refused by its class's anchors is found as hyper-rustls hands it over,
+    /// and only then.
+    #[test]
+    fn a_server_outside_its_class_is_found_by_its_class() {
+        use crate::tls::{TrustClass, Untrusted};
+        use std::io::{Error as IoError, ErrorKind as Io};
+        let u = Untrusted {
+            class: TrustClass::AuthorizationServer,
+            system_roots: true,
+        };
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(u)),
+        ));
+        let nested = IoError::other(IoError::new(Io::InvalidData, refused));
+        assert_eq!(rustls_error(&nested).and_then(untrusted), Some(&u));
+        let plain = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(untrusted(&plain), None);
     }
 
     #[test]

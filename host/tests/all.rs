@@ -13,3 +13,4 @@ mod faults;
 mod pkcs11;
 mod properties;
 mod tls;
+mod trust;
