@@ -113,6 +113,12 @@ impl Profile {
         }
     }
 
+    /// Whether the ecosystem follows FAPI 1.0 Advanced rather than FAPI 2.0 (UK Open Banking,
+    /// CDR): client signatures are then PS256 or ES256 only (FAPI 1.0 part 2 section 8.6).
+    pub fn follows_fapi1(self) -> bool {
+        matches!(self, Profile::UkOpenBanking | Profile::Cdr)
+    }
+
     /// The profile's table of defaults.
     pub fn defaults(self) -> Defaults {
         use AssertionAudience::*;
@@ -232,8 +238,14 @@ fn strings(doc: &Value, key: &str) -> Option<Vec<String>> {
 /// server's discovery document (`doc`, RFC 8414 / OIDD metadata): the client authentication
 /// method, the assertion's signing algorithm (with `private_key_jwt`), DPoP's algorithm or
 /// certificate-bound tokens, and the mTLS endpoint aliases. `key` is the algorithm of the key
-/// that signs client assertions (used with `private_key_jwt` only).
-pub fn requirements(auth: &AuthSettings, key: &SigningKeyAlg, doc: &Value) -> Vec<Finding> {
+/// that signs client assertions (used with `private_key_jwt` only); under a profile that follows
+/// FAPI 1.0 ([`Profile::follows_fapi1`]), EdDSA is not one of them.
+pub fn requirements(
+    profile: Profile,
+    auth: &AuthSettings,
+    key: &SigningKeyAlg,
+    doc: &Value,
+) -> Vec<Finding> {
     use Level::*;
     let mut out = Vec::new();
 
@@ -281,6 +293,15 @@ pub fn requirements(auth: &AuthSettings, key: &SigningKeyAlg, doc: &Value) -> Ve
                     "the signing key ({desc}) signs with none of the algorithms FAPI allows \
                      (PS256, ES256, EdDSA): give an RSA (2048 bits or more), P-256 or Ed25519 \
                      key as `signing_key`"
+                ),
+            ),
+            (SigningKeyAlg::Fapi("EdDSA"), _) if profile.follows_fapi1() => Finding::new(
+                Fail,
+                what,
+                format!(
+                    "the key is an Ed25519 one, but profile \"{profile}\" follows FAPI 1.0, \
+                     whose algorithms are PS256 and ES256 (part 2 section 8.6): give an RSA \
+                     (2048 bits or more) or P-256 key as `signing_key`"
                 ),
             ),
             (SigningKeyAlg::Fapi(alg), None) => Finding::new(
@@ -593,7 +614,12 @@ mod requirement_tests {
         use Level::*;
         let es256 = SigningKeyAlg::Fapi("ES256");
         let doc = federation_like();
-        let f = requirements(&auth(Profile::OpenEnergy), &es256, &doc);
+        let f = requirements(
+            Profile::OpenEnergy,
+            &auth(Profile::OpenEnergy),
+            &es256,
+            &doc,
+        );
         assert_eq!(
             levels(&f),
             [
@@ -602,7 +628,12 @@ mod requirement_tests {
                 ("mTLS aliases", Ok)
             ]
         );
-        let f = requirements(&auth(Profile::UkOpenBanking), &es256, &doc);
+        let f = requirements(
+            Profile::UkOpenBanking,
+            &auth(Profile::UkOpenBanking),
+            &es256,
+            &doc,
+        );
         assert_eq!(
             levels(&f),
             [
@@ -618,10 +649,16 @@ mod requirement_tests {
         );
 
         // An Ed25519 key against a server that takes PS256 and ES256: fails, with the fix.
-        let f = requirements(&auth(Profile::Fapi2), &SigningKeyAlg::Fapi("EdDSA"), &doc);
+        let f = requirements(
+            Profile::Fapi2,
+            &auth(Profile::Fapi2),
+            &SigningKeyAlg::Fapi("EdDSA"),
+            &doc,
+        );
         assert_eq!(f[1].level, Fail);
         assert!(f[1].detail.contains("`signing_key`"), "{}", f[1].detail);
         let f = requirements(
+            Profile::Cdr,
             &auth(Profile::Cdr),
             &SigningKeyAlg::Other("ECDSA P-384".into()),
             &doc,
@@ -629,12 +666,29 @@ mod requirement_tests {
         assert_eq!(f[1].level, Fail);
         assert!(f[1].detail.contains("ECDSA P-384"), "{}", f[1].detail);
 
+        // EdDSA is FAPI 2.0's, not FAPI 1.0's: refused under CDR and UK Open Banking whatever
+        // the server lists.
+        let mut eddsa_too = doc.clone();
+        eddsa_too["token_endpoint_auth_signing_alg_values_supported"] = json!(["EdDSA"]);
+        let ed = SigningKeyAlg::Fapi("EdDSA");
+        let f = requirements(Profile::Fapi2, &auth(Profile::Fapi2), &ed, &eddsa_too);
+        assert_eq!(f[1].level, Ok);
+        for p in [Profile::Cdr, Profile::UkOpenBanking] {
+            let f = requirements(p, &auth(p), &ed, &eddsa_too);
+            assert_eq!(f[1].level, Fail, "{p}");
+            assert!(
+                f[1].detail.contains("part 2 section 8.6"),
+                "{}",
+                f[1].detail
+            );
+        }
+
         // A server without private_key_jwt, without bound tokens, without aliases.
         let bare = json!({
             "token_endpoint_auth_methods_supported": ["tls_client_auth"],
             "tls_client_certificate_bound_access_tokens": false,
         });
-        let f = requirements(&auth(Profile::Fapi2), &es256, &bare);
+        let f = requirements(Profile::Fapi2, &auth(Profile::Fapi2), &es256, &bare);
         assert_eq!(
             levels(&f),
             [
@@ -652,12 +706,12 @@ mod requirement_tests {
         // DPoP: ES256 among the server's algorithms, or a failure that says what to set.
         let mut dpop = auth(Profile::Fapi2);
         dpop.sender_constraint = SenderConstraint::Dpop;
-        let f = requirements(&dpop, &es256, &doc);
+        let f = requirements(Profile::Fapi2, &dpop, &es256, &doc);
         assert_eq!(levels(&f)[2], ("DPoP", Fail));
         assert!(f[2].detail.contains("`sender_constraint = \"mtls\"`"));
         let mut with_dpop = doc.clone();
         with_dpop["dpop_signing_alg_values_supported"] = json!(["ES256", "PS256"]);
-        let f = requirements(&dpop, &es256, &with_dpop);
+        let f = requirements(Profile::Fapi2, &dpop, &es256, &with_dpop);
         assert_eq!(levels(&f)[2], ("DPoP", Ok));
         // No mTLS at all: no aliases line.
         assert_eq!(f.len(), 3, "{f:?}");

@@ -348,7 +348,9 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
             match client.discovery_document().await {
                 Ok(doc) => {
                     let key = signing_key_alg(&settings, client.identity());
-                    for f in crate::profile::requirements(&settings.auth, &key, &doc) {
+                    for f in
+                        crate::profile::requirements(settings.profile, &settings.auth, &key, &doc)
+                    {
                         r.finding(&f)?;
                     }
                 }
