@@ -331,7 +331,8 @@ async fn a_client_certificate_from_an_intermediate_ca_is_presented_with_its_chai
 }
 
 /// An RSA 2048 server certificate for 127.0.0.1 from the federation's CA (ring cannot generate
-/// RSA keys: openssl does): (certificate, key), DER.
+/// RSA keys: openssl does): (certificate, key), DER; also written as PEM to `rsa-server/server.pem`
+/// and `rsa-server/server.key`.
 fn rsa_server_identity(f: &Fed) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     let dir = f.path("rsa-server");
     std::fs::create_dir_all(&dir).unwrap();
@@ -359,6 +360,7 @@ fn rsa_server_identity(f: &Fed) -> (CertificateDer<'static>, PrivateKeyDer<'stat
     let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
     (
         cert.der().clone(),
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
@@ -557,5 +559,100 @@ async fn each_tls_cipher_suites_setting_offers_and_negotiates_only_its_tls12_sui
     // TLS 1.3 is offered under both, unchanged.
     for hello in &offered {
         assert!(hello.contains(&C::TLS13_AES_128_GCM_SHA256), "{hello:?}");
+    }
+}
+
+/// `openssl s_server -tls1_2 -cipher <cipher> -www` on 127.0.0.1 with the federation's RSA server
+/// certificate; stopped (by its own PID) when dropped.
+struct OpensslServer {
+    child: std::process::Child,
+    origin: String,
+}
+
+impl OpensslServer {
+    fn start(f: &Fed, cipher: &str) -> OpensslServer {
+        use std::io::BufRead as _;
+        let dir = f.path("rsa-server");
+        let mut child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                "127.0.0.1:0",
+                "-tls1_2",
+                "-cipher",
+                cipher,
+            ])
+            .args(["-www", "-cert"])
+            .arg(dir.join("server.pem"))
+            .arg("-key")
+            .arg(dir.join("server.key"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // It says where it listens once it does: "ACCEPT 127.0.0.1:<port>".
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let origin = loop {
+            let line = lines
+                .next()
+                .expect("openssl s_server said where it listens")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("ACCEPT ") {
+                break format!("https://{addr}");
+            }
+        };
+        OpensslServer { child, origin }
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TLS-04 against an independent implementation, OpenSSL's `s_server`, TLS 1.2 only with one
+/// cipher each: ECDHE-RSA-AES128-GCM-SHA256 works under `fapi1` and `bcp195`; AES-CBC
+/// (ECDHE-RSA-AES128-SHA256) and CHACHA20 (ECDHE-RSA-CHACHA20-POLY1305) fail under both. So does
+/// DHE-RSA-AES128-GCM-SHA256, which FAPI 1.0 Final lists but rustls does not implement (no
+/// finite-field Diffie-Hellman: docs/profiles.md).
+#[tokio::test]
+async fn openssl_servers_accept_only_the_listed_tls12_suites() {
+    use fapi_host::profile::TlsSuites;
+    let f = Fed::start(FederationConfig::default()).await;
+    rsa_server_identity(&f);
+    let clients = [
+        (
+            "fapi1",
+            client_of(&with_suites(f.settings(), TlsSuites::Fapi1)),
+        ),
+        (
+            "bcp195",
+            client_of(&with_suites(f.settings(), TlsSuites::Bcp195)),
+        ),
+    ];
+    for (name, client) in &clients {
+        client
+            .token_info()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for (cipher, works) in [
+        ("ECDHE-RSA-AES128-GCM-SHA256", true),
+        ("ECDHE-RSA-AES128-SHA256", false),
+        ("ECDHE-RSA-CHACHA20-POLY1305", false),
+        ("DHE-RSA-AES128-GCM-SHA256", false),
+    ] {
+        let server = OpensslServer::start(&f, cipher);
+        for (name, client) in &clients {
+            let sent = client.get(format!("{}/", server.origin)).send().await;
+            match (works, sent) {
+                (true, Ok(r)) => assert_eq!(r.status(), 200, "{cipher} {name}"),
+                (false, Err(e)) => assert!(e.is_tls(), "{cipher} {name}: {e:?}"),
+                (_, other) => panic!("{cipher} {name}: {other:?}"),
+            }
+        }
     }
 }
