@@ -16,7 +16,8 @@
 //!   --reveal-token`). They never reach a log line, an error message or a guest.
 //! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
 //!   redirects are never followed, so a token never follows a redirect to another origin.
-//! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always.
+//! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always;
+//!   the authorization server and the data providers each against their own trust anchors.
 //!
 //! Where things are:
 //!

@@ -52,9 +52,9 @@ const BCP195_TLS12_SUITES: [CipherSuite; 4] = [
 
 /// The TLS 1.2 suites of `tls_cipher_suites = "fapi1"`: FAPI 1.0 Final part 2 section 8.5's
 /// ECDHE ones. Its other two, `TLS_DHE_RSA_WITH_AES_{128,256}_GCM_*`, are not offered: rustls has
-/// no finite-field Diffie-Hellman, so a FAPI 1.0 server must accept an ECDHE-RSA suite (every
-/// conformant one does; the list allows both). A server with an ECDSA certificate shares no
-/// TLS 1.2 suite with this list: it must speak TLS 1.3.
+/// no finite-field Diffie-Hellman, so a server that accepts only those under TLS 1.2 is reached
+/// over TLS 1.3 or not at all. A server with an ECDSA certificate shares no TLS 1.2 suite with
+/// this list either: it must speak TLS 1.3.
 const FAPI1_TLS12_SUITES: [CipherSuite; 2] = [
     CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
