@@ -312,6 +312,14 @@ impl ClassVerifier {
                 if let Some((own, _)) = &self.own {
                     roots.roots.extend(own.roots.iter().cloned());
                 }
+                // An empty system store and no anchors of the class's own: nothing is trusted,
+                // and the refusal says so as any other does (not as a verifier that cannot be
+                // built).
+                if roots.is_empty() {
+                    return Err(rustls::Error::InvalidCertificate(
+                        CertificateError::UnknownIssuer,
+                    ));
+                }
                 verifier(roots, &self.provider)
             })
             .as_ref()
@@ -359,7 +367,8 @@ impl ServerCertVerifier for ClassVerifier {
             (Some(Ok(verified)), _) => Ok(verified),
             (Some(Err(e)), None) => Err(self.named(e)),
             (_, Some(system)) => self
-                .full(system)?
+                .full(system)
+                .map_err(|e| self.named(e))?
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 .map_err(|e| self.named(e)),
             // Refused when the verifier is built (`require_anchors`); refused here all the same.

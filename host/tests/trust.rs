@@ -275,3 +275,56 @@ async fn system_roots_off_without_anchors_for_a_class_is_a_configuration_error()
         "{err}"
     );
 }
+
+/// TLS-06 with the system roots: the authorization server's chain ends at a "system" root only
+/// (`SSL_CERT_FILE` stands in for the system's store) while `[trust] data_providers` holds its CA
+/// and `ca_bundle` is unset: `fapi-host token` gets its token through the system roots. With that
+/// store empty it fails in the handshake, naming the authorization server's class; the data
+/// providers' anchors never count for it.
+#[tokio::test]
+async fn the_authorization_server_is_trusted_through_the_system_roots_of_its_class() {
+    let f = federation_with_a_server_ca().await;
+    let written = std::fs::read_to_string(&f.config).unwrap();
+    let body: Vec<&str> = written
+        .lines()
+        .filter(|l| !l.starts_with("ca_bundle"))
+        .collect();
+    let config = write(
+        &f,
+        "system.toml",
+        &format!(
+            "{}\n\n[trust]\ndata_providers = [\"ca.pem\"]\n",
+            body.join("\n")
+        ),
+    );
+    let with_its_ca = write(&f, "system-with-its-ca.pem", f.fed.pki().server_ca_pem());
+    let empty = write(&f, "system-empty.pem", "");
+    let no_dir = f.path("no-system-certs");
+    std::fs::create_dir_all(&no_dir).unwrap();
+    let run = |system: PathBuf| {
+        let (config, dir, no_dir) = (config.clone(), f.dir.path().to_owned(), no_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::common::fapi_host_env(
+                &["--config", config.to_str().unwrap(), "token"],
+                &dir,
+                &[("SSL_CERT_FILE", &system), ("SSL_CERT_DIR", &no_dir)],
+            )
+        })
+    };
+    let (code, _, err) = run(with_its_ca).await.unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(f.fed.counters().token_requests, 1);
+
+    let (code, out, err) = run(empty).await.unwrap();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(code, 5, "a TLS failure is a network error: {err}");
+    assert!(out.is_empty());
+    assert!(
+        err.contains(
+            "the authorization server's certificate is not trusted: its chain does not end at \
+             `[trust] authorization_server`, `ca_bundle` or the system roots"
+        ),
+        "{err}"
+    );
+    assert_eq!(f.fed.counters().token_requests, 1, "no token request");
+}

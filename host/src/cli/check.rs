@@ -64,7 +64,7 @@ fn check_pkcs11(r: &mut Report, settings: &crate::config::Settings) -> Result<bo
     }
 }
 
-/// `value (the profile's)` or `value (set; the profile's is default)`.
+/// `value` when it is the profile's, else `value (set; the profile's is default)`.
 fn against(value: &str, default: &str) -> String {
     if value == default {
         value.to_owned()
