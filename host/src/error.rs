@@ -199,18 +199,39 @@ impl Error {
         if err.is_timeout() {
             Error::Timeout(format!("{context}: timed out ({chain})"))
         } else if let Some(tls) = rustls_error(&err) {
-            // A server outside its class's anchors: the class, the anchors tried and the key to
-            // change say it all (rustls's own words for it would only repeat them).
-            if let Some(untrusted) = untrusted(tls) {
-                return Error::Tls(format!("{context}: {untrusted}; {}", untrusted.fix()));
-            }
-            match tls_hint(tls) {
-                Some(hint) => Error::Tls(format!("{context}: {chain}; {hint}")),
-                None => Error::Tls(format!("{context}: {chain}")),
-            }
+            tls_failure(context, &chain, tls)
         } else {
             Error::Network(format!("{context}: {chain}"))
         }
+    }
+
+    /// Classify the failure of a handshake made without reqwest (`check`'s look at the
+    /// authorization server's TLS) as [`Error::from_reqwest`] does.
+    pub(crate) fn from_handshake(context: &str, err: &std::io::Error) -> Error {
+        let chain = error_chain(err);
+        if let Some(tls) = rustls_error(err) {
+            tls_failure(context, &chain, tls)
+        } else if matches!(
+            err.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ) {
+            Error::Timeout(format!("{context}: timed out ({chain})"))
+        } else {
+            Error::Network(format!("{context}: {chain}"))
+        }
+    }
+}
+
+/// A TLS failure with what to do about it.
+fn tls_failure(context: &str, chain: &str, tls: &rustls::Error) -> Error {
+    // A server outside its class's anchors: the class, the anchors tried and the key to change
+    // say it all (rustls's own words for it would only repeat them).
+    if let Some(untrusted) = untrusted(tls) {
+        return Error::Tls(format!("{context}: {untrusted}; {}", untrusted.fix()));
+    }
+    match tls_hint(tls) {
+        Some(hint) => Error::Tls(format!("{context}: {chain}; {hint}")),
+        None => Error::Tls(format!("{context}: {chain}")),
     }
 }
 

@@ -485,6 +485,87 @@ pub(crate) fn client_configs(identity: &Identity, settings: &Settings) -> Result
     })
 }
 
+/// What one handshake negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Negotiated {
+    /// TLS 1.3 or TLS 1.2.
+    pub(crate) version: rustls::ProtocolVersion,
+    /// The cipher suite.
+    pub(crate) suite: CipherSuite,
+}
+
+impl fmt::Display for Negotiated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let version = match self.version {
+            rustls::ProtocolVersion::TLSv1_3 => "TLS 1.3".to_owned(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLS 1.2".to_owned(),
+            other => format!("{other:?}"),
+        };
+        write!(f, "{version}, {:?}", self.suite)
+    }
+}
+
+/// One TLS handshake with the server of `url` over `config`, and nothing after it (no HTTP
+/// byte): what it negotiated. Names resolve as the clients' do (`[client.resolve]` first).
+/// `timeout` bounds the connection and the handshake. For `fapi-host check`, which says which
+/// TLS the authorization server speaks with this client.
+pub(crate) async fn handshake(
+    config: rustls::ClientConfig,
+    url: &url::Url,
+    resolve: &crate::net::ResolveOverrides,
+    timeout: std::time::Duration,
+) -> Result<Negotiated> {
+    let context = format!(
+        "a TLS handshake with {}",
+        crate::policy::shown_url(url.as_str())
+    );
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Err(Error::InvalidRequest(format!(
+            "{context}: the URL has no host"
+        )));
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addresses: Vec<std::net::SocketAddr> = match resolve.get(&host) {
+        Some(ips) => ips.into_iter().map(|ip| (ip, port).into()).collect(),
+        None => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| Error::Network(format!("{context}: resolving {host}: {e}")))?
+            .collect(),
+    };
+    let name = ServerName::try_from(host.clone())
+        .map_err(|e| Error::InvalidRequest(format!("{context}: {host}: {e}")))?;
+    let shake = move || -> std::io::Result<Negotiated> {
+        let Some(address) = addresses.first() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the name has no address",
+            ));
+        };
+        let mut tcp = std::net::TcpStream::connect_timeout(address, timeout)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)?;
+        }
+        match (conn.protocol_version(), conn.negotiated_cipher_suite()) {
+            (Some(version), Some(suite)) => Ok(Negotiated {
+                version,
+                suite: suite.suite(),
+            }),
+            _ => Err(std::io::Error::other("the handshake negotiated nothing")),
+        }
+    };
+    tokio::task::spawn_blocking(shake)
+        .await
+        .map_err(|e| Error::Network(format!("{context}: {e}")))?
+        .map_err(|e| Error::from_handshake(&context, &e))
+}
+
 /// A reqwest client over an existing rustls configuration, resolving names with `resolver`.
 pub fn http_client_from(
     config: rustls::ClientConfig,
@@ -593,6 +674,110 @@ mod tests {
         trust.system_roots = true;
         trust.data_providers.clear();
         assert!(require_anchors(&trust, None).is_ok());
+    }
+
+    /// A CA, a client identity it issues, and a TLS 1.2-only server for 127.0.0.1 that accepts
+    /// `suite` alone with a (P-256) certificate of that CA; settings that trust the CA through
+    /// `ca_bundle` with `suites`. (server origin, settings, identity, the directory)
+    async fn tls12_server(
+        suite: CipherSuite,
+        suites: TlsSuites,
+    ) -> (url::Url, Settings, Identity, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.pem(), &ca_key).unwrap();
+        let issue = |names: Vec<String>| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(names).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, "c");
+            (p.signed_by(&key, &issuer).unwrap(), key)
+        };
+        let (client, client_key) = issue(Vec::new());
+        let (server, server_key) = issue(vec!["127.0.0.1".to_owned()]);
+        std::fs::write(dir.path().join("c.pem"), client.pem()).unwrap();
+        std::fs::write(dir.path().join("c.key"), client_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let toml = format!(
+            "client_id = \"a\"\nissuer_url = \"https://127.0.0.1\"\nrequested_scopes = \"x\"\n\
+             private_key = \"c.key\"\ncertificate = \"c.pem\"\nca_bundle = \"ca.pem\"\n\
+             [client]\ntls_cipher_suites = \"{}\"\n",
+            suites.name()
+        );
+        let settings =
+            Settings::from_toml(&toml, dir.path(), &crate::config::Overrides::default()).unwrap();
+        let (identity, _) = Identity::from_settings(&settings).unwrap();
+
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.retain(|s| s.suite() == suite);
+        let key = rustls_pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![server.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("https://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        (url::Url::parse(&origin).unwrap(), settings, identity, dir)
+    }
+
+    /// What `check` reports of the authorization server's TLS: the version and suite a
+    /// handshake negotiated (TLS-04: under `fapi1`, an ECDHE-ECDSA server is refused by name of
+    /// the setting).
+    #[tokio::test]
+    async fn a_handshake_says_what_it_negotiated_or_why_not() {
+        let ecdsa = CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
+        let resolve = crate::net::ResolveOverrides::new();
+        let timeout = std::time::Duration::from_secs(5);
+        let (url, s, id, _dir) = tls12_server(ecdsa, TlsSuites::Bcp195).await;
+        let configs = client_configs(&id, &s).unwrap();
+        let n = handshake(configs.authorization_server, &url, &resolve, timeout)
+            .await
+            .unwrap();
+        assert_eq!(
+            n,
+            Negotiated {
+                version: rustls::ProtocolVersion::TLSv1_2,
+                suite: ecdsa
+            }
+        );
+        assert_eq!(
+            n.to_string(),
+            "TLS 1.2, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+        );
+
+        let (url, s, id, _dir) = tls12_server(ecdsa, TlsSuites::Fapi1).await;
+        let configs = client_configs(&id, &s).unwrap();
+        let e = handshake(configs.authorization_server, &url, &resolve, timeout)
+            .await
+            .unwrap_err();
+        assert!(e.is_tls(), "{e:?}");
+        assert!(e.to_string().contains("`tls_cipher_suites`"), "{e}");
+
+        // The data providers' anchors do not count for the authorization server (whose own
+        // anchor here is any other certificate: the client's).
+        let (url, mut s, id, _dir) = tls12_server(ecdsa, TlsSuites::Bcp195).await;
+        s.trust.data_providers = vec![s.ca_bundle.take().unwrap()];
+        s.trust.authorization_server = vec![s.trust.data_providers[0].with_file_name("c.pem")];
+        s.trust.system_roots = false;
+        let configs = client_configs(&id, &s).unwrap();
+        let e = handshake(configs.authorization_server, &url, &resolve, timeout)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the authorization server's certificate is not trusted"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -71,6 +71,12 @@ async fn check_reports_open_energy_line_by_line() {
         line(&lines, "TLS"),
         format!("ok    TLS: TLS 1.3, and TLS 1.2 with `tls_cipher_suites = \"bcp195\"`: {BCP195}")
     );
+    let shook = line(&lines, "TLS with the authorization server");
+    assert!(
+        shook.starts_with("ok    TLS with the authorization server: TLS 1.3, TLS13_")
+            && shook.ends_with("(token endpoint)"),
+        "{shook}"
+    );
     for class in ["authorization server", "data providers"] {
         assert_eq!(
             line(&lines, &format!("trust ({class})")),

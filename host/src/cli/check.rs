@@ -344,6 +344,27 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                     }
                 ),
             )?;
+            // Which TLS the authorization server speaks with this client (the token
+            // endpoint's, as the token manager reaches it).
+            let shook = match crate::tls::client_configs(client.identity(), &settings) {
+                Ok(configs) => {
+                    crate::tls::handshake(
+                        configs.authorization_server,
+                        &m.token_endpoint,
+                        &settings.client.resolve,
+                        settings.client.connect_timeout.max(settings.client.timeout),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match shook {
+                Ok(n) => r.ok(
+                    "TLS with the authorization server",
+                    format!("{n} (token endpoint)"),
+                )?,
+                Err(e) => r.fail("TLS with the authorization server", e)?,
+            }
             // The profile's requirements, one by one, against the document as it is.
             match client.discovery_document().await {
                 Ok(doc) => {
