@@ -497,7 +497,7 @@ impl Settings {
                 .collect(),
             data_providers: file.trust.data_providers.into_iter().map(rel).collect(),
         };
-        crate::tls::require_anchors(&trust, ca_bundle.as_deref())?;
+        crate::trust::require_anchors(&trust, ca_bundle.as_deref())?;
 
         let c = file.client;
         let d = ClientOptions::default();

@@ -272,10 +272,10 @@ fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
 }
 
 /// The refusal of a server whose chain ends at none of its class's anchors (`[trust]`).
-fn untrusted(err: &rustls::Error) -> Option<&crate::tls::Untrusted> {
+fn untrusted(err: &rustls::Error) -> Option<&crate::trust::Untrusted> {
     match err {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
-            other.0.downcast_ref::<crate::tls::Untrusted>()
+            other.0.downcast_ref::<crate::trust::Untrusted>()
         }
         _ => None,
     }
@@ -483,7 +483,7 @@ mod tests {
     /// and only then.
     #[test]
     fn a_server_outside_its_class_is_found_by_its_class() {
-        use crate::tls::{TrustClass, Untrusted};
+        use crate::trust::{TrustClass, Untrusted};
         use std::io::{Error as IoError, ErrorKind as Io};
         let u = Untrusted {
             class: TrustClass::AuthorizationServer,

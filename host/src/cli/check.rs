@@ -13,7 +13,7 @@ use crate::credentials::Identity;
 use crate::error::Result;
 use crate::profile::{ClientAuth, Finding, Level, SigningKeyAlg};
 use crate::time::fmt_time;
-use crate::tls::TrustClass;
+use crate::trust::TrustClass;
 
 /// The lines of the report; each write fails only when stdout is closed (the command then stops).
 struct Report {
@@ -159,7 +159,7 @@ fn trust_lines(r: &mut Report, settings: &Settings, identity: &Identity) -> Resu
             TrustClass::AuthorizationServer => "trust (authorization server)",
             TrustClass::DataProviders => "trust (data providers)",
         };
-        let anchors = match crate::tls::class_roots(settings, class) {
+        let anchors = match crate::trust::class_roots(settings, class) {
             Ok(roots) => roots.len(),
             Err(e) => {
                 r.fail(what, e)?;
