@@ -204,9 +204,15 @@ impl Federation {
         // Data provider.
         let dp = tls::bind(cfg.dp_port).await?;
         fed.data_origin = origin(&dp, "https")?;
+        // The data provider trusts the AS's server certificate through its CA (the client CA
+        // unless the PKI has a server CA of its own).
+        let mut as_anchors = trusted.clone();
+        if fed.pki.server_ca_pem() != fed.pki.ca_pem() {
+            as_anchors.push(fed.pki.server_ca_der());
+        }
         let introspector = Introspector {
             issuer: fed.issuer_url.clone(),
-            http: tls::http_client(tls::client_config(&trusted, Some(&provider))?)?,
+            http: tls::http_client(tls::client_config(&as_anchors, Some(&provider))?)?,
             client_id: provider.client_id.clone(),
             endpoint: OnceCell::new(),
             cache_ttl: cfg.introspection_cache_ttl,
@@ -340,6 +346,11 @@ impl Federation {
     /// Write a ready client configuration for `client` ("consumer", "consumer-b", "limited",
     /// "provider") to `dir/<client>.toml`, with `<client>.pem`, `<client>.key` (0600) and the CA
     /// bundle beside it; paths in the file are relative to it. Returns the file's path.
+    ///
+    /// The bundle (`ca_bundle`, which verifies every server) holds the CA of the federation's
+    /// server certificate ([`Pki::server_ca_pem`]) and, with an [`ExternalIssuer`], its CAs;
+    /// never the CA that issues client certificates unless that CA issues the server certificate
+    /// too (the default [`Pki::generate`]).
     pub fn write_client_config(&self, dir: &Path, client: &str) -> Result<PathBuf, Error> {
         self.write_client_config_as(dir, client, &format!("{client}.toml"))
     }
@@ -361,11 +372,11 @@ impl Federation {
         write_file(&dir.join(&key_file), &id.key_pem, true)?;
         let ca_file = match &self.external_ca_pem {
             None => {
-                write_file(&dir.join("ca.pem"), self.pki.ca_pem(), false)?;
+                write_file(&dir.join("ca.pem"), self.pki.server_ca_pem(), false)?;
                 "ca.pem"
             }
             Some(ext) => {
-                let bundle = format!("{}\n{ext}", self.pki.ca_pem().trim_end());
+                let bundle = format!("{}\n{ext}", self.pki.server_ca_pem().trim_end());
                 write_file(&dir.join("ca-bundle.pem"), &bundle, false)?;
                 "ca-bundle.pem"
             }

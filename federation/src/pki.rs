@@ -1,5 +1,10 @@
 //! The federation's PKI: one CA, one server certificate for the loopback names, and one client
 //! identity per registered client. ECDSA P-256 everywhere, so generating it is fast.
+//!
+//! The one CA issues the client certificates and, by default, the server certificate too (as in a
+//! directory that issues both). [`Pki::generate_with_server_ca`] gives the server certificate a CA
+//! of its own instead, so that a test can hold clients to trusting servers through that CA alone
+//! (checklist TLS-06: the CA that issues client certificates is no server anchor).
 
 use std::fmt;
 use std::path::Path;
@@ -18,6 +23,7 @@ use crate::{Error, tls};
 /// Subject O of every certificate the federation issues.
 pub(crate) const ORGANIZATION: &str = "fapi-host dev";
 const CA_NAME: &str = "fapi-host dev CA";
+const SERVER_CA_NAME: &str = "fapi-host dev server CA";
 const SERVER_NAMES: [&str; 3] = ["127.0.0.1", "::1", "localhost"];
 
 /// The registered clients: (short name, client id, scopes the AS grants).
@@ -48,6 +54,9 @@ pub(crate) fn registered_dn(client_id: &str) -> String {
 pub struct Pki {
     ca_pem: String,
     ca_key_pem: String,
+    /// The CA of the server certificate when it is not `ca_pem`
+    /// ([`Pki::generate_with_server_ca`]).
+    server_ca_pem: Option<String>,
     server_cert_pem: String,
     server_key_pem: String,
     clients: Vec<ClientIdentity>,
@@ -111,13 +120,35 @@ impl Pki {
     /// for 127.0.0.1, ::1 and localhost, and one client identity per registered client
     /// ("consumer", "consumer-b", "limited", "provider").
     pub fn generate() -> Result<Pki, Error> {
+        Self::generate_inner(false)
+    }
+
+    /// [`Pki::generate`], but the server certificate is issued by a second CA, "fapi-host dev
+    /// server CA" ([`Pki::server_ca_pem`]), and the client certificates alone by "fapi-host dev
+    /// CA" ([`Pki::ca_pem`]). The federation's written client configurations then trust the
+    /// server CA alone.
+    pub fn generate_with_server_ca() -> Result<Pki, Error> {
+        Self::generate_inner(true)
+    }
+
+    fn generate_inner(separate_server_ca: bool) -> Result<Pki, Error> {
         let (ca_pem, ca_key) = generate_ca(CA_NAME)?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
+        let (server_ca_pem, server_ca_key) = if separate_server_ca {
+            let (pem, key) = generate_ca(SERVER_CA_NAME)?;
+            (Some(pem), Some(key))
+        } else {
+            (None, None)
+        };
+        let issuer = Issuer::from_ca_cert_pem(
+            server_ca_pem.as_deref().unwrap_or(&ca_pem),
+            server_ca_key.as_ref().unwrap_or(&ca_key),
+        )?;
         let server_key = KeyPair::generate()?;
         let server = server_params(&SERVER_NAMES)?.signed_by(&server_key, &issuer)?;
         let mut pki = Pki {
             ca_pem,
             ca_key_pem: ca_key.serialize_pem(),
+            server_ca_pem,
             server_cert_pem: server.pem(),
             server_key_pem: server_key.serialize_pem(),
             clients: Vec::new(),
@@ -169,13 +200,15 @@ impl Pki {
         Some(Pki {
             ca_pem,
             ca_key_pem,
+            server_ca_pem: read("server-ca.pem"),
             server_cert_pem,
             server_key_pem: read("server.key")?,
             clients,
         })
     }
 
-    /// Write the PKI to `dir` (created if needed): `ca.pem ca.key server.pem server.key` and
+    /// Write the PKI to `dir` (created if needed): `ca.pem ca.key server.pem server.key` (and
+    /// `server-ca.pem` when the server certificate has a CA of its own), and
     /// `<name>.pem`/`<name>.key` per registered client. Key files are mode 0600.
     pub fn write_to(&self, dir: &Path) -> Result<(), Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
@@ -183,6 +216,9 @@ impl Pki {
         write_file(&dir.join("ca.key"), &self.ca_key_pem, true)?;
         write_file(&dir.join("server.pem"), &self.server_cert_pem, false)?;
         write_file(&dir.join("server.key"), &self.server_key_pem, true)?;
+        if let Some(pem) = &self.server_ca_pem {
+            write_file(&dir.join("server-ca.pem"), pem, false)?;
+        }
         for c in &self.clients {
             write_file(&dir.join(format!("{}.pem", c.name)), &c.cert_pem, false)?;
             write_file(&dir.join(format!("{}.key", c.name)), &c.key_pem, true)?;
@@ -190,9 +226,22 @@ impl Pki {
         Ok(())
     }
 
-    /// The CA certificate, PEM.
+    /// The CA certificate, PEM: the issuer of every client certificate (and, unless the PKI was
+    /// made by [`Pki::generate_with_server_ca`], of the server certificate).
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The CA certificate of the server certificate, PEM: [`Pki::ca_pem`], or the server CA of
+    /// [`Pki::generate_with_server_ca`]. What clients of the federation trust servers through.
+    pub fn server_ca_pem(&self) -> &str {
+        self.server_ca_pem.as_deref().unwrap_or(&self.ca_pem)
+    }
+
+    /// [`Pki::server_ca_pem`], DER.
+    pub fn server_ca_der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.server_ca_pem().as_bytes())
+            .expect("the server CA PEM was produced or validated when this Pki was built")
     }
 
     /// The CA certificate, DER.
@@ -239,8 +288,9 @@ impl Pki {
         })
     }
 
-    /// A server certificate for `names` (IP addresses or DNS names), issued by the federation CA, or,
-    /// when `from_untrusted_ca`, by a throw-away CA that nothing trusts. For TLS failure tests.
+    /// A server certificate for `names` (IP addresses or DNS names), issued by the federation CA
+    /// ([`Pki::ca_pem`], the one that issues client certificates), or, when `from_untrusted_ca`,
+    /// by a throw-away CA that nothing trusts. For TLS failure tests.
     pub fn issue_server(
         &self,
         names: &[&str],
@@ -262,13 +312,14 @@ impl Pki {
         })
     }
 
-    /// A rustls client configuration (ring provider, HTTP/1.1) that trusts only the federation CA
-    /// and presents `identity` when given. For tests and tools.
+    /// A rustls client configuration (ring provider, HTTP/1.1) that trusts only the CA of the
+    /// federation's server certificate ([`Pki::server_ca_pem`]) and presents `identity` when
+    /// given. For tests and tools.
     pub fn client_tls_config(
         &self,
         identity: Option<&ClientIdentity>,
     ) -> Result<rustls::ClientConfig, Error> {
-        tls::client_config(&[self.ca_der()], identity)
+        tls::client_config(&[self.server_ca_der()], identity)
     }
 
     /// A reqwest client built on [`Pki::client_tls_config`], with redirects off and HTTPS only.

@@ -497,6 +497,7 @@ impl Settings {
                 .collect(),
             data_providers: file.trust.data_providers.into_iter().map(rel).collect(),
         };
+        crate::trust::require_anchors(&trust, ca_bundle.as_deref())?;
 
         let c = file.client;
         let d = ClientOptions::default();
@@ -714,6 +715,49 @@ certificate = "certs/a.pem"
         assert_eq!(s.ca_bundle, None);
         assert_eq!(s.client, ClientOptions::default());
         assert_eq!(s.scopes(), vec!["directory:software"]);
+    }
+
+    /// TLS-06: with the system roots off (profile "cdr"'s default), each class needs anchors:
+    /// refused at start by name, accepted with both classes' files (paths relative to the file).
+    #[test]
+    fn without_system_roots_a_class_without_anchors_is_a_configuration_error() {
+        let dir = Path::new("/etc/fapi");
+        let none = Overrides::default();
+        let cdr = format!("{BASE}profile = \"cdr\"\n");
+        let e = Settings::from_toml(&cdr, dir, &none)
+            .expect_err("no anchors at all")
+            .to_string();
+        assert!(
+            e.starts_with("configuration error: `[trust] system_roots = false`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`[trust] authorization_server = [\"ca.pem\"]`"),
+            "{e}"
+        );
+
+        let only_dp = format!("{cdr}[trust]\ndata_providers = [\"dp.pem\"]\n");
+        let e = Settings::from_toml(&only_dp, dir, &none)
+            .expect_err("no anchors for the authorization server")
+            .to_string();
+        assert!(e.contains("no anchors for the authorization server"), "{e}");
+
+        let both = format!(
+            "{cdr}[trust]\ndata_providers = [\"dp.pem\"]\nauthorization_server = [\"as.pem\"]\n"
+        );
+        let s = Settings::from_toml(&both, dir, &none).expect("both classes have anchors");
+        assert!(!s.trust.system_roots);
+        assert_eq!(s.trust.data_providers, [Path::new("/etc/fapi/dp.pem")]);
+        assert_eq!(
+            s.trust.authorization_server,
+            [Path::new("/etc/fapi/as.pem")]
+        );
+
+        // `ca_bundle` serves both classes; the system roots on serve both too.
+        let bundle = format!("ca_bundle = \"ca.pem\"\n{cdr}");
+        assert!(Settings::from_toml(&bundle, dir, &none).is_ok());
+        let on = format!("{cdr}[trust]\nsystem_roots = true\n");
+        assert!(Settings::from_toml(&on, dir, &none).is_ok());
     }
 
     #[test]

@@ -209,13 +209,39 @@ impl Error {
         if err.is_timeout() {
             Error::Timeout(format!("{context}: timed out ({chain})"))
         } else if let Some(tls) = rustls_error(&err) {
-            match tls_hint(tls) {
-                Some(hint) => Error::Tls(format!("{context}: {chain}; {hint}")),
-                None => Error::Tls(format!("{context}: {chain}")),
-            }
+            tls_failure(context, &chain, tls)
         } else {
             Error::Network(format!("{context}: {chain}"))
         }
+    }
+
+    /// Classify the failure of a handshake made without reqwest (`check`'s look at the
+    /// authorization server's TLS) as [`Error::from_reqwest`] does.
+    pub(crate) fn from_handshake(context: &str, err: &std::io::Error) -> Error {
+        let chain = error_chain(err);
+        if let Some(tls) = rustls_error(err) {
+            tls_failure(context, &chain, tls)
+        } else if matches!(
+            err.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ) {
+            Error::Timeout(format!("{context}: timed out ({chain})"))
+        } else {
+            Error::Network(format!("{context}: {chain}"))
+        }
+    }
+}
+
+/// A TLS failure with what to do about it.
+fn tls_failure(context: &str, chain: &str, tls: &rustls::Error) -> Error {
+    // A server outside its class's anchors: the class, the anchors tried and the key to change
+    // say it all (rustls's own words for it would only repeat them).
+    if let Some(untrusted) = untrusted(tls) {
+        return Error::Tls(format!("{context}: {untrusted}; {}", untrusted.fix()));
+    }
+    match tls_hint(tls) {
+        Some(hint) => Error::Tls(format!("{context}: {chain}; {hint}")),
+        None => Error::Tls(format!("{context}: {chain}")),
     }
 }
 
@@ -253,6 +279,16 @@ fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
         };
     }
     None
+}
+
+/// The refusal of a server whose chain ends at none of its class's anchors (`[trust]`).
+fn untrusted(err: &rustls::Error) -> Option<&crate::trust::Untrusted> {
+    match err {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            other.0.downcast_ref::<crate::trust::Untrusted>()
+        }
+        _ => None,
+    }
 }
 
 /// What to do about the common TLS failures: a server certificate this client does not accept,
@@ -308,6 +344,15 @@ fn tls_hint(err: &rustls::Error) -> Option<&'static str> {
             "the server and this client share no TLS version: with `tls13_only = true` the \
              server must offer TLS 1.3; set `tls13_only = false` to allow TLS 1.2 with the FAPI \
              cipher suites",
+        ),
+        // What a server answers when it shares no cipher suite (or signature scheme) with the
+        // client: under TLS 1.2, often a server that accepts none of `tls_cipher_suites`'s.
+        rustls::Error::AlertReceived(Alert::HandshakeFailure) => Some(
+            "the server accepted nothing this client offered, often no cipher suite: under TLS \
+             1.2 this client offers only the suites of `tls_cipher_suites` (\"fapi1\": \
+             ECDHE-RSA with AES-GCM; \"bcp195\": ECDHE-RSA or ECDHE-ECDSA with AES-GCM); ask \
+             the server's operator for TLS 1.3 or one of those suites, or set \
+             `tls_cipher_suites = \"bcp195\"` if its certificate is an ECDSA one",
         ),
         rustls::Error::AlertReceived(Alert::CertificateRevoked) => Some(
             "the server says this client's certificate is revoked: issue a new one with the \
@@ -445,6 +490,25 @@ mod tests {
         assert!(rustls_error(&IoError::from(Io::ConnectionReset)).is_none());
     }
 
+    /// TLS-06: a server refused by its class's anchors is found as hyper-rustls hands it over,
+    /// and only then.
+    #[test]
+    fn a_server_outside_its_class_is_found_by_its_class() {
+        use crate::trust::{TrustClass, Untrusted};
+        use std::io::{Error as IoError, ErrorKind as Io};
+        let u = Untrusted {
+            class: TrustClass::AuthorizationServer,
+            system_roots: true,
+        };
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(u)),
+        ));
+        let nested = IoError::other(IoError::new(Io::InvalidData, refused));
+        assert_eq!(rustls_error(&nested).and_then(untrusted), Some(&u));
+        let plain = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(untrusted(&plain), None);
+    }
+
     #[test]
     fn common_tls_failures_carry_how_to_fix_them() {
         use rustls::{AlertDescription as A, CertificateError as C, Error as E};
@@ -486,13 +550,14 @@ mod tests {
             (E::AlertReceived(A::AccessDenied), server_refused),
             (E::AlertReceived(A::DecryptError), server_refused),
             (E::AlertReceived(A::CertificateExpired), "renew it"),
+            (E::AlertReceived(A::HandshakeFailure), "`tls_cipher_suites`"),
         ] {
             let what = format!("{e:?}");
             let got = hint(e).unwrap_or_else(|| panic!("no hint for {what}"));
             assert!(got.contains(needle), "{what}: {got}");
         }
         // Other failures keep their chain alone.
-        assert_eq!(hint(E::AlertReceived(A::HandshakeFailure)), None);
+        assert_eq!(hint(E::AlertReceived(A::IllegalParameter)), None);
         assert_eq!(hint(E::InvalidCertificate(C::BadSignature)), None);
     }
 }

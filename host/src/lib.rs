@@ -16,7 +16,8 @@
 //!   --reveal-token`). They never reach a log line, an error message or a guest.
 //! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
 //!   redirects are never followed, so a token never follows a redirect to another origin.
-//! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always.
+//! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always;
+//!   the authorization server and the data providers each against their own trust anchors.
 //!
 //! Where things are:
 //!
@@ -27,7 +28,8 @@
 //! | `discovery` | the authorization server's metadata, fetched and checked |
 //! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
 //! | [`pkcs11`] | keys in a PKCS#11 token: URIs, sessions, the rustls signing key |
-//! | `tls` | the rustls configuration of an identity and the HTTP clients built on it |
+//! | `tls` | the rustls configurations of an identity (TLS 1.2 suites) and the HTTP clients built on them |
+//! | `trust` | which anchors verify which class of server (`[trust]`): the authorization server, the data providers |
 //! | `net` | name resolution (`[client.resolve]`) and the authorization server's addresses |
 //! | `policy` | the egress policy of guests, the one table of headers the host owns, bounded quoting |
 //! | `config` | [`Settings`]: the configuration file, environment and flags, validated |
@@ -91,6 +93,7 @@ pub mod examples {
 mod time;
 mod tls;
 mod token;
+mod trust;
 pub mod www_authenticate;
 
 pub use client::{

@@ -11,10 +11,17 @@
 //!
 //! `fapi2` allows DPoP (`sender_constraint = "dpop"`) and `tls_client_auth` as well; the others
 //! name what their ecosystem requires.
+//!
+//! [`requirements`] holds the chosen settings against the authorization server's discovery
+//! document, one [`Finding`] per requirement: what `fapi-host check` reports after the profile.
+//! docs/profiles.md has the table with the reasons and the specifications.
 
 use std::fmt;
 use std::str::FromStr;
 
+use serde_json::Value;
+
+use crate::config::AuthSettings;
 use crate::error::{Error, Result};
 
 /// An ecosystem's name for its table of defaults (`profile = "..."`).
@@ -106,6 +113,12 @@ impl Profile {
         }
     }
 
+    /// Whether the ecosystem follows FAPI 1.0 Advanced rather than FAPI 2.0 (UK Open Banking,
+    /// CDR): client signatures are then PS256 or ES256 only (FAPI 1.0 part 2 section 8.6).
+    pub fn follows_fapi1(self) -> bool {
+        matches!(self, Profile::UkOpenBanking | Profile::Cdr)
+    }
+
     /// The profile's table of defaults.
     pub fn defaults(self) -> Defaults {
         use AssertionAudience::*;
@@ -148,6 +161,262 @@ impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// How one requirement fares against the server's metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Met.
+    Ok,
+    /// Not said, or worth a look; nothing fails because of it.
+    Warn,
+    /// Not met: requests will fail until the configuration (or the server) changes.
+    Fail,
+}
+
+/// One line of `fapi-host check`'s profile report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// How it fares.
+    pub level: Level,
+    /// The requirement, as the line's label.
+    pub what: &'static str,
+    /// What was found, with the fix when it is not met.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(level: Level, what: &'static str, detail: String) -> Finding {
+        Finding {
+            level,
+            what,
+            detail,
+        }
+    }
+}
+
+/// The algorithms FAPI allows for a client's signatures (FAPI 2.0 section 5.4: PS256, ES256,
+/// EdDSA with Ed25519), each with the rustls scheme a key signs it with. Never RS256, never none.
+const FAPI_JWS_ALGS: [(&str, rustls::SignatureScheme); 3] = [
+    ("PS256", rustls::SignatureScheme::RSA_PSS_SHA256),
+    ("ES256", rustls::SignatureScheme::ECDSA_NISTP256_SHA256),
+    ("EdDSA", rustls::SignatureScheme::ED25519),
+];
+
+/// The JWS algorithm FAPI allows that `key` signs with: PS256 for RSA, ES256 for P-256, EdDSA for
+/// Ed25519; `None` for any other key (P-384, say).
+pub fn jws_alg(key: &dyn rustls::sign::SigningKey) -> Option<&'static str> {
+    let schemes: Vec<_> = FAPI_JWS_ALGS.iter().map(|(_, s)| *s).collect();
+    let chosen = key.choose_scheme(&schemes)?.scheme();
+    FAPI_JWS_ALGS
+        .iter()
+        .find(|(_, s)| *s == chosen)
+        .map(|(alg, _)| *alg)
+}
+
+/// The key that signs client assertions, as far as `check` can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SigningKeyAlg {
+    /// It signs with this FAPI algorithm ([`jws_alg`]).
+    Fapi(&'static str),
+    /// It signs with none of them; the key's description.
+    Other(String),
+    /// Not known without loading the key (a PKCS#11 or encrypted `signing_key`): why.
+    Unknown(String),
+}
+
+/// A string array of the document, if it has one.
+fn strings(doc: &Value, key: &str) -> Option<Vec<String>> {
+    doc.get(key)?.as_array().map(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    })
+}
+
+/// The requirements of the chosen settings (`auth`), one by one, against the authorization
+/// server's discovery document (`doc`, RFC 8414 / OIDD metadata): the client authentication
+/// method, the assertion's signing algorithm (with `private_key_jwt`), DPoP's algorithm or
+/// certificate-bound tokens, and the mTLS endpoint aliases. `key` is the algorithm of the key
+/// that signs client assertions (used with `private_key_jwt` only); under a profile that follows
+/// FAPI 1.0 ([`Profile::follows_fapi1`]), EdDSA is not one of them.
+pub fn requirements(
+    profile: Profile,
+    auth: &AuthSettings,
+    key: &SigningKeyAlg,
+    doc: &Value,
+) -> Vec<Finding> {
+    use Level::*;
+    let mut out = Vec::new();
+
+    let method = auth.client_auth.name();
+    const METHODS: &str = "token_endpoint_auth_methods_supported";
+    out.push(match strings(doc, METHODS) {
+        None => Finding::new(
+            Warn,
+            "auth method",
+            format!(
+                "the discovery document omits {METHODS}: whether the server accepts {method} is \
+                 not said (the token request will tell)"
+            ),
+        ),
+        Some(list) if list.iter().any(|m| m == method) => Finding::new(
+            Ok,
+            "auth method",
+            format!("{method} is supported ({})", list.join(", ")),
+        ),
+        Some(list) => Finding::new(
+            Fail,
+            "auth method",
+            format!(
+                "`token_endpoint_auth_method` = \"{method}\" is not in the server's {METHODS} \
+                 ({}): set it to one the server lists, or choose the `profile` of this server's \
+                 ecosystem",
+                list.join(", ")
+            ),
+        ),
+    });
+
+    if auth.client_auth == ClientAuth::PrivateKeyJwt {
+        const ALGS: &str = "token_endpoint_auth_signing_alg_values_supported";
+        let what = "assertion signing";
+        out.push(match (key, strings(doc, ALGS)) {
+            (SigningKeyAlg::Unknown(why), _) => Finding::new(
+                Warn,
+                what,
+                format!("the signing key's algorithm is not known before it is loaded ({why})"),
+            ),
+            (SigningKeyAlg::Other(desc), _) => Finding::new(
+                Fail,
+                what,
+                format!(
+                    "the signing key ({desc}) signs with none of the algorithms FAPI allows \
+                     (PS256, ES256, EdDSA): give an RSA (2048 bits or more), P-256 or Ed25519 \
+                     key as `signing_key`"
+                ),
+            ),
+            (SigningKeyAlg::Fapi("EdDSA"), _) if profile.follows_fapi1() => Finding::new(
+                Fail,
+                what,
+                format!(
+                    "the key is an Ed25519 one, but profile \"{profile}\" follows FAPI 1.0, \
+                     whose algorithms are PS256 and ES256 (part 2 section 8.6): give an RSA \
+                     (2048 bits or more) or P-256 key as `signing_key`"
+                ),
+            ),
+            (SigningKeyAlg::Fapi(alg), None) => Finding::new(
+                Warn,
+                what,
+                format!(
+                    "the key signs {alg}; the discovery document omits {ALGS}, so whether the \
+                     server accepts it is not said (the token request will tell)"
+                ),
+            ),
+            (SigningKeyAlg::Fapi(alg), Some(list)) if list.iter().any(|a| a == alg) => {
+                Finding::new(
+                    Ok,
+                    what,
+                    format!(
+                        "{alg} (the signing key's) is supported ({})",
+                        list.join(", ")
+                    ),
+                )
+            }
+            (SigningKeyAlg::Fapi(alg), Some(list)) => Finding::new(
+                Fail,
+                what,
+                format!(
+                    "the key signs {alg}, which is not in the server's {ALGS} ({}): give \
+                     `signing_key` a key of an algorithm both FAPI (PS256, ES256, EdDSA; never \
+                     RS256 or none) and the server allow",
+                    list.join(", ")
+                ),
+            ),
+        });
+    }
+
+    match auth.sender_constraint {
+        SenderConstraint::Dpop => {
+            const DPOP: &str = "dpop_signing_alg_values_supported";
+            out.push(match strings(doc, DPOP) {
+                Some(list) if list.iter().any(|a| a == "ES256") => Finding::new(
+                    Ok,
+                    "DPoP",
+                    format!("ES256 proofs are supported ({})", list.join(", ")),
+                ),
+                Some(list) => Finding::new(
+                    Fail,
+                    "DPoP",
+                    format!(
+                        "the server's {DPOP} ({}) lacks ES256, the algorithm of this client's \
+                         DPoP proofs: set `sender_constraint = \"mtls\"`",
+                        list.join(", ")
+                    ),
+                ),
+                None => Finding::new(
+                    Fail,
+                    "DPoP",
+                    format!(
+                        "the discovery document has no {DPOP} (RFC 9449 section 5.1): the server \
+                         does not say it accepts DPoP; set `sender_constraint = \"mtls\"`"
+                    ),
+                ),
+            });
+        }
+        SenderConstraint::Mtls => {
+            const BOUND: &str = "tls_client_certificate_bound_access_tokens";
+            out.push(match doc.get(BOUND).and_then(Value::as_bool) {
+                Some(true) => Finding::new(
+                    Ok,
+                    "bound tokens",
+                    format!("{BOUND} is true (RFC 8705 section 3.3)"),
+                ),
+                Some(false) => Finding::new(
+                    Fail,
+                    "bound tokens",
+                    format!(
+                        "{BOUND} is false: the server does not bind its tokens to the client \
+                         certificate, which FAPI requires (RFC 8705 section 3); if it binds them \
+                         to DPoP keys, set `sender_constraint = \"dpop\"`"
+                    ),
+                ),
+                None => Finding::new(
+                    Warn,
+                    "bound tokens",
+                    format!(
+                        "the discovery document omits {BOUND}, which then means false (RFC 8705 \
+                         section 3.3): the introspection of the token will say whether it is \
+                         bound (`fapi-host introspect`, `cnf`)"
+                    ),
+                ),
+            });
+        }
+    }
+
+    let mtls_used = auth.client_auth == ClientAuth::TlsClientAuth
+        || auth.sender_constraint == SenderConstraint::Mtls;
+    if mtls_used {
+        let aliases = doc.get("mtls_endpoint_aliases").and_then(Value::as_object);
+        out.push(match aliases {
+            Some(a) => {
+                let names: Vec<&str> = a.keys().map(String::as_str).collect();
+                Finding::new(
+                    Ok,
+                    "mTLS aliases",
+                    format!("mtls_endpoint_aliases names {}", names.join(", ")),
+                )
+            }
+            None => Finding::new(
+                Warn,
+                "mTLS aliases",
+                "the discovery document has no mtls_endpoint_aliases: the token endpoint is \
+                 called at its own address, which must then ask for the client certificate \
+                 (RFC 8705 section 5)"
+                    .into(),
+            ),
+        });
+    }
+    out
 }
 
 /// One configuration value's parse: the names it takes, each mapped to its variant; an unknown
@@ -304,5 +573,161 @@ mod tests {
             Profile::OpenEnergy.defaults().client_auth,
             ClientAuth::TlsClientAuth
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod requirement_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn auth(profile: Profile) -> AuthSettings {
+        let d = profile.defaults();
+        AuthSettings {
+            client_auth: d.client_auth,
+            assertion_audience: d.assertion_audience,
+            signing_key: None,
+            signing_certificate: None,
+            signing_kid: None,
+            sender_constraint: d.sender_constraint,
+            dpop_key: None,
+        }
+    }
+
+    fn levels(f: &[Finding]) -> Vec<(&'static str, Level)> {
+        f.iter().map(|f| (f.what, f.level)).collect()
+    }
+
+    /// What the local federation's discovery document says.
+    fn federation_like() -> Value {
+        json!({
+            "token_endpoint_auth_methods_supported": ["tls_client_auth", "private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": ["PS256", "ES256"],
+            "tls_client_certificate_bound_access_tokens": true,
+            "mtls_endpoint_aliases": {"token_endpoint": "https://as/token"},
+        })
+    }
+
+    #[test]
+    fn each_profile_is_held_against_the_metadata_line_by_line() {
+        use Level::*;
+        let es256 = SigningKeyAlg::Fapi("ES256");
+        let doc = federation_like();
+        let f = requirements(
+            Profile::OpenEnergy,
+            &auth(Profile::OpenEnergy),
+            &es256,
+            &doc,
+        );
+        assert_eq!(
+            levels(&f),
+            [
+                ("auth method", Ok),
+                ("bound tokens", Ok),
+                ("mTLS aliases", Ok)
+            ]
+        );
+        let f = requirements(
+            Profile::UkOpenBanking,
+            &auth(Profile::UkOpenBanking),
+            &es256,
+            &doc,
+        );
+        assert_eq!(
+            levels(&f),
+            [
+                ("auth method", Ok),
+                ("assertion signing", Ok),
+                ("bound tokens", Ok),
+                ("mTLS aliases", Ok)
+            ]
+        );
+        assert_eq!(
+            f[1].detail,
+            "ES256 (the signing key's) is supported (PS256, ES256)"
+        );
+
+        // An Ed25519 key against a server that takes PS256 and ES256: fails, with the fix.
+        let f = requirements(
+            Profile::Fapi2,
+            &auth(Profile::Fapi2),
+            &SigningKeyAlg::Fapi("EdDSA"),
+            &doc,
+        );
+        assert_eq!(f[1].level, Fail);
+        assert!(f[1].detail.contains("`signing_key`"), "{}", f[1].detail);
+        let f = requirements(
+            Profile::Cdr,
+            &auth(Profile::Cdr),
+            &SigningKeyAlg::Other("ECDSA P-384".into()),
+            &doc,
+        );
+        assert_eq!(f[1].level, Fail);
+        assert!(f[1].detail.contains("ECDSA P-384"), "{}", f[1].detail);
+
+        // EdDSA is FAPI 2.0's, not FAPI 1.0's: refused under CDR and UK Open Banking whatever
+        // the server lists.
+        let mut eddsa_too = doc.clone();
+        eddsa_too["token_endpoint_auth_signing_alg_values_supported"] = json!(["EdDSA"]);
+        let ed = SigningKeyAlg::Fapi("EdDSA");
+        let f = requirements(Profile::Fapi2, &auth(Profile::Fapi2), &ed, &eddsa_too);
+        assert_eq!(f[1].level, Ok);
+        for p in [Profile::Cdr, Profile::UkOpenBanking] {
+            let f = requirements(p, &auth(p), &ed, &eddsa_too);
+            assert_eq!(f[1].level, Fail, "{p}");
+            assert!(
+                f[1].detail.contains("part 2 section 8.6"),
+                "{}",
+                f[1].detail
+            );
+        }
+
+        // A server without private_key_jwt, without bound tokens, without aliases.
+        let bare = json!({
+            "token_endpoint_auth_methods_supported": ["tls_client_auth"],
+            "tls_client_certificate_bound_access_tokens": false,
+        });
+        let f = requirements(Profile::Fapi2, &auth(Profile::Fapi2), &es256, &bare);
+        assert_eq!(
+            levels(&f),
+            [
+                ("auth method", Fail),
+                ("assertion signing", Warn),
+                ("bound tokens", Fail),
+                ("mTLS aliases", Warn)
+            ]
+        );
+        assert!(
+            f[0].detail
+                .contains("`token_endpoint_auth_method` = \"private_key_jwt\"")
+        );
+
+        // DPoP: ES256 among the server's algorithms, or a failure that says what to set.
+        let mut dpop = auth(Profile::Fapi2);
+        dpop.sender_constraint = SenderConstraint::Dpop;
+        let f = requirements(Profile::Fapi2, &dpop, &es256, &doc);
+        assert_eq!(levels(&f)[2], ("DPoP", Fail));
+        assert!(f[2].detail.contains("`sender_constraint = \"mtls\"`"));
+        let mut with_dpop = doc.clone();
+        with_dpop["dpop_signing_alg_values_supported"] = json!(["ES256", "PS256"]);
+        let f = requirements(Profile::Fapi2, &dpop, &es256, &with_dpop);
+        assert_eq!(levels(&f)[2], ("DPoP", Ok));
+        // No mTLS at all: no aliases line.
+        assert_eq!(f.len(), 3, "{f:?}");
+    }
+
+    #[test]
+    fn keys_map_to_the_fapi_algorithms_only() {
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let load = |k: &rcgen::KeyPair| {
+            let der = rustls_pki_types::PrivateKeyDer::try_from(k.serialize_der()).unwrap();
+            rustls::crypto::ring::sign::any_supported_type(&der).unwrap()
+        };
+        assert_eq!(jws_alg(load(&p256).as_ref()), Some("ES256"));
+        assert_eq!(jws_alg(load(&ed).as_ref()), Some("EdDSA"));
+        assert_eq!(jws_alg(load(&p384).as_ref()), None);
     }
 }

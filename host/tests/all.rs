@@ -12,5 +12,7 @@ mod credentials;
 mod encrypted_key;
 mod faults;
 mod pkcs11;
+mod profiles;
 mod properties;
 mod tls;
+mod trust;

@@ -518,7 +518,8 @@ async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp(
         (
             "untrusted CA",
             pki.issue_server(&["127.0.0.1", "localhost"], true).unwrap(),
-            "the server's certificate is not from a CA you trust: add its CA to `ca_bundle`",
+            // Named by its class below (TLS-06).
+            "'s certificate is not trusted: its chain does not end at `[trust] ",
         ),
         (
             "expired",
@@ -546,6 +547,11 @@ async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp(
             "{what}: {err}"
         );
         assert!(err.to_string().contains(hint), "{what}: {err}");
+        if *what == "untrusted CA" {
+            let named = "the authorization server's certificate is not trusted: its chain does \
+                         not end at `[trust] authorization_server`, `ca_bundle` or the system roots";
+            assert!(err.to_string().contains(named), "{err}");
+        }
 
         // As a data provider, with a valid token in hand: the token is never sent.
         let before = good.token_requests();
@@ -560,6 +566,11 @@ async fn bad_server_certificates_fail_before_any_http_byte_on_the_as_and_the_dp(
             "{what}: {err}"
         );
         assert!(err.to_string().contains(hint), "{what}: {err}");
+        if *what == "untrusted CA" {
+            let named = "the data provider's certificate is not trusted: its chain does not end \
+                         at `[trust] data_providers`, `ca_bundle` or the system roots";
+            assert!(err.to_string().contains(named), "{err}");
+        }
         assert_eq!(
             good.token_requests(),
             before,

@@ -1,6 +1,7 @@
 //! TLS of the native client against probes that record what was negotiated and presented:
-//! TLS 1.3 preferred and `tls13_only` (checklist TLS-02, TLS-03), and a client certificate issued
-//! by an intermediate CA presented with its chain (TLS-07).
+//! TLS 1.3 preferred and `tls13_only` (checklist TLS-02, TLS-03), the TLS 1.2 suites of each
+//! `tls_cipher_suites` (TLS-04), and a client certificate issued by an intermediate CA presented
+//! with its chain (TLS-07).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,24 +16,26 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// What a probe saw of one completed handshake.
 #[derive(Clone, Debug)]
-struct Seen {
-    version: Option<rustls::ProtocolVersion>,
+pub(crate) struct Seen {
+    pub(crate) version: Option<rustls::ProtocolVersion>,
+    /// The suite negotiated.
+    pub(crate) suite: Option<rustls::CipherSuite>,
     /// The client's certificate chain as presented (leaf first), DER.
-    chain: Vec<Vec<u8>>,
+    pub(crate) chain: Vec<Vec<u8>>,
 }
 
 /// A TLS listener on loopback that records each handshake and the application bytes it receives,
 /// and answers every request `200 OK` with an empty body.
-struct Probe {
-    origin: String,
-    accepted: Arc<AtomicU64>,
-    app_bytes: Arc<AtomicU64>,
+pub(crate) struct Probe {
+    pub(crate) origin: String,
+    pub(crate) accepted: Arc<AtomicU64>,
+    pub(crate) app_bytes: Arc<AtomicU64>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Probe {
-    async fn start(config: rustls::ServerConfig) -> Probe {
+    pub(crate) async fn start(config: rustls::ServerConfig) -> Probe {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("https://{}", listener.local_addr().unwrap());
@@ -52,6 +55,7 @@ impl Probe {
                     let conn = tls.get_ref().1;
                     s.lock().unwrap().push(Seen {
                         version: conn.protocol_version(),
+                        suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
                         chain: conn
                             .peer_certificates()
                             .unwrap_or_default()
@@ -89,7 +93,8 @@ impl Probe {
         }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    /// The handshakes completed so far.
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -323,4 +328,331 @@ async fn a_client_certificate_from_an_intermediate_ca_is_presented_with_its_chai
             .contains("the server refused this client's certificate"),
         "{err}"
     );
+}
+
+/// An RSA 2048 server certificate for 127.0.0.1 from the federation's CA (ring cannot generate
+/// RSA keys: openssl does): (certificate, key), DER; also written as PEM to `rsa-server/server.pem`
+/// and `rsa-server/server.key`.
+fn rsa_server_identity(f: &Fed) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let dir = f.path("rsa-server");
+    std::fs::create_dir_all(&dir).unwrap();
+    f.fed.pki().write_to(&dir.join("pki")).unwrap();
+    let key_file = dir.join("server.key");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key_pem = std::fs::read_to_string(&key_file).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("pki").join("ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(f.fed.pki().ca_pem(), &ca_key).unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    (
+        cert.der().clone(),
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+    )
+}
+
+/// The federation CA's ECDSA P-256 server certificate for 127.0.0.1, DER.
+fn ecdsa_server_identity(f: &Fed) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let identity = f.fed.pki().issue_server(&["127.0.0.1"], false).unwrap();
+    (
+        CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap(),
+        PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
+    )
+}
+
+/// A TLS 1.2-only server that accepts the one cipher suite `suite`, with this certificate.
+fn tls12_only_with(
+    suite: rustls::CipherSuite,
+    (cert, key): (CertificateDer<'static>, PrivateKeyDer<'static>),
+) -> rustls::ServerConfig {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|s| s.suite() == suite);
+    assert_eq!(provider.cipher_suites.len(), 1, "{suite:?} is in ring");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+fn with_suites(mut s: Settings, suites: fapi_host::profile::TlsSuites) -> Settings {
+    s.client.tls_suites = suites;
+    s
+}
+
+/// Records the cipher suites of every ClientHello, and answers with one certificate.
+#[derive(Debug)]
+struct HelloRecorder {
+    key: Arc<rustls::sign::CertifiedKey>,
+    offered: Mutex<Vec<Vec<rustls::CipherSuite>>>,
+}
+
+impl rustls::server::ResolvesServerCert for HelloRecorder {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.offered
+            .lock()
+            .unwrap()
+            .push(hello.cipher_suites().to_vec());
+        Some(self.key.clone())
+    }
+}
+
+/// TLS-04 (FAPI 1.0 Final part 2 section 8.5, FAPI 2.0 section 5.2.2): under TLS 1.2, `fapi1`
+/// offers only `TLS_ECDHE_RSA_WITH_AES_{128,256}_GCM`, `bcp195` the ECDHE-ECDSA ones besides.
+/// Against TLS 1.2-only servers that accept one suite each: ECDHE-ECDSA-AES128-GCM fails under
+/// `fapi1` (before any HTTP byte, with the fix) and works under `bcp195`; ECDHE-RSA-AES128-GCM
+/// works under both; ECDHE-RSA-CHACHA20 fails under both. The ClientHello as a server receives it
+/// lists exactly the setting's TLS 1.2 suites (and TLS 1.3's, and the renegotiation SCSV).
+#[tokio::test]
+async fn each_tls_cipher_suites_setting_offers_and_negotiates_only_its_tls12_suites() {
+    use fapi_host::profile::TlsSuites;
+    use rustls::CipherSuite as C;
+    let f = Fed::start(FederationConfig::default()).await;
+    let bcp195 = client_of(&with_suites(f.settings(), TlsSuites::Bcp195));
+    let fapi1 = client_of(&with_suites(f.settings(), TlsSuites::Fapi1));
+    // Both hold a token (the federation speaks TLS 1.3): what follows is the data provider's TLS.
+    for client in [&bcp195, &fapi1] {
+        client.token_info().await.unwrap();
+    }
+    let rsa = rsa_server_identity(&f);
+    let get = |client: &FapiClient, probe: &Probe| {
+        let client = client.clone();
+        let url = format!("{}/data.csv", probe.origin);
+        async move { client.get(url).send().await }
+    };
+
+    // ECDHE-ECDSA-AES128-GCM only: not a FAPI 1.0 suite.
+    let ecdsa_only = Probe::start(tls12_only_with(
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ecdsa_server_identity(&f),
+    ))
+    .await;
+    let err = get(&fapi1, &ecdsa_only).await.unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    assert!(err.to_string().contains("HandshakeFailure"), "{err}");
+    assert!(err.to_string().contains("`tls_cipher_suites`"), "{err}");
+    assert_eq!(ecdsa_only.seen().len(), 0, "no handshake completed");
+    assert_eq!(ecdsa_only.app_bytes.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        ecdsa_only.accepted.load(Ordering::SeqCst),
+        1,
+        "not tried again"
+    );
+    let r = get(&bcp195, &ecdsa_only).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = ecdsa_only.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(
+        seen[0].suite,
+        Some(C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+    );
+
+    // ECDHE-RSA-AES128-GCM only: FAPI 1.0's first suite, and BCP 195's.
+    let rsa_only = Probe::start(tls12_only_with(
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        (rsa.0.clone(), rsa.1.clone_key()),
+    ))
+    .await;
+    for client in [&fapi1, &bcp195] {
+        let r = get(client, &rsa_only).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let seen = rsa_only.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|s| s.suite == Some(C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)),
+        "{seen:?}"
+    );
+
+    // CHACHA20 under TLS 1.2: in neither list.
+    let chacha = Probe::start(tls12_only_with(
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        (rsa.0.clone(), rsa.1.clone_key()),
+    ))
+    .await;
+    for (name, client) in [("fapi1", &fapi1), ("bcp195", &bcp195)] {
+        let err = get(client, &chacha).await.unwrap_err();
+        assert!(matches!(err, Error::Tls(_)), "{name}: {err:?}");
+    }
+    assert_eq!(chacha.seen().len(), 0);
+    assert_eq!(chacha.app_bytes.load(Ordering::SeqCst), 0);
+
+    // The ClientHello itself, as any server receives it.
+    let recorder = Arc::new(HelloRecorder {
+        key: Arc::new(rustls::sign::CertifiedKey::new(
+            vec![rsa.0.clone()],
+            rustls::crypto::ring::sign::any_supported_type(&rsa.1).unwrap(),
+        )),
+        offered: Mutex::new(Vec::new()),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(recorder.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let hello = Probe::start(config).await;
+    for client in [&fapi1, &bcp195] {
+        let r = get(client, &hello).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let offered = recorder.offered.lock().unwrap().clone();
+    assert_eq!(offered.len(), 2, "{offered:?}");
+    let tls13 = [
+        C::TLS13_AES_256_GCM_SHA384,
+        C::TLS13_AES_128_GCM_SHA256,
+        C::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    let tls12 = |hello: &[C]| -> Vec<C> {
+        hello
+            .iter()
+            .copied()
+            .filter(|s| !tls13.contains(s) && *s != C::TLS_EMPTY_RENEGOTIATION_INFO_SCSV)
+            .collect()
+    };
+    assert_eq!(
+        tls12(&offered[0]),
+        [
+            C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
+        "fapi1 offers FAPI 1.0's two ECDHE suites and nothing else under TLS 1.2: {:?}",
+        offered[0]
+    );
+    let mut bcp = tls12(&offered[1]);
+    bcp.sort_by_key(|s| u16::from(*s));
+    assert_eq!(
+        bcp,
+        [
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ],
+        "{:?}",
+        offered[1]
+    );
+    // TLS 1.3 is offered under both, unchanged.
+    for hello in &offered {
+        assert!(hello.contains(&C::TLS13_AES_128_GCM_SHA256), "{hello:?}");
+    }
+}
+
+/// `openssl s_server -tls1_2 -cipher <cipher> -www` on 127.0.0.1 with the federation's RSA server
+/// certificate; stopped (by its own PID) when dropped.
+struct OpensslServer {
+    child: std::process::Child,
+    origin: String,
+}
+
+impl OpensslServer {
+    fn start(f: &Fed, cipher: &str) -> OpensslServer {
+        use std::io::BufRead as _;
+        let dir = f.path("rsa-server");
+        let mut child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                "127.0.0.1:0",
+                "-tls1_2",
+                "-cipher",
+                cipher,
+            ])
+            .args(["-www", "-cert"])
+            .arg(dir.join("server.pem"))
+            .arg("-key")
+            .arg(dir.join("server.key"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // It says where it listens once it does: "ACCEPT 127.0.0.1:<port>".
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let origin = loop {
+            let line = lines
+                .next()
+                .expect("openssl s_server said where it listens")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("ACCEPT ") {
+                break format!("https://{addr}");
+            }
+        };
+        OpensslServer { child, origin }
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TLS-04 against an independent implementation, OpenSSL's `s_server`, TLS 1.2 only with one
+/// cipher each: ECDHE-RSA-AES128-GCM-SHA256 works under `fapi1` and `bcp195`; AES-CBC
+/// (ECDHE-RSA-AES128-SHA256) and CHACHA20 (ECDHE-RSA-CHACHA20-POLY1305) fail under both. So does
+/// DHE-RSA-AES128-GCM-SHA256, which FAPI 1.0 Final lists but rustls does not implement (no
+/// finite-field Diffie-Hellman: docs/profiles.md).
+#[tokio::test]
+async fn openssl_servers_accept_only_the_listed_tls12_suites() {
+    use fapi_host::profile::TlsSuites;
+    let f = Fed::start(FederationConfig::default()).await;
+    rsa_server_identity(&f);
+    let clients = [
+        (
+            "fapi1",
+            client_of(&with_suites(f.settings(), TlsSuites::Fapi1)),
+        ),
+        (
+            "bcp195",
+            client_of(&with_suites(f.settings(), TlsSuites::Bcp195)),
+        ),
+    ];
+    for (name, client) in &clients {
+        client
+            .token_info()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for (cipher, works) in [
+        ("ECDHE-RSA-AES128-GCM-SHA256", true),
+        ("ECDHE-RSA-AES128-SHA256", false),
+        ("ECDHE-RSA-CHACHA20-POLY1305", false),
+        ("DHE-RSA-AES128-GCM-SHA256", false),
+    ] {
+        let server = OpensslServer::start(&f, cipher);
+        for (name, client) in &clients {
+            let sent = client.get(format!("{}/", server.origin)).send().await;
+            match (works, sent) {
+                (true, Ok(r)) => assert_eq!(r.status(), 200, "{cipher} {name}"),
+                (false, Err(e)) => assert!(e.is_tls(), "{cipher} {name}: {e:?}"),
+                (_, other) => panic!("{cipher} {name}: {other:?}"),
+            }
+        }
+    }
 }

@@ -1,9 +1,19 @@
 //! `fapi-host check`: one line per check, with the fix for each failure.
+//!
+//! After the files and the credentials: the profile and its settings, the TLS in use and each
+//! class of server's trust anchors; after discovery, the profile's requirements one by one against
+//! the server's metadata ([`crate::profile::requirements`]); then the token.
+
+use rustls_pki_types::pem::PemObject as _;
 
 use super::{Cli, EXIT_CHECK, EXIT_OK, outln};
 use crate::client::FapiClient;
+use crate::config::Settings;
+use crate::credentials::Identity;
 use crate::error::Result;
+use crate::profile::{ClientAuth, Finding, Level, SigningKeyAlg};
 use crate::time::fmt_time;
+use crate::trust::TrustClass;
 
 /// The lines of the report; each write fails only when stdout is closed (the command then stops).
 struct Report {
@@ -20,6 +30,13 @@ impl Report {
     fn fail(&mut self, what: &str, detail: impl std::fmt::Display) -> Result<()> {
         self.failed = true;
         outln!("FAIL  {what}: {detail}")
+    }
+    fn finding(&mut self, f: &Finding) -> Result<()> {
+        match f.level {
+            Level::Ok => self.ok(f.what, &f.detail),
+            Level::Warn => self.warn(f.what, &f.detail),
+            Level::Fail => self.fail(f.what, &f.detail),
+        }
     }
     fn code(&self) -> u8 {
         if self.failed { EXIT_CHECK } else { EXIT_OK }
@@ -47,6 +64,177 @@ fn check_pkcs11(r: &mut Report, settings: &crate::config::Settings) -> Result<bo
     }
 }
 
+/// `value` when it is the profile's, else `value (set; the profile's is default)`.
+fn against(value: &str, default: &str) -> String {
+    if value == default {
+        value.to_owned()
+    } else {
+        format!("{value} (set; the profile's is {default})")
+    }
+}
+
+/// The profile and the value of each of its keys.
+fn profile_line(settings: &Settings) -> String {
+    let d = settings.profile.defaults();
+    let a = &settings.auth;
+    let mut parts = vec![
+        format!(
+            "token_endpoint_auth_method {}",
+            against(a.client_auth.name(), d.client_auth.name())
+        ),
+        format!(
+            "sender_constraint {}",
+            against(a.sender_constraint.name(), d.sender_constraint.name())
+        ),
+    ];
+    if a.client_auth == ClientAuth::PrivateKeyJwt {
+        parts.push(format!(
+            "client_assertion_audience {}",
+            against(a.assertion_audience.name(), d.assertion_audience.name())
+        ));
+    }
+    parts.push(format!(
+        "tls_cipher_suites {}",
+        against(settings.client.tls_suites.name(), d.tls_suites.name())
+    ));
+    let roots = |b: bool| if b { "true" } else { "false" };
+    parts.push(format!(
+        "[trust] system_roots {}",
+        against(roots(settings.trust.system_roots), roots(d.system_roots))
+    ));
+    format!("{}: {}", settings.profile, parts.join(", "))
+}
+
+/// The TLS versions and TLS 1.2 suites offered.
+fn tls_line(settings: &Settings) -> String {
+    if settings.client.tls13_only {
+        return "TLS 1.3 only (`tls13_only`)".into();
+    }
+    let suites = settings.client.tls_suites;
+    let names: Vec<String> = crate::tls::tls12_suites(suites)
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    format!(
+        "TLS 1.3, and TLS 1.2 with `tls_cipher_suites = \"{}\"`: {}",
+        suites.name(),
+        names.join(", ")
+    )
+}
+
+/// The subjects (RFC 4514) of the certificates of the PEM files a class trusts besides the system
+/// roots, each with the setting it comes from.
+fn anchor_subjects(settings: &Settings, class: TrustClass) -> Vec<(String, String)> {
+    let key = format!("`[trust] {}`", class.key());
+    let files = settings
+        .ca_bundle
+        .iter()
+        .map(|p| ("`ca_bundle`".to_owned(), p))
+        .chain(
+            class
+                .files(&settings.trust)
+                .iter()
+                .map(|p| (key.clone(), p)),
+        );
+    let mut out = Vec::new();
+    for (from, path) in files {
+        let Ok(pem) = std::fs::read(path) else {
+            continue;
+        };
+        for der in rustls_pki_types::CertificateDer::pem_slice_iter(&pem).flatten() {
+            if let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) {
+                out.push((from.clone(), cert.subject().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// One line per class of server: the anchors it is verified against, and a warning when they hold
+/// the CA that issued this client's certificate (checklist TLS-06: a client CA is no server
+/// anchor unless it issues the servers' certificates too).
+fn trust_lines(r: &mut Report, settings: &Settings, identity: &Identity) -> Result<()> {
+    for class in TrustClass::ALL {
+        let what = match class {
+            TrustClass::AuthorizationServer => "trust (authorization server)",
+            TrustClass::DataProviders => "trust (data providers)",
+        };
+        let anchors = match crate::trust::class_roots(settings, class) {
+            Ok(roots) => roots.len(),
+            Err(e) => {
+                r.fail(what, e)?;
+                continue;
+            }
+        };
+        let mut sources = Vec::new();
+        if settings.ca_bundle.is_some() {
+            sources.push("`ca_bundle`".to_owned());
+        }
+        let files = class.files(&settings.trust);
+        if !files.is_empty() {
+            sources.push(format!(
+                "`[trust] {}` ({} file(s))",
+                class.key(),
+                files.len()
+            ));
+        }
+        let own = format!("{anchors} certificate(s) from {}", sources.join(" and "));
+        let detail = match (anchors, settings.trust.system_roots) {
+            (0, true) => "the system roots alone".to_owned(),
+            (_, true) => format!("{own}, then the system roots"),
+            (_, false) => format!("{own}; not the system roots (`[trust] system_roots = false`)"),
+        };
+        let client_ca = anchor_subjects(settings, class)
+            .into_iter()
+            .find(|(_, subject)| subject == identity.issuer());
+        match client_ca {
+            None => r.ok(what, detail)?,
+            Some((from, subject)) => r.warn(
+                what,
+                format!(
+                    "{detail}; but {from} holds the CA that issued this client's certificate \
+                     ({subject}), so servers it certifies are trusted {as_what}: keep it there \
+                     only if it issues servers' certificates too (as the local federation's \
+                     does)",
+                    as_what = match class {
+                        TrustClass::AuthorizationServer => "as the authorization server",
+                        TrustClass::DataProviders => "as data providers",
+                    },
+                ),
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// The algorithm of the key that signs client assertions: `signing_key` when set (a PEM file),
+/// else the transport key.
+fn signing_key_alg(settings: &Settings, identity: &Identity) -> SigningKeyAlg {
+    let Some(path) = &settings.auth.signing_key else {
+        let key = identity.certified_key();
+        return match crate::profile::jws_alg(key.key.as_ref()) {
+            Some(alg) => SigningKeyAlg::Fapi(alg),
+            None => SigningKeyAlg::Other(identity.key_description().to_owned()),
+        };
+    };
+    if path.to_str().is_some_and(|p| p.starts_with("pkcs11:")) {
+        return SigningKeyAlg::Unknown("`signing_key` is a PKCS#11 key".into());
+    }
+    let loaded = rustls_pki_types::PrivateKeyDer::from_pem_file(path)
+        .ok()
+        .and_then(|der| rustls::crypto::ring::sign::any_supported_type(&der).ok());
+    match loaded {
+        None => SigningKeyAlg::Unknown(format!(
+            "`signing_key` {} is not an unencrypted PEM key",
+            path.display()
+        )),
+        Some(key) => match crate::profile::jws_alg(key.as_ref()) {
+            Some(alg) => SigningKeyAlg::Fapi(alg),
+            None => SigningKeyAlg::Other(format!("{:?}", key.algorithm())),
+        },
+    }
+}
+
 pub(super) async fn run(cli: &Cli) -> Result<u8> {
     let mut r = Report { failed: false };
     let settings = match cli.settings() {
@@ -57,6 +245,8 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "flags and environment".into());
             r.ok("configuration", format!("read from {from}"))?;
+            r.ok("profile", profile_line(&s))?;
+            r.ok("TLS", tls_line(&s))?;
             s
         }
         Err(e) => {
@@ -131,6 +321,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
             for w in warnings {
                 r.warn("credentials", w)?;
             }
+            trust_lines(&mut r, &settings, client.identity())?;
             client
         }
         Err(e) => {
@@ -153,18 +344,38 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                     }
                 ),
             )?;
-            match &m.auth_methods_supported {
-                Some(methods) => r.ok(
-                    "auth method",
-                    format!("tls_client_auth is supported ({})", methods.join(", ")),
+            // Which TLS the authorization server speaks with this client (the token
+            // endpoint's, as the token manager reaches it).
+            let shook = match crate::tls::client_configs(client.identity(), &settings) {
+                Ok(configs) => {
+                    crate::tls::handshake(
+                        configs.authorization_server,
+                        &m.token_endpoint,
+                        &settings.client.resolve,
+                        settings.client.connect_timeout.max(settings.client.timeout),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match shook {
+                Ok(n) => r.ok(
+                    "TLS with the authorization server",
+                    format!("{n} (token endpoint)"),
                 )?,
-                None => r.warn(
-                    "auth method",
-                    format!(
-                        "the discovery document {}",
-                        crate::discovery::ABSENT_AUTH_METHODS
-                    ),
-                )?,
+                Err(e) => r.fail("TLS with the authorization server", e)?,
+            }
+            // The profile's requirements, one by one, against the document as it is.
+            match client.discovery_document().await {
+                Ok(doc) => {
+                    let key = signing_key_alg(&settings, client.identity());
+                    for f in
+                        crate::profile::requirements(settings.profile, &settings.auth, &key, &doc)
+                    {
+                        r.finding(&f)?;
+                    }
+                }
+                Err(e) => r.fail("discovery document", e)?,
             }
             for w in warnings {
                 // Said on the line above.

@@ -47,8 +47,12 @@ struct Inner {
     /// The same connections' twins without reqwest's read timeout, for streamed request bodies
     /// ([`FapiClient::send_stream`]); a pool of their own, used by uploads only.
     upload: Transport,
-    /// The TLS configuration the clients were built over, for [`FapiClient::for_guests`].
+    /// The TLS configuration the clients were built over (the data providers' anchors), for
+    /// [`FapiClient::for_guests`].
     tls: Arc<rustls::ClientConfig>,
+    /// The token manager's client: the authorization server's anchors (`[trust]
+    /// authorization_server`), a pool of its own. For [`FapiClient::discovery_document`].
+    auth_server: reqwest::Client,
     /// Shared with the clients made by [`FapiClient::with_retries`]: one token cache.
     tokens: Arc<TokenManager>,
     options: ClientOptions,
@@ -69,20 +73,29 @@ impl fmt::Debug for FapiClient {
 
 impl FapiClient {
     /// Build a client from validated settings: loads and checks the key and certificate and
-    /// builds the TLS configuration. No network traffic happens until the first request.
+    /// builds the TLS configurations, one per class of server (`[trust]`, checklist TLS-06): the
+    /// token manager's verifies the authorization server against `ca_bundle` and `[trust]
+    /// authorization_server`, every other request's the server against `ca_bundle` and `[trust]
+    /// data_providers` (each with the system roots when `[trust] system_roots` is on). No network
+    /// traffic happens until the first request.
     pub fn from_settings(settings: &Settings) -> Result<(FapiClient, Vec<Warning>)> {
         let (identity, warnings) = Identity::from_settings(settings)?;
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        let config =
-            tls::client_config(&identity, settings.ca_bundle.as_deref(), &settings.client)?;
+        let configs = tls::client_configs(&identity, settings)?;
+        let config = configs.data_providers;
         let resolver = Resolver::new(settings.client.resolve.clone());
+        let auth_server = tls::http_client_from(
+            configs.authorization_server,
+            &settings.client,
+            resolver.clone(),
+        )?;
         let http = tls::http_client_from(config.clone(), &settings.client, resolver.clone())?;
         let upload = tls::upload_client_from(config.clone(), &settings.client, resolver)?;
         let client_auth = ClientAuthenticator::from_settings(settings, &identity)?;
         let tokens = TokenManager::new(
-            http.clone(),
+            auth_server.clone(),
             settings.issuer_url.clone(),
             settings.client_id.clone(),
             settings.scopes(),
@@ -95,6 +108,7 @@ impl FapiClient {
                 http: Transport::One(http),
                 upload: Transport::One(upload),
                 tls: Arc::new(config),
+                auth_server,
                 tokens: Arc::new(tokens),
                 options: settings.client.clone(),
                 identity: Arc::new(identity),
@@ -118,6 +132,7 @@ impl FapiClient {
                 http: inner.http.clone(),
                 upload: inner.upload.clone(),
                 tls: inner.tls.clone(),
+                auth_server: inner.auth_server.clone(),
                 tokens: inner.tokens.clone(),
                 options: settings.client.clone(),
                 identity: inner.identity.clone(),
@@ -164,6 +179,7 @@ impl FapiClient {
                 http: Transport::PerPort(Arc::new(clients)),
                 upload: Transport::PerPort(Arc::new(uploads)),
                 tls: inner.tls.clone(),
+                auth_server: inner.auth_server.clone(),
                 tokens: inner.tokens.clone(),
                 options: inner.options.clone(),
                 identity: inner.identity.clone(),
@@ -243,6 +259,34 @@ impl FapiClient {
     /// client until it expires (with this certificate). Exists for `fapi-host token --reveal-token`.
     pub async fn danger_reveal_token(&self) -> Result<zeroize::Zeroizing<String>> {
         self.inner.tokens.danger_reveal_token().await
+    }
+
+    /// The authorization server's discovery document as it is (JSON), fetched now over the
+    /// authorization server's connections, for `fapi-host check`'s report of what the profile
+    /// needs from the server. The token manager keeps its own, checked, copy
+    /// ([`FapiClient::server_metadata`]).
+    pub async fn discovery_document(&self) -> Result<Value> {
+        let inner = &self.inner;
+        let url = crate::discovery::well_known_url(&inner.settings.issuer_url);
+        let response = inner
+            .auth_server
+            .get(&url)
+            .header(http::header::ACCEPT, "application/json")
+            .timeout(inner.options.timeout)
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e).in_token_step())?;
+        crate::discovery::check_response_head(&url, response.status(), response.headers())?;
+        let body = crate::discovery::read_limited(
+            response,
+            &format!("the discovery document at {url}"),
+            inner.options.timeout,
+            Error::Discovery,
+        )
+        .await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::Discovery(format!("the discovery document at {url} is not JSON ({e})"))
+        })
     }
 
     /// Token requests sent so far by this client (all clones).
