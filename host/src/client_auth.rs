@@ -5,7 +5,8 @@
 //!
 //! An assertion (checklist PKJ-01, PKJ-02, PKJ-03, TIME-01, CRY-01):
 //!
-//! - header: `alg` (the key's one FAPI algorithm: PS256, ES256, ES384 or EdDSA, never RS256 or
+//! - header: `alg` (the key's one FAPI algorithm: PS256, ES256 or EdDSA (not under FAPI 1.0
+//!   profiles), never RS256 or
 //!   `none`), `typ` `JWT`, `kid` (`signing_kid`, else the RFC 7638 thumbprint of the key);
 //! - claims: `iss` = `sub` = `client_id`; `aud` = the issuer as a plain string (FAPI 2.0), or the
 //!   token endpoint's URL with `client_assertion_audience = "token_endpoint"` (FAPI 1.0
@@ -90,6 +91,14 @@ impl ClientAuthenticator {
             return Ok(ClientAuthenticator::TlsClientAuth);
         }
         let (key, source) = signing_key(settings, identity)?;
+        if key.alg() == crate::jws::Alg::EdDsa && settings.profile.follows_fapi1() {
+            return Err(Error::Config(format!(
+                "{source} is an Ed25519 key, but profile \"{}\" follows FAPI 1.0, whose \
+                 algorithms are PS256 and ES256 (part 2 section 8.6): give an RSA (2048 bits or \
+                 more) or P-256 key as `signing_key`",
+                settings.profile
+            )));
+        }
         let kid = match &auth.signing_kid {
             Some(kid) if kid.trim().is_empty() => {
                 return Err(Error::Config(
@@ -110,6 +119,14 @@ impl ClientAuthenticator {
                 source,
             },
         )))
+    }
+
+    /// The algorithm assertions are signed with (`None` with `tls_client_auth`).
+    pub(crate) fn assertion_alg(&self) -> Option<crate::jws::Alg> {
+        match self {
+            ClientAuthenticator::TlsClientAuth => None,
+            ClientAuthenticator::PrivateKeyJwt(s) => Some(s.key.alg()),
+        }
     }
 
     /// The method, by its RFC 8414 name.

@@ -4,8 +4,9 @@
 //! A [`JwsKey`] signs through a rustls [`SigningKey`], so every key the host can hold signs JWTs
 //! the way it signs handshakes: a PEM key, an encrypted PKCS#8 key, a key in a PKCS#11 token (the
 //! token signs; the key never leaves it), or a DPoP key made at start. Algorithms are the ones
-//! FAPI allows (checklist CRY-01, PKJ-03, DPOP-02): PS256 for RSA keys, ES256 for P-256, ES384 for
-//! P-384, EdDSA for Ed25519; never RS256, HS* or `none`. ECDSA signatures come from rustls in ASN.1
+//! FAPI 2.0 allows (section 5.4.1, checklist CRY-01, PKJ-03, DPOP-02): PS256 for RSA keys, ES256
+//! for P-256, EdDSA for Ed25519; never RS256, HS* or `none`, and no JWS from any other key (a
+//! P-384 key, good for TLS, signs no FAPI JWS). ECDSA signatures come from rustls in ASN.1
 //! DER and are re-encoded as JWS's fixed-size `r || s`.
 //!
 //! The signed text is a credential for its short life (an assertion authenticates the client, a
@@ -34,8 +35,6 @@ pub enum Alg {
     Ps256,
     /// ECDSA P-256 with SHA-256.
     Es256,
-    /// ECDSA P-384 with SHA-384.
-    Es384,
     /// Ed25519.
     EdDsa,
 }
@@ -46,7 +45,6 @@ impl Alg {
         match self {
             Alg::Ps256 => "PS256",
             Alg::Es256 => "ES256",
-            Alg::Es384 => "ES384",
             Alg::EdDsa => "EdDSA",
         }
     }
@@ -55,7 +53,6 @@ impl Alg {
         match self {
             Alg::Ps256 => SignatureScheme::RSA_PSS_SHA256,
             Alg::Es256 => SignatureScheme::ECDSA_NISTP256_SHA256,
-            Alg::Es384 => SignatureScheme::ECDSA_NISTP384_SHA384,
             Alg::EdDsa => SignatureScheme::ED25519,
         }
     }
@@ -64,7 +61,6 @@ impl Alg {
     fn ecdsa_half(self) -> Option<usize> {
         match self {
             Alg::Es256 => Some(32),
-            Alg::Es384 => Some(48),
             Alg::Ps256 | Alg::EdDsa => None,
         }
     }
@@ -225,10 +221,16 @@ fn public_jwk(spki: &[u8], name: &str) -> Result<(Value, Alg)> {
             // An uncompressed point: 0x04 || x || y, each half the curve's size.
             let (crv, alg, half) = match point.data().len() {
                 65 => ("P-256", Alg::Es256, 32),
-                97 => ("P-384", Alg::Es384, 48),
+                97 => {
+                    return Err(bad(
+                        "a P-384 key signs no JWS FAPI allows (PS256, ES256, EdDSA): give a \
+                         P-256, Ed25519 or RSA (2048 bits or more) key as `signing_key`",
+                    ));
+                }
                 _ => {
                     return Err(bad(
-                        "an EC key on a curve other than P-256 or P-384 (or a compressed point)",
+                        "an EC key on a curve other than P-256 (or a compressed point): FAPI's \
+                         JWS algorithms are PS256, ES256 and EdDSA",
                     ));
                 }
             };
@@ -247,7 +249,7 @@ fn public_jwk(spki: &[u8], name: &str) -> Result<(Value, Alg)> {
             ))
         }
         _ => Err(bad(
-            "a key type FAPI does not sign with: use RSA (2048 bits or more), P-256, P-384 or Ed25519",
+            "a key type FAPI does not sign with: use RSA (2048 bits or more), P-256 or Ed25519",
         )),
     }
 }
@@ -332,21 +334,23 @@ mod tests {
     }
 
     #[test]
-    fn es256_and_es384_signatures_are_fixed_size_and_verify() {
-        for (alg, ring_alg, len, name) in [
-            (
-                &rcgen::PKCS_ECDSA_P256_SHA256,
-                &ring::signature::ECDSA_P256_SHA256_FIXED,
-                64,
-                "ES256",
-            ),
-            (
-                &rcgen::PKCS_ECDSA_P384_SHA384,
-                &ring::signature::ECDSA_P384_SHA384_FIXED,
-                96,
-                "ES384",
-            ),
-        ] {
+    fn a_p384_key_signs_no_fapi_jws() {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(pair.serialize_der().into());
+        let key = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&pair);
+        let e = JwsKey::new(key, &spki, "k").unwrap_err().to_string();
+        assert!(e.contains("P-384") && e.contains("ES256"), "{e}");
+    }
+
+    #[test]
+    fn es256_signatures_are_fixed_size_and_verify() {
+        for (alg, ring_alg, len, name) in [(
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            64,
+            "ES256",
+        )] {
             let (pair, key) = key_of(alg);
             // Enough signatures that some r or s has a leading zero byte, which DER drops.
             for i in 0..64 {

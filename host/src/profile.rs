@@ -195,36 +195,6 @@ impl Finding {
     }
 }
 
-/// The algorithms FAPI allows for a client's signatures (FAPI 2.0 section 5.4: PS256, ES256,
-/// EdDSA with Ed25519), each with the rustls scheme a key signs it with. Never RS256, never none.
-const FAPI_JWS_ALGS: [(&str, rustls::SignatureScheme); 3] = [
-    ("PS256", rustls::SignatureScheme::RSA_PSS_SHA256),
-    ("ES256", rustls::SignatureScheme::ECDSA_NISTP256_SHA256),
-    ("EdDSA", rustls::SignatureScheme::ED25519),
-];
-
-/// The JWS algorithm FAPI allows that `key` signs with: PS256 for RSA, ES256 for P-256, EdDSA for
-/// Ed25519; `None` for any other key (P-384, say).
-pub fn jws_alg(key: &dyn rustls::sign::SigningKey) -> Option<&'static str> {
-    let schemes: Vec<_> = FAPI_JWS_ALGS.iter().map(|(_, s)| *s).collect();
-    let chosen = key.choose_scheme(&schemes)?.scheme();
-    FAPI_JWS_ALGS
-        .iter()
-        .find(|(_, s)| *s == chosen)
-        .map(|(alg, _)| *alg)
-}
-
-/// The key that signs client assertions, as far as `check` can tell.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SigningKeyAlg {
-    /// It signs with this FAPI algorithm ([`jws_alg`]).
-    Fapi(&'static str),
-    /// It signs with none of them; the key's description.
-    Other(String),
-    /// Not known without loading the key (a PKCS#11 or encrypted `signing_key`): why.
-    Unknown(String),
-}
-
 /// A string array of the document, if it has one.
 fn strings(doc: &Value, key: &str) -> Option<Vec<String>> {
     doc.get(key)?.as_array().map(|a| {
@@ -238,12 +208,11 @@ fn strings(doc: &Value, key: &str) -> Option<Vec<String>> {
 /// server's discovery document (`doc`, RFC 8414 / OIDD metadata): the client authentication
 /// method, the assertion's signing algorithm (with `private_key_jwt`), DPoP's algorithm or
 /// certificate-bound tokens, and the mTLS endpoint aliases. `key` is the algorithm of the key
-/// that signs client assertions (used with `private_key_jwt` only); under a profile that follows
-/// FAPI 1.0 ([`Profile::follows_fapi1`]), EdDSA is not one of them.
+/// that signs client assertions (used with `private_key_jwt` only; the client refuses at start a
+/// key FAPI does not sign with, and an Ed25519 one under a profile that follows FAPI 1.0).
 pub fn requirements(
-    profile: Profile,
     auth: &AuthSettings,
-    key: &SigningKeyAlg,
+    key: Option<crate::jws::Alg>,
     doc: &Value,
 ) -> Vec<Finding> {
     use Level::*;
@@ -281,30 +250,12 @@ pub fn requirements(
         const ALGS: &str = "token_endpoint_auth_signing_alg_values_supported";
         let what = "assertion signing";
         out.push(match (key, strings(doc, ALGS)) {
-            (SigningKeyAlg::Unknown(why), _) => Finding::new(
+            (None, _) => Finding::new(
                 Warn,
                 what,
-                format!("the signing key's algorithm is not known before it is loaded ({why})"),
+                "the signing key's algorithm is not known (no assertion signer was built)".into(),
             ),
-            (SigningKeyAlg::Other(desc), _) => Finding::new(
-                Fail,
-                what,
-                format!(
-                    "the signing key ({desc}) signs with none of the algorithms FAPI allows \
-                     (PS256, ES256, EdDSA): give an RSA (2048 bits or more), P-256 or Ed25519 \
-                     key as `signing_key`"
-                ),
-            ),
-            (SigningKeyAlg::Fapi("EdDSA"), _) if profile.follows_fapi1() => Finding::new(
-                Fail,
-                what,
-                format!(
-                    "the key is an Ed25519 one, but profile \"{profile}\" follows FAPI 1.0, \
-                     whose algorithms are PS256 and ES256 (part 2 section 8.6): give an RSA \
-                     (2048 bits or more) or P-256 key as `signing_key`"
-                ),
-            ),
-            (SigningKeyAlg::Fapi(alg), None) => Finding::new(
+            (Some(alg), None) => Finding::new(
                 Warn,
                 what,
                 format!(
@@ -312,17 +263,15 @@ pub fn requirements(
                      server accepts it is not said (the token request will tell)"
                 ),
             ),
-            (SigningKeyAlg::Fapi(alg), Some(list)) if list.iter().any(|a| a == alg) => {
-                Finding::new(
-                    Ok,
-                    what,
-                    format!(
-                        "{alg} (the signing key's) is supported ({})",
-                        list.join(", ")
-                    ),
-                )
-            }
-            (SigningKeyAlg::Fapi(alg), Some(list)) => Finding::new(
+            (Some(alg), Some(list)) if list.iter().any(|a| a == alg.name()) => Finding::new(
+                Ok,
+                what,
+                format!(
+                    "{alg} (the signing key's) is supported ({})",
+                    list.join(", ")
+                ),
+            ),
+            (Some(alg), Some(list)) => Finding::new(
                 Fail,
                 what,
                 format!(
@@ -612,14 +561,9 @@ mod requirement_tests {
     #[test]
     fn each_profile_is_held_against_the_metadata_line_by_line() {
         use Level::*;
-        let es256 = SigningKeyAlg::Fapi("ES256");
+        let es256 = Some(crate::jws::Alg::Es256);
         let doc = federation_like();
-        let f = requirements(
-            Profile::OpenEnergy,
-            &auth(Profile::OpenEnergy),
-            &es256,
-            &doc,
-        );
+        let f = requirements(&auth(Profile::OpenEnergy), es256, &doc);
         assert_eq!(
             levels(&f),
             [
@@ -628,12 +572,7 @@ mod requirement_tests {
                 ("mTLS aliases", Ok)
             ]
         );
-        let f = requirements(
-            Profile::UkOpenBanking,
-            &auth(Profile::UkOpenBanking),
-            &es256,
-            &doc,
-        );
+        let f = requirements(&auth(Profile::UkOpenBanking), es256, &doc);
         assert_eq!(
             levels(&f),
             [
@@ -649,46 +588,21 @@ mod requirement_tests {
         );
 
         // An Ed25519 key against a server that takes PS256 and ES256: fails, with the fix.
-        let f = requirements(
-            Profile::Fapi2,
-            &auth(Profile::Fapi2),
-            &SigningKeyAlg::Fapi("EdDSA"),
-            &doc,
-        );
+        let ed = Some(crate::jws::Alg::EdDsa);
+        let f = requirements(&auth(Profile::Fapi2), ed, &doc);
         assert_eq!(f[1].level, Fail);
         assert!(f[1].detail.contains("`signing_key`"), "{}", f[1].detail);
-        let f = requirements(
-            Profile::Cdr,
-            &auth(Profile::Cdr),
-            &SigningKeyAlg::Other("ECDSA P-384".into()),
-            &doc,
-        );
-        assert_eq!(f[1].level, Fail);
-        assert!(f[1].detail.contains("ECDSA P-384"), "{}", f[1].detail);
-
-        // EdDSA is FAPI 2.0's, not FAPI 1.0's: refused under CDR and UK Open Banking whatever
-        // the server lists.
         let mut eddsa_too = doc.clone();
         eddsa_too["token_endpoint_auth_signing_alg_values_supported"] = json!(["EdDSA"]);
-        let ed = SigningKeyAlg::Fapi("EdDSA");
-        let f = requirements(Profile::Fapi2, &auth(Profile::Fapi2), &ed, &eddsa_too);
+        let f = requirements(&auth(Profile::Fapi2), ed, &eddsa_too);
         assert_eq!(f[1].level, Ok);
-        for p in [Profile::Cdr, Profile::UkOpenBanking] {
-            let f = requirements(p, &auth(p), &ed, &eddsa_too);
-            assert_eq!(f[1].level, Fail, "{p}");
-            assert!(
-                f[1].detail.contains("part 2 section 8.6"),
-                "{}",
-                f[1].detail
-            );
-        }
 
         // A server without private_key_jwt, without bound tokens, without aliases.
         let bare = json!({
             "token_endpoint_auth_methods_supported": ["tls_client_auth"],
             "tls_client_certificate_bound_access_tokens": false,
         });
-        let f = requirements(Profile::Fapi2, &auth(Profile::Fapi2), &es256, &bare);
+        let f = requirements(&auth(Profile::Fapi2), es256, &bare);
         assert_eq!(
             levels(&f),
             [
@@ -706,28 +620,14 @@ mod requirement_tests {
         // DPoP: ES256 among the server's algorithms, or a failure that says what to set.
         let mut dpop = auth(Profile::Fapi2);
         dpop.sender_constraint = SenderConstraint::Dpop;
-        let f = requirements(Profile::Fapi2, &dpop, &es256, &doc);
+        let f = requirements(&dpop, es256, &doc);
         assert_eq!(levels(&f)[2], ("DPoP", Fail));
         assert!(f[2].detail.contains("`sender_constraint = \"mtls\"`"));
         let mut with_dpop = doc.clone();
         with_dpop["dpop_signing_alg_values_supported"] = json!(["ES256", "PS256"]);
-        let f = requirements(Profile::Fapi2, &dpop, &es256, &with_dpop);
+        let f = requirements(&dpop, es256, &with_dpop);
         assert_eq!(levels(&f)[2], ("DPoP", Ok));
         // No mTLS at all: no aliases line.
         assert_eq!(f.len(), 3, "{f:?}");
-    }
-
-    #[test]
-    fn keys_map_to_the_fapi_algorithms_only() {
-        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let load = |k: &rcgen::KeyPair| {
-            let der = rustls_pki_types::PrivateKeyDer::try_from(k.serialize_der()).unwrap();
-            rustls::crypto::ring::sign::any_supported_type(&der).unwrap()
-        };
-        assert_eq!(jws_alg(load(&p256).as_ref()), Some("ES256"));
-        assert_eq!(jws_alg(load(&ed).as_ref()), Some("EdDSA"));
-        assert_eq!(jws_alg(load(&p384).as_ref()), None);
     }
 }

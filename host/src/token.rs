@@ -281,6 +281,11 @@ impl TokenManager {
         discovery::discover(&self.http, &self.issuer, &self.scopes, self.options.timeout).await
     }
 
+    /// The algorithm of this manager's client assertions, if it makes any.
+    pub(crate) fn assertion_alg(&self) -> Option<crate::jws::Alg> {
+        self.client_auth.assertion_alg()
+    }
+
     /// How many token requests this manager has sent.
     pub(crate) fn token_requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use fapi_federation::{AsFault, ClientSpec, Federation, FederationConfig, Pki, PrivateKeyJwt};
+use fapi_host::profile::Profile;
 use fapi_host::{Error, FapiClient, Settings};
 use serde_json::Value;
 
@@ -183,6 +184,63 @@ async fn a_separate_signing_key_signs_with_its_kid_cry_01() {
     let (header, _) = decode(&fed.received_assertions()[0]);
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["kid"], "consumer-signing-2026");
+}
+
+/// Keys FAPI does not sign with are refused when the client is built, before any request: a
+/// P-384 transport key (good for TLS, no FAPI JWS algorithm: CRY-01), and an Ed25519 signing key
+/// under a profile that follows FAPI 1.0 (PS256 and ES256 only, part 2 section 8.6), which
+/// `fapi2` accepts.
+#[tokio::test]
+async fn keys_fapi_does_not_sign_with_are_refused_at_start_cry_01() {
+    let pki = Pki::generate().unwrap();
+    let p384 = pki
+        .issue_client(ClientSpec {
+            algorithm: &rcgen::PKCS_ECDSA_P384_SHA384,
+            ..ClientSpec::new("p384-client")
+        })
+        .unwrap();
+    let ed = pki
+        .issue_client(ClientSpec {
+            algorithm: &rcgen::PKCS_ED25519,
+            ..ClientSpec::new("ed-signing")
+        })
+        .unwrap();
+    let fed = Federation::start(pki, pkjwt(Vec::new(), true))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+    let base = Settings::load(Some(&config), &Default::default()).unwrap();
+
+    let (cert, key) = write_pair(dir.path(), "p384", &p384.cert_pem, &p384.key_pem);
+    let mut s = base.clone();
+    (s.certificate, s.private_key) = (cert, key);
+    let e = FapiClient::from_settings(&s).unwrap_err().to_string();
+    assert!(e.contains("P-384") && e.contains("`signing_key`"), "{e}");
+
+    let (cert, key) = write_pair(dir.path(), "ed", &ed.cert_pem, &ed.key_pem);
+    for (profile, refused) in [
+        (Profile::UkOpenBanking, true),
+        (Profile::Cdr, true),
+        (Profile::Fapi2, false),
+    ] {
+        let mut s = base.clone();
+        s.profile = profile;
+        s.auth.signing_key = Some(key.clone());
+        s.auth.signing_certificate = Some(cert.clone());
+        match FapiClient::from_settings(&s) {
+            Err(e) if refused => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("Ed25519") && e.contains("part 2 section 8.6"),
+                    "{profile}: {e}"
+                );
+            }
+            Ok(_) if !refused => {}
+            other => panic!("{profile}: {:?}", other.map(|_| ())),
+        }
+    }
+    assert_eq!(fed.counters().token_requests, 0);
 }
 
 fn write_pair(dir: &std::path::Path, name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {

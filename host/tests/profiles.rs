@@ -5,7 +5,19 @@
 
 use crate::common::{Fed, fapi_host};
 use crate::trust::federation_with_a_server_ca;
-use fapi_federation::FederationConfig;
+use fapi_federation::{AsFault, FederationConfig, PrivateKeyJwt};
+
+/// A federation whose authorization server takes `private_key_jwt` assertions (with `aud` the
+/// token endpoint too, the FAPI 1.0 profiles' rule).
+fn assertion_federation() -> FederationConfig {
+    FederationConfig {
+        private_key_jwt: Some(PrivateKeyJwt {
+            accept_token_endpoint_audience: true,
+            extra_keys: Vec::new(),
+        }),
+        ..FederationConfig::default()
+    }
+}
 
 /// `fapi-host --config <file> check` with `top` put before the federation's written consumer
 /// configuration and `tail` after it (a `[trust]` table, say), `ca_bundle` left out when
@@ -114,7 +126,7 @@ async fn check_reports_open_energy_line_by_line() {
 /// certificates: each class trusting it is said, as a warning.
 #[tokio::test]
 async fn check_reports_private_key_jwt_profiles_side_by_side() {
-    let f = Fed::start(FederationConfig::default()).await;
+    let f = Fed::start(assertion_federation()).await;
     let (code, ob) = check(&f, "ob", "profile = \"uk-open-banking\"", "", false).await;
     assert_eq!(code, 0, "{}", ob.join("\n"));
     assert_eq!(
@@ -130,11 +142,11 @@ async fn check_reports_private_key_jwt_profiles_side_by_side() {
     );
     assert_eq!(
         line(&ob, "auth method"),
-        "ok    auth method: private_key_jwt is supported (tls_client_auth, private_key_jwt)"
+        "ok    auth method: private_key_jwt is supported (private_key_jwt)"
     );
     assert_eq!(
         line(&ob, "assertion signing"),
-        "ok    assertion signing: ES256 (the signing key's) is supported (PS256, ES256)"
+        "ok    assertion signing: ES256 (the signing key's) is supported (PS256, ES256, EdDSA)"
     );
     let trust = line(&ob, "trust (data providers)");
     assert!(
@@ -176,7 +188,11 @@ async fn check_reports_private_key_jwt_profiles_side_by_side() {
 /// `ca_bundle`) fails the configuration line, naming the key to set.
 #[tokio::test]
 async fn check_fails_a_requirement_with_its_fix() {
-    let f = Fed::start(FederationConfig::default()).await;
+    let f = Fed::start(assertion_federation()).await;
+    f.fed.set_as_fault(Some(AsFault::SigningAlgs(vec![
+        "PS256".into(),
+        "ES256".into(),
+    ])));
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     std::fs::write(f.path("ed25519.key"), ed.serialize_pem()).unwrap();
     let top = "profile = \"fapi2\"\nsigning_key = \"ed25519.key\"";

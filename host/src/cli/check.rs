@@ -11,7 +11,7 @@ use crate::client::FapiClient;
 use crate::config::Settings;
 use crate::credentials::Identity;
 use crate::error::Result;
-use crate::profile::{ClientAuth, Finding, Level, SigningKeyAlg};
+use crate::profile::{ClientAuth, Finding, Level};
 use crate::time::fmt_time;
 use crate::trust::TrustClass;
 
@@ -207,34 +207,6 @@ fn trust_lines(r: &mut Report, settings: &Settings, identity: &Identity) -> Resu
     Ok(())
 }
 
-/// The algorithm of the key that signs client assertions: `signing_key` when set (a PEM file),
-/// else the transport key.
-fn signing_key_alg(settings: &Settings, identity: &Identity) -> SigningKeyAlg {
-    let Some(path) = &settings.auth.signing_key else {
-        let key = identity.certified_key();
-        return match crate::profile::jws_alg(key.key.as_ref()) {
-            Some(alg) => SigningKeyAlg::Fapi(alg),
-            None => SigningKeyAlg::Other(identity.key_description().to_owned()),
-        };
-    };
-    if path.to_str().is_some_and(|p| p.starts_with("pkcs11:")) {
-        return SigningKeyAlg::Unknown("`signing_key` is a PKCS#11 key".into());
-    }
-    let loaded = rustls_pki_types::PrivateKeyDer::from_pem_file(path)
-        .ok()
-        .and_then(|der| rustls::crypto::ring::sign::any_supported_type(&der).ok());
-    match loaded {
-        None => SigningKeyAlg::Unknown(format!(
-            "`signing_key` {} is not an unencrypted PEM key",
-            path.display()
-        )),
-        Some(key) => match crate::profile::jws_alg(key.as_ref()) {
-            Some(alg) => SigningKeyAlg::Fapi(alg),
-            None => SigningKeyAlg::Other(format!("{:?}", key.algorithm())),
-        },
-    }
-}
-
 pub(super) async fn run(cli: &Cli) -> Result<u8> {
     let mut r = Report { failed: false };
     let settings = match cli.settings() {
@@ -368,10 +340,8 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
             // The profile's requirements, one by one, against the document as it is.
             match client.discovery_document().await {
                 Ok(doc) => {
-                    let key = signing_key_alg(&settings, client.identity());
-                    for f in
-                        crate::profile::requirements(settings.profile, &settings.auth, &key, &doc)
-                    {
+                    let key = client.assertion_alg();
+                    for f in crate::profile::requirements(&settings.auth, key, &doc) {
                         r.finding(&f)?;
                     }
                 }

@@ -289,6 +289,12 @@ impl FapiClient {
         })
     }
 
+    /// The JWS algorithm of this client's `private_key_jwt` assertions (`None` with
+    /// `tls_client_auth`).
+    pub fn assertion_alg(&self) -> Option<crate::jws::Alg> {
+        self.inner.tokens.assertion_alg()
+    }
+
     /// Token requests sent so far by this client (all clones).
     pub fn token_requests(&self) -> u64 {
         self.inner.tokens.token_requests()
