@@ -262,9 +262,8 @@ impl Identity {
             .certified
             .end_entity_cert()
             .map_err(|_| Error::Credentials("the identity has no certificate".into()))?;
-        let (_, x509) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
-            Error::Credentials(format!("the certificate is not valid X.509 ({e})"))
-        })?;
+        let (_, x509) = X509Certificate::from_der(leaf.as_ref())
+            .map_err(|e| Error::Credentials(format!("the certificate is not valid X.509 ({e})")))?;
         crate::jws::JwsKey::new(
             self.certified.key.clone(),
             x509.public_key().raw,
@@ -282,7 +281,7 @@ pub fn thumbprint(der: &CertificateDer<'_>) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref()))
 }
 
-fn signing_key(key: &PrivateKeyDer<'_>, key_name: &Path) -> Result<Arc<dyn SigningKey>> {
+pub(crate) fn signing_key(key: &PrivateKeyDer<'_>, key_name: &Path) -> Result<Arc<dyn SigningKey>> {
     rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| {
         Error::Credentials(format!(
             "{}: the private key cannot be used for TLS ({e}); use an RSA (2048+), ECDSA P-256/P-384 or Ed25519 key",
@@ -382,7 +381,7 @@ pub(crate) fn read_secret(
     Ok(Some(secret))
 }
 
-fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
+pub(crate) fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         Error::Credentials(format!(
             "cannot read `{setting}` file {}: {e}",
@@ -412,7 +411,7 @@ pub(crate) fn parse_chain(pem: &[u8], name: &Path) -> Result<Vec<CertificateDer<
     Ok(chain)
 }
 
-fn parse_key(pem: &[u8], name: &Path) -> Result<PrivateKeyDer<'static>> {
+pub(crate) fn parse_key(pem: &[u8], name: &Path) -> Result<PrivateKeyDer<'static>> {
     if pem.windows(9).any(|w| w == b"ENCRYPTED") {
         // Encrypted PKCS#8 is decrypted by `Identity::from_settings`; what reaches this is an
         // OpenSSL "traditional" encrypted key (`Proc-Type: 4,ENCRYPTED`) or a PEM-only load.

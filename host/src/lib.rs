@@ -25,6 +25,7 @@
 //! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
 //! | `token` | the token cache and its refresh; token requests and introspection |
 //! | `discovery` | the authorization server's metadata, fetched and checked |
+//! | `dpop` | DPoP (RFC 9449): the key of one authorization server, proofs, nonces per origin |
 //! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
 //! | [`pkcs11`] | keys in a PKCS#11 token: URIs, sessions, the rustls signing key |
 //! | `tls` | the rustls configuration of an identity and the HTTP clients built on it |
@@ -65,6 +66,7 @@ mod client;
 mod config;
 mod credentials;
 mod discovery;
+mod dpop;
 mod error;
 pub mod jws;
 #[cfg(feature = "sandbox")]
@@ -125,11 +127,17 @@ pub mod fuzzing {
         requested_scopes: &[String],
     ) -> std::result::Result<(Vec<String>, Duration, bool), String> {
         let endpoint = url::Url::parse("https://as.example/token").expect("a valid URL");
-        crate::token::parse_success(body, &endpoint, Duration::from_secs(300), requested_scopes)
-            .map(|(bearer, scope, lifetime, from_server)| {
-                debug_assert!(bearer.header().as_bytes().starts_with(b"Bearer "));
-                (scope, lifetime, from_server)
-            })
-            .map_err(|e| e.to_string())
+        crate::token::parse_success(
+            body,
+            &endpoint,
+            Duration::from_secs(300),
+            requested_scopes,
+            false,
+        )
+        .map(|(bearer, scope, lifetime, from_server)| {
+            debug_assert!(bearer.header().as_bytes().starts_with(b"Bearer "));
+            (scope, lifetime, from_server)
+        })
+        .map_err(|e| e.to_string())
     }
 }

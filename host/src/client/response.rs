@@ -25,7 +25,9 @@ pub enum AuthProblem {
 
 impl AuthProblem {
     pub(super) fn of(status: StatusCode, headers: &HeaderMap) -> Option<AuthProblem> {
-        let challenge = www_authenticate::bearer(headers);
+        // A DPoP resource server's challenges are DPoP ones (RFC 9449 section 7.1).
+        let challenge =
+            www_authenticate::bearer(headers).or_else(|| www_authenticate::dpop(headers));
         let error = challenge.as_ref().and_then(|c| c.error.clone());
         match (status.as_u16(), error.as_deref()) {
             (401, Some("invalid_token")) => Some(AuthProblem::InvalidToken),
