@@ -22,6 +22,10 @@ pub struct DevOptions {
     pub admin_port: u16,
     /// Enable per-request fault query parameters and `/echo`.
     pub faults_enabled: bool,
+    /// DPoP-bound tokens (RFC 9449): [`crate::FederationConfig::dpop_required`].
+    pub dpop: bool,
+    /// Demand DPoP nonces: [`crate::FederationConfig::dpop_nonce`].
+    pub dpop_nonce: bool,
     /// Let the data provider introspect at this authorization server instead of starting ours.
     pub external_issuer: Option<DevExternalIssuer>,
 }
@@ -83,6 +87,8 @@ impl Default for DevOptions {
             dp_port: 0,
             admin_port: 0,
             faults_enabled: false,
+            dpop: false,
+            dpop_nonce: false,
             external_issuer: None,
         }
     }
@@ -211,6 +217,8 @@ pub async fn run_dev(opts: DevOptions) -> Result<(), Error> {
         dp_port: opts.dp_port,
         admin_port: opts.admin_port,
         external_issuer,
+        dpop_required: opts.dpop,
+        dpop_nonce: opts.dpop_nonce,
         ..FederationConfig::default()
     };
     let stop = shutdown_signal()?;

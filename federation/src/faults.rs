@@ -37,6 +37,12 @@ pub enum AsFault {
     InvalidClient,
     /// Token responses report this `expires_in` (the stored token still lives `token_ttl`).
     ExpiresIn(i64),
+    /// Discovery's `dpop_signing_alg_values_supported` is this list.
+    DpopAlgs(Vec<String>),
+    /// Every token request with a DPoP proof is answered 400 `use_dpop_nonce` with a new nonce.
+    DpopNonceAlways,
+    /// Every token request with a DPoP proof is answered 400 `invalid_dpop_proof`.
+    DpopProofRefused,
 }
 
 /// A fault of the data provider, applied after the request has been authorised. JSON form
@@ -68,6 +74,9 @@ pub enum DpFault {
     NoDate,
     /// Omit the `x-fapi-interaction-id` header.
     NoInteractionIdEcho,
+    /// Every request with a DPoP proof is answered 401 `DPoP error="use_dpop_nonce"` with a new
+    /// nonce (before the token is looked at).
+    DpopNonceAlways,
 }
 
 /// Parse a per-request fault from query parameters (`fault`, `retry_after`, `delay_ms`, `location`).

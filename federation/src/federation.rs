@@ -55,6 +55,17 @@ pub struct FederationConfig {
     /// or wrote for every token it was given (a client process of its own included). Default
     /// false: otherwise tokens are kept only as SHA-256 digests. `fapi-host dev` never sets it.
     pub record_issued_tokens: bool,
+    /// DPoP (RFC 9449) required: the AS refuses token requests without a proof
+    /// (`invalid_dpop_proof`), and [`Federation::write_client_config`] writes `sender_constraint
+    /// = "dpop"`. Proofs are verified whenever they come, whatever this says. Default false.
+    pub dpop_required: bool,
+    /// Demand a server nonce in every DPoP proof, at the AS and the data provider (one nonce
+    /// each, in a `DPoP-Nonce` header of every response). Default false.
+    pub dpop_nonce: bool,
+    /// With `dpop_nonce`: a server's nonce is replaced after this many proofs it accepted, the new
+    /// one sent in the answer to the last of them (a 200). 0 (default): only by
+    /// [`Federation::rotate_dpop_nonces`].
+    pub dpop_nonce_rotate_every: u64,
 }
 
 impl Default for FederationConfig {
@@ -69,6 +80,9 @@ impl Default for FederationConfig {
             external_issuer: None,
             introspection_cache_ttl: Duration::from_secs(60),
             record_issued_tokens: false,
+            dpop_required: false,
+            dpop_nonce: false,
+            dpop_nonce_rotate_every: 0,
         }
     }
 }
@@ -109,6 +123,16 @@ impl Federation {
             } else {
                 IssuedTokens::default()
             },
+            dpop: crate::dpop::Dpop::new(
+                cfg.dpop_nonce,
+                cfg.dpop_nonce_rotate_every,
+                if cfg.record_issued_tokens {
+                    IssuedTokens::recording()
+                } else {
+                    IssuedTokens::default()
+                },
+            ),
+            dpop_required: cfg.dpop_required,
             ..Shared::default()
         });
         let ca = pki.ca_der();
@@ -181,6 +205,7 @@ impl Federation {
             shared: shared.clone(),
             faults_enabled: cfg.faults_enabled,
             default_redirect: format!("{redirect_origin}/elsewhere"),
+            origin: fed.data_origin.clone(),
         });
         let dp_cfg = tls::server_config(chain, key, Some(&trusted))?;
         let dp_opts = ServeOpts {
@@ -250,7 +275,7 @@ impl Federation {
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
-        self.shared.counters.snapshot()
+        self.shared.snapshot()
     }
 
     /// Every access token our AS has issued so far, in clear, oldest first (to every client; none
@@ -265,6 +290,31 @@ impl Federation {
         self.shared.issued.all().unwrap_or_else(|| {
             panic!("Federation::issued_tokens needs FederationConfig::record_issued_tokens = true")
         })
+    }
+
+    /// Every DPoP proof our servers received so far (AS and data provider, accepted or not), in
+    /// clear, oldest first. **For tests only**, as [`Federation::issued_tokens`].
+    ///
+    /// # Panics
+    ///
+    /// When the federation was started without [`FederationConfig::record_issued_tokens`].
+    pub fn received_dpop_proofs(&self) -> Vec<String> {
+        self.shared.dpop.received.all().unwrap_or_else(|| {
+            panic!(
+                "Federation::received_dpop_proofs needs FederationConfig::record_issued_tokens = true"
+            )
+        })
+    }
+
+    /// Replace the DPoP nonces of the AS and of the data provider: a proof with an old one is
+    /// answered `use_dpop_nonce` with the new one.
+    pub fn rotate_dpop_nonces(&self) {
+        self.shared.dpop.rotate(crate::dpop::Server::As);
+        self.shared.dpop.rotate(crate::dpop::Server::Dp);
+        if let Ok(mut cache) = self.shared.introspection_cache.lock() {
+            // Not needed for nonces; kept so a rotation is also a clean slate for tests.
+            cache.clear();
+        }
     }
 
     /// Set or clear the AS fault (works whatever `faults_enabled` says).
@@ -320,9 +370,14 @@ impl Federation {
             .find(|(name, _, _)| *name == client)
             .map_or("", |(_, _, s)| *s);
         let s = |v: &str| serde_json::Value::from(v).to_string();
+        let dpop = if self.shared.dpop_required {
+            "sender_constraint = \"dpop\"\n"
+        } else {
+            ""
+        };
         let toml = format!(
             "# Written by fapi-federation for the local federation; paths are relative to this file.\n\
-             client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n\n\
+             client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n{dpop}\n\
              [sandbox]\nallow = [{}]\n",
             s(&id.client_id),
             s(&self.issuer_url),

@@ -30,6 +30,7 @@ mod capture;
 pub mod data;
 mod data_provider;
 mod dev;
+mod dpop;
 mod error;
 mod faults;
 mod federation;

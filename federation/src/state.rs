@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::dpop::Dpop;
 use crate::faults::{AsFault, DpFault, FaultTimes};
 
 /// A snapshot of the federation's request counters (also `GET /counters` on the admin listener).
@@ -37,6 +38,16 @@ pub struct Counters {
     pub uploads_broken: u64,
     /// Token endpoint requests by the `client_id` form field (`<none>` when absent).
     pub per_client_token_requests: BTreeMap<String, u64>,
+    /// DPoP proofs accepted (AS and data provider).
+    pub dpop_proofs_accepted: u64,
+    /// DPoP proofs refused as invalid (`invalid_dpop_proof`), replays included.
+    pub dpop_proofs_refused: u64,
+    /// Of those, proofs refused because their `jti` was used before.
+    pub dpop_replays_refused: u64,
+    /// Answers `use_dpop_nonce` (a proof without the current nonce, or a fault).
+    pub dpop_nonce_demands: u64,
+    /// DPoP-bound tokens refused at the data provider because they came with the Bearer scheme.
+    pub dpop_bound_sent_as_bearer: u64,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +88,7 @@ impl CounterCells {
                 .lock()
                 .map(|m| m.clone())
                 .unwrap_or_default(),
+            ..Counters::default()
         }
     }
 
@@ -96,6 +108,8 @@ pub(crate) struct TokenRecord {
     pub exp: u64,
     /// `cnf.x5t#S256`: thumbprint of the certificate the token is bound to.
     pub x5t: String,
+    /// `cnf.jkt`: thumbprint of the DPoP key the token is bound to (a DPoP token request).
+    pub jkt: Option<String>,
     pub revoked: bool,
 }
 
@@ -174,9 +188,27 @@ pub(crate) struct Shared {
     pub fault_times: FaultTimes,
     /// The tokens in clear, for tests only (empty and off unless asked for).
     pub issued: IssuedTokens,
+    /// DPoP: nonces, seen `jti`s, the proofs received (recorded like `issued`) and counters.
+    pub dpop: Dpop,
+    /// DPoP token requests without a proof are refused (`FederationConfig::dpop_required`).
+    pub dpop_required: bool,
 }
 
 impl Shared {
+    /// Every counter, the DPoP ones included.
+    pub(crate) fn snapshot(&self) -> Counters {
+        let d = &self.dpop.counters;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            dpop_proofs_accepted: get(&d.accepted),
+            dpop_proofs_refused: get(&d.refused),
+            dpop_replays_refused: get(&d.replays),
+            dpop_nonce_demands: get(&d.nonce_demands),
+            dpop_bound_sent_as_bearer: get(&d.bearer_refused),
+            ..self.counters.snapshot()
+        }
+    }
+
     pub(crate) fn as_fault(&self) -> Option<AsFault> {
         self.as_fault.lock().ok().and_then(|g| g.clone())
     }

@@ -8,6 +8,7 @@ mod batch_input;
 mod cli;
 mod client;
 mod credentials;
+mod dpop;
 mod encrypted_key;
 mod faults;
 mod pkcs11;
