@@ -61,8 +61,8 @@ impl ProofHeader {
 /// The DPoP key of one client (one authorization server) and the nonces its servers gave.
 pub(crate) struct Dpop {
     key: JwsKey,
-    /// `typ` and `jwk`, the same in every proof.
-    header: Map<String, Value>,
+    /// The header (`alg`, `typ`, `jwk`), the same in every proof: encoded once.
+    header: String,
     /// The latest `DPoP-Nonce` of each origin (`https://host:port`).
     nonces: Mutex<HashMap<String, String>>,
 }
@@ -87,19 +87,19 @@ impl Dpop {
             Some(path) => load_key(path)?,
             None => JwsKey::generate_p256("the DPoP key")?,
         };
-        Ok(Some(Dpop::new(key)))
+        Ok(Some(Dpop::new(key)?))
     }
 
     /// Proofs signed by `key`.
-    pub(crate) fn new(key: JwsKey) -> Dpop {
+    pub(crate) fn new(key: JwsKey) -> Result<Dpop> {
         let mut header = Map::new();
         header.insert("typ".into(), Value::from("dpop+jwt"));
         header.insert("jwk".into(), key.jwk().clone());
-        Dpop {
+        Ok(Dpop {
+            header: key.encoded_header(header)?,
             key,
-            header,
             nonces: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// The RFC 7638 thumbprint of the key: what a bound token's `cnf.jkt` says.
@@ -153,7 +153,7 @@ impl Dpop {
         if let Some(token) = token {
             claims["ath"] = Value::from(B64.encode(Sha256::digest(token)));
         }
-        let jws = self.key.sign(self.header.clone(), &claims)?;
+        let jws = self.key.sign_encoded(&self.header, &claims)?;
         let mut value = HeaderValue::from_str(&jws)
             .map_err(|_| Error::Credentials("a DPoP proof is not a valid header value".into()))?;
         value.set_sensitive(true);
@@ -248,7 +248,7 @@ mod tests {
     /// DPOP-02, DPOP-03: the header and the claims of token and resource proofs.
     #[test]
     fn proofs_carry_the_rfc_9449_header_and_claims() {
-        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap());
+        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap()).unwrap();
         let url = url::Url::parse("https://rs.example:8443/a/b?x=1#frag").unwrap();
         let before = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -282,7 +282,7 @@ mod tests {
     /// not kept.
     #[test]
     fn nonces_are_kept_per_origin_and_checked() {
-        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap());
+        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap()).unwrap();
         let a = url::Url::parse("https://a.example/token").unwrap();
         let a2 = url::Url::parse("https://a.example/other?q").unwrap();
         let b = url::Url::parse("https://b.example/data").unwrap();
@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn debug_shows_neither_proof_nor_key() {
-        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap());
+        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap()).unwrap();
         let url = url::Url::parse("https://a.example/").unwrap();
         let proof = dpop.proof(&Method::GET, &url, Some(b"tok")).unwrap();
         let text = proof.0.to_str().unwrap().to_owned();
@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_server_without_es256_is_refused_with_the_fix() {
-        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap());
+        let dpop = Dpop::new(JwsKey::generate_p256("the DPoP key").unwrap()).unwrap();
         dpop.check_supported(None).unwrap();
         dpop.check_supported(Some(&["PS256".into(), "ES256".into()]))
             .unwrap();
