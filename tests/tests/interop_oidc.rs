@@ -1152,8 +1152,8 @@ async fn dpop_tokens_from_oidc_provider_with_nonces_expiry_and_rotation() {
     let log = env.oidc.log();
     let last_sent = dpop[..2]
         .iter()
-        .filter_map(|e| e["nonce_sent"].as_str())
-        .last()
+        .rev()
+        .find_map(|e| e["nonce_sent"].as_str())
         .expect("a nonce");
     assert_eq!(dpop[2]["proof_nonce"], last_sent, "{log}");
     assert!(
