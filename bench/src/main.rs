@@ -15,6 +15,7 @@ mod chart;
 mod client;
 mod compare;
 mod cpu;
+mod dpop;
 mod keys;
 mod lang;
 mod memory;
@@ -37,6 +38,16 @@ enum What {
     Client {
         /// Requests per round.
         #[arg(long, default_value_t = 500)]
+        requests: usize,
+        /// Rounds (alternating between the clients; the median round is reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
+    /// Per-request cost of DPoP-bound tokens (a proof per request) against mTLS-bound ones, both
+    /// FapiClient, one keep-alive connection each, in the same run.
+    Dpop {
+        /// Requests per round.
+        #[arg(long, default_value_t = 2000)]
         requests: usize,
         /// Rounds (alternating between the clients; the median round is reported).
         #[arg(long, default_value_t = 7)]
@@ -254,6 +265,7 @@ async fn main() {
     );
     match args.what {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
+        What::Dpop { requests, rounds } => dpop::run(requests, rounds).await,
         What::Keys {
             handshakes,
             requests,
