@@ -16,6 +16,9 @@
 //!   --reveal-token`). They never reach a log line, an error message or a guest.
 //! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
 //!   redirects are never followed, so a token never follows a redirect to another origin.
+//! - With DPoP (`sender_constraint = "dpop"`), the DPoP key lives only in the token manager (one
+//!   per authorization server), and each proof only in the one request it was made for: proofs
+//!   are treated like tokens (docs/dpop.md).
 //! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always.
 //!
 //! Where things are:
