@@ -377,3 +377,58 @@ async fn the_fetch_command_works_under_dpop_and_prints_no_proof() {
     assert_no_credentials(&f, "stdout", &out);
     assert_no_credentials(&f, "stderr (-vv)", &err);
 }
+
+/// `fapi-host -vv batch` under DPoP with nonces: every item read with one token, every item's
+/// proof accepted once (the first requests in flight each replayed once with the provider's
+/// nonce), and no proof and no token in what it printed or in any file it wrote.
+#[tokio::test]
+async fn the_batch_command_works_under_dpop() {
+    let f = dpop_fed(true, 0).await;
+    let o = f.fed.data_origin();
+    let input = f.path("items.txt");
+    let lines: String = (0..20).map(|i| format!("{o}/items/{i}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    let out_dir = f.path("out");
+    let args: Vec<String> = [
+        "--config",
+        f.config.to_str().unwrap(),
+        "-vv",
+        "batch",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let dir = f.dir.path().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fapi_host(&args, &dir)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let c = f.fed.counters();
+    assert_eq!(c.tokens_issued, 1, "{c:?}");
+    assert_eq!(c.dpop_proofs_accepted, 1 + 20, "{c:?}");
+    assert_eq!(c.dpop_proofs_refused, 0, "{c:?}");
+    assert!(c.dpop_nonce_demands >= 2, "{c:?}");
+    assert_no_credentials(&f, "stdout", &out);
+    assert_no_credentials(&f, "stderr (-vv)", &err);
+    let mut files = 0;
+    let mut stack = vec![out_dir];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                assert_no_credentials(&f, &p.display().to_string(), &std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    assert!(files >= 20, "{files} files written");
+}
