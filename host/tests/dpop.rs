@@ -93,6 +93,15 @@ async fn every_request_carries_one_proof_and_the_token_is_bound_to_the_key() {
     let proof = echo["dpop"].as_str().unwrap();
     assert!(!proof.contains(','), "exactly one DPoP header");
 
+    // A library caller cannot give a DPoP header either: the one there is is the host's.
+    let e = client
+        .get(f.fed.data_url())
+        .header("DPoP", "x.y.z")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e:?}");
+
     let c = f.fed.counters();
     assert_eq!(c.token_requests, 1, "{c:?}");
     assert_eq!(
