@@ -441,3 +441,142 @@ async fn the_batch_command_works_under_dpop() {
     }
     assert!(files >= 20, "{files} files written");
 }
+
+/// The federation as a DPoP test harness, proofs made by hand and sent over the consumer's mTLS:
+/// what its servers refuse (DPOP-02: a `jwk` with `d`, HS256; DPOP-03: `htu` with a query or
+/// another scheme, `ath` at the token endpoint, a reused `jti`, `ath` of another token; DPOP-07:
+/// `iat` 61 s behind or 11 s ahead), each with its reason, and what they accept (10 s ahead).
+#[tokio::test]
+async fn the_servers_refuse_bad_proofs_as_rfc_9449_says() {
+    use fapi_host::jws::JwsKey;
+    use serde_json::{Map, json};
+
+    let f = dpop_fed(false, 0).await;
+    let consumer = f.fed.pki().client("consumer").unwrap();
+    let http = f.fed.pki().http_client(Some(consumer)).unwrap();
+    let token_url = format!("{}/token", f.fed.issuer_url());
+    let key = JwsKey::generate_p256("a test key").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let proof = |jwk: Value, claims: Value| {
+        let mut header = Map::new();
+        header.insert("typ".into(), "dpop+jwt".into());
+        header.insert("jwk".into(), jwk);
+        let mut c = json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "POST",
+            "htu": token_url, "iat": now});
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        key.sign(header, &c).unwrap().as_str().to_owned()
+    };
+    let ask = |proof: String| {
+        let http = http.clone();
+        let url = token_url.clone();
+        let client_id = consumer.client_id.clone();
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("dpop", proof)
+                .body(format!(
+                    "grant_type=client_credentials&client_id={client_id}"
+                ))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            (status, v)
+        }
+    };
+    let jwk = key.jwk().clone();
+    let mut with_d = jwk.clone();
+    with_d["d"] = json!("AAAA");
+    let good = proof(jwk.clone(), json!({}));
+    let (h, rest) = good.split_once('.').unwrap();
+    let mut hs = decode(&good).0;
+    hs["alg"] = json!("HS256");
+    let hs256 = format!("{}.{rest}", B64.encode(hs.to_string()));
+    assert_ne!(h, hs256.split('.').next().unwrap());
+    let cases = [
+        (proof(with_d, json!({})), "private"),
+        (hs256, "alg"),
+        (
+            proof(jwk.clone(), json!({"htu": format!("{token_url}?a=1")})),
+            "htu",
+        ),
+        (
+            proof(
+                jwk.clone(),
+                json!({"htu": token_url.replace("https:", "http:")}),
+            ),
+            "htu",
+        ),
+        (proof(jwk.clone(), json!({"ath": "abc"})), "ath"),
+        (proof(jwk.clone(), json!({"iat": now - 61})), "old"),
+        (proof(jwk.clone(), json!({"iat": now + 11})), "future"),
+        (proof(jwk.clone(), json!({"htm": "GET"})), "htm"),
+    ];
+    let n = cases.len() as u64;
+    for (p, why) in cases {
+        let (status, v) = ask(p).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_dpop_proof")),
+            "{why}: {v}"
+        );
+        assert!(
+            v["error_description"].as_str().unwrap().contains(why),
+            "{why}: {v}"
+        );
+    }
+    // Accepted: 10 s ahead is within FAPI 2.0's window; the same proof again is a replay.
+    let ahead = proof(jwk.clone(), json!({"iat": now + 10}));
+    let (status, v) = ask(ahead.clone()).await;
+    assert_eq!(
+        (status, v["token_type"].as_str()),
+        (200, Some("DPoP")),
+        "{v}"
+    );
+    let (status, v) = ask(ahead).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error_description"].as_str().unwrap().contains("jti"),
+        "{v}"
+    );
+    let c = f.fed.counters();
+    assert_eq!(
+        (c.dpop_proofs_refused, c.dpop_replays_refused),
+        (n + 1, 1),
+        "{c:?}"
+    );
+    assert_eq!(c.tokens_issued, 1);
+
+    // At the data provider, with the token bound to the harness's key: a proof whose `ath` is
+    // not the token's hash.
+    let token = f.fed.issued_tokens()[0].clone();
+    let data = f.fed.data_url();
+    let rs_proof = |ath: &str| {
+        let mut header = Map::new();
+        header.insert("typ".into(), "dpop+jwt".into());
+        header.insert("jwk".into(), jwk.clone());
+        let c = json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "GET",
+            "htu": data, "iat": now, "ath": ath});
+        key.sign(header, &c).unwrap().as_str().to_owned()
+    };
+    let r = http
+        .get(&data)
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", rs_proof("not-the-hash"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with("DPoP error=\"invalid_dpop_proof\"") && challenge.contains("ath"),
+        "{challenge}"
+    );
+}
