@@ -61,7 +61,8 @@ pub(crate) struct Expected<'a> {
     pub now: u64,
 }
 
-/// Check one proof's form, signature and claims (no state: nonce and replay are [`Dpop::accept`]'s).
+/// Check one proof's form, signature and claims (no state: the nonce and the replay are
+/// [`Dpop::accept`]'s).
 pub(crate) fn verify(proof: &str, expected: &Expected<'_>) -> Result<Proof, Refusal> {
     let bad = |why: &str| Refusal::Invalid(why.to_owned());
     if proof.len() > MAX_PROOF {

@@ -254,10 +254,11 @@ impl FapiClient {
     /// whatever the method: the response (a 401, a 503) goes back as it is, and an error is
     /// returned as it happened. With DPoP, the proof carries the nonce last seen from the URL's
     /// origin; a server that demands a new one (401 `use_dpop_nonce`) has its 401 returned as it
-    /// is (the new nonce is kept: sending the request again succeeds). The wait for the response head is bounded by `timeout_seconds`
-    /// counted from the last chunk the server took (a long upload is not cut, a stalled one is),
-    /// and the response body by `timeout_seconds` between chunks; a request's own `timeout`
-    /// bounds all of it.
+    /// is ([`AuthProblem::DpopNonce`]; the new nonce is kept: sending the request again
+    /// succeeds). The wait for the response head is bounded by `timeout_seconds` counted from
+    /// the last chunk the server took (a long upload is not cut, a stalled one is), and the
+    /// response body by `timeout_seconds` between chunks; a request's own `timeout` bounds all
+    /// of it.
     pub async fn send_stream(
         &self,
         request: FapiRequest,
