@@ -385,6 +385,32 @@ async fn the_fetch_command_works_under_dpop_and_prints_no_proof() {
     );
     assert_no_credentials(&f, "stdout", &out);
     assert_no_credentials(&f, "stderr (-vv)", &err);
+
+    // `fapi-host token`: the token's type and the key it is bound to, never the token.
+    for json in [false, true] {
+        let config = f.config.to_str().unwrap().to_owned();
+        let dir = f.dir.path().to_owned();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            let mut args = vec!["--config", config.as_str(), "token"];
+            if json {
+                args.push("--json");
+            }
+            fapi_host(&args, &dir)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+        let text = String::from_utf8_lossy(&out);
+        if json {
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["token_type"], "DPoP");
+            assert_eq!(v["dpop_thumbprint"].as_str().map(str::len), Some(43), "{v}");
+        } else {
+            assert!(text.contains("token_type:             DPoP"), "{text}");
+            assert!(text.contains("DPoP key thumbprint:"), "{text}");
+        }
+        assert_no_credentials(&f, "fapi-host token", &out);
+    }
 }
 
 /// `fapi-host -vv batch` under DPoP with nonces: every item read with one token, every item's
