@@ -215,6 +215,14 @@ fn origin(url: &url::Url) -> String {
 /// whose public half is derived from it.
 fn load_key(path: &Path) -> Result<JwsKey> {
     let pem = zeroize::Zeroizing::new(credentials::read(path, "dpop_key")?);
+    if pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(Error::Credentials(format!(
+            "`dpop_key` {}: the key is encrypted, and a DPoP key is read without a passphrase: \
+             keep it unencrypted and readable by this user only (chmod 600), or remove \
+             `dpop_key` to have a fresh key made at start",
+            path.display()
+        )));
+    }
     let der = credentials::parse_key(&pem, path)?;
     let key = credentials::signing_key(&der, path)?;
     let spki = key.public_key().ok_or_else(|| {
@@ -317,6 +325,30 @@ mod tests {
         assert!(shown.contains("ProofHeader([redacted])"), "{shown}");
         assert!(!shown.contains(&text[..40]), "{shown}");
         assert!(shown.contains(dpop.thumbprint()), "{shown}");
+    }
+
+    /// `dpop_key`: a registered P-256 key's public JWK and thumbprint; an encrypted or missing
+    /// file is a clear error naming the setting.
+    #[test]
+    fn a_registered_key_is_loaded_from_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let path = dir.path().join("dpop.key");
+        std::fs::write(&path, pair.serialize_pem()).unwrap();
+        let key = load_key(&path).unwrap();
+        let raw = pair.public_key_raw();
+        assert_eq!(key.jwk()["x"], B64.encode(&raw[1..33]));
+        assert_eq!(key.jwk()["y"], B64.encode(&raw[33..]));
+        assert!(key.jwk().get("d").is_none());
+        assert_eq!(key.alg().name(), "ES256");
+
+        std::fs::write(&path, "-----BEGIN ENCRYPTED PRIVATE KEY-----\n").unwrap();
+        let e = load_key(&path).unwrap_err().to_string();
+        assert!(e.contains("`dpop_key`") && e.contains("encrypted"), "{e}");
+        let e = load_key(&dir.path().join("missing.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`dpop_key`"), "{e}");
     }
 
     #[test]
