@@ -16,6 +16,7 @@ mod client;
 mod client_auth;
 mod compare;
 mod cpu;
+mod dpop;
 mod keys;
 mod lang;
 mod memory;
@@ -51,6 +52,16 @@ enum What {
         tokens: usize,
         /// Rounds (alternating between the methods; the median round is reported).
         #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Per-request cost of DPoP-bound tokens (a proof per request) against mTLS-bound ones, both
+    /// FapiClient, one keep-alive connection each, in the same run.
+    Dpop {
+        /// Requests per round.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Rounds (alternating between the clients; the median round is reported).
+        #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
     /// What a key in a PKCS#11 token costs: the same P-256 key as a PEM file and in SoftHSM2,
@@ -266,6 +277,7 @@ async fn main() {
     match args.what {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
         What::ClientAuth { tokens, rounds } => client_auth::run(tokens, rounds).await,
+        What::Dpop { requests, rounds } => dpop::run(requests, rounds).await,
         What::Keys {
             handshakes,
             requests,

@@ -31,7 +31,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn counters(State(s): St) -> Json<Counters> {
-    Json(s.counters.snapshot())
+    Json(s.snapshot())
 }
 
 async fn revoke_all(State(s): St) -> StatusCode {

@@ -19,7 +19,8 @@ use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::assertion::{self, Expected, PrivateKeyJwt, SIGNING_ALGS};
+use crate::assertion::{self, PrivateKeyJwt, SIGNING_ALGS};
+use crate::dpop::{self, Refusal, Server};
 use crate::faults::AsFault;
 use crate::identity::{subject_dn, thumbprint};
 use crate::pki::{REGISTERED, registered_dn};
@@ -68,7 +69,13 @@ pub(crate) fn router(state: Arc<AsState>, listener: AsListener) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks", get(|| async { Json(json!({ "keys": [] })) }))
-        .route("/token", post(token))
+        .route(
+            "/token",
+            post(token).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                with_nonce,
+            )),
+        )
         .route("/introspect", post(introspect))
         .route("/revoke", post(revoke))
         .layer(Extension(listener))
@@ -114,6 +121,10 @@ pub(crate) fn discovery_document(st: &AsState, fault: Option<&AsFault>) -> Value
         "introspection_endpoint_auth_methods_supported": ["tls_client_auth"],
         "revocation_endpoint_auth_methods_supported": ["tls_client_auth"],
         "tls_client_certificate_bound_access_tokens": true,
+        "dpop_signing_alg_values_supported": match fault {
+            Some(AsFault::DpopAlgs(algs)) => json!(algs),
+            _ => json!(dpop::ALGS),
+        },
     });
     if let (Some(obj), Value::Object(top)) = (doc.as_object_mut(), endpoints(top_origin)) {
         obj.extend(top);
@@ -195,6 +206,89 @@ fn authenticate(conn: &ConnInfo, client_id: Option<&str>) -> Option<(String, Str
     (registered_dn(id) == dn).then(|| (id.to_owned(), thumbprint(cert)))
 }
 
+/// Every token response carries the AS's current `DPoP-Nonce` when nonces are demanded (RFC 9449
+/// section 8.2: a nonce may change in any response).
+async fn with_nonce(
+    State(st): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if let Some(n) = st.shared.dpop.nonce(Server::As)
+        && let Ok(v) = HeaderValue::from_str(&n)
+    {
+        resp.headers_mut().insert("dpop-nonce", v);
+    }
+    resp
+}
+
+/// The DPoP key a token request proves (RFC 9449 section 5): `None` without a proof (unless
+/// proofs are required), the thumbprint of a proof verified; a refusal otherwise.
+fn dpop_binding(
+    st: &AsState,
+    listener: AsListener,
+    headers: &HeaderMap,
+    fault: Option<&AsFault>,
+) -> Result<Option<String>, Box<Response>> {
+    let refuse =
+        |error: &str, why: &str| Box::new(oauth_error(StatusCode::BAD_REQUEST, error, why));
+    let mut proofs = headers.get_all("dpop").iter();
+    let first = proofs.next();
+    if proofs.next().is_some() {
+        return Err(refuse("invalid_dpop_proof", "more than one DPoP header"));
+    }
+    let Some(value) = first else {
+        if st.shared.dpop_required {
+            return Err(refuse(
+                "invalid_dpop_proof",
+                "this client's tokens are DPoP-bound: a DPoP proof is required",
+            ));
+        }
+        return Ok(None);
+    };
+    let proof = value.to_str().unwrap_or("");
+    match fault {
+        Some(AsFault::DpopNonceAlways) => {
+            st.shared.dpop.received.record(proof);
+            bump(&st.shared.dpop.counters.nonce_demands);
+            let nonce = st.shared.dpop.rotate(Server::As);
+            let mut resp = refuse("use_dpop_nonce", "a new DPoP nonce is required");
+            if let Ok(v) = HeaderValue::from_str(&nonce) {
+                resp.headers_mut().insert("dpop-nonce", v);
+            }
+            return Err(resp);
+        }
+        Some(AsFault::DpopProofRefused) => {
+            st.shared.dpop.received.record(proof);
+            bump(&st.shared.dpop.counters.refused);
+            return Err(refuse(
+                "invalid_dpop_proof",
+                "the DPoP proof is refused (fault)",
+            ));
+        }
+        _ => {}
+    }
+    let origin = match listener {
+        AsListener::Plain => &st.plain_origin,
+        AsListener::Mtls => &st.issuer,
+    };
+    let htu = format!("{origin}/token");
+    let expected = dpop::Expected {
+        htm: "POST",
+        htu: &htu,
+        token: None,
+        now: now_secs(),
+    };
+    match st.shared.dpop.accept(Server::As, proof, &expected) {
+        Ok(p) => Ok(Some(p.jkt)),
+        Err(Refusal::UseNonce) => Err(refuse(
+            "use_dpop_nonce",
+            "the DPoP proof must carry the nonce of the DPoP-Nonce header",
+        )),
+        Err(Refusal::Invalid(why)) => Err(refuse("invalid_dpop_proof", &why)),
+    }
+}
+
 async fn token(
     State(st): St,
     Extension(listener): Extension<AsListener>,
@@ -222,6 +316,7 @@ async fn token(
         st.shared.assertions.record(a);
     }
 
+    st.shared.token_gate.pass().await;
     let fault = st.shared.as_fault();
     if let Some(AsFault::SlowToken(d)) = fault {
         tokio::time::sleep(d).await;
@@ -318,6 +413,11 @@ async fn token(
         }
     };
 
+    let jkt = match dpop_binding(&st, listener, &headers, fault.as_ref()) {
+        Ok(jkt) => jkt,
+        Err(resp) => return *resp,
+    };
+
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let iat = now_secs();
     let ttl = st.token_ttl.as_secs();
@@ -327,6 +427,7 @@ async fn token(
         iat,
         exp: iat + ttl,
         x5t,
+        jkt: jkt.clone(),
         revoked: false,
     };
     if let Ok(mut tokens) = st.shared.tokens.lock() {
@@ -342,7 +443,7 @@ async fn token(
 
     let mut body = json!({
         "access_token": token,
-        "token_type": "Bearer",
+        "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": ttl,
         "scope": scope,
     });
@@ -435,7 +536,7 @@ fn assertion_client(
         _ => 0,
     };
     let now = now_secs().saturating_add_signed(skew);
-    let expected = Expected {
+    let expected = assertion::Expected {
         issuer: &st.issuer,
         token_endpoint: &format!("{origin}/token"),
         rules: &rules,
@@ -473,17 +574,25 @@ pub(crate) fn introspection_answer(st: &AsState, token: &str) -> Value {
         .ok()
         .and_then(|t| t.get(&token_key(token)).cloned());
     match record {
-        Some(r) if !r.revoked && r.exp > now => json!({
-            "active": true,
-            "scope": r.scope,
-            "client_id": r.client_id,
-            "sub": r.client_id,
-            "token_type": "Bearer",
-            "exp": r.exp,
-            "iat": r.iat,
-            "iss": st.issuer,
-            "cnf": { "x5t#S256": r.x5t },
-        }),
+        Some(r) if !r.revoked && r.exp > now => {
+            // A DPoP token stays bound to the certificate too: it was issued over mTLS to a
+            // client the certificate authenticated, and the data provider checks both.
+            let mut cnf = json!({ "x5t#S256": r.x5t });
+            if let Some(jkt) = &r.jkt {
+                cnf["jkt"] = json!(jkt);
+            }
+            json!({
+                "active": true,
+                "scope": r.scope,
+                "client_id": r.client_id,
+                "sub": r.client_id,
+                "token_type": if r.jkt.is_some() { "DPoP" } else { "Bearer" },
+                "exp": r.exp,
+                "iat": r.iat,
+                "iss": st.issuer,
+                "cnf": cnf,
+            })
+        }
         _ => json!({ "active": false }),
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::data;
+use crate::dpop::{Expected, Refusal, Server};
 use crate::faults::{self, DpFault};
 use crate::introspection::{Denial, Introspector, check_answer};
 use crate::state::{Shared, bump, now_secs};
@@ -37,6 +38,8 @@ pub(crate) struct DpState {
     pub faults_enabled: bool,
     /// Target of `fault=redirect` without `location`.
     pub default_redirect: String,
+    /// `https://127.0.0.1:<port>`: a DPoP proof's `htu` is this and the request's path.
+    pub origin: String,
 }
 
 type St = State<Arc<DpState>>;
@@ -84,7 +87,23 @@ async fn guard(
         None
     };
     let mut fault = st.shared.dp_fault();
-    let mut resp = match authorize(&st, &conn, req.headers(), req.uri()).await {
+    let dpop_scheme = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().get(..5))
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"dpop "));
+    let authorized =
+        if fault == Some(DpFault::DpopNonceAlways) && req.headers().contains_key("dpop") {
+            if let Some(p) = req.headers().get("dpop").and_then(|v| v.to_str().ok()) {
+                st.shared.dpop.received.record(p);
+            }
+            bump(&st.shared.dpop.counters.nonce_demands);
+            st.shared.dpop.rotate(Server::Dp);
+            Err(Denial::UseDpopNonce)
+        } else {
+            authorize(&st, &conn, req.method().as_str(), req.headers(), req.uri()).await
+        };
+    let mut resp = match authorized {
         Err(denial) => denial.into_response(),
         Ok(()) => {
             if fault.is_none()
@@ -99,6 +118,23 @@ async fn guard(
         }
     };
     let h = resp.headers_mut();
+    // A request with the DPoP scheme is answered with DPoP challenges (RFC 9449 section 7.1).
+    if dpop_scheme
+        && let Some(v) = h.get(header::WWW_AUTHENTICATE)
+        && let Some(rest) = v.as_bytes().strip_prefix(b"Bearer")
+        && let Ok(v) = HeaderValue::from_bytes(&[b"DPoP", rest].concat())
+    {
+        h.insert(header::WWW_AUTHENTICATE, v);
+    }
+    let nonce = match fault {
+        Some(DpFault::DpopNonceAlways) => st.shared.dpop.current(Server::Dp),
+        _ => st.shared.dpop.nonce(Server::Dp),
+    };
+    if let Some(n) = nonce
+        && let Ok(v) = HeaderValue::from_str(&n)
+    {
+        h.insert("dpop-nonce", v);
+    }
     if fault != Some(DpFault::NoDate)
         && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
     {
@@ -112,11 +148,13 @@ async fn guard(
     resp
 }
 
-/// RFC 6750 + OE request validation: certificate, exactly one Bearer header, no token in the query,
-/// then introspection.
+/// RFC 6750 + OE request validation: certificate, exactly one Authorization header (Bearer, or
+/// DPoP with exactly one verified proof: RFC 9449 section 7), no token in the query, then
+/// introspection, and the token's bindings.
 async fn authorize(
     st: &DpState,
     conn: &ConnInfo,
+    method: &str,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
 ) -> Result<(), Denial> {
@@ -141,18 +179,49 @@ async fn authorize(
         .to_str()
         .map_err(|_| Denial::InvalidRequest("malformed Authorization header"))?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Denial::InvalidRequest("only the Bearer scheme is accepted"));
+    let dpop = scheme.eq_ignore_ascii_case("dpop");
+    if !dpop && !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Denial::InvalidRequest(
+            "only the Bearer and DPoP schemes are accepted",
+        ));
     }
     let token = token.trim();
     if !is_b64token(token) {
         return Err(Denial::InvalidRequest("malformed bearer token"));
     }
+    let mut proofs = headers.get_all("dpop").iter();
+    let (first, second) = (proofs.next(), proofs.next());
+    if second.is_some() {
+        return Err(Denial::InvalidDpopProof("more than one DPoP header".into()));
+    }
+    let proof_jkt = match (dpop, first) {
+        (false, _) => None,
+        (true, None) => return Err(Denial::InvalidDpopProof("no DPoP header".into())),
+        (true, Some(proof)) => {
+            let htu = format!("{}{}", st.origin, uri.path());
+            let expected = Expected {
+                htm: method,
+                htu: &htu,
+                token: Some(token),
+                now: now_secs(),
+            };
+            let proof = proof.to_str().unwrap_or("");
+            match st.shared.dpop.accept(Server::Dp, proof, &expected) {
+                Ok(p) => Some(p.jkt),
+                Err(Refusal::UseNonce) => return Err(Denial::UseDpopNonce),
+                Err(Refusal::Invalid(why)) => return Err(Denial::InvalidDpopProof(why)),
+            }
+        }
+    };
     let answer = st.introspector.introspect(token).await.map_err(|e| {
         tracing::warn!("introspection failed: {e}");
         Denial::Unavailable
     })?;
-    check_answer(&answer, cert, now_secs())
+    let checked = check_answer(&answer, cert, now_secs(), proof_jkt.as_deref());
+    if checked == Err(Denial::DpopBoundAsBearer) {
+        bump(&st.shared.dpop.counters.bearer_refused);
+    }
+    checked
 }
 
 /// RFC 6750 §2.1 `b64token`.
@@ -171,7 +240,9 @@ async fn apply_fault(
     next: Next,
 ) -> Response {
     match fault {
-        None | Some(DpFault::NoDate | DpFault::NoInteractionIdEcho) => next.run(req).await,
+        None | Some(DpFault::NoDate | DpFault::NoInteractionIdEcho | DpFault::DpopNonceAlways) => {
+            next.run(req).await
+        }
         Some(DpFault::Status { code, retry_after }) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let mut resp = (

@@ -25,6 +25,10 @@ pub struct DevOptions {
     pub admin_port: u16,
     /// Enable per-request fault query parameters and `/echo`.
     pub faults_enabled: bool,
+    /// DPoP-bound tokens (RFC 9449): [`crate::FederationConfig::dpop_required`].
+    pub dpop: bool,
+    /// Demand DPoP nonces: [`crate::FederationConfig::dpop_nonce`].
+    pub dpop_nonce: bool,
     /// Let the data provider introspect at this authorization server instead of starting ours.
     pub external_issuer: Option<DevExternalIssuer>,
     /// `fapi-host dev --auth private_key_jwt`: the token endpoint requires client assertions
@@ -90,6 +94,8 @@ impl Default for DevOptions {
             dp_port: 0,
             admin_port: 0,
             faults_enabled: false,
+            dpop: false,
+            dpop_nonce: false,
             external_issuer: None,
             private_key_jwt: None,
         }
@@ -243,6 +249,8 @@ pub async fn run_dev(opts: DevOptions) -> Result<(), Error> {
         admin_port: opts.admin_port,
         external_issuer,
         private_key_jwt: opts.private_key_jwt.clone(),
+        dpop_required: opts.dpop,
+        dpop_nonce: opts.dpop_nonce,
         ..FederationConfig::default()
     };
     let stop = shutdown_signal()?;

@@ -43,6 +43,12 @@ pub enum AsFault {
     /// The token endpoint's clock is this many seconds off (negative: behind): client assertions
     /// are judged by it, and its refusals carry a `Date` header from it.
     ClockSkew(i64),
+    /// Discovery's `dpop_signing_alg_values_supported` is this list.
+    DpopAlgs(Vec<String>),
+    /// Every token request with a DPoP proof is answered 400 `use_dpop_nonce` with a new nonce.
+    DpopNonceAlways,
+    /// Every token request with a DPoP proof is answered 400 `invalid_dpop_proof`.
+    DpopProofRefused,
 }
 
 /// A fault of the data provider, applied after the request has been authorised. JSON form
@@ -74,6 +80,9 @@ pub enum DpFault {
     NoDate,
     /// Omit the `x-fapi-interaction-id` header.
     NoInteractionIdEcho,
+    /// Every request with a DPoP proof is answered 401 `DPoP error="use_dpop_nonce"` with a new
+    /// nonce (before the token is looked at).
+    DpopNonceAlways,
 }
 
 /// Parse a per-request fault from query parameters (`fault`, `retry_after`, `delay_ms`, `location`).

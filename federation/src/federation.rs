@@ -64,6 +64,17 @@ pub struct FederationConfig {
     /// mTLS is still required and tokens are still bound to the certificate. Discovery then lists
     /// only `private_key_jwt`. Default `None`: `tls_client_auth`.
     pub private_key_jwt: Option<PrivateKeyJwt>,
+    /// DPoP (RFC 9449) required: the AS refuses token requests without a proof
+    /// (`invalid_dpop_proof`), and [`Federation::write_client_config`] writes `sender_constraint
+    /// = "dpop"`. Proofs are verified whenever they come, whatever this says. Default false.
+    pub dpop_required: bool,
+    /// Demand a server nonce in every DPoP proof, at the AS and the data provider (one nonce
+    /// each, in a `DPoP-Nonce` header of every response). Default false.
+    pub dpop_nonce: bool,
+    /// With `dpop_nonce`: a server's nonce is replaced after this many proofs it accepted, the new
+    /// one sent in the answer to the last of them (a 200). 0 (default): only by
+    /// [`Federation::rotate_dpop_nonces`].
+    pub dpop_nonce_rotate_every: u64,
 }
 
 impl Default for FederationConfig {
@@ -79,6 +90,9 @@ impl Default for FederationConfig {
             introspection_cache_ttl: Duration::from_secs(60),
             record_issued_tokens: false,
             private_key_jwt: None,
+            dpop_required: false,
+            dpop_nonce: false,
+            dpop_nonce_rotate_every: 0,
         }
     }
 }
@@ -125,6 +139,16 @@ impl Federation {
             } else {
                 IssuedTokens::default()
             },
+            dpop: crate::dpop::Dpop::new(
+                cfg.dpop_nonce,
+                cfg.dpop_nonce_rotate_every,
+                if cfg.record_issued_tokens {
+                    IssuedTokens::recording()
+                } else {
+                    IssuedTokens::default()
+                },
+            ),
+            dpop_required: cfg.dpop_required,
             ..Shared::default()
         });
         let ca = pki.ca_der();
@@ -223,6 +247,7 @@ impl Federation {
             shared: shared.clone(),
             faults_enabled: cfg.faults_enabled,
             default_redirect: format!("{redirect_origin}/elsewhere"),
+            origin: fed.data_origin.clone(),
         });
         let dp_cfg = tls::server_config(chain, key, Some(&trusted))?;
         let dp_opts = ServeOpts {
@@ -292,7 +317,7 @@ impl Federation {
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
-        self.shared.counters.snapshot()
+        self.shared.snapshot()
     }
 
     /// Every access token our AS has issued so far, in clear, oldest first (to every client; none
@@ -323,9 +348,41 @@ impl Federation {
         })
     }
 
+    /// Every DPoP proof our servers received so far (AS and data provider, accepted or not), in
+    /// clear, oldest first. **For tests only**, as [`Federation::issued_tokens`].
+    ///
+    /// # Panics
+    ///
+    /// When the federation was started without [`FederationConfig::record_issued_tokens`].
+    pub fn received_dpop_proofs(&self) -> Vec<String> {
+        self.shared.dpop.received.all().unwrap_or_else(|| {
+            panic!(
+                "Federation::received_dpop_proofs needs FederationConfig::record_issued_tokens = true"
+            )
+        })
+    }
+
     /// Whether the token endpoint requires `private_key_jwt`, and with which rules.
     pub fn private_key_jwt(&self) -> Option<&PrivateKeyJwt> {
         self.private_key_jwt.as_ref()
+    }
+
+    /// Replace the DPoP nonces of the AS and of the data provider: a proof with an old one is
+    /// answered `use_dpop_nonce` with the new one.
+    pub fn rotate_dpop_nonces(&self) {
+        self.shared.dpop.rotate(crate::dpop::Server::As);
+        self.shared.dpop.rotate(crate::dpop::Server::Dp);
+        if let Ok(mut cache) = self.shared.introspection_cache.lock() {
+            // Not needed for nonces; kept so a rotation is also a clean slate for tests.
+            cache.clear();
+        }
+    }
+
+    /// Hold every token request at the token endpoint (counted, then answered only once this is
+    /// called again with `false`): a refresh in flight for as long as a test needs, with no
+    /// timing to guess.
+    pub fn hold_token_requests(&self, held: bool) {
+        self.shared.token_gate.set_held(held);
     }
 
     /// Set or clear the AS fault (works whatever `faults_enabled` says).
@@ -393,9 +450,14 @@ impl Federation {
             }
             Some(_) => "token_endpoint_auth_method = \"private_key_jwt\"\n",
         };
+        let dpop = if self.shared.dpop_required {
+            "sender_constraint = \"dpop\"\n"
+        } else {
+            ""
+        };
         let toml = format!(
             "# Written by fapi-federation for the local federation; paths are relative to this file.\n\
-             client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n{auth}\n\
+             client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n{auth}{dpop}\n\
              [sandbox]\nallow = [{}]\n",
             s(&id.client_id),
             s(&self.issuer_url),

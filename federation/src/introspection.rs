@@ -33,7 +33,17 @@ pub(crate) enum Denial {
     InsufficientScope,
     /// The AS could not be asked: 503.
     Unavailable,
+    /// RFC 9449 section 9: the proof lacks the current nonce: 401 `use_dpop_nonce`.
+    UseDpopNonce,
+    /// RFC 9449 section 7.1: the DPoP proof is refused: 401 `invalid_dpop_proof`.
+    InvalidDpopProof(String),
+    /// RFC 9449 section 7.2: a DPoP-bound token sent with the Bearer scheme: 401 `invalid_token`
+    /// with a DPoP challenge (checklist DPOP-04).
+    DpopBoundAsBearer,
 }
+
+/// The `algs` of the data provider's DPoP challenges.
+const DPOP_ALGS: &str = "ES256 PS256 EdDSA";
 
 impl IntoResponse for Denial {
     fn into_response(self) -> Response {
@@ -59,6 +69,27 @@ impl IntoResponse for Denial {
                 String::new(),
                 json!({ "error": "temporarily_unavailable", "error_description": "token introspection failed" }),
             ),
+            Denial::UseDpopNonce => (
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "DPoP error=\"use_dpop_nonce\", error_description=\"the proof must carry the DPoP-Nonce header's nonce\", algs=\"{DPOP_ALGS}\""
+                ),
+                json!({ "error": "use_dpop_nonce" }),
+            ),
+            Denial::InvalidDpopProof(why) => (
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "DPoP error=\"invalid_dpop_proof\", error_description=\"{why}\", algs=\"{DPOP_ALGS}\""
+                ),
+                json!({ "error": "invalid_dpop_proof", "error_description": why }),
+            ),
+            Denial::DpopBoundAsBearer => (
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "DPoP error=\"invalid_token\", error_description=\"the token is DPoP-bound: send it with the DPoP scheme and a proof\", algs=\"{DPOP_ALGS}\""
+                ),
+                json!({ "error": "invalid_token", "error_description": "the token is DPoP-bound: send it with the DPoP scheme and a proof" }),
+            ),
         };
         let mut resp = if body.is_null() {
             status.into_response()
@@ -74,8 +105,16 @@ impl IntoResponse for Denial {
     }
 }
 
-/// Check an introspection answer against the presented certificate (pure; OE-05, INT-02..04, MTLS-05/06).
-pub(crate) fn check_answer(answer: &Value, cert_der: &[u8], now: u64) -> Result<(), Denial> {
+/// Check an introspection answer against the presented certificate and, when the request came
+/// with the DPoP scheme, the thumbprint of its proof's key (pure; OE-05, INT-02..04, MTLS-05/06,
+/// DPOP-04). A token must be bound to something: the certificate (`cnf.x5t#S256`), a DPoP key
+/// (`cnf.jkt`), or both; each binding it has must hold.
+pub(crate) fn check_answer(
+    answer: &Value,
+    cert_der: &[u8],
+    now: u64,
+    proof_jkt: Option<&str>,
+) -> Result<(), Denial> {
     match answer.get("active") {
         None => return Err(Denial::InvalidRequest("introspection answer lacks active")),
         Some(Value::Bool(true)) => {}
@@ -90,17 +129,30 @@ pub(crate) fn check_answer(answer: &Value, cert_der: &[u8], now: u64) -> Result<
     {
         return Err(Denial::InvalidToken("token issued in the future"));
     }
-    let bound = answer
-        .get("cnf")
-        .and_then(|c| c.get("x5t#S256"))
-        .and_then(Value::as_str);
-    match bound {
+    let cnf = |name: &str| {
+        answer
+            .get("cnf")
+            .and_then(|c| c.get(name))
+            .and_then(Value::as_str)
+    };
+    let jkt = cnf("jkt");
+    match (jkt, proof_jkt) {
+        (Some(bound), Some(proven)) if bound == proven => {}
+        (Some(_), Some(_)) => {
+            return Err(Denial::InvalidToken("token is bound to another DPoP key"));
+        }
+        (Some(_), None) => return Err(Denial::DpopBoundAsBearer),
+        (None, Some(_)) => return Err(Denial::InvalidToken("token is not DPoP-bound")),
+        (None, None) => {}
+    }
+    match cnf("x5t#S256") {
         Some(x5t) if x5t == thumbprint(cert_der) => {}
         Some(_) => {
             return Err(Denial::InvalidToken(
                 "token is bound to another certificate",
             ));
         }
+        None if jkt.is_some() => {}
         None => return Err(Denial::InvalidToken("token is not certificate-bound")),
     }
     let scope = answer.get("scope").and_then(Value::as_str).unwrap_or("");
@@ -245,46 +297,74 @@ mod tests {
     #[test]
     fn answer_checks_follow_open_energy_rules() {
         let cert = b"cert";
-        assert_eq!(check_answer(&good(cert), cert, 1500), Ok(()));
+        assert_eq!(check_answer(&good(cert), cert, 1500, None), Ok(()));
         let mut a = good(cert);
         a.as_object_mut().map(|o| o.remove("active"));
         assert!(matches!(
-            check_answer(&a, cert, 1500),
+            check_answer(&a, cert, 1500, None),
             Err(Denial::InvalidRequest(_))
         ));
         for active in [json!(false), json!("true"), json!(1)] {
             let mut a = good(cert);
             a["active"] = active;
             assert!(matches!(
-                check_answer(&a, cert, 1500),
+                check_answer(&a, cert, 1500, None),
                 Err(Denial::InvalidToken(_))
             ));
         }
         assert!(matches!(
-            check_answer(&good(cert), cert, 2000),
+            check_answer(&good(cert), cert, 2000, None),
             Err(Denial::InvalidToken(_))
         ));
         assert!(matches!(
-            check_answer(&good(cert), b"other", 1500),
+            check_answer(&good(cert), b"other", 1500, None),
             Err(Denial::InvalidToken(_))
         ));
         let mut a = good(cert);
         a["iat"] = json!(1511);
         assert!(matches!(
-            check_answer(&a, cert, 1500),
+            check_answer(&a, cert, 1500, None),
             Err(Denial::InvalidToken(_))
         ));
         a["iat"] = json!(1510);
-        assert_eq!(check_answer(&a, cert, 1500), Ok(()));
+        assert_eq!(check_answer(&a, cert, 1500, None), Ok(()));
         let mut a = good(cert);
         a.as_object_mut().map(|o| o.remove("cnf"));
         assert!(matches!(
-            check_answer(&a, cert, 1500),
+            check_answer(&a, cert, 1500, None),
             Err(Denial::InvalidToken(_))
         ));
         let mut a = good(cert);
         a["scope"] = json!("consumption:readx directory:software");
-        assert_eq!(check_answer(&a, cert, 1500), Err(Denial::InsufficientScope));
+        assert_eq!(
+            check_answer(&a, cert, 1500, None),
+            Err(Denial::InsufficientScope)
+        );
+    }
+
+    /// DPOP-04: a DPoP-bound token needs the DPoP scheme and a proof of its key; a proof does not
+    /// make a token that is not DPoP-bound acceptable.
+    #[test]
+    fn dpop_bindings_are_checked() {
+        let cert = b"cert";
+        let mut a = good(cert);
+        a["cnf"]["jkt"] = json!("K1");
+        assert_eq!(check_answer(&a, cert, 1500, Some("K1")), Ok(()));
+        assert_eq!(
+            check_answer(&a, cert, 1500, None),
+            Err(Denial::DpopBoundAsBearer)
+        );
+        assert!(matches!(
+            check_answer(&a, cert, 1500, Some("K2")),
+            Err(Denial::InvalidToken(_))
+        ));
+        assert!(matches!(
+            check_answer(&good(cert), cert, 1500, Some("K1")),
+            Err(Denial::InvalidToken(_))
+        ));
+        // Bound to the key alone (an external issuer without certificate binding).
+        a["cnf"] = json!({ "jkt": "K1" });
+        assert_eq!(check_answer(&a, cert, 1500, Some("K1")), Ok(()));
     }
 
     #[test]

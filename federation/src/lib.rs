@@ -8,6 +8,9 @@
 //! - A **data provider** that validates every request the Open Energy way (client certificate,
 //!   one Bearer header, introspection over mTLS, `active`/`exp`/`iat`/thumbprint/scope checks,
 //!   RFC 6750 errors, `x-fapi-interaction-id` echo) and serves deterministic data.
+//! - **DPoP** (RFC 9449) at both servers when a client sends proofs (or must:
+//!   [`FederationConfig::dpop_required`]): proofs verified with ring, nonces demanded and rotated,
+//!   replays refused, tokens bound to the key (`cnf.jkt`), a DPoP-bound token refused as Bearer.
 //! - An **admin listener** (plain HTTP) for counters, revocation and fault injection.
 //! - A generated **PKI** (ECDSA P-256): CA, server certificate, registered client identities.
 //!
@@ -32,6 +35,7 @@ mod capture;
 pub mod data;
 mod data_provider;
 mod dev;
+mod dpop;
 mod error;
 mod faults;
 mod federation;

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::dpop::Dpop;
 use crate::faults::{AsFault, DpFault, FaultTimes};
 
 /// A snapshot of the federation's request counters (also `GET /counters` on the admin listener).
@@ -41,6 +42,16 @@ pub struct Counters {
     pub assertions_refused: u64,
     /// Token endpoint requests by the `client_id` form field (`<none>` when absent).
     pub per_client_token_requests: BTreeMap<String, u64>,
+    /// DPoP proofs accepted (AS and data provider).
+    pub dpop_proofs_accepted: u64,
+    /// DPoP proofs refused as invalid (`invalid_dpop_proof`), replays included.
+    pub dpop_proofs_refused: u64,
+    /// Of those, proofs refused because their `jti` was used before.
+    pub dpop_replays_refused: u64,
+    /// Answers `use_dpop_nonce` (a proof without the current nonce, or a fault).
+    pub dpop_nonce_demands: u64,
+    /// DPoP-bound tokens refused at the data provider because they came with the Bearer scheme.
+    pub dpop_bound_sent_as_bearer: u64,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +96,7 @@ impl CounterCells {
                 .lock()
                 .map(|m| m.clone())
                 .unwrap_or_default(),
+            ..Counters::default()
         }
     }
 
@@ -104,6 +116,8 @@ pub(crate) struct TokenRecord {
     pub exp: u64,
     /// `cnf.x5t#S256`: thumbprint of the certificate the token is bound to.
     pub x5t: String,
+    /// `cnf.jkt`: thumbprint of the DPoP key the token is bound to (a DPoP token request).
+    pub jkt: Option<String>,
     pub revoked: bool,
 }
 
@@ -186,9 +200,53 @@ pub(crate) struct Shared {
     pub assertions: IssuedTokens,
     /// The `jti`s of client assertions, against replays.
     pub seen_jtis: crate::assertion::SeenJtis,
+    /// DPoP: nonces, seen `jti`s, the proofs received (recorded like `issued`) and counters.
+    pub dpop: Dpop,
+    /// DPoP token requests without a proof are refused (`FederationConfig::dpop_required`).
+    pub dpop_required: bool,
+    /// While true, the token endpoint holds every request it has counted until it turns false
+    /// ([`crate::Federation::hold_token_requests`]).
+    pub token_gate: TokenGate,
+}
+
+/// A gate for token requests: closed, they wait at the token endpoint until it opens.
+#[derive(Debug)]
+pub(crate) struct TokenGate(tokio::sync::watch::Sender<bool>);
+
+impl Default for TokenGate {
+    fn default() -> Self {
+        TokenGate(tokio::sync::watch::Sender::new(false))
+    }
+}
+
+impl TokenGate {
+    pub(crate) fn set_held(&self, held: bool) {
+        self.0.send_replace(held);
+    }
+
+    /// Wait while the gate is closed.
+    pub(crate) async fn pass(&self) {
+        let mut rx = self.0.subscribe();
+        // An error means the sender is gone: nothing holds the request any more.
+        let _ = rx.wait_for(|held| !*held).await;
+    }
 }
 
 impl Shared {
+    /// Every counter, the DPoP ones included.
+    pub(crate) fn snapshot(&self) -> Counters {
+        let d = &self.dpop.counters;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            dpop_proofs_accepted: get(&d.accepted),
+            dpop_proofs_refused: get(&d.refused),
+            dpop_replays_refused: get(&d.replays),
+            dpop_nonce_demands: get(&d.nonce_demands),
+            dpop_bound_sent_as_bearer: get(&d.bearer_refused),
+            ..self.counters.snapshot()
+        }
+    }
+
     pub(crate) fn as_fault(&self) -> Option<AsFault> {
         self.as_fault.lock().ok().and_then(|g| g.clone())
     }

@@ -355,6 +355,7 @@ mod tests {
             scopes_supported: None,
             auth_methods_supported: list(methods),
             auth_signing_algs_supported: list(algs),
+            dpop_signing_alg_values_supported: None,
             token_endpoint_is_alias: true,
             other_endpoints: Vec::new(),
         }

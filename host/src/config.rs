@@ -479,6 +479,13 @@ impl Settings {
             sender_constraint: parsed(&file.sender_constraint)?.unwrap_or(pd.sender_constraint),
             dpop_key: file.dpop_key.map(rel),
         };
+        if auth.dpop_key.is_some() && auth.sender_constraint != SenderConstraint::Dpop {
+            return Err(Error::Config(format!(
+                "`dpop_key` is set but `sender_constraint` is \"{}\": the key would never be \
+                 used; set `sender_constraint = \"dpop\"`, or remove `dpop_key`",
+                auth.sender_constraint.name()
+            )));
+        }
         if profile == Profile::Cdr && auth.client_auth == ClientAuth::TlsClientAuth {
             return Err(Error::Config(
                 "`token_endpoint_auth_method` = \"tls_client_auth\" under profile \"cdr\": the \
@@ -705,6 +712,33 @@ requested_scopes = "directory:software"
 private_key = "certs/a.key"
 certificate = "certs/a.pem"
 "#;
+
+    /// A DPoP key without DPoP is a half-configured pair: an error naming both keys.
+    #[test]
+    fn a_dpop_key_needs_the_dpop_sender_constraint() {
+        let e = Settings::from_toml(
+            &format!("{BASE}dpop_key = \"dpop.key\"\n"),
+            Path::new("/etc/fapi"),
+            &Overrides::default(),
+        )
+        .expect_err("dpop_key without sender_constraint = dpop")
+        .to_string();
+        assert!(
+            e.contains("`dpop_key`") && e.contains("sender_constraint = \"dpop\""),
+            "{e}"
+        );
+        let s = Settings::from_toml(
+            &format!("{BASE}sender_constraint = \"dpop\"\ndpop_key = \"dpop.key\"\n"),
+            Path::new("/etc/fapi"),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert_eq!(s.auth.sender_constraint, SenderConstraint::Dpop);
+        assert_eq!(
+            s.auth.dpop_key.as_deref(),
+            Some(Path::new("/etc/fapi/dpop.key"))
+        );
+    }
 
     #[test]
     fn paths_are_relative_to_the_file() {

@@ -313,7 +313,7 @@ pub fn thumbprint(der: &CertificateDer<'_>) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_ref()))
 }
 
-fn signing_key(key: &PrivateKeyDer<'_>, key_name: &Path) -> Result<Arc<dyn SigningKey>> {
+pub(crate) fn signing_key(key: &PrivateKeyDer<'_>, key_name: &Path) -> Result<Arc<dyn SigningKey>> {
     rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| {
         Error::Credentials(format!(
             "{}: the private key cannot be used for TLS ({e}); use an RSA (2048+), ECDSA P-256/P-384 or Ed25519 key",
@@ -413,7 +413,7 @@ pub(crate) fn read_secret(
     Ok(Some(secret))
 }
 
-fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
+pub(crate) fn read(path: &Path, setting: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         Error::Credentials(format!(
             "cannot read `{setting}` file {}: {e}",
@@ -443,7 +443,7 @@ pub(crate) fn parse_chain(pem: &[u8], name: &Path) -> Result<Vec<CertificateDer<
     Ok(chain)
 }
 
-fn parse_key(pem: &[u8], name: &Path) -> Result<PrivateKeyDer<'static>> {
+pub(crate) fn parse_key(pem: &[u8], name: &Path) -> Result<PrivateKeyDer<'static>> {
     if pem.windows(9).any(|w| w == b"ENCRYPTED") {
         // Encrypted PKCS#8 is decrypted by `Identity::from_settings`; what reaches this is an
         // OpenSSL "traditional" encrypted key (`Proc-Type: 4,ENCRYPTED`) or a PEM-only load.

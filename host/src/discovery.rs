@@ -27,6 +27,8 @@ pub struct ServerMetadata {
     pub auth_signing_algs_supported: Option<Vec<String>>,
     /// Whether the token endpoint came from `mtls_endpoint_aliases`.
     pub token_endpoint_is_alias: bool,
+    /// `dpop_signing_alg_values_supported` (RFC 9449 section 5.1), when given.
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
     /// Every other endpoint the document names (`*_endpoint` at the top level, whether or not an
     /// mTLS alias replaces it, every alias, and `jwks_uri`): never this client's to call, never a
     /// guest's to reach.
@@ -57,6 +59,7 @@ struct Document {
     grant_types_supported: Option<Vec<String>>,
     tls_client_certificate_bound_access_tokens: Option<bool>,
     mtls_endpoint_aliases: Option<serde_json::Map<String, Value>>,
+    dpop_signing_alg_values_supported: Option<Vec<String>>,
     /// Everything else, searched for more endpoints.
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
@@ -375,6 +378,7 @@ pub fn check_document(
             auth_methods_supported: doc.token_endpoint_auth_methods_supported,
             auth_signing_algs_supported: doc.token_endpoint_auth_signing_alg_values_supported,
             token_endpoint_is_alias,
+            dpop_signing_alg_values_supported: doc.dpop_signing_alg_values_supported,
             other_endpoints,
         },
         warnings,

@@ -92,6 +92,12 @@ pub enum Error {
     /// against wit/fapi.wit.
     #[error("component error: {0}")]
     Component(String),
+
+    /// A DPoP exchange (RFC 9449) could not complete: a server demanded a nonce twice in a row, or
+    /// demanded one without giving it. Nothing more was sent. Fix: the message says which server;
+    /// its operator can fix it.
+    #[error("DPoP error: {0}")]
+    Dpop(String),
 }
 
 fn unreachable_how(tls: bool) -> &'static str {
@@ -126,6 +132,11 @@ fn fix(error: &str, assertion_hint: &Option<String>) -> String {
             "; request only scopes the client is registered for (`requested_scopes`)"
         }
         "unauthorized_client" => "; the client is not registered for the client_credentials grant",
+        "invalid_dpop_proof" => {
+            "; the server refused the DPoP proof (RFC 9449 section 4.3): check the clock of this \
+             machine (a proof's `iat` is now), and that the server accepts the key's algorithm \
+             (`dpop_signing_alg_values_supported`)"
+        }
         _ => "",
     };
     fix.to_owned()
@@ -156,9 +167,10 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) | Error::Credentials(_) => ErrorKind::Config,
-            Error::Discovery(_) | Error::TokenRefused { .. } | Error::TokenResponse(_) => {
-                ErrorKind::Authorization
-            }
+            Error::Discovery(_)
+            | Error::TokenRefused { .. }
+            | Error::TokenResponse(_)
+            | Error::Dpop(_) => ErrorKind::Authorization,
             Error::Tls(_)
             | Error::Network(_)
             | Error::Timeout(_)

@@ -161,17 +161,28 @@ impl JwsKey {
 
     /// Sign `claims` with a header of `alg`, then `header`'s members (`typ`, `kid`, `jwk`, ...).
     pub fn sign(&self, header: Map<String, Value>, claims: &Value) -> Result<Zeroizing<String>> {
+        self.sign_encoded(&self.encoded_header(header)?, claims)
+    }
+
+    /// The base64url of a header of `alg`, then `header`'s members: made once for a header that
+    /// never changes (a DPoP key's `typ` and `jwk`), then given to [`JwsKey::sign_encoded`].
+    pub fn encoded_header(&self, header: Map<String, Value>) -> Result<String> {
         let mut h = Map::new();
         h.insert("alg".into(), Value::from(self.alg.name()));
         h.extend(header);
         let header = serde_json::to_vec(&Value::Object(h))
             .map_err(|e| Error::Credentials(format!("encoding a JWS header: {e}")))?;
+        Ok(B64.encode(header))
+    }
+
+    /// Sign `claims` under a header made by [`JwsKey::encoded_header`] of this key.
+    pub fn sign_encoded(&self, encoded_header: &str, claims: &Value) -> Result<Zeroizing<String>> {
         let claims = Zeroizing::new(
             serde_json::to_vec(claims)
                 .map_err(|e| Error::Credentials(format!("encoding JWS claims: {e}")))?,
         );
         let mut out = Zeroizing::new(String::with_capacity(512));
-        B64.encode_string(&header, &mut out);
+        out.push_str(encoded_header);
         out.push('.');
         B64.encode_string(&*claims, &mut out);
         let signer = self

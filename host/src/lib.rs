@@ -16,6 +16,9 @@
 //!   --reveal-token`). They never reach a log line, an error message or a guest.
 //! - Tokens are sent only in the `Authorization` header of requests to the URL the caller named;
 //!   redirects are never followed, so a token never follows a redirect to another origin.
+//! - With DPoP (`sender_constraint = "dpop"`), the DPoP key lives only in the token manager (one
+//!   per authorization server), and each proof only in the one request it was made for: proofs
+//!   are treated like tokens (docs/dpop.md).
 //! - TLS is rustls with ring, TLS 1.3 or TLS 1.2 with FAPI suites, full verification, always;
 //!   the authorization server and the data providers each against their own trust anchors.
 //!
@@ -26,6 +29,7 @@
 //! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
 //! | `token` | the token cache and its refresh; token requests and introspection |
 //! | `discovery` | the authorization server's metadata, fetched and checked |
+//! | `dpop` | DPoP (RFC 9449): the key of one authorization server, proofs, nonces per origin |
 //! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
 //! | [`pkcs11`] | keys in a PKCS#11 token: URIs, sessions, the rustls signing key |
 //! | `tls` | the rustls configurations of an identity (TLS 1.2 suites) and the HTTP clients built on them |
@@ -68,6 +72,7 @@ mod client_auth;
 mod config;
 mod credentials;
 mod discovery;
+mod dpop;
 mod error;
 pub mod jws;
 #[cfg(feature = "sandbox")]
@@ -129,11 +134,17 @@ pub mod fuzzing {
         requested_scopes: &[String],
     ) -> std::result::Result<(Vec<String>, Duration, bool), String> {
         let endpoint = url::Url::parse("https://as.example/token").expect("a valid URL");
-        crate::token::parse_success(body, &endpoint, Duration::from_secs(300), requested_scopes)
-            .map(|(bearer, scope, lifetime, from_server)| {
-                debug_assert!(bearer.header().as_bytes().starts_with(b"Bearer "));
-                (scope, lifetime, from_server)
-            })
-            .map_err(|e| e.to_string())
+        crate::token::parse_success(
+            body,
+            &endpoint,
+            Duration::from_secs(300),
+            requested_scopes,
+            false,
+        )
+        .map(|(bearer, scope, lifetime, from_server)| {
+            debug_assert!(bearer.header().as_bytes().starts_with(b"Bearer "));
+            (scope, lifetime, from_server)
+        })
+        .map_err(|e| e.to_string())
     }
 }

@@ -1011,7 +1011,8 @@ impl Proxy {
             | Error::TokenUnreachable { .. }
             | Error::Discovery(_)
             | Error::Config(_)
-            | Error::Credentials(_) => {
+            | Error::Credentials(_)
+            | Error::Dpop(_) => {
                 self.metrics.token_failures.inc();
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -18,13 +18,14 @@ use serde_json::Value;
 use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, MAX_TOKEN_LIFETIME};
 use crate::discovery::{self, ServerMetadata};
+use crate::dpop::{self as dpop_header, Dpop};
 use crate::error::{Error, Result, Warning};
 use crate::retry;
 
 /// What is known about the current token, without the token itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TokenInfo {
-    /// Always "Bearer".
+    /// "Bearer", or "DPoP" with `sender_constraint = "dpop"`.
     pub token_type: String,
     /// The granted scopes (the requested ones when the server did not say).
     pub scope: Vec<String>,
@@ -36,11 +37,15 @@ pub struct TokenInfo {
     pub expires_in_from_server: bool,
     /// The RFC 8705 thumbprint of the certificate the token is bound to.
     pub certificate_thumbprint: String,
+    /// The RFC 7638 thumbprint of the DPoP key the token is bound to (`cnf.jkt`), with DPoP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpop_thumbprint: Option<String>,
     /// The token endpoint that issued it.
     pub token_endpoint: String,
 }
 
-/// A ready `Authorization: Bearer ...` header value. Its `Debug` does not show it.
+/// A ready `Authorization: Bearer ...` (or, with DPoP, `Authorization: DPoP ...`) header value.
+/// Its `Debug` does not show it.
 #[derive(Clone)]
 pub(crate) struct BearerHeader(HeaderValue);
 
@@ -51,9 +56,11 @@ impl BearerHeader {
         self.0.clone()
     }
 
-    /// The raw token, for the introspection form body only.
-    fn expose_token(&self) -> &[u8] {
-        &self.0.as_bytes()["Bearer ".len()..]
+    /// The raw token: for the introspection form body, and for a DPoP proof's `ath` (its hash).
+    pub(crate) fn expose_token(&self) -> &[u8] {
+        let bytes = self.0.as_bytes();
+        let start = bytes.iter().position(|&b| b == b' ').map_or(0, |i| i + 1);
+        &bytes[start..]
     }
 }
 
@@ -179,6 +186,9 @@ pub(crate) struct TokenManager {
     requests: AtomicU64,
     /// The next token stored replaces one refused with `invalid_token`.
     next_is_forced: std::sync::atomic::AtomicBool,
+    /// With `sender_constraint = "dpop"`: this client's DPoP key (one per authorization server)
+    /// and the nonces its servers gave.
+    dpop: Option<Arc<Dpop>>,
 }
 
 impl fmt::Debug for TokenManager {
@@ -229,7 +239,20 @@ impl TokenManager {
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             next_is_forced: std::sync::atomic::AtomicBool::new(false),
+            dpop: None,
         }
+    }
+
+    /// This manager, binding its tokens to `dpop`'s key (RFC 9449) instead of the certificate
+    /// alone: a proof with every token request, `token_type` DPoP required.
+    pub(crate) fn with_dpop(mut self, dpop: Option<Dpop>) -> TokenManager {
+        self.dpop = dpop.map(Arc::new);
+        self
+    }
+
+    /// The DPoP key and nonces, with `sender_constraint = "dpop"`.
+    pub(crate) fn dpop(&self) -> Option<&Dpop> {
+        self.dpop.as_deref()
     }
 
     /// The discovery document, fetched on first need (a failure is not cached).
@@ -400,7 +423,7 @@ impl TokenManager {
     async fn request_new(&self) -> Result<NewToken> {
         async {
             let metadata = self.metadata().await?;
-            let error = match self.request_token(&metadata).await {
+            let error = match self.request_token_with_nonce(&metadata).await {
                 Ok(new) => return Ok(new),
                 Err(Failed {
                     error,
@@ -433,7 +456,9 @@ impl TokenManager {
                 new = %fresh.token_endpoint,
                 "the token endpoint has moved: requesting the token at the new one"
             );
-            self.request_token(&fresh).await.map_err(|f| f.error)
+            self.request_token_with_nonce(&fresh)
+                .await
+                .map_err(|f| f.error)
         }
         .await
         .map_err(Error::in_token_step)
@@ -491,6 +516,45 @@ impl TokenManager {
         }
     }
 
+    /// A token request; with DPoP, sent again once, with the server's nonce, when the server
+    /// answers `use_dpop_nonce` (RFC 9449 section 8; a second demand in a row is an error, never
+    /// a loop).
+    async fn request_token_with_nonce(
+        &self,
+        metadata: &ServerMetadata,
+    ) -> std::result::Result<NewToken, Failed> {
+        let Some(dpop) = &self.dpop else {
+            return self.request_token(metadata).await;
+        };
+        dpop.check_supported(metadata.dpop_signing_alg_values_supported.as_deref())?;
+        let endpoint = &metadata.token_endpoint;
+        let nonce_before = dpop.nonce_for(endpoint);
+        let failed = match self.request_token(metadata).await {
+            Err(f) if is_nonce_demand(&f.error) => f,
+            other => return other,
+        };
+        let nonce = dpop.nonce_for(endpoint);
+        if nonce.is_none() || nonce == nonce_before {
+            return Err(Error::Dpop(format!(
+                "{endpoint} answered use_dpop_nonce without a new DPoP-Nonce header (RFC 9449 \
+                 section 8): there is no nonce to send; the server is misconfigured, tell its \
+                 operator ({})",
+                failed.error
+            ))
+            .into());
+        }
+        tracing::info!(endpoint = %endpoint, "the authorization server demands a DPoP nonce: sending the token request again with it, once");
+        match self.request_token(metadata).await {
+            Err(f) if is_nonce_demand(&f.error) => Err(Error::Dpop(format!(
+                "{endpoint}: DPoP nonce demanded twice in a row (use_dpop_nonce again right \
+                 after a request with the nonce it gave): not sent a third time; the server's \
+                 nonces may expire faster than a request takes, tell its operator"
+            ))
+            .into()),
+            other => other,
+        }
+    }
+
     async fn request_token(
         &self,
         metadata: &ServerMetadata,
@@ -510,9 +574,13 @@ impl TokenManager {
             tracing::debug!(endpoint = %endpoint, attempt, client_auth = method, "requesting a token (client_credentials)");
             // Made for each attempt: an assertion is never sent twice (a new jti, a fresh iat).
             let body = self.token_form(metadata, &endpoint)?;
-            let sent = self
-                .http
-                .post(endpoint.clone())
+            let mut request = self.http.post(endpoint.clone());
+            if let Some(dpop) = &self.dpop {
+                // A proof per attempt: a retry is a new request, with a new `jti` (DPOP-03).
+                let proof = dpop.proof(&http::Method::POST, &endpoint, None)?;
+                request = request.header(dpop_header::DPOP, proof.into_value());
+            }
+            let sent = request
                 .header(
                     http::header::CONTENT_TYPE,
                     "application/x-www-form-urlencoded",
@@ -573,6 +641,9 @@ impl TokenManager {
             .get(http::header::DATE)
             .and_then(|d| d.to_str().ok())
             .and_then(|d| httpdate::parse_http_date(d).ok());
+        if let Some(dpop) = &self.dpop {
+            dpop.remember_nonce(&endpoint, response.headers());
+        }
         let bytes = zeroize::Zeroizing::new(
             discovery::read_limited(
                 response,
@@ -617,11 +688,17 @@ impl TokenManager {
             &endpoint,
             self.options.default_token_lifetime,
             &self.scopes,
+            self.dpop.is_some(),
         )?;
         drop(bytes);
         let expires_at = received + lifetime;
         let info = TokenInfo {
-            token_type: "Bearer".into(),
+            token_type: if self.dpop.is_some() {
+                "DPoP"
+            } else {
+                "Bearer"
+            }
+            .into(),
             scope,
             expires_at: expires_at
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -630,6 +707,7 @@ impl TokenManager {
             expires_in: lifetime.as_secs(),
             expires_in_from_server: from_server,
             certificate_thumbprint: self.thumbprint.clone(),
+            dpop_thumbprint: self.dpop.as_ref().map(|d| d.thumbprint().to_owned()),
             token_endpoint: endpoint.to_string(),
         };
         tracing::info!(
@@ -733,12 +811,14 @@ const FORM_CAPACITY: usize = 4096;
 
 /// Parse a successful token response: the bearer header, the granted scopes (the requested ones
 /// when the server does not say), the lifetime (`default_lifetime` without `expires_in`) and
-/// whether the server gave it. Errors never quote the token.
+/// whether the server gave it. With `dpop` (a DPoP token request), `token_type` must be DPoP and
+/// the header is `DPoP <token>`. Errors never quote the token.
 pub(crate) fn parse_success(
     bytes: &[u8],
     endpoint: &url::Url,
     default_lifetime: Duration,
     requested_scopes: &[String],
+    dpop: bool,
 ) -> Result<(BearerHeader, Vec<String>, Duration, bool)> {
     let parsed: TokenResponse = serde_json::from_slice(bytes)
         .map_err(|e| Error::TokenResponse(format!("{endpoint} did not return JSON ({e})")))?;
@@ -750,8 +830,23 @@ pub(crate) fn parse_success(
             )));
         }
     };
+    let scheme = if dpop { "DPoP" } else { "Bearer" };
     match parsed.token_type {
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case(scheme) => {}
+        Some(Value::String(t)) if dpop && t.eq_ignore_ascii_case("bearer") => {
+            return Err(Error::TokenResponse(format!(
+                "{endpoint}: token_type Bearer in answer to a DPoP token request: the server did \
+                 not bind the token to the DPoP key (RFC 9449 section 5), and a bearer token is \
+                 not used; have DPoP enabled for this client at the server (for example \
+                 `dpop_bound_access_tokens`), or set `sender_constraint = \"mtls\"`"
+            )));
+        }
+        Some(Value::String(t)) if !dpop && t.eq_ignore_ascii_case("dpop") => {
+            return Err(Error::TokenResponse(format!(
+                "{endpoint}: token_type DPoP, but this client sent no DPoP proof: the server \
+                 requires DPoP for this client; set `sender_constraint = \"dpop\"`"
+            )));
+        }
         Some(Value::String(t)) => {
             return Err(Error::TokenResponse(format!(
                 "{endpoint}: token_type {:?} is not supported; only Bearer (certificate-bound) tokens are",
@@ -778,7 +873,7 @@ pub(crate) fn parse_success(
     };
     // RFC 6750 b64token, which is what a header can carry; the token is not parsed otherwise.
     let token = zeroize::Zeroizing::new(token);
-    let text = zeroize::Zeroizing::new(format!("Bearer {}", token.as_str()));
+    let text = zeroize::Zeroizing::new(format!("{scheme} {}", token.as_str()));
     let mut value = HeaderValue::from_str(&text).map_err(|_| {
         Error::TokenResponse(format!(
             "{endpoint}: the access token has characters that cannot be sent in a header"
@@ -840,6 +935,11 @@ fn introspection_status_next_step(status: http::StatusCode) -> &'static str {
         }
         _ => "",
     }
+}
+
+/// Whether a token request failed because the server demands a DPoP nonce (RFC 9449 section 8).
+fn is_nonce_demand(error: &Error) -> bool {
+    matches!(error, Error::TokenRefused { status: 400, error, .. } if error == dpop_header::USE_DPOP_NONCE)
 }
 
 /// Server-chosen text, cut and stripped of control characters before it reaches a message.

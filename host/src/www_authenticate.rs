@@ -63,9 +63,30 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<BearerChallenge> {
 
 /// The first Bearer challenge among `WWW-Authenticate` values given as bytes.
 pub fn bearer_in<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> Option<BearerChallenge> {
+    scheme_in(values, "bearer")
+}
+
+/// The first DPoP challenge among the response's `WWW-Authenticate` headers (RFC 9449 section
+/// 7.1: the same `error`, `error_description` and `scope` as a Bearer one; the scheme's name in
+/// any case, checklist DPOP-06).
+pub fn dpop(headers: &http::HeaderMap) -> Option<BearerChallenge> {
+    scheme_in(
+        headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+        "dpop",
+    )
+}
+
+/// The first challenge of `scheme` (lower case) among `WWW-Authenticate` values.
+fn scheme_in<V: AsRef<[u8]>>(
+    values: impl IntoIterator<Item = V>,
+    scheme: &str,
+) -> Option<BearerChallenge> {
     parse(values)
         .into_iter()
-        .find(|c| c.scheme == "bearer")
+        .find(|c| c.scheme == scheme)
         .map(|c| BearerChallenge {
             error: c.param("error").map(str::to_owned),
             description: c.param("error_description").map(str::to_owned),
@@ -221,6 +242,26 @@ mod tests {
             c[0].param("ERROR_description"),
             Some("The access token expired")
         );
+    }
+
+    /// DPOP-06: the DPoP scheme and its parameters in any case, beside a Bearer challenge.
+    #[test]
+    fn dpop_challenges_in_any_case() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"Bearer realm="x""#),
+        );
+        h.append(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(
+                r#"dpop ERROR="use_dpop_nonce", error_description="fresh""#,
+            ),
+        );
+        let c = dpop(&h).expect("a DPoP challenge");
+        assert_eq!(c.error.as_deref(), Some("use_dpop_nonce"));
+        assert_eq!(c.description.as_deref(), Some("fresh"));
+        assert_eq!(bearer(&h).and_then(|c| c.error), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod client_auth;
 mod credentials;
+mod dpop;
 mod encrypted_key;
 mod faults;
 mod pkcs11;

@@ -17,6 +17,12 @@
 // "token_endpoint_auth_signing_alg" or ES256), still over mTLS with certificate-bound tokens.
 // Environment: OIDC_PORT, OIDC_MTLS_PORT, OIDC_TOKEN_TTL are used when the flag is absent.
 //
+// DPoP (RFC 9449): a client entry with "dpop": true is registered with dpop_bound_access_tokens
+// instead of tls_client_certificate_bound_access_tokens (its token requests need a proof; its
+// tokens are bound to the proof's key, cnf.jkt, only: oidc-provider requires one of the two); then, or with OIDC_DPOP=1, features.dPoP is on with a nonce required in every
+// proof. Every request with a DPoP header adds a "dpop" event (listener, path, status, proof,
+// proof_nonce, nonce_sent, token_type).
+//
 // stdout: one JSON object per line. First {"event":"ready","issuer","mtls_origin","oidc_provider"},
 // then "request" (listener, method, path, status), "token_issued" (listener, client_id, scope,
 // expires_in, access_token, x5t#S256, client_auth, client_assertion), "grant_error", "introspection", "introspection_error",
@@ -115,11 +121,14 @@ const clients = JSON.parse(fs.readFileSync(opt.clients, 'utf8')).map((c) => ({
   response_types: [],
   redirect_uris: [],
   scope: c.scope || undefined,
+  // oidc-provider requires one proof of possession at a time: DPoP instead of the certificate.
+  ...(c.dpop ? { dpop_bound_access_tokens: true, tls_client_certificate_bound_access_tokens: false } : {}),
   // Only opaque access tokens are issued; the metadata must still name an algorithm we have a key for.
   id_token_signed_response_alg: 'ES256',
 }));
 const privateKeyJwt = clients.some((c) => c.token_endpoint_auth_method === 'private_key_jwt');
 const scopes = [...new Set(clients.flatMap((c) => (c.scope ?? '').split(' ').filter(Boolean)))];
+const dpop = process.env.OIDC_DPOP === '1' || clients.some((c) => c.dpop_bound_access_tokens);
 
 // Signing keys are needed by oidc-provider's JWKS even though every token here is opaque.
 const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -143,6 +152,10 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true },
     revocation: { enabled: true },
     clientCredentials: { enabled: true },
+    // Nonces from a fresh secret, demanded in every proof (they rotate every 60 s).
+    dPoP: dpop
+      ? { enabled: true, nonceSecret: crypto.randomBytes(32), requireNonce: () => true }
+      : { enabled: false },
     mTLS: {
       enabled: true,
       tlsClientAuth: true,
@@ -201,6 +214,34 @@ provider.use(async (ctx, next) => {
     });
   }
 });
+
+if (dpop) {
+  // The proofs received (for the tests' leak searches) and the nonces each carried and was sent.
+  const claims = (jwt) => {
+    try {
+      return JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString('utf8'));
+    } catch {
+      return {};
+    }
+  };
+  provider.use(async (ctx, next) => {
+    const proof = ctx.get('DPoP');
+    await next();
+    if (proof) {
+      emit({
+        event: 'dpop',
+        listener: ctx.req.fapiListener,
+        path: ctx.path,
+        status: ctx.status,
+        proof,
+        proof_nonce: claims(proof).nonce ?? null,
+        nonce_sent: ctx.response.get('dpop-nonce') || null,
+        token_type: ctx.body?.token_type ?? null,
+        error: ctx.body?.error ?? null,
+      });
+    }
+  });
+}
 
 app = provider.callback();
 emit({ event: 'ready', issuer, mtls_origin: mtlsOrigin, oidc_provider: version, token_ttl: tokenTtl });

@@ -7,6 +7,7 @@ mod batch;
 // one runs for minutes, so it starts early, beside the others, not after them all.
 mod batch_on_slurm;
 mod deploy;
+mod dpop;
 mod guests_built;
 mod hostile;
 mod interop_oidc;

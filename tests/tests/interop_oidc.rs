@@ -222,15 +222,17 @@ impl OidcServer {
 /// A fresh PKI written to `<tempdir>/pki`, and oidc-provider serving its server certificate with the
 /// four registered clients of the local federation.
 async fn start_oidc(test: &str, token_ttl: u64) -> Option<(Pki, tempfile::TempDir, OidcServer)> {
-    start_oidc_as(test, token_ttl, false).await
+    start_oidc_with(test, token_ttl, false, false).await
 }
 
 /// [`start_oidc`]; with `consumer_private_key_jwt`, the consumer is registered for
-/// `private_key_jwt` with the public JWK of its certificate's key (ES256), still mTLS-bound.
-async fn start_oidc_as(
+/// `private_key_jwt` with the public JWK of its certificate's key (ES256), still mTLS-bound; with
+/// `dpop`, for DPoP-bound tokens (oidc-provider's DPoP feature on, nonces required).
+async fn start_oidc_with(
     test: &str,
     token_ttl: u64,
     consumer_private_key_jwt: bool,
+    dpop: bool,
 ) -> Option<(Pki, tempfile::TempDir, OidcServer)> {
     prerequisites(test)?;
     // Every log line of this process, every target at every level, is searched for tokens.
@@ -260,6 +262,7 @@ async fn start_oidc_as(
         consumer["jwks"] = serde_json::json!({ "keys": [jwk] });
         consumer["token_endpoint_auth_signing_alg"] = jws.alg().name().into();
     }
+    consumer["dpop"] = dpop.into();
     let clients = serde_json::json!([
         consumer,
         client("consumer-b", "directory:software consumption:read"),
@@ -283,13 +286,21 @@ struct Env {
 
 impl Env {
     async fn start(test: &str, token_ttl: u64) -> Option<Env> {
-        Env::start_as(test, token_ttl, false).await
+        Env::start_with(test, token_ttl, false, None).await
     }
 
     /// [`Env::start`]; with `private_key_jwt`, the consumer authenticates with client assertions
-    /// (its configuration says `token_endpoint_auth_method = "private_key_jwt"`).
-    async fn start_as(test: &str, token_ttl: u64, private_key_jwt: bool) -> Option<Env> {
-        let (pki, dir, oidc) = start_oidc_as(test, token_ttl, private_key_jwt).await?;
+    /// (its configuration says `token_endpoint_auth_method = "private_key_jwt"`); with `dpop`,
+    /// its tokens are DPoP-bound and the data provider demands its own nonces, rotated after
+    /// every `dpop` proofs it accepts.
+    async fn start_with(
+        test: &str,
+        token_ttl: u64,
+        private_key_jwt: bool,
+        dpop: Option<u64>,
+    ) -> Option<Env> {
+        let (pki, dir, oidc) =
+            start_oidc_with(test, token_ttl, private_key_jwt, dpop.is_some()).await?;
         let external = ExternalIssuer {
             issuer_url: oidc.issuer.clone(),
             ca_pem: pki.ca_pem().to_owned(),
@@ -300,6 +311,10 @@ impl Env {
             FederationConfig {
                 external_issuer: Some(external),
                 private_key_jwt: private_key_jwt.then(fapi_federation::PrivateKeyJwt::default),
+                dpop_required: dpop.is_some(),
+                dpop_nonce: dpop.is_some(),
+                dpop_nonce_rotate_every: dpop.unwrap_or(0),
+                record_issued_tokens: true,
                 ..FederationConfig::default()
             },
         )
@@ -1090,10 +1105,11 @@ async fn keys_in_a_pkcs11_token_get_oidc_provider_tokens() {
 )]
 async fn private_key_jwt_with_oidc_provider_new_assertion_after_expiry_pkj_01() {
     const TTL: u64 = 3;
-    let Some(env) = Env::start_as(
+    let Some(env) = Env::start_with(
         "private_key_jwt_with_oidc_provider_new_assertion_after_expiry_pkj_01",
         TTL,
         true,
+        None,
     )
     .await
     else {
@@ -1225,4 +1241,123 @@ async fn private_key_jwt_with_oidc_provider_new_assertion_after_expiry_pkj_01() 
         format!("{}/token", env.oidc.mtls_origin)
     );
     assert_eq!(claims(&tokens[3])["aud"], info.token_endpoint.as_str());
+}
+
+/// DPoP with an independent server: oidc-provider (a client registered with
+/// `dpop_bound_access_tokens`, nonces required) demands a nonce at the token endpoint and gets
+/// the request again once with it (DPOP-05), issues `token_type` DPoP (DPOP-04); the data
+/// provider checks the proof against introspection's `cnf.jkt`, demands its own nonce and rotates
+/// it in its 200s; an expired token is replaced, its request carrying the nonce already known.
+/// Each step is asserted from the servers' side (oidc-provider's `dpop` events, the provider's
+/// counters); no proof and no token is in the CLI's output or the logs.
+#[tokio::test]
+#[cfg_attr(
+    not(fapi_has_oidc_provider),
+    ignore = "needs node and `npm ci --prefix tests/oidc` (missing when this crate was built)"
+)]
+async fn dpop_tokens_from_oidc_provider_with_nonces_expiry_and_rotation() {
+    const TTL: u64 = 4;
+    let test = "dpop_tokens_from_oidc_provider_with_nonces_expiry_and_rotation";
+    let Some(env) = Env::start_with(test, TTL, false, Some(2)).await else {
+        return;
+    };
+    let client = env.library_client(Some(Duration::ZERO));
+    let r = client.get(env.fed.data_url()).send().await.unwrap();
+    let got = Instant::now();
+    assert_eq!(r.status(), 200, "{}", env.oidc.log());
+    assert_eq!(
+        r.attempts(),
+        2,
+        "the provider's nonce demand, replayed once"
+    );
+    let at_token = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["path"] == "/token")
+            .cloned()
+            .collect()
+    };
+    let dpop = at_token(&env.oidc.events("dpop"));
+    let log = env.oidc.log();
+    assert_eq!(dpop.len(), 2, "{log}");
+    assert_eq!(
+        (
+            &dpop[0]["status"],
+            &dpop[0]["error"],
+            &dpop[0]["proof_nonce"]
+        ),
+        (
+            &Value::from(400),
+            &Value::from("use_dpop_nonce"),
+            &Value::Null
+        ),
+        "{log}"
+    );
+    let nonce = dpop[0]["nonce_sent"].as_str().expect("a nonce").to_owned();
+    assert_eq!(dpop[1]["status"], 200, "{log}");
+    assert_eq!(dpop[1]["proof_nonce"], nonce.as_str(), "{log}");
+    assert_eq!(dpop[1]["token_type"], "DPoP", "{log}");
+    assert!(dpop.iter().all(|e| e["listener"] == "mtls"), "{log}");
+    assert_eq!(env.oidc.tokens().len(), 1, "{log}");
+    assert_eq!(client.token_info().await.unwrap().token_type, "DPoP");
+    let c = env.fed.counters();
+    assert_eq!(
+        (c.dpop_nonce_demands, c.dpop_proofs_accepted),
+        (1, 1),
+        "{c:?}"
+    );
+
+    // The provider's nonce rotates after every second proof it accepts, in its 200s: followed
+    // without a demand.
+    for _ in 0..3 {
+        let r = client.get(env.fed.data_json_url()).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), r.attempts()), (200, 1));
+    }
+    let c = env.fed.counters();
+    assert_eq!(
+        (c.dpop_nonce_demands, c.dpop_proofs_accepted),
+        (1, 4),
+        "{c:?}"
+    );
+
+    // Past the token's lifetime: a new token, its request carrying the nonce last sent (no
+    // demand), and one replay at most if oidc-provider's 60 s nonce clock turned meanwhile.
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 300).saturating_sub(got.elapsed())).await;
+    let r = client.get(env.fed.data_url()).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.attempts()), (200, 1));
+    assert_eq!(env.oidc.tokens().len(), 2, "{}", env.oidc.log());
+    let dpop = at_token(&env.oidc.events("dpop"));
+    let log = env.oidc.log();
+    let last_sent = dpop[..2]
+        .iter()
+        .rev()
+        .find_map(|e| e["nonce_sent"].as_str())
+        .expect("a nonce");
+    assert_eq!(dpop[2]["proof_nonce"], last_sent, "{log}");
+    assert!(
+        dpop.len() == 3 || (dpop.len() == 4 && dpop[2]["error"] == "use_dpop_nonce"),
+        "{log}"
+    );
+    assert_eq!(dpop.last().unwrap()["status"], 200, "{log}");
+
+    // The CLI, -vv: its own key and nonces; nothing it printed holds a proof or a token.
+    let out = env
+        .cli(&env.config, &["-vv", "fetch", &env.fed.data_url()])
+        .await;
+    env.oidc.assert_exit(&out, 0);
+    assert!(out.stdout.starts_with(b"postcode,"));
+    let mut secrets = env.oidc.token_values();
+    secrets.extend(
+        env.oidc
+            .events("dpop")
+            .iter()
+            .map(|e| e["proof"].as_str().unwrap().to_owned()),
+    );
+    secrets.extend(env.fed.received_dpop_proofs());
+    // 3 tokens; 5 proofs at oidc-provider (3 of the library, 2 of the CLI); 8 at the provider.
+    assert!(secrets.len() >= 3 + 5 + 8, "{}", secrets.len());
+    let needles = Needles::new(&secrets, &env.fed.pki().client("consumer").unwrap().key_pem);
+    needles.assert_absent("fetch stdout", &out.stdout);
+    needles.assert_absent("fetch stderr (-vv)", &out.stderr);
+    needles.assert_absent_from_logs();
 }

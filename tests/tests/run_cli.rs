@@ -1581,3 +1581,57 @@ async fn the_proxy_takes_a_new_key_and_certificate_without_a_restart() {
         .push(("the proxy's output".into(), printed));
     s.assert_no_secrets(true, &[&s.dir.path().join("proxy.key"), &key]);
 }
+
+/// The proxy under DPoP, unchanged for its callers: the host proves every request (one replay
+/// for each server's first nonce demand, the data provider's nonce followed as it rotates in its
+/// 200s), a caller's own `DPoP` header is refused and sends nothing upstream (DPOP-01), and no
+/// proof and no token is in anything a process printed or wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxy_works_under_dpop_and_refuses_a_callers_dpop_header() {
+    let cfg = fapi_federation::FederationConfig {
+        dpop_required: true,
+        dpop_nonce: true,
+        dpop_nonce_rotate_every: 2,
+        record_issued_tokens: true,
+        ..fapi_federation::FederationConfig::default()
+    };
+    let fed = Federation::start(fapi_federation::Pki::generate().unwrap(), cfg)
+        .await
+        .unwrap();
+    let s = setup_from(fed);
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/energy/={}/", s.fed.data_origin())])
+    });
+    let url = format!("{}/energy/consumption.csv", proxy.origin);
+    let bearer = proxy.bearer();
+    for _ in 0..3 {
+        let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &url]));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, data::csv(data::DEFAULT_ROWS));
+    }
+    let (status, body) =
+        tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, "-H", "DPoP: x.y.z", &url]));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("header_refused"), "{body}");
+    let c = s.fed.counters();
+    assert_eq!(
+        c.token_requests, 2,
+        "the nonce demand and its replay: {c:?}"
+    );
+    assert_eq!(c.dpop_nonce_demands, 2, "one per server: {c:?}");
+    assert_eq!(c.dpop_proofs_accepted, 4, "a token and three reads: {c:?}");
+    assert_eq!(c.dp_requests, 4, "the refused header sent nothing: {c:?}");
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key")]);
+    let proofs = s.fed.received_dpop_proofs();
+    assert_eq!(proofs.len(), 6);
+    for (what, hay) in s.outputs.lock().unwrap().iter() {
+        for p in &proofs {
+            let sig = p.rsplit('.').next().unwrap().as_bytes();
+            assert!(
+                !fapi_tests::sandbox_env::contains(hay, sig),
+                "a proof in {what}"
+            );
+        }
+    }
+}

@@ -30,6 +30,14 @@ pub struct DevArgs {
     /// Enable fault injection by query parameter (?fault=503...) and the /echo endpoint.
     #[arg(long)]
     pub faults: bool,
+    /// DPoP-bound tokens (RFC 9449): the authorization server requires a DPoP proof with every
+    /// token request, and fapi.toml says `sender_constraint = "dpop"`.
+    #[arg(long)]
+    pub dpop: bool,
+    /// Demand a DPoP nonce in every proof (the authorization server and the data provider, each
+    /// its own), sent in every response's DPoP-Nonce header.
+    #[arg(long)]
+    pub dpop_nonce: bool,
     /// Use this external authorization server (its issuer URL) instead of starting ours: the data
     /// provider introspects there, and fapi.toml points the consumer at it.
     #[arg(long, value_name = "URL")]
@@ -106,6 +114,8 @@ pub(super) async fn run(args: &DevArgs) -> Result<u8> {
         dp_port: args.dp_port,
         admin_port: args.admin_port,
         faults_enabled: args.faults,
+        dpop: args.dpop,
+        dpop_nonce: args.dpop_nonce,
         external_issuer,
         private_key_jwt,
     };

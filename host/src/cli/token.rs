@@ -51,6 +51,9 @@ pub(super) async fn token(cli: &Cli, args: &TokenArgs) -> Result<u8> {
             }
         )?;
         outln!("certificate thumbprint: {}", info.certificate_thumbprint)?;
+        if let Some(jkt) = &info.dpop_thumbprint {
+            outln!("DPoP key thumbprint:    {jkt} (cnf.jkt)")?;
+        }
         outln!("token endpoint:         {}", info.token_endpoint)?;
         if args.reveal_token {
             outln!(

@@ -14,6 +14,7 @@ use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
+use crate::dpop::{self, Dpop};
 use crate::error::{Error, Result, Warning};
 use crate::net::{AuthorizationServerAddresses, Resolver};
 use crate::policy::shown_url;
@@ -102,7 +103,8 @@ impl FapiClient {
             identity.thumbprint().to_owned(),
             settings.client.clone(),
             client_auth,
-        );
+        )
+        .with_dpop(Dpop::from_settings(&settings.auth)?);
         let client = FapiClient {
             inner: Arc::new(Inner {
                 http: Transport::One(http),
@@ -311,10 +313,13 @@ impl FapiClient {
     ///
     /// A streamed body cannot be sent twice, so there is no `invalid_token` replay and no retry,
     /// whatever the method: the response (a 401, a 503) goes back as it is, and an error is
-    /// returned as it happened. The wait for the response head is bounded by `timeout_seconds`
-    /// counted from the last chunk the server took (a long upload is not cut, a stalled one is),
-    /// and the response body by `timeout_seconds` between chunks; a request's own `timeout`
-    /// bounds all of it.
+    /// returned as it happened. With DPoP, the proof carries the nonce last seen from the URL's
+    /// origin; a server that demands a new one (401 `use_dpop_nonce`) has its 401 returned as it
+    /// is ([`AuthProblem::DpopNonce`]; the new nonce is kept: sending the request again
+    /// succeeds). The wait for the response head is bounded by `timeout_seconds` counted from
+    /// the last chunk the server took (a long upload is not cut, a stalled one is), and the
+    /// response body by `timeout_seconds` between chunks; a request's own `timeout` bounds all
+    /// of it.
     pub async fn send_stream(
         &self,
         request: FapiRequest,
@@ -355,6 +360,8 @@ impl FapiClient {
         let mut attempts = 0u32;
         let mut retries = 0u32;
         let mut replayed = false;
+        // The attempt about to be sent replays one refused with `use_dpop_nonce`.
+        let mut nonce_replay = false;
         let http = if replayable {
             inner.http.for_url(&url)?
         } else {
@@ -364,11 +371,18 @@ impl FapiClient {
         let progress = Arc::new(AtomicU64::new(0));
         loop {
             attempts += 1;
+            let after_nonce_demand = std::mem::take(&mut nonce_replay);
             let lease = inner.tokens.bearer().await?;
             let mut builder = http
                 .request(request.method.clone(), url.clone())
                 .headers(request.headers.clone())
                 .header(http::header::AUTHORIZATION, lease.bearer.header());
+            if let Some(dpop) = inner.tokens.dpop() {
+                // The one `DPoP` header (callers cannot give one: DPOP-01), a fresh proof per
+                // attempt, bound to this token (`ath`).
+                let proof = dpop.proof(&request.method, &url, Some(lease.bearer.expose_token()))?;
+                builder = builder.header(dpop::DPOP, proof.into_value());
+            }
             if let Some(id) = &interaction_id {
                 builder = builder.header(INTERACTION_ID, id.as_str());
             }
@@ -451,8 +465,36 @@ impl FapiClient {
                 interaction_id.as_deref(),
             );
 
+            if let Some(dpop) = inner.tokens.dpop() {
+                let fresh_nonce = dpop.remember_nonce(&url, response.headers());
+                if status == StatusCode::UNAUTHORIZED && demands_nonce(response.headers()) {
+                    if after_nonce_demand {
+                        return Err(Error::Dpop(format!(
+                            "{}: DPoP nonce demanded twice in a row (401 use_dpop_nonce right \
+                             after a request with the nonce it gave): not sent a third time; \
+                             the server's nonces may expire faster than a request takes, tell \
+                             its operator",
+                            what(&url)
+                        )));
+                    }
+                    if !fresh_nonce {
+                        return Err(Error::Dpop(format!(
+                            "{}: 401 use_dpop_nonce without a DPoP-Nonce header (RFC 9449 \
+                             section 9): there is no nonce to send; tell the server's operator",
+                            what(&url)
+                        )));
+                    }
+                    if replayable {
+                        tracing::info!(url = %shown_url(url.as_str()), "the resource server demands a DPoP nonce: replaying once with it");
+                        nonce_replay = true;
+                        continue;
+                    }
+                    tracing::warn!(url = %shown_url(url.as_str()), "the resource server demands a DPoP nonce, and a streamed body cannot be sent again: its 401 goes back to the caller (sending the request again carries the nonce)");
+                }
+            }
             if status == StatusCode::UNAUTHORIZED && !replayed && replayable {
-                let challenge = www_authenticate::bearer(response.headers());
+                let challenge = www_authenticate::bearer(response.headers())
+                    .or_else(|| www_authenticate::dpop(response.headers()));
                 if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
                     if inner.tokens.invalidate(lease.generation) {
                         tracing::info!(url = %shown_url(url.as_str()), "invalid_token: dropping the token, getting a new one, replaying once");
@@ -499,6 +541,15 @@ impl FapiClient {
             });
         }
     }
+}
+
+/// Whether a 401's challenges demand a DPoP nonce (`DPoP error="use_dpop_nonce"`, the scheme
+/// and parameter names in any case: DPOP-06).
+fn demands_nonce(headers: &http::HeaderMap) -> bool {
+    www_authenticate::dpop(headers)
+        .and_then(|c| c.error)
+        .as_deref()
+        == Some(dpop::USE_DPOP_NONCE)
 }
 
 fn millis_since(t0: Instant) -> u64 {

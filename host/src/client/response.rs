@@ -21,14 +21,25 @@ pub enum AuthProblem {
     InsufficientScope(Option<String>),
     /// 400 invalid_request.
     InvalidRequest(Option<String>),
+    /// 401 `use_dpop_nonce` that was not replayed: the request had a streamed body, which cannot
+    /// be sent again (the new nonce is kept: sending the request again carries it).
+    DpopNonce,
+    /// 401 `invalid_dpop_proof`: the server refused the DPoP proof (with its description).
+    DpopProof(Option<String>),
 }
 
 impl AuthProblem {
     pub(super) fn of(status: StatusCode, headers: &HeaderMap) -> Option<AuthProblem> {
-        let challenge = www_authenticate::bearer(headers);
+        // A DPoP resource server's challenges are DPoP ones (RFC 9449 section 7.1).
+        let challenge =
+            www_authenticate::bearer(headers).or_else(|| www_authenticate::dpop(headers));
         let error = challenge.as_ref().and_then(|c| c.error.clone());
         match (status.as_u16(), error.as_deref()) {
             (401, Some("invalid_token")) => Some(AuthProblem::InvalidToken),
+            (401, Some("use_dpop_nonce")) => Some(AuthProblem::DpopNonce),
+            (401, Some("invalid_dpop_proof")) => Some(AuthProblem::DpopProof(
+                challenge.and_then(|c| c.description),
+            )),
             (401, _) => Some(AuthProblem::ClientCertificate),
             (403, Some("insufficient_scope")) => Some(AuthProblem::InsufficientScope(
                 challenge.and_then(|c| c.scope),
@@ -56,6 +67,16 @@ impl fmt::Display for AuthProblem {
                 f,
                 "403 insufficient_scope: the token lacks the scope this resource needs{}; add it to `requested_scopes` (and have it granted to the client)",
                 scope.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+            AuthProblem::DpopNonce => f.write_str(
+                "401 use_dpop_nonce: the server demands a new DPoP nonce, and a request with a \
+                 streamed body cannot be sent again: send it again (it will carry the new nonce)",
+            ),
+            AuthProblem::DpopProof(d) => write!(
+                f,
+                "401 invalid_dpop_proof{}: the server refused the DPoP proof; check this \
+                 machine's clock and that the server accepts ES256 proofs",
+                d.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
             ),
             AuthProblem::InvalidRequest(d) => write!(
                 f,

@@ -79,6 +79,10 @@ impl GuestError {
             Error::Denied(m) => GuestError::Denied(m),
             Error::TooLarge(m) => GuestError::Unreachable(m),
             Error::Io(m) | Error::Component(m) => GuestError::Unreachable(m),
+            Error::Dpop(m) => GuestError::TokenUnavailable {
+                code: "dpop".into(),
+                description: Some(m),
+            },
         }
     }
 }
