@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::AuthSettings;
@@ -132,27 +132,24 @@ impl Dpop {
         url: &url::Url,
         token: Option<&[u8]>,
     ) -> Result<ProofHeader> {
-        let mut htu = url.clone();
-        htu.set_query(None);
-        htu.set_fragment(None);
         // Seconds since the epoch, rounded down: never in the future (DPOP-07).
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut claims = json!({
-            // 122 random bits (a v4 UUID): never reused, not even by a replay.
-            "jti": uuid::Uuid::new_v4().to_string(),
-            "htm": method.as_str(),
-            "htu": htu.as_str(),
-            "iat": iat,
-        });
-        if let Some(nonce) = self.nonce_for(url) {
-            claims["nonce"] = Value::from(nonce);
-        }
-        if let Some(token) = token {
-            claims["ath"] = Value::from(B64.encode(Sha256::digest(token)));
-        }
+        // 122 random bits (a v4 UUID): never reused, not even by a replay.
+        let mut jti = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let ath = token.map(|t| B64.encode(Sha256::digest(t)));
+        let nonce = self.nonce_for(url);
+        let claims = Claims {
+            jti: uuid::Uuid::new_v4().hyphenated().encode_lower(&mut jti),
+            htm: method.as_str(),
+            // The URL up to its path: no query, no fragment.
+            htu: &url[..url::Position::AfterPath],
+            iat,
+            nonce: nonce.as_deref(),
+            ath: ath.as_deref(),
+        };
         let jws = self.key.sign_encoded(&self.header, &claims)?;
         let mut value = HeaderValue::from_str(&jws)
             .map_err(|_| Error::Credentials("a DPoP proof is not a valid header value".into()))?;
@@ -162,7 +159,7 @@ impl Dpop {
 
     /// The nonce kept for the origin of `url`.
     pub(crate) fn nonce_for(&self, url: &url::Url) -> Option<String> {
-        self.table().get(&origin(url)).cloned()
+        self.table().get(origin(url)).cloned()
     }
 
     /// Keep the `DPoP-Nonce` of a response from `url`'s origin (any status: a 200 may rotate it).
@@ -186,15 +183,15 @@ impl Dpop {
             );
             return false;
         }
-        let nonce = String::from_utf8_lossy(bytes).into_owned();
         let mut table = self.table();
         let key = origin(url);
-        if table.get(&key) != Some(&nonce) {
-            if table.len() >= MAX_ORIGINS && !table.contains_key(&key) {
+        // Checked NQCHAR above: ASCII, so the bytes are the string.
+        if table.get(key).map(String::as_bytes) != Some(bytes) {
+            if table.len() >= MAX_ORIGINS && !table.contains_key(key) {
                 table.clear();
             }
             tracing::debug!(origin = %key, "DPoP nonce updated");
-            table.insert(key, nonce);
+            table.insert(key.to_owned(), String::from_utf8_lossy(bytes).into_owned());
         }
         true
     }
@@ -206,9 +203,23 @@ impl Dpop {
     }
 }
 
-/// `https://host:port` of a URL (the key of its nonce).
-fn origin(url: &url::Url) -> String {
-    url.origin().ascii_serialization()
+/// `https://host:port` of a URL (the key of its nonce): the URL up to its path, as the host's URLs
+/// (https, no user info: `check_url`) are serialised, the default port left out.
+fn origin(url: &url::Url) -> &str {
+    &url[..url::Position::BeforePath]
+}
+
+/// The claims of a proof, written as JSON in this order.
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    jti: &'a str,
+    htm: &'a str,
+    htu: &'a str,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ath: Option<&'a str>,
 }
 
 /// The DPoP key of `dpop_key`: a PEM private key (PKCS#8, SEC1 EC or PKCS#1 RSA; not encrypted)

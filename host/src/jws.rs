@@ -176,7 +176,11 @@ impl JwsKey {
     }
 
     /// Sign `claims` under a header made by [`JwsKey::encoded_header`] of this key.
-    pub fn sign_encoded(&self, encoded_header: &str, claims: &Value) -> Result<Zeroizing<String>> {
+    pub fn sign_encoded(
+        &self,
+        encoded_header: &str,
+        claims: &impl serde::Serialize,
+    ) -> Result<Zeroizing<String>> {
         let claims = Zeroizing::new(
             serde_json::to_vec(claims)
                 .map_err(|e| Error::Credentials(format!("encoding JWS claims: {e}")))?,
