@@ -229,6 +229,7 @@ impl Error {
 
     /// Classify the failure of a handshake made without reqwest (`check`'s look at the
     /// authorization server's TLS) as [`Error::from_reqwest`] does.
+    #[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
     pub(crate) fn from_handshake(context: &str, err: &std::io::Error) -> Error {
         let chain = error_chain(err);
         if let Some(tls) = rustls_error(err) {

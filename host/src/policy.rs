@@ -380,7 +380,7 @@ impl Policy {
     }
 
     /// [`Policy::check_url`] for a URL already parsed (the proxy's: a route's upstream with the
-    /// caller's path set on it), as long as [`MAX_URL`] allows.
+    /// caller's path set on it), within the same length limit (8 KiB).
     pub fn check_parsed(&self, url: url::Url) -> std::result::Result<url::Url, Denial> {
         let len = url.as_str().len();
         if len > MAX_URL {

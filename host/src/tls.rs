@@ -147,6 +147,7 @@ pub(crate) fn client_configs(identity: &Identity, settings: &Settings) -> Result
 
 /// What one handshake negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
 pub(crate) struct Negotiated {
     /// TLS 1.3 or TLS 1.2.
     pub(crate) version: rustls::ProtocolVersion,
@@ -169,6 +170,7 @@ impl fmt::Display for Negotiated {
 /// byte): what it negotiated. Names resolve as the clients' do (`[client.resolve]` first).
 /// `timeout` bounds the connection and the handshake. For `fapi-host check`, which says which
 /// TLS the authorization server speaks with this client.
+#[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
 pub(crate) async fn handshake(
     config: rustls::ClientConfig,
     url: &url::Url,
