@@ -15,12 +15,16 @@
 //!
 //! The assertion is a credential for its minute: it is made in a zeroizing buffer, written only
 //! into the form body of the one request, and never logged, put in an error or shown to a guest.
-//! The clock is this machine's: the host does not correct it from a server's `Date` header
-//! (PKJ-04), but when a server refuses an assertion and its `Date` differs from this clock by
-//! more than [`SKEW_HINT`], the error says so.
+//! The clock is this machine's, corrected from the authorization server's when they disagree
+//! (PKJ-04, TIME-01): when the server refuses an assertion (`invalid_client`) and the `Date` of its
+//! answer differs from this clock by more than [`SKEW_HINT`], later assertions are stamped by the
+//! server's clock (this one plus the difference, in whole seconds rounded down) and the refused
+//! request is sent once more with a new assertion; a warning says to set the clock right. If that
+//! one is refused too, the error names the skew and what else to check.
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
@@ -61,6 +65,11 @@ pub(crate) struct AssertionSigner {
     audience: AssertionAudience,
     /// Where the key came from, for errors ("the transport key", "`signing_key` FILE").
     source: String,
+    /// Seconds added to this machine's clock to stamp assertions: the authorization server's
+    /// clock as its `Date` said (0 until a refusal shows they differ by more than [`SKEW_HINT`]).
+    clock_offset: AtomicI64,
+    /// Set when `clock_offset` changed and the refused request has not been sent again yet.
+    corrected: AtomicBool,
 }
 
 impl fmt::Debug for ClientAuthenticator {
@@ -117,6 +126,8 @@ impl ClientAuthenticator {
                 client_id: settings.client_id.clone(),
                 audience: auth.assertion_audience,
                 source,
+                clock_offset: AtomicI64::new(0),
+                corrected: AtomicBool::new(false),
             },
         )))
     }
@@ -171,11 +182,46 @@ impl ClientAuthenticator {
         endpoint: &url::Url,
     ) -> Result<()> {
         if let ClientAuthenticator::PrivateKeyJwt(signer) = self {
-            let assertion = signer.assertion(metadata, endpoint, SystemTime::now())?;
+            let assertion = signer.assertion(metadata, endpoint, signer.now())?;
             form.append_pair("client_assertion_type", JWT_BEARER);
             form.append_pair("client_assertion", &assertion);
         }
         Ok(())
+    }
+
+    /// With `private_key_jwt`, after the server refused an assertion: take its clock (`server`,
+    /// its answer's `Date`, received at `local`) for later assertions when it differs from the
+    /// clock assertions are stamped with by more than [`SKEW_HINT`] (checklist PKJ-04).
+    pub(crate) fn correct_clock(&self, server: SystemTime, local: SystemTime) {
+        let ClientAuthenticator::PrivateKeyJwt(signer) = self else {
+            return;
+        };
+        let secs = |t: SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        // The server's Date is its time rounded down to the second: so is the offset.
+        let offset = secs(server).saturating_sub(secs(local));
+        let current = signer.clock_offset.load(Ordering::Relaxed);
+        if offset.abs_diff(current) > SKEW_HINT.as_secs() {
+            signer.clock_offset.store(offset, Ordering::Relaxed);
+            signer.corrected.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                offset_seconds = offset,
+                "this machine's clock differs from the authorization server's (its Date header) \
+                 by more than 10 s: client assertions are stamped by the server's clock from now \
+                 on; set this machine's clock right (NTP)"
+            );
+        }
+    }
+
+    /// Whether [`ClientAuthenticator::correct_clock`] changed the clock since the last call: the
+    /// refused request is then worth sending once more.
+    pub(crate) fn take_correction(&self) -> bool {
+        match self {
+            ClientAuthenticator::PrivateKeyJwt(s) => s.corrected.swap(false, Ordering::Relaxed),
+            ClientAuthenticator::TlsClientAuth => false,
+        }
     }
 
     /// With `private_key_jwt`, what to check when the server refused the assertion
@@ -184,7 +230,7 @@ impl ClientAuthenticator {
         let ClientAuthenticator::PrivateKeyJwt(signer) = self else {
             return None;
         };
-        let skew = server_date.and_then(|d| skew_note(d, SystemTime::now()));
+        let skew = server_date.and_then(|d| skew_note(d, signer.now()));
         Some(format!(
             "the server refused the private_key_jwt client assertion: check that {} is the key \
              registered for `client_id` {:?} with kid {:?} (`signing_kid`), that this machine's \
@@ -200,6 +246,17 @@ impl ClientAuthenticator {
 }
 
 impl AssertionSigner {
+    /// The time assertions are stamped with: this machine's clock, corrected by the server's.
+    fn now(&self) -> SystemTime {
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        let by = std::time::Duration::from_secs(offset.unsigned_abs());
+        if offset >= 0 {
+            SystemTime::now() + by
+        } else {
+            SystemTime::now() - by
+        }
+    }
+
     /// A new assertion for a request to `endpoint`, stamped `now`.
     fn assertion(
         &self,
@@ -368,6 +425,8 @@ mod tests {
             client_id: "client-1".into(),
             audience,
             source: "the test key".into(),
+            clock_offset: AtomicI64::new(0),
+            corrected: AtomicBool::new(false),
         }
     }
 

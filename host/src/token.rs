@@ -423,7 +423,16 @@ impl TokenManager {
     async fn request_new(&self) -> Result<NewToken> {
         async {
             let metadata = self.metadata().await?;
-            let error = match self.request_token_with_nonce(&metadata).await {
+            let first = match self.request_token_with_nonce(&metadata).await {
+                // A refused assertion from a server whose clock differs from ours: once more,
+                // stamped by its clock (PKJ-04).
+                Err(_) if self.client_auth.take_correction() => {
+                    tracing::info!(endpoint = %metadata.token_endpoint, "sending the token request again with an assertion stamped by the server's clock");
+                    self.request_token_with_nonce(&metadata).await
+                }
+                other => other,
+            };
+            let error = match first {
                 Ok(new) => return Ok(new),
                 Err(Failed {
                     error,
@@ -666,6 +675,11 @@ impl TokenManager {
             }
             // What a token endpoint that is not there (any more) answers.
             let endpoint_gone = matches!(status.as_u16(), 404 | 405);
+            if let (Some(err), Some(date)) = (&oauth, server_date)
+                && err.error == "invalid_client"
+            {
+                self.client_auth.correct_clock(date, received);
+            }
             let error = match oauth {
                 Some(err) => Error::TokenRefused {
                     status: status.as_u16(),
