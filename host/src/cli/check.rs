@@ -100,6 +100,30 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
     if settings.pkcs11_uri().is_some() && !check_pkcs11(&mut r, &settings)? {
         return Ok(r.code());
     }
+    if settings.profile == crate::profile::Profile::Ib1
+        && let Ok((id, _)) = crate::credentials::Identity::from_settings(&settings)
+    {
+        // The key's own problems are reported by the next step.
+        let mut resolved = settings.clone();
+        match resolved.resolve_client_id(id.uri_sans()) {
+            Ok(()) => r.ok(
+                "client_id",
+                format!(
+                    "{} (the certificate's Directory URL){}",
+                    resolved.client_id,
+                    if settings.client_id.is_empty() {
+                        ", taken from the certificate"
+                    } else {
+                        ""
+                    }
+                ),
+            )?,
+            Err(e) => {
+                r.fail("client_id", e)?;
+                return Ok(r.code());
+            }
+        }
+    }
     let client = match FapiClient::from_settings(&settings) {
         Ok((client, warnings)) => {
             let id = client.identity();
@@ -177,6 +201,14 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
             r.fail("discovery", e)?;
             return Ok(r.code());
         }
+    }
+    if settings.profile.needs_grant() {
+        r.ok(
+            "token",
+            "profile \"ib1\": tokens come from a household's consent, not from this check \
+             (fapi-host grant add NAME; fapi-host grant list)",
+        )?;
+        return Ok(r.code());
     }
     match client.token_info().await {
         Ok(info) => {

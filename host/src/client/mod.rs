@@ -72,6 +72,9 @@ impl FapiClient {
     /// builds the TLS configuration. No network traffic happens until the first request.
     pub fn from_settings(settings: &Settings) -> Result<(FapiClient, Vec<Warning>)> {
         let (identity, warnings) = Identity::from_settings(settings)?;
+        let mut settings = settings.clone();
+        settings.resolve_client_id(identity.uri_sans())?;
+        let settings = &settings;
         for w in &warnings {
             tracing::warn!("{w}");
         }
