@@ -24,6 +24,7 @@
 //! |---|---|
 //! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
 //! | `token` | the token cache and its refresh; token requests and introspection |
+//! | `consent` | a household's consent (IB1): PAR, PKCE, the loopback redirect, grant tokens |
 //! | `discovery` | the authorization server's metadata, fetched and checked |
 //! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
 //! | [`pkcs11`] | keys in a PKCS#11 token: URIs, sessions, the rustls signing key |
@@ -33,6 +34,7 @@
 //! | `config` | [`Settings`]: the configuration file, environment and flags, validated |
 //! | [`profile`] | ecosystem profiles: client authentication, sender constraint, TLS suites, trust |
 //! | `error` | [`Error`], [`ErrorKind`], [`Warning`] |
+//! | `grants` | [`GrantStore`]: households' consents and their tokens, one private file each |
 //! | [`jws`] | JWS signing for client assertions and DPoP proofs, by any key the host holds |
 //! | `retry` | backoff and `Retry-After` |
 //! | `time` | times as RFC 3339 in UTC, for any time a certificate can hold |
@@ -64,9 +66,11 @@ pub mod cli;
 mod client;
 mod client_auth;
 mod config;
+mod consent;
 mod credentials;
 mod discovery;
 mod error;
+mod grants;
 pub mod jws;
 #[cfg(feature = "sandbox")]
 mod local_http;
@@ -104,6 +108,7 @@ pub use config::{
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
 pub use discovery::{ServerMetadata, check_document, oauth_metadata_url, well_known_url};
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};
+pub use grants::{GrantInfo, GrantState, GrantStore, check_grant_name};
 pub use net::{AuthorizationServerAddresses, ResolveOverrides};
 pub use policy::{
     Denial, HEADER_RULES, HeaderCaller, HeaderOwner, HeaderRule, MAX_QUOTED, Policy, bounded,

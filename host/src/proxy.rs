@@ -1011,7 +1011,9 @@ impl Proxy {
             | Error::TokenUnreachable { .. }
             | Error::Discovery(_)
             | Error::Config(_)
-            | Error::Credentials(_) => {
+            | Error::Credentials(_)
+            | Error::Grant(_)
+            | Error::ConsentEnded(_) => {
                 self.metrics.token_failures.inc();
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,

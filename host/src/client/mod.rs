@@ -12,9 +12,11 @@ use uuid::Uuid;
 
 use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
+use crate::consent::GrantTokens;
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
 use crate::error::{Error, Result, Warning};
+use crate::grants::GrantStore;
 use crate::net::{AuthorizationServerAddresses, Resolver};
 use crate::policy::shown_url;
 use crate::retry;
@@ -55,6 +57,9 @@ struct Inner {
     identity: Arc<Identity>,
     settings: Settings,
     missing_echo: Arc<MissingEcho>,
+    /// The grant whose tokens every request carries ([`FapiClient::for_grant`]), instead of the
+    /// client's own `client_credentials` token.
+    grant: Option<Arc<GrantTokens>>,
 }
 
 impl fmt::Debug for FapiClient {
@@ -103,6 +108,7 @@ impl FapiClient {
                 identity: Arc::new(identity),
                 settings: settings.clone(),
                 missing_echo: Arc::default(),
+                grant: None,
             }),
         };
         Ok((client, warnings))
@@ -126,6 +132,7 @@ impl FapiClient {
                 identity: inner.identity.clone(),
                 settings,
                 missing_echo: inner.missing_echo.clone(),
+                grant: inner.grant.clone(),
             }),
         }
     }
@@ -172,8 +179,63 @@ impl FapiClient {
                 identity: inner.identity.clone(),
                 settings: inner.settings.clone(),
                 missing_echo: inner.missing_echo.clone(),
+                grant: inner.grant.clone(),
             }),
         })
+    }
+
+    /// This client, carrying the access token of grant `name` of the grant store (`grants_dir`)
+    /// in every request instead of a `client_credentials` token: a household's consent (`fapi-host
+    /// grant add NAME`). The token is refreshed when due, once for all clones and, through the
+    /// grant's file lock, once for all processes sharing the store. The grant must exist, be
+    /// active, and have been given by this `issuer_url` to this `client_id`.
+    pub fn for_grant(&self, name: &str) -> Result<FapiClient> {
+        let inner = &self.inner;
+        let Transport::One(http) = &inner.http else {
+            return Err(Error::Grant(
+                "a grant is chosen before the client is handed to guests (for_grant, then \
+                 for_guests)"
+                    .into(),
+            ));
+        };
+        let store = GrantStore::open(&inner.settings.grants_dir)?;
+        let tokens = GrantTokens::new(
+            store,
+            name,
+            &inner.settings.issuer_url,
+            &inner.settings.client_id,
+            http.clone(),
+            inner.options.timeout,
+            inner.options.token_refresh_margin,
+        )?;
+        Ok(FapiClient {
+            inner: Arc::new(Inner {
+                http: inner.http.clone(),
+                upload: inner.upload.clone(),
+                tls: inner.tls.clone(),
+                tokens: inner.tokens.clone(),
+                options: inner.options.clone(),
+                identity: inner.identity.clone(),
+                settings: inner.settings.clone(),
+                missing_echo: inner.missing_echo.clone(),
+                grant: Some(Arc::new(tokens)),
+            }),
+        })
+    }
+
+    /// Refresh requests sent for this client's grant by this process (0 without a grant).
+    pub fn grant_refreshes(&self) -> u64 {
+        self.inner.grant.as_ref().map_or(0, |g| g.refreshes())
+    }
+
+    /// The mTLS HTTP client of the authorization server's calls (the consent flow's).
+    pub(crate) fn as_http(&self) -> Result<reqwest::Client> {
+        match &self.inner.http {
+            Transport::One(http) => Ok(http.clone()),
+            Transport::PerPort(_) => Err(Error::Grant(
+                "the consent flow runs on the host's own client, not a guest's".into(),
+            )),
+        }
     }
 
     /// A builder, for programs that do not use a configuration file.
@@ -317,7 +379,18 @@ impl FapiClient {
         let progress = Arc::new(AtomicU64::new(0));
         loop {
             attempts += 1;
-            let lease = inner.tokens.bearer().await?;
+            let lease = match &inner.grant {
+                Some(grant) => grant.bearer().await?,
+                None if inner.settings.profile.needs_grant() => {
+                    return Err(Error::Grant(
+                        "under profile \"ib1\" every request needs a household's consent: \
+                         name a grant with --grant NAME (fapi-host grant list shows them; \
+                         fapi-host grant add NAME makes one), or FapiClient::for_grant"
+                            .into(),
+                    ));
+                }
+                None => inner.tokens.bearer().await?,
+            };
             let mut builder = http
                 .request(request.method.clone(), url.clone())
                 .headers(request.headers.clone())
@@ -407,7 +480,11 @@ impl FapiClient {
             if status == StatusCode::UNAUTHORIZED && !replayed && replayable {
                 let challenge = www_authenticate::bearer(response.headers());
                 if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
-                    if inner.tokens.invalidate(lease.generation) {
+                    let dropped = match &inner.grant {
+                        Some(grant) => grant.invalidate(lease.generation),
+                        None => inner.tokens.invalidate(lease.generation),
+                    };
+                    if dropped {
                         tracing::info!(url = %shown_url(url.as_str()), "invalid_token: dropping the token, getting a new one, replaying once");
                         replayed = true;
                         continue;
