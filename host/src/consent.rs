@@ -704,7 +704,7 @@ impl GrantTokens {
         let grant = if self.fresh(&grant.info) {
             grant
         } else {
-            self.refresh().await?
+            self.refresh(grant).await?
         };
         self.serve(&grant)
     }
@@ -759,10 +759,11 @@ impl GrantTokens {
         Ok(m)
     }
 
-    /// Refresh under the grant's file lock: re-read the grant (another process may have
-    /// refreshed it: then its tokens serve), else spend the refresh token and store the rotated
-    /// one before the old one is forgotten. `invalid_grant` ends the grant.
-    async fn refresh(&self) -> Result<Grant> {
+    /// Refresh `seen` (the grant as read, due) under the grant's file lock: re-read the grant
+    /// (another process may have refreshed it meanwhile: then its tokens serve, while they have
+    /// not expired), else spend the refresh token and store the rotated one before the old one
+    /// is forgotten. `invalid_grant` ends the grant.
+    async fn refresh(&self, seen: Grant) -> Result<Grant> {
         let meta = self.metadata().await?;
         let store = self.store.clone();
         let name = self.name.clone();
@@ -771,7 +772,8 @@ impl GrantTokens {
             .map_err(|e| Error::Grant(format!("waiting for the grant's lock failed: {e}")))??;
         let mut grant = self.store.load(&self.name)?;
         self.check(&grant)?;
-        if self.fresh(&grant.info) {
+        let replaced = grant.access.expose_secret() != seen.access.expose_secret();
+        if self.fresh(&grant.info) || replaced && now_secs() < grant.info.access_expires_at {
             tracing::debug!(grant = %self.name, "the grant was refreshed by another process");
             drop(lock);
             return Ok(grant);

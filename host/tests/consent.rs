@@ -334,3 +334,166 @@ async fn grant_add_as_a_browser_would_then_fetch_refresh_in_two_processes_and_re
     assert!(err.contains("grant add home"), "{err}");
     t.assert_no_token_leaked();
 }
+
+#[tokio::test]
+async fn no_listen_then_complete_with_the_url_the_browser_ended_on() {
+    let mut t = Ib1::start(Duration::from_secs(60), Duration::ZERO).await;
+    let (code, out, err) = t.run(&["grant", "add", "flat-7", "--no-listen"]).await;
+    assert_eq!(code, 0, "{err}");
+    let url = out.lines().next().unwrap().to_owned();
+    assert!(err.contains("grant complete flat-7"), "{err}");
+    let pending = t.grants().join("flat-7.pending");
+    let mode = std::fs::metadata(&pending).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let location = t.consent(&url, "approve").await;
+
+    // The URL of another flow (its state differs): refused, nothing exchanged, still pending.
+    let forged = location.replace("state=", "state=x");
+    let (code, _, err) = t.run(&["grant", "complete", "flat-7", &forged]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("state does not match") && err.contains("nothing was exchanged"),
+        "{err}"
+    );
+    assert_eq!(t.fed.consent_counters().unwrap().code_exchanges, 0);
+    assert!(pending.exists());
+
+    let (code, out, err) = t.run(&["grant", "complete", "flat-7", &location]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("grant flat-7 stored"), "{out}");
+    assert!(!pending.exists());
+    let data = t.fed.data_url();
+    let (code, out, err) = t.run(&["fetch", "--grant", "flat-7", &data]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("postcode"));
+    // Once more: nothing pending (the code is spent; the AS would refuse it).
+    let (code, _, err) = t.run(&["grant", "complete", "flat-7", &location]).await;
+    assert_eq!(code, 3);
+    assert!(err.contains("no consent flow is pending"), "{err}");
+    t.assert_no_token_leaked();
+}
+
+#[tokio::test]
+async fn denial_wrong_state_timeout_and_a_refused_par_are_clear_errors() {
+    let mut t = Ib1::start(Duration::from_secs(60), Duration::ZERO).await;
+    // The household declines: access_denied, nothing stored.
+    let add = t.start_add(&["grant", "add", "home"]).await;
+    let location = t.consent(&add.url, "deny").await;
+    assert!(location.contains("error=access_denied"), "{location}");
+    follow(&location).await;
+    let (code, _, err) = t.finish(add).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("declined (access_denied)") && err.contains("grant add home"),
+        "{err}"
+    );
+    assert!(!t.grants().join("home.json").exists());
+
+    // A callback whose state is not the request's: refused, nothing exchanged.
+    let add = t.start_add(&["grant", "add", "home"]).await;
+    let location = t.consent(&add.url, "approve").await;
+    let forged = location.replace("state=", "state=x");
+    follow(&forged).await;
+    let (code, _, err) = t.finish(add).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("state does not match"), "{err}");
+    assert_eq!(t.fed.consent_counters().unwrap().code_exchanges, 0);
+
+    // Nobody comes back before --timeout.
+    let (code, out, err) = t.run(&["grant", "add", "home", "--timeout", "1"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(out.contains("/accounts/authorize?"), "{out}");
+    assert!(
+        err.contains("no answer from the browser within 1 s"),
+        "{err}"
+    );
+
+    // A scope the server does not grant: the PAR is refused (invalid_scope), with the fix.
+    let (code, out, err) = t
+        .run(&["grant", "add", "home", "--scope", "consumption:read"])
+        .await;
+    assert_eq!(code, 3, "{err}");
+    assert!(out.is_empty(), "no URL for a refused request: {out}");
+    assert!(
+        err.contains("invalid_scope") && err.contains("--scope"),
+        "{err}"
+    );
+    assert!(!t.grants().join("home.json").exists());
+}
+
+#[tokio::test]
+async fn a_tampered_or_truncated_grant_and_a_store_open_to_others_are_refused() {
+    let mut t = Ib1::start(Duration::from_secs(60), Duration::ZERO).await;
+    let add = t.start_add(&["grant", "add", "home"]).await;
+    let location = t.consent(&add.url, "approve").await;
+    follow(&location).await;
+    let (code, _, err) = t.finish(add).await;
+    assert_eq!(code, 0, "{err}");
+    let file = t.grants().join("home.json");
+    let whole = std::fs::read_to_string(&file).unwrap();
+    let data = t.fed.data_url();
+    let shown = file.display().to_string();
+    for (text, says) in [
+        (whole[..whole.len() / 2].to_owned(), "truncated"),
+        (
+            whole.replace("fapi-host-grant/1", "other-tool/3"),
+            "not a fapi-host grant file",
+        ),
+        (whole.replacen('{', "[", 1), "corrupt"),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let (code, _, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+        assert_eq!(code, 3, "{says}: {err}");
+        assert!(err.contains(&shown) && err.contains(says), "{says}: {err}");
+        let (code, _, err) = t.run(&["grant", "show", "home"]).await;
+        assert_eq!(code, 3);
+        assert!(err.contains(&shown), "{err}");
+    }
+    // Issued by another issuer (a file copied from elsewhere): refused, naming both.
+    std::fs::write(&file, whole.replace("/accounts\"", "/other\"")).unwrap();
+    let (code, _, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("was given by") && err.contains("/other"),
+        "{err}"
+    );
+
+    std::fs::write(&file, &whole).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+    assert_eq!(code, 3);
+    assert!(err.contains(&format!("chmod 600 {shown}")), "{err}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(t.grants(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let (code, _, err) = t.run(&["grant", "list"]).await;
+    assert_eq!(code, 3);
+    assert!(
+        err.contains(&format!("chmod 700 {}", t.grants().display())),
+        "{err}"
+    );
+    std::fs::set_permissions(t.grants(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("postcode"));
+    t.assert_no_token_leaked();
+}
+
+#[tokio::test]
+async fn check_takes_the_client_id_from_the_certificate_and_refuses_another() {
+    let mut t = Ib1::start(Duration::from_secs(60), Duration::ZERO).await;
+    let directory = fapi_federation::directory_url("fapi-dev-consumer");
+    let (code, out, err) = t.run(&["check"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("ok    client_id: {directory}"))
+            && out.contains("taken from the certificate"),
+        "{out}"
+    );
+    assert!(out.contains("ok    discovery"), "{out}");
+    let (code, out, _) = t.run(&["--client-id", "fapi-dev-consumer", "check"]).await;
+    assert_eq!(code, 7, "{out}");
+    assert!(
+        out.contains("FAIL  client_id") && out.contains(&directory) && out.contains("URI SAN"),
+        "{out}"
+    );
+}
