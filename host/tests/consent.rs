@@ -497,3 +497,47 @@ async fn check_takes_the_client_id_from_the_certificate_and_refuses_another() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_refused_with_invalid_grant_ends_the_grant() {
+    let mut t = Ib1::start(Duration::from_secs(2), Duration::ZERO).await;
+    let add = t.start_add(&["grant", "add", "home"]).await;
+    let location = t.consent(&add.url, "approve").await;
+    follow(&location).await;
+    let (code, _, err) = t.finish(add).await;
+    assert_eq!(code, 0, "{err}");
+    // The household withdraws its consent at the authorization server.
+    let refresh = t.tokens()[1].clone();
+    let consumer = t.fed.pki().client("consumer").unwrap();
+    let http = t.fed.pki().http_client(Some(consumer)).unwrap();
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "client_id",
+            &fapi_federation::directory_url("fapi-dev-consumer"),
+        )
+        .append_pair("token", &refresh)
+        .finish();
+    let resp = http
+        .post(format!("{}/revoke", t.fed.issuer_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let data = t.fed.data_url();
+    let (code, _, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("the consent has ended or was revoked: run grant add home again"),
+        "{err}"
+    );
+    let (_, out, _) = t.run(&["grant", "show", "home"]).await;
+    assert!(out.contains("state           ended"), "{out}");
+    // Ended: no further refresh request is spent on it.
+    let (code, _, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 1);
+    t.assert_no_token_leaked();
+}
