@@ -348,3 +348,25 @@ async fn refusals_are_named_as_the_rfcs_name_them_ib1() {
     assert_eq!(page.status(), StatusCode::BAD_REQUEST);
     assert!(page.text().await.expect("page").contains("invalid_request"));
 }
+
+#[tokio::test]
+async fn an_expired_code_is_invalid_grant_ib1() {
+    let fed = ib1(Ib1Options {
+        code_ttl: Duration::from_millis(200),
+        ..Ib1Options::default()
+    })
+    .await;
+    let code = approved_code(&fed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = exchange(&fed, &code, VERIFIER, REDIRECT).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("expired")),
+        "{body}"
+    );
+}
