@@ -541,3 +541,47 @@ async fn a_refresh_refused_with_invalid_grant_ends_the_grant() {
     assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 1);
     t.assert_no_token_leaked();
 }
+
+#[tokio::test]
+async fn for_grant_refreshes_once_for_many_concurrent_requests() {
+    let mut t = Ib1::start(Duration::from_secs(2), Duration::from_millis(300)).await;
+    let add = t.start_add(&["grant", "add", "home"]).await;
+    let location = t.consent(&add.url, "approve").await;
+    follow(&location).await;
+    let (code, _, err) = t.finish(add).await;
+    assert_eq!(code, 0, "{err}");
+
+    let settings =
+        fapi_host::Settings::load(Some(Path::new(&t.config)), &fapi_host::Overrides::default())
+            .unwrap();
+    let (client, _) = fapi_host::FapiClient::from_settings(&settings).unwrap();
+    assert_eq!(
+        client.settings().client_id,
+        fapi_federation::directory_url("fapi-dev-consumer"),
+        "taken from the certificate"
+    );
+    // Without a grant, under ib1: refused before anything is sent, naming --grant.
+    let e = client.get(t.fed.data_url()).send().await.unwrap_err();
+    assert!(e.to_string().contains("--grant NAME"), "{e}");
+    let e = client.for_grant("nobody").unwrap_err();
+    assert!(e.to_string().contains("grant add nobody"), "{e}");
+
+    let home = client.for_grant("home").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let gets: Vec<_> = (0..8)
+        .map(|_| {
+            let c = home.clone();
+            let url = t.fed.data_url();
+            tokio::spawn(async move { c.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(g.await.unwrap(), 200);
+    }
+    assert_eq!(home.grant_refreshes(), 1);
+    assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 1);
+    let debug = format!("{home:?}");
+    for token in t.tokens() {
+        assert!(!debug.contains(&token));
+    }
+}
