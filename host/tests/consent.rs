@@ -490,6 +490,11 @@ async fn check_takes_the_client_id_from_the_certificate_and_refuses_another() {
         "{out}"
     );
     assert!(out.contains("ok    discovery"), "{out}");
+    // No client_credentials token under ib1: `token` names --grant, and asks the server nothing.
+    let (code, _, err) = t.run(&["token"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--grant NAME"), "{err}");
+    assert_eq!(t.fed.counters().token_requests, 0);
     let (code, out, _) = t.run(&["--client-id", "fapi-dev-consumer", "check"]).await;
     assert_eq!(code, 7, "{out}");
     assert!(

@@ -288,7 +288,22 @@ impl FapiClient {
     /// Metadata of the current token (acquiring one if needed). There is no way to get the
     /// token itself.
     pub async fn token_info(&self) -> Result<TokenInfo> {
+        self.client_credentials_allowed()?;
         Ok(self.inner.tokens.lease().await?.1)
+    }
+
+    /// Under a profile whose tokens come only from consent (`ib1`), this client's own
+    /// `client_credentials` token is never asked for: an error naming `--grant`.
+    fn client_credentials_allowed(&self) -> Result<()> {
+        if self.inner.settings.profile.needs_grant() {
+            return Err(Error::Grant(
+                "under profile \"ib1\" every request needs a household's consent: name a grant \
+                 with --grant NAME (fapi-host grant list shows them; fapi-host grant add NAME \
+                 makes one), or FapiClient::for_grant"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// A new token now, whatever the cache holds (it replaces the cached one): one token request,
@@ -296,17 +311,20 @@ impl FapiClient {
     /// or requests meanwhile wait for it, as for any token request. For measurements and for
     /// operators who know the current token is void; requests replace a refused token themselves.
     pub async fn renew_token(&self) -> Result<TokenInfo> {
+        self.client_credentials_allowed()?;
         self.inner.tokens.renew().await
     }
 
     /// The RFC 7662 introspection response for this client's own token.
     pub async fn introspect(&self) -> Result<Value> {
+        self.client_credentials_allowed()?;
         self.inner.tokens.introspect().await
     }
 
     /// DANGEROUS: the access token itself. Anyone who has it can call the data provider as this
     /// client until it expires (with this certificate). Exists for `fapi-host token --reveal-token`.
     pub async fn danger_reveal_token(&self) -> Result<zeroize::Zeroizing<String>> {
+        self.client_credentials_allowed()?;
         self.inner.tokens.danger_reveal_token().await
     }
 
@@ -381,15 +399,10 @@ impl FapiClient {
             attempts += 1;
             let lease = match &inner.grant {
                 Some(grant) => grant.bearer().await?,
-                None if inner.settings.profile.needs_grant() => {
-                    return Err(Error::Grant(
-                        "under profile \"ib1\" every request needs a household's consent: \
-                         name a grant with --grant NAME (fapi-host grant list shows them; \
-                         fapi-host grant add NAME makes one), or FapiClient::for_grant"
-                            .into(),
-                    ));
+                None => {
+                    self.client_credentials_allowed()?;
+                    inner.tokens.bearer().await?
                 }
-                None => inner.tokens.bearer().await?,
             };
             let mut builder = http
                 .request(request.method.clone(), url.clone())
