@@ -490,6 +490,14 @@ async fn check_takes_the_client_id_from_the_certificate_and_refuses_another() {
         "{out}"
     );
     assert!(out.contains("ok    discovery"), "{out}");
+    assert!(
+        out.contains("ok    consent: pushed authorization requests at"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("warn"),
+        "nothing to warn about under ib1: {out}"
+    );
     // No client_credentials token under ib1: `token` names --grant, and asks the server nothing.
     let (code, _, err) = t.run(&["token"]).await;
     assert_eq!(code, 3, "{err}");

@@ -191,8 +191,10 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                 )?,
             }
             for w in warnings {
-                // Said on the line above.
-                if w.kind != crate::WarningKind::AuthMethodsAbsent {
+                // Said on the line above; and under ib1 no client_credentials is expected.
+                let expected = w.kind == crate::WarningKind::ClientCredentialsNotListed
+                    && settings.profile.needs_grant();
+                if w.kind != crate::WarningKind::AuthMethodsAbsent && !expected {
                     r.warn("discovery", w)?;
                 }
             }
@@ -203,6 +205,27 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
         }
     }
     if settings.profile.needs_grant() {
+        let checked = match client.as_http() {
+            Ok(http) => {
+                crate::consent::consent_metadata(
+                    &http,
+                    &settings.issuer_url,
+                    settings.client.timeout,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(m) => r.ok(
+                "consent",
+                format!(
+                    "pushed authorization requests at {}, PKCE S256, consent page at {}",
+                    m.par_endpoint, m.authorization_endpoint
+                ),
+            )?,
+            Err(e) => r.fail("consent", e)?,
+        }
         r.ok(
             "token",
             "profile \"ib1\": tokens come from a household's consent, not from this check \
