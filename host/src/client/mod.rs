@@ -292,6 +292,15 @@ impl FapiClient {
         Ok(self.inner.tokens.lease().await?.1)
     }
 
+    /// Have a valid token now (the grant's, with a grant), as the first request would: for
+    /// `batch`, which gets it before its items start.
+    pub(crate) async fn warm_token(&self) -> Result<()> {
+        match &self.inner.grant {
+            Some(grant) => grant.bearer().await.map(|_| ()),
+            None => self.token_info().await.map(|_| ()),
+        }
+    }
+
     /// Under a profile whose tokens come only from consent (`ib1`), this client's own
     /// `client_credentials` token is never asked for: an error naming `--grant`.
     fn client_credentials_allowed(&self) -> Result<()> {
