@@ -65,7 +65,7 @@ pub struct FederationConfig {
     /// mTLS is still required and tokens are still bound to the certificate. Discovery then lists
     /// only `private_key_jwt`. Default `None`: `tls_client_auth`.
     pub private_key_jwt: Option<PrivateKeyJwt>,
-    /// The `ib1` profile ([`crate::consent`]): the issuer becomes
+    /// The `ib1` profile (the consent flow, [`Ib1Options`]): the issuer becomes
     /// `https://127.0.0.1:PORT/accounts`, with PAR, a consent page, `authorization_code` and
     /// rotating `refresh_token` grants on the mTLS listener; what the default profile serves stays
     /// as it is (the data provider still introspects at it). Default `None`.
