@@ -24,7 +24,8 @@
 //! |---|---|
 //! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
 //! | `token` | the token cache and its refresh; token requests and introspection |
-//! | `consent` | a household's consent (IB1): PAR, PKCE, the loopback redirect, grant tokens |
+//! | `consent` | a household's consent (IB1): metadata, PAR, PKCE, the loopback redirect |
+//! | `grant_tokens` | a grant's tokens on a client's requests, refreshed once per expiry |
 //! | `discovery` | the authorization server's metadata, fetched and checked |
 //! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
 //! | [`pkcs11`] | keys in a PKCS#11 token: URIs, sessions, the rustls signing key |
@@ -70,6 +71,7 @@ mod consent;
 mod credentials;
 mod discovery;
 mod error;
+mod grant_tokens;
 mod grants;
 pub mod jws;
 #[cfg(feature = "sandbox")]

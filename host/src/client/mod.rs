@@ -12,10 +12,10 @@ use uuid::Uuid;
 
 use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, Overrides, SandboxSettings, Settings};
-use crate::consent::GrantTokens;
 use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
 use crate::error::{Error, Result, Warning};
+use crate::grant_tokens::GrantTokens;
 use crate::grants::GrantStore;
 use crate::net::{AuthorizationServerAddresses, Resolver};
 use crate::policy::shown_url;
