@@ -35,6 +35,9 @@ pub struct DevOptions {
     /// ([`crate::FederationConfig::private_key_jwt`]) and `fapi.toml` says
     /// `token_endpoint_auth_method = "private_key_jwt"`. Default `None`: `tls_client_auth`.
     pub private_key_jwt: Option<PrivateKeyJwt>,
+    /// `fapi-host dev --profile ib1`: the consent flow ([`crate::FederationConfig::ib1`]) and a
+    /// `fapi.toml` with `profile = "ib1"`. Default `None`: the Open Energy-style federation.
+    pub ib1: Option<crate::Ib1Options>,
 }
 
 /// `fapi-host dev --issuer URL`: an authorization server elsewhere (for example an independent
@@ -98,6 +101,7 @@ impl Default for DevOptions {
             dpop_nonce: false,
             external_issuer: None,
             private_key_jwt: None,
+            ib1: None,
         }
     }
 }
@@ -129,13 +133,15 @@ pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Er
         path(ca_file),
         config.display().to_string(),
     );
+    let ib1 = fed.is_ib1();
     let info = serde_json::json!({
+        "profile": if ib1 { "ib1" } else { "open-energy" },
         "issuer_url": fed.issuer_url(),
         "data_url": fed.data_url(),
         "data_json_url": fed.data_json_url(),
         "admin_url": fed.admin_url(),
-        "client_id": consumer.client_id,
-        "requested_scopes": "directory:software consumption:read",
+        "client_id": if ib1 { crate::directory_url(&consumer.client_id) } else { consumer.client_id.clone() },
+        "requested_scopes": if ib1 { crate::LICENCE } else { "directory:software consumption:read" },
         "private_key": key,
         "certificate": cert,
         "ca_bundle": ca,
@@ -165,6 +171,30 @@ pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Er
             cfgq = sh(&cfg),
             client = consumer.client_id,
             dn = consumer.subject_dn,
+        );
+        return Ok(summary);
+    }
+    if ib1 {
+        let summary = format!(
+            "fapi-host dev: local IB1 Trust Framework federation running: consent with PAR, PKCE \
+             and refresh tokens (Ctrl-C to stop)\n\
+             \n  issuer (AS, mTLS)  {issuer}\n  metadata           {metadata}\n  data (CSV)         {data}\n  data (JSON)        {json}\n  admin (HTTP)       {admin}\n\
+             \n  files in {dir}: ca.pem, consumer.pem, consumer.key, fapi.toml, federation.json\n\
+             \nThe client id is the certificate's Directory URL ({client}).\n\
+             \nAsk a household's consent, then fetch with it:\n  fapi-host --config {cfgq} grant add home\n  \
+             fapi-host --config {cfgq} fetch --grant home {data}\n",
+            issuer = fed.issuer_url(),
+            metadata = fed.issuer_url().replacen(
+                crate::ISSUER_PATH,
+                "/.well-known/oauth-authorization-server/accounts",
+                1
+            ),
+            data = fed.data_url(),
+            json = fed.data_json_url(),
+            admin = fed.admin_url(),
+            dir = dir.display(),
+            cfgq = sh(&cfg),
+            client = crate::directory_url(&consumer.client_id),
         );
         return Ok(summary);
     }
@@ -251,6 +281,7 @@ pub async fn run_dev(opts: DevOptions) -> Result<(), Error> {
         private_key_jwt: opts.private_key_jwt.clone(),
         dpop_required: opts.dpop,
         dpop_nonce: opts.dpop_nonce,
+        ib1: opts.ib1.clone(),
         ..FederationConfig::default()
     };
     let stop = shutdown_signal()?;
@@ -300,6 +331,41 @@ mod tests {
         assert!(summary.contains(&format!("fetch {}", fed.data_url())));
         assert!(summary.contains("curl"));
         assert_eq!(sh("a b'c"), "'a b'\\''c'");
+    }
+
+    #[tokio::test]
+    async fn ib1_files_name_the_profile_and_leave_the_client_id_to_the_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::load_or_generate(dir.path()).expect("pki");
+        let cfg = FederationConfig {
+            ib1: Some(crate::Ib1Options::default()),
+            ..FederationConfig::default()
+        };
+        let fed = Federation::start(pki, cfg).await.expect("start");
+        assert!(
+            fed.issuer_url().ends_with("/accounts"),
+            "{}",
+            fed.issuer_url()
+        );
+        let summary = write_dev_files(&fed, dir.path()).expect("files");
+        assert!(summary.contains("grant add home"), "{summary}");
+        let info: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("federation.json")).expect("read"),
+        )
+        .expect("json");
+        assert_eq!(info["profile"], "ib1");
+        assert_eq!(info["issuer_url"], fed.issuer_url());
+        let toml = std::fs::read_to_string(dir.path().join("fapi.toml")).expect("toml");
+        assert!(
+            toml.contains("profile = \"ib1\"") && !toml.contains("\nclient_id"),
+            "{toml}"
+        );
+        // The PKI written is reused: its client certificates carry their Directory URLs.
+        let again = Pki::load_or_generate(dir.path()).expect("reload");
+        assert_eq!(
+            again.client("consumer").expect("consumer").cert_pem,
+            fed.pki().client("consumer").expect("consumer").cert_pem
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::assertion::{PrivateKeyJwt, certificate_key};
 use crate::auth_server::{self, AsListener, AsState};
+use crate::consent::{self, ConsentCounters, ConsentState, Ib1Options};
 use crate::data_provider::{self, DpState};
 use crate::faults::{AsFault, DpFault};
 use crate::identity::ClientIdentity;
@@ -75,6 +76,11 @@ pub struct FederationConfig {
     /// one sent in the answer to the last of them (a 200). 0 (default): only by
     /// [`Federation::rotate_dpop_nonces`].
     pub dpop_nonce_rotate_every: u64,
+    /// The `ib1` profile (the consent flow, [`Ib1Options`]): the issuer becomes
+    /// `https://127.0.0.1:PORT/accounts`, with PAR, a consent page, `authorization_code` and
+    /// rotating `refresh_token` grants on the mTLS listener; what the default profile serves stays
+    /// as it is (the data provider still introspects at it). Default `None`.
+    pub ib1: Option<Ib1Options>,
 }
 
 impl Default for FederationConfig {
@@ -93,6 +99,7 @@ impl Default for FederationConfig {
             dpop_required: false,
             dpop_nonce: false,
             dpop_nonce_rotate_every: 0,
+            ib1: None,
         }
     }
 }
@@ -108,6 +115,8 @@ pub struct Federation {
     data_origin: String,
     admin_url: String,
     tasks: Vec<JoinHandle<()>>,
+    /// The `ib1` authorization server, when started with [`FederationConfig::ib1`].
+    consent: Option<Arc<ConsentState>>,
 }
 
 impl Drop for Federation {
@@ -162,6 +171,7 @@ impl Federation {
             data_origin: String::new(),
             admin_url: String::new(),
             tasks: Vec::new(),
+            consent: None,
         };
         let as_opts = ServeOpts {
             auto_date: true,
@@ -205,7 +215,17 @@ impl Federation {
                 let plain_router = auth_server::router(st.clone(), AsListener::Plain);
                 fed.tasks
                     .push(tls::spawn_https(plain, plain_cfg, plain_router, as_opts));
-                let mtls_router = auth_server::router(st.clone(), AsListener::Mtls);
+                let mut mtls_router = auth_server::router(st.clone(), AsListener::Mtls);
+                if let Some(options) = &cfg.ib1 {
+                    let consent = Arc::new(ConsentState::new(
+                        &st.issuer,
+                        cfg.token_ttl,
+                        options.clone(),
+                        shared.clone(),
+                    ));
+                    mtls_router = mtls_router.merge(consent::router(consent.clone()));
+                    fed.consent = Some(consent);
+                }
                 fed.tasks
                     .push(tls::spawn_https(mtls, mtls_cfg, mtls_router, as_opts));
                 let provider = fed
@@ -235,6 +255,7 @@ impl Federation {
             as_anchors.push(fed.pki.server_ca_der());
         }
         let introspector = Introspector {
+            // Under ib1 too, the data provider introspects at the issuer without a path.
             issuer: fed.issuer_url.clone(),
             http: tls::http_client(tls::client_config(&as_anchors, Some(&provider))?)?,
             client_id: provider.client_id.clone(),
@@ -270,6 +291,9 @@ impl Federation {
         if cfg.external_issuer.is_none() {
             // Discover now, before a test can set a discovery fault meant for the client.
             dp_state.introspector.endpoint().await?;
+        }
+        if let Some(c) = &fed.consent {
+            fed.issuer_url.clone_from(&c.issuer);
         }
         tracing::info!(issuer = %fed.issuer_url, data = %fed.data_origin, admin = %fed.admin_url, "federation started");
         Ok(fed)
@@ -360,6 +384,16 @@ impl Federation {
                 "Federation::received_dpop_proofs needs FederationConfig::record_issued_tokens = true"
             )
         })
+    }
+
+    /// The consent flow's counters (`ib1`); `None` without [`FederationConfig::ib1`].
+    pub fn consent_counters(&self) -> Option<ConsentCounters> {
+        self.consent.as_ref().map(|c| c.counters())
+    }
+
+    /// Whether the `ib1` authorization server runs ([`FederationConfig::ib1`]).
+    pub fn is_ib1(&self) -> bool {
+        self.consent.is_some()
     }
 
     /// Whether the token endpoint requires `private_key_jwt`, and with which rules.
@@ -455,18 +489,35 @@ impl Federation {
         } else {
             ""
         };
-        let toml = format!(
-            "# Written by fapi-federation for the local federation; paths are relative to this file.\n\
+        let toml = if self.consent.is_some() {
+            // ib1: the client id is the certificate's Directory URL; tokens come from grants.
+            format!(
+                "# Written by fapi-federation for the local federation (profile ib1); paths are relative to this file.\n\
+                 # client_id is the certificate's URI SAN: {}\n\
+                 profile = \"ib1\"\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n\n\
+                 [sandbox]\nallow = [{}]\n",
+                crate::consent::directory_url(&id.client_id),
+                s(&self.issuer_url),
+                s(crate::consent::LICENCE),
+                s(&key_file),
+                s(&cert_file),
+                s(ca_file),
+                s(&format!("{}/", self.data_origin)),
+            )
+        } else {
+            format!(
+                "# Written by fapi-federation for the local federation; paths are relative to this file.\n\
              client_id = {}\nissuer_url = {}\nrequested_scopes = {}\nprivate_key = {}\ncertificate = {}\nca_bundle = {}\n{auth}{dpop}\n\
              [sandbox]\nallow = [{}]\n",
-            s(&id.client_id),
-            s(&self.issuer_url),
-            s(scopes),
-            s(&key_file),
-            s(&cert_file),
-            s(ca_file),
-            s(&format!("{}/", self.data_origin)),
-        );
+                s(&id.client_id),
+                s(&self.issuer_url),
+                s(scopes),
+                s(&key_file),
+                s(&cert_file),
+                s(ca_file),
+                s(&format!("{}/", self.data_origin)),
+            )
+        };
         let path = dir.join(file_name);
         write_file(&path, &toml, false)?;
         Ok(path)

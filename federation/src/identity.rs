@@ -115,6 +115,9 @@ pub struct ClientSpec {
     pub not_before: SystemTime,
     /// End of validity (may be in the past, for expiry tests).
     pub not_after: SystemTime,
+    /// A URI subject alternative name (the IB1 Directory URL that is the client id under the
+    /// `ib1` profile). `None` (the default): no SAN.
+    pub uri_san: Option<String>,
 }
 
 impl fmt::Debug for ClientSpec {
@@ -125,6 +128,7 @@ impl fmt::Debug for ClientSpec {
             .field("organization", &self.organization)
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
+            .field("uri_san", &self.uri_san)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +145,7 @@ impl ClientSpec {
             key_pair: None,
             not_before: now - Duration::from_secs(3600),
             not_after: now + Duration::from_secs(90 * 86_400),
+            uri_san: None,
         }
     }
 }

@@ -155,8 +155,13 @@ pub(crate) fn check_answer(
         None if jkt.is_some() => {}
         None => return Err(Denial::InvalidToken("token is not certificate-bound")),
     }
+    crate::consent::check_directory_url(answer, cert_der).map_err(Denial::InvalidToken)?;
     let scope = answer.get("scope").and_then(Value::as_str).unwrap_or("");
-    if !scope.split_ascii_whitespace().any(|s| s == REQUIRED_SCOPE) {
+    // The ib1 licence grants the same data.
+    if !scope
+        .split_ascii_whitespace()
+        .any(|s| s == REQUIRED_SCOPE || s == crate::consent::LICENCE)
+    {
         return Err(Denial::InsufficientScope);
     }
     Ok(())

@@ -32,6 +32,7 @@ mod admin;
 mod assertion;
 mod auth_server;
 mod capture;
+mod consent;
 pub mod data;
 mod data_provider;
 mod dev;
@@ -48,6 +49,7 @@ mod tls;
 
 pub use assertion::{JWT_BEARER, MAX_FUTURE, PrivateKeyJwt, SIGNING_ALGS};
 pub use capture::{Capture, capture_logs};
+pub use consent::{ConsentCounters, ISSUER_PATH, Ib1Options, LICENCE, directory_url};
 pub use dev::{DevExternalIssuer, DevOptions, run_dev};
 pub use error::Error;
 pub use faults::{AsFault, DpFault};

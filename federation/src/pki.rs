@@ -157,6 +157,8 @@ impl Pki {
             let mut spec = ClientSpec::new(client_id);
             spec.name = name.to_owned();
             spec.not_after = SystemTime::now() + Duration::from_secs(825 * 86_400);
+            // Every registered client carries its Directory URL (the `ib1` profile's client id).
+            spec.uri_san = Some(crate::consent::directory_url(client_id));
             let identity = pki.issue_client(spec)?;
             pki.clients.push(identity);
         }
@@ -189,11 +191,17 @@ impl Pki {
         }
         let mut clients = Vec::new();
         for (name, client_id, _) in REGISTERED {
+            // A PKI written before client certificates carried their Directory URL is made anew.
+            let cert_pem = read(&format!("{name}.pem"))?;
+            let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+            if crate::consent::uri_sans(&der) != [crate::consent::directory_url(client_id)] {
+                return None;
+            }
             clients.push(ClientIdentity {
                 name: name.to_owned(),
                 client_id: client_id.to_owned(),
                 subject_dn: registered_dn(client_id),
-                cert_pem: read(&format!("{name}.pem"))?,
+                cert_pem,
                 key_pem: read(&format!("{name}.key"))?,
             });
         }
@@ -276,6 +284,12 @@ impl Pki {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.use_authority_key_identifier_extension = true;
+        if let Some(uri) = spec.uri_san {
+            let uri = uri
+                .try_into()
+                .map_err(|_| Error::pem("new client cert", "the URI SAN is not an IA5 string"))?;
+            p.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+        }
         let cert = p.signed_by(&key, &issuer)?;
         let subject =
             subject_dn(cert.der()).ok_or_else(|| Error::pem("new client cert", "unparseable"))?;

@@ -43,6 +43,8 @@ struct FileConfig {
     signing_kid: Option<String>,
     sender_constraint: Option<String>,
     dpop_key: Option<PathBuf>,
+    redirect_uri: Option<String>,
+    grants_dir: Option<PathBuf>,
     #[serde(default)]
     trust: FileTrust,
     #[serde(default)]
@@ -316,7 +318,9 @@ pub struct TrustSettings {
 /// Validated settings of one client identity.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The OAuth client id registered for the certificate.
+    /// The OAuth client id registered for the certificate. Under profile `ib1` it may be left
+    /// out of the file: it is then empty here until [`Settings::resolve_client_id`] takes it from
+    /// the certificate's URI SAN (the Directory URL), as building a client does.
     pub client_id: String,
     /// The issuer, exactly as configured (compared code point by code point with discovery's).
     pub issuer_url: String,
@@ -353,6 +357,28 @@ pub struct Settings {
     pub proxy_routes: Vec<(String, String)>,
     /// The file the settings came from, if any.
     pub source: Option<PathBuf>,
+    /// `redirect_uri`: where the household's browser is sent back with the authorization code
+    /// (`fapi-host grant add`). `None` (the default): a loopback `http://127.0.0.1:PORT/callback`
+    /// (RFC 8252 section 7.3), the port chosen when the callback listener starts.
+    pub redirect_uri: Option<String>,
+    /// `grants_dir`: the grant store (default: `$XDG_DATA_HOME/fapi-host/grants`, else
+    /// `~/.local/share/fapi-host/grants`, else `./fapi-host-grants`).
+    pub grants_dir: PathBuf,
+}
+
+/// The default grant store: `$XDG_DATA_HOME/fapi-host/grants`, else
+/// `$HOME/.local/share/fapi-host/grants`, else `fapi-host-grants` in the working directory.
+pub fn default_grants_dir() -> PathBuf {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    std::env::var_os("XDG_DATA_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".local").join("share"))
+        })
+        .map(|d| d.join("fapi-host").join("grants"))
+        .unwrap_or_else(|| PathBuf::from("fapi-host-grants"))
 }
 
 impl Settings {
@@ -401,11 +427,21 @@ impl Settings {
         };
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
-        let client_id = overrides
-            .client_id
-            .clone()
-            .or(file.client_id)
-            .ok_or_else(|| missing("client_id", "FAPI_CLIENT_ID"))?;
+        let profile: Profile = match &file.profile {
+            Some(p) => p.parse()?,
+            None => Profile::default(),
+        };
+        let client_id = match overrides.client_id.clone().or(file.client_id) {
+            Some(id) => {
+                if id.trim().is_empty() {
+                    return Err(Error::Config("`client_id` is empty".into()));
+                }
+                id
+            }
+            // Taken from the certificate's URI SAN when the identity is loaded.
+            None if profile == Profile::Ib1 => String::new(),
+            None => return Err(missing("client_id", "FAPI_CLIENT_ID")),
+        };
         let issuer_url = overrides
             .issuer_url
             .clone()
@@ -451,9 +487,6 @@ impl Settings {
         let pkcs11_module = file.pkcs11_module.map(rel);
         let pkcs11_pin_file = file.pkcs11_pin_file.map(rel);
 
-        if client_id.trim().is_empty() {
-            return Err(Error::Config("`client_id` is empty".into()));
-        }
         validate_issuer(&issuer_url)?;
         if requested_scopes.split_whitespace().next().is_none() {
             return Err(Error::Config(
@@ -461,10 +494,6 @@ impl Settings {
             ));
         }
 
-        let profile: Profile = match &file.profile {
-            Some(p) => p.parse()?,
-            None => Profile::default(),
-        };
         let pd = profile.defaults();
         let auth = AuthSettings {
             client_auth: parsed(&file.token_endpoint_auth_method)?.unwrap_or(pd.client_auth),
@@ -493,6 +522,19 @@ impl Settings {
                  \"private_key_jwt\" (the profile's default) or remove the key"
                     .into(),
             ));
+        }
+        if profile == Profile::Ib1
+            && (auth.client_auth != ClientAuth::TlsClientAuth
+                || auth.sender_constraint != SenderConstraint::Mtls)
+        {
+            return Err(Error::Config(format!(
+                "profile \"ib1\" with `token_endpoint_auth_method` = \"{}\" and \
+                 `sender_constraint` = \"{}\": the IB1 Trust Framework authenticates clients with \
+                 their certificate (tls_client_auth) and binds tokens to it (mtls); remove those \
+                 keys",
+                auth.client_auth.name(),
+                auth.sender_constraint.name()
+            )));
         }
         let trust = TrustSettings {
             system_roots: file.trust.system_roots.unwrap_or(pd.system_roots),
@@ -526,7 +568,7 @@ impl Settings {
                 .token_refresh_margin_seconds
                 .map(secs)
                 .unwrap_or(d.token_refresh_margin),
-            tls13_only: c.tls13_only.unwrap_or(d.tls13_only),
+            tls13_only: c.tls13_only.unwrap_or(pd.tls13_only),
             tls_suites: parsed(&c.tls_cipher_suites)?.unwrap_or(pd.tls_suites),
             max_retry_after: c
                 .max_retry_after_seconds
@@ -607,7 +649,51 @@ impl Settings {
                 .map(|r| (r.prefix, r.upstream))
                 .collect(),
             source,
+            redirect_uri: file.redirect_uri.map(check_redirect_uri).transpose()?,
+            grants_dir: file.grants_dir.map(rel).unwrap_or_else(default_grants_dir),
         })
+    }
+
+    /// Under profile `ib1`, the client id is the Directory URL that the certificate carries as its
+    /// single URI SAN: set it from `uri_sans` when the configuration left it out, and refuse a
+    /// configured one that differs (or a certificate without exactly one URI SAN). Other profiles:
+    /// nothing to do.
+    pub fn resolve_client_id(&mut self, uri_sans: &[String]) -> Result<()> {
+        if self.profile != Profile::Ib1 {
+            return Ok(());
+        }
+        let san = match uri_sans {
+            [one] => one,
+            [] => {
+                return Err(Error::Config(format!(
+                    "profile \"ib1\": the certificate {} has no URI SAN; an IB1 client \
+                     certificate carries the client's Directory URL as its one URI SAN: use the \
+                     certificate the Directory issued",
+                    self.certificate.display()
+                )));
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "profile \"ib1\": the certificate {} has {} URI SANs; an IB1 client \
+                     certificate carries exactly one (the Directory URL)",
+                    self.certificate.display(),
+                    uri_sans.len()
+                )));
+            }
+        };
+        if self.client_id.is_empty() {
+            self.client_id.clone_from(san);
+            return Ok(());
+        }
+        if self.client_id != *san {
+            return Err(Error::Config(format!(
+                "profile \"ib1\": `client_id` = {:?} is not the certificate's Directory URL \
+                 {san:?} (its URI SAN): set `client_id` to it, or leave `client_id` out to take \
+                 it from the certificate",
+                self.client_id
+            )));
+        }
+        Ok(())
     }
 
     /// The `private_key` setting when it is a PKCS#11 URI (`pkcs11:...`) rather than a file.
@@ -682,6 +768,29 @@ fn parse(text: &str, name: &str) -> Result<FileConfig> {
     })
 }
 
+/// `redirect_uri`: an absolute `https` URL, or `http` on a loopback address (RFC 8252 section
+/// 7.3), without a fragment.
+fn check_redirect_uri(uri: String) -> Result<String> {
+    let url = url::Url::parse(&uri).map_err(|e| {
+        Error::Config(format!(
+            "`redirect_uri` {uri:?} is not a URL ({e}); leave it out for a loopback \
+             http://127.0.0.1:PORT/callback"
+        ))
+    })?;
+    let loopback = matches!(
+        url.host(),
+        Some(url::Host::Ipv4(a)) if a.is_loopback()
+    ) || matches!(url.host(), Some(url::Host::Ipv6(a)) if a.is_loopback());
+    if url.fragment().is_some() || !(url.scheme() == "https" || url.scheme() == "http" && loopback)
+    {
+        return Err(Error::Config(format!(
+            "`redirect_uri` {uri:?} must be https, or http on 127.0.0.1 (RFC 8252), without a \
+             fragment"
+        )));
+    }
+    Ok(uri)
+}
+
 fn validate_issuer(issuer: &str) -> Result<()> {
     let url = url::Url::parse(issuer).map_err(|e| {
         Error::Config(format!(
@@ -714,6 +823,22 @@ certificate = "certs/a.pem"
 "#;
 
     /// A DPoP key without DPoP is a half-configured pair: an error naming both keys.
+    #[test]
+    fn ib1_refuses_client_assertions_and_dpop() {
+        for key in [
+            "token_endpoint_auth_method = \"private_key_jwt\"",
+            "sender_constraint = \"dpop\"",
+        ] {
+            let text = format!(
+                "profile = \"ib1\"\n{key}\nclient_id = \"https://d/m/1\"\nissuer_url = \"https://as.example/a\"\nrequested_scopes = \"x\"\nprivate_key = \"k\"\ncertificate = \"c\"\n"
+            );
+            let e = Settings::from_toml(&text, Path::new("/tmp"), &Overrides::default())
+                .expect_err(key)
+                .to_string();
+            assert!(e.contains("ib1") && e.contains("tls_client_auth"), "{e}");
+        }
+    }
+
     #[test]
     fn a_dpop_key_needs_the_dpop_sender_constraint() {
         let e = Settings::from_toml(
@@ -962,6 +1087,39 @@ certificate = "certs/a.pem"
         let s = Settings::from_toml(BASE, Path::new("/etc/fapi"), &Overrides::default())
             .expect("valid");
         assert_eq!(s.pkcs11_uri(), None);
+    }
+
+    #[test]
+    fn ib1_takes_the_client_id_from_the_certificate_and_refuses_another() {
+        let text = format!(
+            "profile = \"ib1\"\ngrants_dir = \"g\"\n{}",
+            BASE.replace("client_id = \"abc\"", "")
+        );
+        let mut s =
+            Settings::from_toml(&text, Path::new("/etc/fapi"), &Overrides::default()).expect("ib1");
+        assert_eq!(s.client_id, "");
+        assert!(s.client.tls13_only);
+        assert_eq!(s.grants_dir, Path::new("/etc/fapi/g"));
+        assert_eq!(s.redirect_uri, None);
+        let url = "https://directory.example/member/1".to_owned();
+        s.resolve_client_id(std::slice::from_ref(&url))
+            .expect("taken");
+        assert_eq!(s.client_id, url);
+        s.client_id = "abc".into();
+        let e = s
+            .resolve_client_id(&[url])
+            .expect_err("another id")
+            .to_string();
+        assert!(e.contains("\"abc\"") && e.contains("URI SAN"), "{e}");
+        let e = s.resolve_client_id(&[]).expect_err("no SAN").to_string();
+        assert!(e.contains("no URI SAN"), "{e}");
+        // Elsewhere the client id stays required.
+        let text = BASE.replace("client_id = \"abc\"", "");
+        assert!(Settings::from_toml(&text, Path::new("/"), &Overrides::default()).is_err());
+        let text = format!("redirect_uri = \"http://example.org/cb\"\n{BASE}");
+        let e =
+            Settings::from_toml(&text, Path::new("/"), &Overrides::default()).expect_err("http");
+        assert!(e.to_string().contains("redirect_uri"), "{e}");
     }
 
     #[test]

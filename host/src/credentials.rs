@@ -48,6 +48,7 @@ pub struct Identity {
     not_before: SystemTime,
     not_after: SystemTime,
     key_description: String,
+    uri_sans: Vec<String>,
 }
 
 impl fmt::Debug for Identity {
@@ -153,6 +154,22 @@ impl Identity {
         let now = SystemTime::now();
         let subject = x509.subject().to_string();
         let issuer = x509.issuer().to_string();
+        // A SAN extension that does not parse is no URI SAN (the TLS stack judges the rest).
+        let uri_sans = x509
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         if now < not_before {
             return Err(Error::Credentials(format!(
                 "{}: the certificate for {subject} is not valid yet (valid from {}); check the clock, or wait",
@@ -215,9 +232,16 @@ impl Identity {
                 not_before,
                 not_after,
                 key_description,
+                uri_sans,
             },
             warnings,
         ))
+    }
+
+    /// The leaf certificate's URI subject alternative names (under IB1, the Directory URL that is
+    /// the client id).
+    pub fn uri_sans(&self) -> &[String] {
+        &self.uri_sans
     }
 
     /// The RFC 8705 `x5t#S256` thumbprint of the leaf certificate.

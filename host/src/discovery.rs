@@ -99,6 +99,18 @@ pub(crate) async fn discover(
     scopes: &[String],
     timeout: Duration,
 ) -> Result<(ServerMetadata, Vec<Warning>)> {
+    let (url, body) = fetch(http, issuer, timeout).await?;
+    check_document(issuer, &url, &body, scopes)
+}
+
+/// The discovery document's bytes and the URL they came from: the OpenID location, or on its
+/// 404 the RFC 8414 one; an HTTP 200 `application/json` answer of at most 1 MiB, within
+/// `timeout`.
+pub(crate) async fn fetch(
+    http: &reqwest::Client,
+    issuer: &str,
+    timeout: Duration,
+) -> Result<(String, Vec<u8>)> {
     let openid = well_known_url(issuer);
     let mut response = fetch_document(http, &openid, timeout).await?;
     let mut url = openid;
@@ -125,7 +137,7 @@ pub(crate) async fn discover(
         Error::Discovery,
     )
     .await?;
-    check_document(issuer, &url, &body, scopes)
+    Ok((url, body))
 }
 
 async fn fetch_document(

@@ -98,6 +98,18 @@ pub enum Error {
     /// its operator can fix it.
     #[error("DPoP error: {0}")]
     Dpop(String),
+
+    /// The grant store or a grant in it cannot be used: a store readable by others, a corrupt,
+    /// truncated or foreign grant file, an unknown grant, a bad grant name, a consent flow that
+    /// did not complete. Fix: the message names the file or the grant and what to do.
+    #[error("grant error: {0}")]
+    Grant(String),
+
+    /// The household's consent has ended or was revoked (the authorization server refused the
+    /// grant's refresh token with `invalid_grant`); the grant is marked ended. Fix: run
+    /// `fapi-host grant add NAME` again. The field is the grant's name.
+    #[error("grant {0:?}: the consent has ended or was revoked: run grant add {0} again")]
+    ConsentEnded(String),
 }
 
 fn unreachable_how(tls: bool) -> &'static str {
@@ -166,7 +178,8 @@ impl Error {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config(_) | Error::Credentials(_) => ErrorKind::Config,
+            Error::Config(_) | Error::Credentials(_) | Error::Grant(_) => ErrorKind::Config,
+            Error::ConsentEnded(_) => ErrorKind::Authorization,
             Error::Discovery(_)
             | Error::TokenRefused { .. }
             | Error::TokenResponse(_)

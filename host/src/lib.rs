@@ -28,6 +28,8 @@
 //! |---|---|
 //! | `client` | [`FapiClient`]: requests, retries, `invalid_token` replay; its requests and responses |
 //! | `token` | the token cache and its refresh; token requests and introspection |
+//! | `consent` | a household's consent (IB1): metadata, PAR, PKCE, the loopback redirect |
+//! | `grant_tokens` | a grant's tokens on a client's requests, refreshed once per expiry |
 //! | `discovery` | the authorization server's metadata, fetched and checked |
 //! | `dpop` | DPoP (RFC 9449): the key of one authorization server, proofs, nonces per origin |
 //! | `credentials` | [`Identity`]: the key and certificate, loaded and checked (PEM, encrypted PKCS#8) |
@@ -39,6 +41,7 @@
 //! | `config` | [`Settings`]: the configuration file, environment and flags, validated |
 //! | [`profile`] | ecosystem profiles: client authentication, sender constraint, TLS suites, trust |
 //! | `error` | [`Error`], [`ErrorKind`], [`Warning`] |
+//! | `grants` | [`GrantStore`]: households' consents and their tokens, one private file each |
 //! | [`jws`] | JWS signing for client assertions and DPoP proofs, by any key the host holds |
 //! | `retry` | backoff and `Retry-After` |
 //! | `time` | times as RFC 3339 in UTC, for any time a certificate can hold |
@@ -70,10 +73,13 @@ pub mod cli;
 mod client;
 mod client_auth;
 mod config;
+mod consent;
 mod credentials;
 mod discovery;
 mod dpop;
 mod error;
+mod grant_tokens;
+mod grants;
 pub mod jws;
 #[cfg(feature = "sandbox")]
 mod local_http;
@@ -112,6 +118,7 @@ pub use config::{
 pub use credentials::{EXPIRY_WARNING, Identity, thumbprint};
 pub use discovery::{ServerMetadata, check_document, oauth_metadata_url, well_known_url};
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};
+pub use grants::{GrantInfo, GrantState, GrantStore, check_grant_name};
 pub use net::{AuthorizationServerAddresses, ResolveOverrides};
 pub use policy::{
     Denial, HEADER_RULES, HeaderCaller, HeaderOwner, HeaderRule, MAX_QUOTED, Policy, bounded,

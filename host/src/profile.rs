@@ -1,16 +1,19 @@
 //! Ecosystem profiles: a named table of defaults for how the client authenticates, how its tokens
 //! are sender-constrained and which TLS it speaks, each key overridable in the configuration.
 //!
-//! | key | `open-energy` | `fapi2` | `uk-open-banking` | `cdr` |
-//! |---|---|---|---|---|
-//! | `token_endpoint_auth_method` | `tls_client_auth` | `private_key_jwt` | `private_key_jwt` | `private_key_jwt` |
-//! | `sender_constraint` | `mtls` | `mtls` | `mtls` | `mtls` |
-//! | `client_assertion_audience` | `issuer` | `issuer` | `token_endpoint` | `token_endpoint` |
-//! | `tls_cipher_suites` | `bcp195` | `bcp195` | `fapi1` | `bcp195` |
-//! | `trust.system_roots` | true | true | true | false |
+//! | key | `open-energy` | `fapi2` | `uk-open-banking` | `cdr` | `ib1` |
+//! |---|---|---|---|---|---|
+//! | `token_endpoint_auth_method` | `tls_client_auth` | `private_key_jwt` | `private_key_jwt` | `private_key_jwt` | `tls_client_auth` |
+//! | `sender_constraint` | `mtls` | `mtls` | `mtls` | `mtls` | `mtls` |
+//! | `client_assertion_audience` | `issuer` | `issuer` | `token_endpoint` | `token_endpoint` | `issuer` (unused) |
+//! | `tls_cipher_suites` | `bcp195` | `bcp195` | `fapi1` | `bcp195` | `bcp195` (unused) |
+//! | `[client] tls13_only` | false | false | false | false | true |
+//! | `trust.system_roots` | true | true | true | false | true |
 //!
 //! `fapi2` allows DPoP (`sender_constraint = "dpop"`) and `tls_client_auth` as well; the others
-//! name what their ecosystem requires.
+//! name what their ecosystem requires. `ib1` (the Icebreaker One Trust Framework) grants tokens
+//! only after a household's consent (`fapi-host grant add`): its requests use a grant's tokens, and
+//! its `client_id` is the Directory URL in the certificate's URI SAN.
 //!
 //! [`requirements`] holds the chosen settings against the authorization server's discovery
 //! document, one [`Finding`] per requirement: what `fapi-host check` reports after the profile.
@@ -38,6 +41,9 @@ pub enum Profile {
     /// Australia's Consumer Data Right: `private_key_jwt` (mTLS is not a client authentication
     /// method there), mTLS-bound tokens, servers only from the ecosystem's CA.
     Cdr,
+    /// The Icebreaker One Trust Framework: `tls_client_auth`, mTLS-bound tokens, TLS 1.3 only;
+    /// tokens come from a household's consent (PAR, PKCE, refresh tokens: `fapi-host grant`).
+    Ib1,
 }
 
 /// How the client authenticates at the token endpoint (`token_endpoint_auth_method`).
@@ -92,16 +98,25 @@ pub struct Defaults {
     pub tls_suites: TlsSuites,
     /// `[trust] system_roots`.
     pub system_roots: bool,
+    /// `[client] tls13_only`.
+    pub tls13_only: bool,
 }
 
 impl Profile {
     /// Every profile, in the order the README lists them.
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::OpenEnergy,
         Profile::Fapi2,
         Profile::UkOpenBanking,
         Profile::Cdr,
+        Profile::Ib1,
     ];
+
+    /// Whether tokens come only from a household's consent (a grant of the grant store), never
+    /// from `client_credentials`: requests without a grant are refused.
+    pub fn needs_grant(self) -> bool {
+        self == Profile::Ib1
+    }
 
     /// The name used in the configuration.
     pub fn name(self) -> &'static str {
@@ -110,6 +125,7 @@ impl Profile {
             Profile::Fapi2 => "fapi2",
             Profile::UkOpenBanking => "uk-open-banking",
             Profile::Cdr => "cdr",
+            Profile::Ib1 => "ib1",
         }
     }
 
@@ -131,6 +147,7 @@ impl Profile {
                 assertion_audience: Issuer,
                 tls_suites: TlsSuites::Bcp195,
                 system_roots: true,
+                tls13_only: false,
             },
             Profile::Fapi2 => Defaults {
                 client_auth: PrivateKeyJwt,
@@ -138,6 +155,7 @@ impl Profile {
                 assertion_audience: Issuer,
                 tls_suites: TlsSuites::Bcp195,
                 system_roots: true,
+                tls13_only: false,
             },
             Profile::UkOpenBanking => Defaults {
                 client_auth: PrivateKeyJwt,
@@ -145,6 +163,7 @@ impl Profile {
                 assertion_audience: TokenEndpoint,
                 tls_suites: TlsSuites::Fapi1,
                 system_roots: true,
+                tls13_only: false,
             },
             Profile::Cdr => Defaults {
                 client_auth: PrivateKeyJwt,
@@ -152,6 +171,15 @@ impl Profile {
                 assertion_audience: TokenEndpoint,
                 tls_suites: TlsSuites::Bcp195,
                 system_roots: false,
+                tls13_only: false,
+            },
+            Profile::Ib1 => Defaults {
+                client_auth: TlsClientAuth,
+                sender_constraint: mtls,
+                assertion_audience: Issuer,
+                tls_suites: TlsSuites::Bcp195,
+                system_roots: true,
+                tls13_only: true,
             },
         }
     }
@@ -522,6 +550,19 @@ mod tests {
             Profile::OpenEnergy.defaults().client_auth,
             ClientAuth::TlsClientAuth
         );
+    }
+
+    #[test]
+    fn ib1_is_tls_client_auth_over_tls13_only_and_needs_a_grant() {
+        let d = Profile::Ib1.defaults();
+        assert_eq!("ib1".parse::<Profile>().unwrap(), Profile::Ib1);
+        assert_eq!(d.client_auth, ClientAuth::TlsClientAuth);
+        assert_eq!(d.sender_constraint, SenderConstraint::Mtls);
+        assert!(d.tls13_only);
+        assert!(Profile::Ib1.needs_grant());
+        for p in Profile::ALL.into_iter().filter(|p| *p != Profile::Ib1) {
+            assert!(!p.defaults().tls13_only && !p.needs_grant(), "{p}");
+        }
     }
 }
 

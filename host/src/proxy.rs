@@ -1012,7 +1012,9 @@ impl Proxy {
             | Error::Discovery(_)
             | Error::Config(_)
             | Error::Credentials(_)
-            | Error::Dpop(_) => {
+            | Error::Dpop(_)
+            | Error::Grant(_)
+            | Error::ConsentEnded(_) => {
                 self.metrics.token_failures.inc();
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,

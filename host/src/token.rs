@@ -52,6 +52,15 @@ pub(crate) struct BearerHeader(HeaderValue);
 redacted_debug!(BearerHeader);
 
 impl BearerHeader {
+    /// The header of a token held elsewhere (a grant's, [`crate::consent`]); `None` when the
+    /// token has characters a header cannot carry.
+    pub(crate) fn from_token(token: &str) -> Option<BearerHeader> {
+        let text = zeroize::Zeroizing::new(format!("Bearer {token}"));
+        let mut value = HeaderValue::from_str(&text).ok()?;
+        value.set_sensitive(true);
+        Some(BearerHeader(value))
+    }
+
     pub(crate) fn header(&self) -> HeaderValue {
         self.0.clone()
     }

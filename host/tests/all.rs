@@ -8,6 +8,7 @@ mod batch_input;
 mod cli;
 mod client;
 mod client_auth;
+mod consent;
 mod credentials;
 mod dpop;
 mod encrypted_key;

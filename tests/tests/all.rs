@@ -6,6 +6,7 @@ mod batch;
 // Named to sort right after `batch`: libtest starts tests in the order of their names, and this
 // one runs for minutes, so it starts early, beside the others, not after them all.
 mod batch_on_slurm;
+mod consent_run;
 mod deploy;
 mod dpop;
 mod guests_built;

@@ -435,8 +435,8 @@ impl Shared {
         let mut tries = 0u32;
         loop {
             tries += 1;
-            match self.client.token_info().await {
-                Ok(_) => return Ok(()),
+            match self.client.warm_token().await {
+                Ok(()) => return Ok(()),
                 Err(e)
                     if e.kind() == ErrorKind::Network
                         && !e.is_tls()

@@ -60,6 +60,10 @@ pub struct BatchArgs {
     /// Sandbox grants and limits for the plugin.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Every item is fetched with grant NAME's access token (a household's consent: fapi-host
+    /// grant add NAME), refreshed when due, once for all items. Required under profile "ib1".
+    #[arg(long, value_name = "NAME")]
+    pub grant: Option<String>,
     /// Instead of fetching: a view of what batches recorded.
     #[command(subcommand)]
     pub view: Option<BatchView>,
@@ -138,6 +142,10 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     let guest_retries = settings.client.retries;
     settings.client.retries = 0;
     let (client, _) = FapiClient::from_settings(&settings)?;
+    let client = match &args.grant {
+        Some(name) => client.for_grant(name)?,
+        None => client,
+    };
     let options = BatchOptions {
         out: out.clone(),
         concurrency: args.concurrency.max(1),

@@ -262,6 +262,30 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
     if settings.pkcs11_uri().is_some() && !check_pkcs11(&mut r, &settings)? {
         return Ok(r.code());
     }
+    if settings.profile == crate::profile::Profile::Ib1
+        && let Ok((id, _)) = crate::credentials::Identity::from_settings(&settings)
+    {
+        // The key's own problems are reported by the next step.
+        let mut resolved = settings.clone();
+        match resolved.resolve_client_id(id.uri_sans()) {
+            Ok(()) => r.ok(
+                "client_id",
+                format!(
+                    "{} (the certificate's Directory URL){}",
+                    resolved.client_id,
+                    if settings.client_id.is_empty() {
+                        ", taken from the certificate"
+                    } else {
+                        ""
+                    }
+                ),
+            )?,
+            Err(e) => {
+                r.fail("client_id", e)?;
+                return Ok(r.code());
+            }
+        }
+    }
     let client = match FapiClient::from_settings(&settings) {
         Ok((client, warnings)) => {
             let id = client.identity();
@@ -348,8 +372,10 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
                 Err(e) => r.fail("discovery document", e)?,
             }
             for w in warnings {
-                // Said on the line above.
-                if w.kind != crate::WarningKind::AuthMethodsAbsent {
+                // Said on the line above; and under ib1 no client_credentials is expected.
+                let expected = w.kind == crate::WarningKind::ClientCredentialsNotListed
+                    && settings.profile.needs_grant();
+                if w.kind != crate::WarningKind::AuthMethodsAbsent && !expected {
                     r.warn("discovery", w)?;
                 }
             }
@@ -358,6 +384,35 @@ pub(super) async fn run(cli: &Cli) -> Result<u8> {
             r.fail("discovery", e)?;
             return Ok(r.code());
         }
+    }
+    if settings.profile.needs_grant() {
+        let checked = match client.as_http() {
+            Ok(http) => {
+                crate::consent::consent_metadata(
+                    &http,
+                    &settings.issuer_url,
+                    settings.client.timeout,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(m) => r.ok(
+                "consent",
+                format!(
+                    "pushed authorization requests at {}, PKCE S256, consent page at {}",
+                    m.par_endpoint, m.authorization_endpoint
+                ),
+            )?,
+            Err(e) => r.fail("consent", e)?,
+        }
+        r.ok(
+            "token",
+            "profile \"ib1\": tokens come from a household's consent, not from this check \
+             (fapi-host grant add NAME; fapi-host grant list)",
+        )?;
+        return Ok(r.code());
     }
     match client.token_info().await {
         Ok(info) => {

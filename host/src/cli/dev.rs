@@ -69,6 +69,17 @@ pub struct DevArgs {
     /// (FAPI 1.0 ecosystems); by default only the issuer (FAPI 2.0).
     #[arg(long)]
     pub accept_token_endpoint_aud: bool,
+    /// The federation's profile: open-energy (client_credentials), or ib1 (a household's consent:
+    /// PAR, a consent page, authorization codes with PKCE, rotating refresh tokens, under the
+    /// issuer https://127.0.0.1:PORT/accounts).
+    #[arg(
+        long,
+        default_value = "open-energy",
+        value_name = "PROFILE",
+        value_parser = ["open-energy", "ib1"],
+        conflicts_with_all = ["issuer", "auth"]
+    )]
+    pub profile: String,
 }
 
 pub(super) async fn run(args: &DevArgs) -> Result<u8> {
@@ -118,6 +129,7 @@ pub(super) async fn run(args: &DevArgs) -> Result<u8> {
         dpop_nonce: args.dpop_nonce,
         external_issuer,
         private_key_jwt,
+        ib1: (args.profile == "ib1").then(fapi_federation::Ib1Options::default),
     };
     fapi_federation::run_dev(opts)
         .await

@@ -42,6 +42,11 @@ pub struct FetchArgs {
     /// Include the status line and response headers in the output.
     #[arg(short = 'i', long = "include")]
     pub include: bool,
+
+    /// Use grant NAME's access token (a household's consent: fapi-host grant add NAME),
+    /// refreshed when due. Required under profile "ib1".
+    #[arg(long, value_name = "NAME")]
+    pub grant: Option<String>,
 }
 
 pub(super) async fn run(cli: &Cli, args: &FetchArgs) -> Result<u8> {
@@ -57,6 +62,10 @@ pub(super) async fn run(cli: &Cli, args: &FetchArgs) -> Result<u8> {
     }
     let settings = cli.settings()?;
     let (client, _) = FapiClient::from_settings(&settings)?;
+    let client = match &args.grant {
+        Some(name) => client.for_grant(name)?,
+        None => client,
+    };
     let body = match &args.data {
         None => None,
         Some(d) => Some(read_data(d)?),

@@ -16,6 +16,7 @@ mod check;
 mod demo;
 mod dev;
 mod fetch;
+mod grant;
 mod proxy;
 mod run;
 mod serve;
@@ -126,6 +127,10 @@ pub enum Command {
     Batch(batch::BatchArgs),
     /// Start a local federation, run the bundled example plugin against it, explain what happened.
     Demo,
+    /// A household's consent (the IB1 profile): add, complete, list, show, revoke or remove the
+    /// grants of the grant store.
+    #[command(subcommand)]
+    Grant(grant::GrantCommand),
     /// Serve plain HTTP on a loopback address and send each request on with mTLS and the token,
     /// so that any program can call FAPI endpoints without holding a credential.
     Proxy(proxy::ProxyArgs),
@@ -172,6 +177,7 @@ pub fn run(cli: Cli) -> ExitCode {
         | Command::Token(_)
         | Command::Introspect(_)
         | Command::Check
+        | Command::Grant(_)
         | Command::Run(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
@@ -241,6 +247,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
         Command::Demo => demo::run().await,
         Command::Proxy(args) => proxy::run(&cli, args).await,
         Command::Serve(args) => serve::run(&cli, args).await,
+        Command::Grant(command) => grant::run(&cli, command).await,
     }
 }
 

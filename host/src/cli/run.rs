@@ -140,6 +140,11 @@ pub struct RunArgs {
     /// Sandbox grants and limits.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Every request of the plugin carries grant NAME's access token (a household's consent:
+    /// fapi-host grant add NAME). The plugin cannot see or switch grants. Required under profile
+    /// "ib1".
+    #[arg(long, value_name = "NAME")]
+    pub grant: Option<String>,
     /// The component (WASI 0.2, built for wasm32-wasip2).
     #[arg(value_name = "COMPONENT.wasm")]
     pub component: PathBuf,
@@ -153,6 +158,10 @@ pub(super) async fn run(cli: &Cli, args: &RunArgs) -> Result<u8> {
     args.sandbox.apply(&mut settings.sandbox)?;
     let options = args.sandbox.options()?;
     let (client, _) = FapiClient::from_settings(&settings)?;
+    let client = match &args.grant {
+        Some(name) => client.for_grant(name)?,
+        None => client,
+    };
     let sandbox = Sandbox::new(client, options).await?;
     let plugin = sandbox.load(&args.component)?;
     let outcome = sandbox.run(&plugin, &args.args, Stdio::Inherit).await?;

@@ -16,6 +16,8 @@ use crate::credentials::Identity;
 use crate::discovery::ServerMetadata;
 use crate::dpop::{self, Dpop};
 use crate::error::{Error, Result, Warning};
+use crate::grant_tokens::GrantTokens;
+use crate::grants::GrantStore;
 use crate::net::{AuthorizationServerAddresses, Resolver};
 use crate::policy::shown_url;
 use crate::retry;
@@ -60,6 +62,9 @@ struct Inner {
     identity: Arc<Identity>,
     settings: Settings,
     missing_echo: Arc<MissingEcho>,
+    /// The grant whose tokens every request carries ([`FapiClient::for_grant`]), instead of the
+    /// client's own `client_credentials` token.
+    grant: Option<Arc<GrantTokens>>,
 }
 
 impl fmt::Debug for FapiClient {
@@ -81,6 +86,9 @@ impl FapiClient {
     /// traffic happens until the first request.
     pub fn from_settings(settings: &Settings) -> Result<(FapiClient, Vec<Warning>)> {
         let (identity, warnings) = Identity::from_settings(settings)?;
+        let mut settings = settings.clone();
+        settings.resolve_client_id(identity.uri_sans())?;
+        let settings = &settings;
         for w in &warnings {
             tracing::warn!("{w}");
         }
@@ -116,6 +124,7 @@ impl FapiClient {
                 identity: Arc::new(identity),
                 settings: settings.clone(),
                 missing_echo: Arc::default(),
+                grant: None,
             }),
         };
         Ok((client, warnings))
@@ -140,6 +149,7 @@ impl FapiClient {
                 identity: inner.identity.clone(),
                 settings,
                 missing_echo: inner.missing_echo.clone(),
+                grant: inner.grant.clone(),
             }),
         }
     }
@@ -187,8 +197,66 @@ impl FapiClient {
                 identity: inner.identity.clone(),
                 settings: inner.settings.clone(),
                 missing_echo: inner.missing_echo.clone(),
+                grant: inner.grant.clone(),
             }),
         })
+    }
+
+    /// This client, carrying the access token of grant `name` of the grant store (`grants_dir`)
+    /// in every request instead of a `client_credentials` token: a household's consent (`fapi-host
+    /// grant add NAME`). The token is refreshed when due, once for all clones and, through the
+    /// grant's file lock, once for all processes sharing the store. The grant must exist, be
+    /// active, and have been given by this `issuer_url` to this `client_id`.
+    pub fn for_grant(&self, name: &str) -> Result<FapiClient> {
+        let inner = &self.inner;
+        let Transport::One(_) = &inner.http else {
+            return Err(Error::Grant(
+                "a grant is chosen before the client is handed to guests (for_grant, then \
+                 for_guests)"
+                    .into(),
+            ));
+        };
+        let store = GrantStore::open(&inner.settings.grants_dir)?;
+        let tokens = GrantTokens::new(
+            store,
+            name,
+            &inner.settings.issuer_url,
+            &inner.settings.client_id,
+            // The authorization server's calls: verified against its class's anchors.
+            inner.auth_server.clone(),
+            inner.options.timeout,
+            inner.options.token_refresh_margin,
+        )?;
+        Ok(FapiClient {
+            inner: Arc::new(Inner {
+                http: inner.http.clone(),
+                upload: inner.upload.clone(),
+                auth_server: inner.auth_server.clone(),
+                tls: inner.tls.clone(),
+                tokens: inner.tokens.clone(),
+                options: inner.options.clone(),
+                identity: inner.identity.clone(),
+                settings: inner.settings.clone(),
+                missing_echo: inner.missing_echo.clone(),
+                grant: Some(Arc::new(tokens)),
+            }),
+        })
+    }
+
+    /// Refresh requests sent for this client's grant by this process (0 without a grant).
+    pub fn grant_refreshes(&self) -> u64 {
+        self.inner.grant.as_ref().map_or(0, |g| g.refreshes())
+    }
+
+    /// The mTLS HTTP client of the authorization server's calls (the consent flow's), verified
+    /// against the authorization server's trust anchors.
+    pub(crate) fn as_http(&self) -> Result<reqwest::Client> {
+        match &self.inner.http {
+            Transport::One(_) => Ok(self.inner.auth_server.clone()),
+            Transport::PerPort(_) => Err(Error::Grant(
+                "the consent flow runs on the host's own client, not a guest's".into(),
+            )),
+        }
     }
 
     /// A builder, for programs that do not use a configuration file.
@@ -241,7 +309,31 @@ impl FapiClient {
     /// Metadata of the current token (acquiring one if needed). There is no way to get the
     /// token itself.
     pub async fn token_info(&self) -> Result<TokenInfo> {
+        self.client_credentials_allowed()?;
         Ok(self.inner.tokens.lease().await?.1)
+    }
+
+    /// Have a valid token now (the grant's, with a grant), as the first request would: for
+    /// `batch`, which gets it before its items start.
+    pub(crate) async fn warm_token(&self) -> Result<()> {
+        match &self.inner.grant {
+            Some(grant) => grant.bearer().await.map(|_| ()),
+            None => self.token_info().await.map(|_| ()),
+        }
+    }
+
+    /// Under a profile whose tokens come only from consent (`ib1`), this client's own
+    /// `client_credentials` token is never asked for: an error naming `--grant`.
+    fn client_credentials_allowed(&self) -> Result<()> {
+        if self.inner.settings.profile.needs_grant() {
+            return Err(Error::Grant(
+                "under profile \"ib1\" every request needs a household's consent: name a grant \
+                 with --grant NAME (fapi-host grant list shows them; fapi-host grant add NAME \
+                 makes one), or FapiClient::for_grant"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// A new token now, whatever the cache holds (it replaces the cached one): one token request,
@@ -249,17 +341,20 @@ impl FapiClient {
     /// or requests meanwhile wait for it, as for any token request. For measurements and for
     /// operators who know the current token is void; requests replace a refused token themselves.
     pub async fn renew_token(&self) -> Result<TokenInfo> {
+        self.client_credentials_allowed()?;
         self.inner.tokens.renew().await
     }
 
     /// The RFC 7662 introspection response for this client's own token.
     pub async fn introspect(&self) -> Result<Value> {
+        self.client_credentials_allowed()?;
         self.inner.tokens.introspect().await
     }
 
     /// DANGEROUS: the access token itself. Anyone who has it can call the data provider as this
     /// client until it expires (with this certificate). Exists for `fapi-host token --reveal-token`.
     pub async fn danger_reveal_token(&self) -> Result<zeroize::Zeroizing<String>> {
+        self.client_credentials_allowed()?;
         self.inner.tokens.danger_reveal_token().await
     }
 
@@ -269,23 +364,13 @@ impl FapiClient {
     /// ([`FapiClient::server_metadata`]).
     pub async fn discovery_document(&self) -> Result<Value> {
         let inner = &self.inner;
-        let url = crate::discovery::well_known_url(&inner.settings.issuer_url);
-        let response = inner
-            .auth_server
-            .get(&url)
-            .header(http::header::ACCEPT, "application/json")
-            .timeout(inner.options.timeout)
-            .send()
-            .await
-            .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e).in_token_step())?;
-        crate::discovery::check_response_head(&url, response.status(), response.headers())?;
-        let body = crate::discovery::read_limited(
-            response,
-            &format!("the discovery document at {url}"),
+        let (url, body) = crate::discovery::fetch(
+            &inner.auth_server,
+            &inner.settings.issuer_url,
             inner.options.timeout,
-            Error::Discovery,
         )
-        .await?;
+        .await
+        .map_err(Error::in_token_step)?;
         serde_json::from_slice(&body).map_err(|e| {
             Error::Discovery(format!("the discovery document at {url} is not JSON ({e})"))
         })
@@ -372,7 +457,13 @@ impl FapiClient {
         loop {
             attempts += 1;
             let after_nonce_demand = std::mem::take(&mut nonce_replay);
-            let lease = inner.tokens.bearer().await?;
+            let lease = match &inner.grant {
+                Some(grant) => grant.bearer().await?,
+                None => {
+                    self.client_credentials_allowed()?;
+                    inner.tokens.bearer().await?
+                }
+            };
             let mut builder = http
                 .request(request.method.clone(), url.clone())
                 .headers(request.headers.clone())
@@ -496,7 +587,11 @@ impl FapiClient {
                 let challenge = www_authenticate::bearer(response.headers())
                     .or_else(|| www_authenticate::dpop(response.headers()));
                 if challenge.and_then(|c| c.error).as_deref() == Some("invalid_token") {
-                    if inner.tokens.invalidate(lease.generation) {
+                    let dropped = match &inner.grant {
+                        Some(grant) => grant.invalidate(lease.generation),
+                        None => inner.tokens.invalidate(lease.generation),
+                    };
+                    if dropped {
                         tracing::info!(url = %shown_url(url.as_str()), "invalid_token: dropping the token, getting a new one, replaying once");
                         replayed = true;
                         continue;

@@ -83,6 +83,15 @@ impl GuestError {
                 code: "dpop".into(),
                 description: Some(m),
             },
+            // Which grant the host uses is not the guest's to know.
+            Error::Grant(_) => GuestError::TokenUnavailable {
+                code: "host_configuration".into(),
+                description: Some("the host's grant cannot be used (see the host's log)".into()),
+            },
+            Error::ConsentEnded(_) => GuestError::TokenUnavailable {
+                code: "consent_ended".into(),
+                description: Some("the household's consent has ended or was revoked".into()),
+            },
         }
     }
 }
