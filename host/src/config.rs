@@ -823,6 +823,42 @@ certificate = "certs/a.pem"
 "#;
 
     /// A DPoP key without DPoP is a half-configured pair: an error naming both keys.
+    /// The README's configuration and its profile example, as a user would combine them (the
+    /// profile's keys at the top, its `[trust]` table after the others), are one valid
+    /// configuration that means what the README says.
+    #[test]
+    fn the_readmes_configuration_examples_parse_as_documented() {
+        let readme = include_str!("../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap_or_default())
+            .collect();
+        assert!(blocks.len() >= 2, "the README's toml blocks");
+        let main = blocks[0];
+        let profile = blocks
+            .iter()
+            .find(|b| b.contains("profile = \"fapi2\""))
+            .expect("the profile example");
+        let (top, tables) = profile.split_at(profile.find("\n[").map_or(profile.len(), |i| i + 1));
+        let text = format!("{top}\n{main}\n{tables}");
+        let s = Settings::from_toml(&text, Path::new("/etc/fapi"), &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(s.profile, Profile::Fapi2);
+        assert_eq!(s.auth.client_auth, ClientAuth::PrivateKeyJwt);
+        assert_eq!(s.auth.sender_constraint, SenderConstraint::Dpop);
+        assert_eq!(s.auth.signing_kid.as_deref(), Some("2026-12-signing"));
+        assert_eq!(
+            s.auth.signing_key.as_deref(),
+            Some(Path::new("/etc/fapi/certs/signing.key"))
+        );
+        assert!(!s.trust.system_roots);
+        assert_eq!(s.trust.authorization_server.len(), 1);
+        assert_eq!(s.trust.data_providers.len(), 1);
+        assert_eq!(s.client.retries, 3);
+        assert_eq!(s.client.tls_suites, TlsSuites::Bcp195);
+    }
+
     #[test]
     fn ib1_refuses_client_assertions_and_dpop() {
         for key in [
