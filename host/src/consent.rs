@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use zeroize::Zeroizing;
 
-use crate::discovery::{self, check_response_head, read_limited};
+use crate::discovery::{self, read_limited};
 use crate::error::{Error, Result};
 use crate::grants::{Grant, GrantInfo, GrantSecret, GrantState, GrantStore, Pending, now_secs};
 use crate::token::BearerHeader;
@@ -115,36 +115,12 @@ pub(crate) async fn consent_metadata(
     issuer: &str,
     timeout: Duration,
 ) -> Result<ConsentMetadata> {
-    let mut url = discovery::well_known_url(issuer);
-    let mut response = get(http, &url, timeout).await?;
-    if response.status() == http::StatusCode::NOT_FOUND
-        && let Some(oauth) = discovery::oauth_metadata_url(issuer)
-    {
-        response = get(http, &oauth, timeout).await?;
-        url = oauth;
-    }
-    check_response_head(&url, response.status(), response.headers())?;
-    let body = read_limited(
-        response,
-        &format!("the metadata at {url}"),
-        timeout,
-        Error::Discovery,
-    )
-    .await?;
+    let (url, body) = discovery::fetch(http, issuer, timeout).await?;
     // The issuer and the endpoints, as for every profile.
     discovery::check_document(issuer, &url, &body, &[])?;
     let doc: Value = serde_json::from_slice(&body)
         .map_err(|e| Error::Discovery(format!("{url} is not JSON ({e})")))?;
     check_consent_metadata(&url, &doc)
-}
-
-async fn get(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<reqwest::Response> {
-    http.get(url)
-        .header(http::header::ACCEPT, "application/json")
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| Error::from_reqwest(&format!("fetching {url}"), e))
 }
 
 /// A PKCE verifier (RFC 7636: 43 characters from 32 random bytes) and its S256 challenge.
