@@ -411,10 +411,19 @@ async fn each_retry_sends_a_new_assertion_pkj_02() {
 /// `fetch` authenticate with an assertion (the admin counters: one verified, none refused).
 #[tokio::test]
 async fn dev_auth_private_key_jwt_serves_assertion_clients() {
+    for dpop in [false, true] {
+        dev_with_assertions(dpop).await;
+    }
+}
+
+/// `fapi-host dev --auth private_key_jwt` (with `--dpop`: both at once) and a fetch through it.
+async fn dev_with_assertions(dpop: bool) {
     use std::io::{BufRead as _, Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fapi-host"))
-        .args(["dev", "--auth", "private_key_jwt", "--dir"])
+        .args(["dev", "--auth", "private_key_jwt"])
+        .args(if dpop { &["--dpop"][..] } else { &[] })
+        .arg("--dir")
         .arg(dir.path().join("fed"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -448,10 +457,12 @@ async fn dev_auth_private_key_jwt_serves_assertion_clients() {
         serde_json::from_slice(&std::fs::read(dir.path().join("fed/federation.json")).unwrap())
             .unwrap();
     let config = info["config"].as_str().unwrap().to_owned();
-    assert!(
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .contains("token_endpoint_auth_method = \"private_key_jwt\"")
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.contains("token_endpoint_auth_method = \"private_key_jwt\""));
+    assert_eq!(
+        written.contains("sender_constraint = \"dpop\""),
+        dpop,
+        "{written}"
     );
     let url = info["data_url"].as_str().unwrap().to_owned();
     let cwd = dir.path().to_owned();
@@ -480,9 +491,11 @@ async fn dev_auth_private_key_jwt_serves_assertion_clients() {
     assert_eq!(counters["assertions_verified"], 1, "{counters}");
     assert_eq!(counters["assertions_refused"], 0, "{counters}");
     assert_eq!(counters["tokens_issued"], 1, "{counters}");
+    // With --dpop too: a proof on the token request and on the resource request, both accepted.
+    let proofs = if dpop { 2 } else { 0 };
+    assert_eq!(counters["dpop_proofs_accepted"], proofs, "{counters}");
 }
 
-/// The number of seconds in "it is N s <direction> the server's clock" of `msg`.
 /// PKJ-04 / TIME-01 with the client's clock effectively skewed (the server's clock set off): 5 s
 /// is tolerated as it is. With the server 90 s behind, the first assertion's iat is 90 s in its
 /// future and it is refused; with the server 90 s ahead, its exp is past. Either way the host
