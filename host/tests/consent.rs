@@ -4,6 +4,7 @@
 //! follows the redirect to the loopback callback); then `fetch --grant`, refresh with rotation
 //! (and two processes at once), revocation, `--no-listen` + `grant complete`, and the refusals.
 //! Every output is searched for every token the authorization server issued.
+//! `browser` (consent/browser.rs) drives the same consent page with headless Chromium.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -15,6 +16,8 @@ use std::time::Duration;
 use fapi_federation::{Federation, FederationConfig, Ib1Options, Pki};
 
 use crate::common::{contains, logs};
+
+mod browser;
 
 fn s(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
