@@ -62,6 +62,21 @@ fn main() {
                 )
         },
     );
+    // The seed's Python client (tests/tests/seed_client.rs): ib1-openenergy-support 0.2.17, which
+    // needs urllib3<2, in `$FAPI_SEED_PYTHON` (CI: a venv of its own) or `python3`.
+    println!("cargo::rerun-if-env-changed=FAPI_SEED_PYTHON");
+    tool_cfg(
+        "fapi_has_seed_client",
+        "FAPI_REQUIRE_SEED_CLIENT",
+        &[],
+        || {
+            let python = std::env::var("FAPI_SEED_PYTHON")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "python3".into());
+            command_runs(&python, &["-c", "import ib1.openenergy.support"])
+        },
+    );
     tool_cfg("fapi_has_softhsm", "FAPI_REQUIRE_PKCS11", &[], || {
         std::path::Path::new(SOFTHSM_MODULE).exists()
             && command_runs("softhsm2-util", &["--version"])

@@ -2,9 +2,15 @@
 //! (or RFC 7523 `private_key_jwt` over mTLS, [`crate::assertion`]) and certificate-bound opaque
 //! tokens, RFC 7662 introspection and RFC 7009 revocation.
 //!
-//! One router serves two listeners with the same issuer: the plain TLS one (no client certificate
-//! requested, like the directory's top-level endpoints) and the mTLS one (the issuer and the
-//! `mtls_endpoint_aliases`).
+//! One router serves two listeners with the same issuer: the plain TLS one (the top-level endpoints,
+//! like the directory's) and the mTLS one (the issuer and the `mtls_endpoint_aliases`). Both ask
+//! for a client certificate and accept a connection without one: the top-level token endpoint
+//! authenticates a certificate too, as the seed's client (`ib1-openenergy-support`'s
+//! `FAPISession`, which ignores the aliases) needs; without one it answers `invalid_client`.
+//!
+//! The document names an `authorization_endpoint` (that client requires the key), which answers
+//! every request with `unsupported_response_type`: the default profile grants `client_credentials`
+//! only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,9 +39,9 @@ const SCOPES_SUPPORTED: [&str; 3] = ["directory:software", "consumption:read", "
 /// Which of the two AS listeners a request arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AsListener {
-    /// TLS without a client certificate request.
+    /// The top-level endpoints' listener.
     Plain,
-    /// TLS with a client certificate request.
+    /// The issuer's listener (the `mtls_endpoint_aliases`).
     Mtls,
 }
 
@@ -78,6 +84,7 @@ pub(crate) fn router(state: Arc<AsState>, listener: AsListener) -> Router {
         )
         .route("/introspect", post(introspect))
         .route("/revoke", post(revoke))
+        .route("/authorize", get(authorize).post(authorize))
         .layer(Extension(listener))
         .with_state(state)
 }
@@ -128,6 +135,11 @@ pub(crate) fn discovery_document(st: &AsState, fault: Option<&AsFault>) -> Value
     });
     if let (Some(obj), Value::Object(top)) = (doc.as_object_mut(), endpoints(top_origin)) {
         obj.extend(top);
+        // Browser-facing, so top-level only (RFC 8705 section 5: aliases are for mTLS calls).
+        obj.insert(
+            "authorization_endpoint".into(),
+            json!(swap(format!("{top_origin}/authorize"))),
+        );
         if !no_aliases {
             obj.insert("mtls_endpoint_aliases".into(), endpoints(&st.issuer));
         }
@@ -138,6 +150,17 @@ pub(crate) fn discovery_document(st: &AsState, fault: Option<&AsFault>) -> Value
 async fn discovery(State(st): St) -> Json<Value> {
     bump(&st.shared.counters.discovery_requests);
     Json(discovery_document(&st, st.shared.as_fault().as_ref()))
+}
+
+/// The authorization endpoint of the default profile: no response type is supported
+/// (`response_types_supported` is empty), so every request is refused without a redirect.
+async fn authorize() -> Response {
+    oauth_error(
+        StatusCode::BAD_REQUEST,
+        "unsupported_response_type",
+        "this authorization server grants client_credentials only (the consent flow is \
+         `fapi-host dev --profile ib1`)",
+    )
 }
 
 /// An RFC 6749 §5.2 error response.

@@ -210,7 +210,9 @@ impl Federation {
                     client_keys,
                 });
                 fed.issuer_url = st.issuer.clone();
-                let plain_cfg = tls::server_config(chain.clone(), key.clone_key(), None)?;
+                // The top-level endpoints accept a client certificate too (the seed's client
+                // ignores the aliases); a connection without one is still served.
+                let plain_cfg = tls::server_config(chain.clone(), key.clone_key(), Some(&trusted))?;
                 let mtls_cfg = tls::server_config(chain.clone(), key.clone_key(), Some(&trusted))?;
                 let plain_router = auth_server::router(st.clone(), AsListener::Plain);
                 fed.tasks

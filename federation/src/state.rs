@@ -22,7 +22,8 @@ pub struct Counters {
     pub token_requests: u64,
     /// Token endpoint requests on the mTLS listener.
     pub token_requests_mtls: u64,
-    /// Token endpoint requests on the plain TLS listener (always refused: no certificate).
+    /// Token endpoint requests on the plain TLS listener (the top-level endpoint; clients that
+    /// ignore `mtls_endpoint_aliases`).
     pub token_requests_plain: u64,
     /// Access tokens issued.
     pub tokens_issued: u64,

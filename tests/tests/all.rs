@@ -15,4 +15,5 @@ mod interop_oidc;
 mod plugins_lang;
 mod run_cli;
 mod sandbox;
+mod seed_client;
 mod serve;

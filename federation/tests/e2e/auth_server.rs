@@ -45,6 +45,26 @@ async fn discovery_document_contents() {
         serde_json::json!(["directory:software", "consumption:read", "openid"])
     );
     assert!(doc["introspection_endpoint_auth_methods_supported"].is_array());
+    // An authorization endpoint (the seed's client requires the key), top-level only, refusing
+    // every request: the default profile has no response type.
+    let authorize = doc["authorization_endpoint"]
+        .as_str()
+        .expect("authorization_endpoint");
+    assert!(
+        authorize.ends_with("/authorize") && !authorize.starts_with(&issuer),
+        "{authorize}"
+    );
+    assert!(doc["mtls_endpoint_aliases"]["authorization_endpoint"].is_null());
+    let resp = http(&fed, None)
+        .get(format!(
+            "{authorize}?response_type=code&client_id=fapi-dev-consumer"
+        ))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    assert_eq!(body["error"], "unsupported_response_type");
     // The same document on the plain listener, and the JWKS.
     let plain_origin = plain_token.trim_end_matches("/token");
     let doc2: Value = get_json(
@@ -217,28 +237,28 @@ async fn token_errors_follow_rfc6749() {
         .await
         .expect("send");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    // The plain listener never sees a certificate.
+    // The top-level token endpoint (the plain listener) authenticates a certificate too, for
+    // clients that ignore the aliases (the seed's FAPISession); without one: invalid_client.
     let doc: Value = get_json(
         &http(&fed, None),
         &format!("{}/.well-known/openid-configuration", fed.issuer_url()),
     )
     .await;
-    let (status, _, body) = post_form(
-        &consumer,
-        doc["token_endpoint"]
-            .as_str()
-            .expect("plain token endpoint"),
-        &[
-            ("grant_type", "client_credentials"),
-            ("client_id", "fapi-dev-consumer"),
-        ],
-    )
-    .await;
+    let top_level = doc["token_endpoint"]
+        .as_str()
+        .expect("top-level token endpoint");
+    let creds = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "fapi-dev-consumer"),
+    ];
+    let (status, _, body) = post_form(&consumer, top_level, &creds).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = post_form(&http(&fed, None), top_level, &creds).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_client"))
     );
-    assert_eq!(fed.counters().token_requests_plain, 1);
+    assert_eq!(fed.counters().token_requests_plain, 2);
     // Limited without scope gets its one scope.
     let (status, body) = token_for(&fed, "limited", None).await;
     assert_eq!(
