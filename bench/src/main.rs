@@ -17,6 +17,7 @@ mod client_auth;
 mod compare;
 mod cpu;
 mod dpop;
+mod grants;
 mod keys;
 mod lang;
 mod memory;
@@ -43,6 +44,26 @@ enum What {
         /// Rounds (alternating between the clients; the median round is reported).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
+    },
+    /// A batch whose items are spread over many grants (profile ib1, one household's consent
+    /// each) against the same items under one grant, same run; refresh requests counted.
+    Grants {
+        /// Items per batch.
+        #[arg(long, default_value_t = 10_000)]
+        items: u64,
+        /// Grants the items are spread over (made through the consent flow, not timed).
+        #[arg(long, default_value_t = 100)]
+        grants: u64,
+        /// Items in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Rounds (alternating; the median round is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Token lifetime of the second federation, seconds: each of its batches starts after
+        /// every grant's token expired (one refresh per grant expected).
+        #[arg(long, default_value_t = 10)]
+        short_ttl: u64,
     },
     /// Token requests with private_key_jwt against tls_client_auth (same run, same identity,
     /// local federations): forced token acquisitions, per token and as a ratio.
@@ -277,6 +298,13 @@ async fn main() {
     match args.what {
         What::Client { requests, rounds } => client::run(requests, rounds).await,
         What::ClientAuth { tokens, rounds } => client_auth::run(tokens, rounds).await,
+        What::Grants {
+            items,
+            grants,
+            concurrency,
+            rounds,
+            short_ttl,
+        } => grants::run(items, grants, concurrency, rounds, short_ttl).await,
         What::Dpop { requests, rounds } => dpop::run(requests, rounds).await,
         What::Keys {
             handshakes,

@@ -300,8 +300,10 @@ async fn grant_add_as_a_browser_would_then_fetch_refresh_in_two_processes_and_re
     );
     let other = format!("{out_dir}-no-grant");
     let (code, _, err) = t.run(&["batch", "--input", &input, "--out", &other]).await;
-    assert_eq!(code, 3, "without a grant under ib1: {err}");
-    assert!(err.contains("--grant NAME"), "{err}");
+    // Without a grant under ib1: each item fails, its manifest line naming --grant.
+    assert_eq!(code, 9, "without a grant under ib1: {err}");
+    let manifest = std::fs::read_to_string(Path::new(&other).join("manifest.jsonl")).unwrap();
+    assert_eq!(manifest.matches("--grant NAME").count(), 2, "{manifest}");
 
     // list and show: metadata, never a token.
     let (code, out, _) = t.run(&["grant", "show", "home"]).await;
@@ -630,4 +632,173 @@ async fn for_grant_refreshes_once_for_many_concurrent_requests() {
     for token in t.tokens() {
         assert!(!debug.contains(&token));
     }
+}
+
+/// `grant add NAME`, approved by the household.
+async fn add_grant(t: &mut Ib1, name: &str) {
+    let add = t.start_add(&["grant", "add", name]).await;
+    let location = t.consent(&add.url, "approve").await;
+    follow(&location).await;
+    let (code, _, err) = t.finish(add).await;
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn one_batch_over_many_grants_each_item_with_its_own() {
+    // 4 s tokens, refreshed from 2 s before they expire: all expired when the batch starts, so
+    // each grant is refreshed exactly once, and the new tokens outlive the batch.
+    let mut t = Ib1::start(Duration::from_secs(4), Duration::ZERO).await;
+    // "gone": the household withdraws its consent (its refresh token revoked).
+    add_grant(&mut t, "gone").await;
+    let refresh = t.tokens()[1].clone();
+    let consumer = t.fed.pki().client("consumer").unwrap();
+    let http = t.fed.pki().http_client(Some(consumer)).unwrap();
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "client_id",
+            &fapi_federation::directory_url("fapi-dev-consumer"),
+        )
+        .append_pair("token", &refresh)
+        .finish();
+    let resp = http
+        .post(format!("{}/revoke", t.fed.issuer_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for name in ["a", "b", "c"] {
+        add_grant(&mut t, name).await;
+    }
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 0);
+
+    // 4 items per good grant ("a"'s by --grant, no "grant" in the line), 1 of an unknown grant,
+    // 2 of the ended one.
+    let (csv, json) = (t.fed.data_url(), t.fed.data_json_url());
+    let mut lines = String::new();
+    for g in ["a", "b", "c"] {
+        for i in 0..4 {
+            let url = if i % 2 == 0 { &csv } else { &json };
+            let grant = if g == "a" {
+                String::new()
+            } else {
+                format!(",\"grant\":\"{g}\"")
+            };
+            lines.push_str(&format!(
+                "{{\"url\":\"{url}\",\"name\":\"{g}-{i}\"{grant}}}\n"
+            ));
+        }
+    }
+    lines.push_str(&format!(
+        "{{\"url\":\"{csv}\",\"name\":\"nobody-0\",\"grant\":\"nobody\"}}\n"
+    ));
+    for i in 0..2 {
+        lines.push_str(&format!(
+            "{{\"url\":\"{csv}\",\"name\":\"gone-{i}\",\"grant\":\"gone\"}}\n"
+        ));
+    }
+    let input = t.dir.path().join("households.jsonl");
+    std::fs::write(&input, &lines).unwrap();
+    let out_dir = t.dir.path().join("households");
+    let (input, out) = (
+        input.to_str().unwrap().to_owned(),
+        out_dir.to_str().unwrap().to_owned(),
+    );
+    let args = ["batch", "--input", &input, "--out", &out, "--grant", "a"];
+    let (code, _, err) = t.run(&args).await;
+    assert_eq!(code, 9, "3 items failed: {err}");
+    // Exactly one refresh per grant: a, b, c, and the refused one of "gone"; none for "nobody".
+    let counters = t.fed.consent_counters().unwrap();
+    assert_eq!(counters.refresh_requests, 4, "{counters:?}");
+
+    let manifest = std::fs::read_to_string(out_dir.join("manifest.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = manifest
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 15, "{manifest}");
+    for r in &records {
+        let file = r["file"].as_str().unwrap_or("");
+        let grant = r["grant"].as_str().unwrap();
+        match r["outcome"].as_str().unwrap() {
+            "done" => {
+                assert!(["a", "b", "c"].contains(&grant), "{r}");
+                assert!(file.starts_with(&format!("{grant}-")), "{r}");
+                let body = std::fs::read(out_dir.join(file)).unwrap();
+                assert!(!body.is_empty());
+            }
+            _ => {
+                assert_eq!(r["error"]["kind"], "grant", "{r}");
+                let message = r["error"]["message"].as_str().unwrap();
+                match grant {
+                    "nobody" => assert!(message.contains("grant add nobody"), "{r}"),
+                    "gone" => assert!(
+                        message.contains(
+                            "the consent has ended or was revoked: run grant add gone again"
+                        ),
+                        "{r}"
+                    ),
+                    _ => panic!("{r}"),
+                }
+            }
+        }
+    }
+    let done = records.iter().filter(|r| r["outcome"] == "done").count();
+    assert_eq!(done, 12, "{manifest}");
+
+    // Resumed: the good items are done, the failed ones tried again with their own grants
+    // (still failing; the ended grant spends no refresh request).
+    let (code, _, err) = t.run(&args).await;
+    assert_eq!(code, 9, "{err}");
+    assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 4);
+    let manifest = std::fs::read_to_string(out_dir.join("manifest.jsonl")).unwrap();
+    let again: Vec<serde_json::Value> = manifest
+        .lines()
+        .skip(15)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(again.len(), 3, "{manifest}");
+    for r in &again {
+        assert!(
+            ["nobody", "gone"].contains(&r["grant"].as_str().unwrap()),
+            "{r}"
+        );
+    }
+
+    // Without --grant, a line naming none fails alone (naming --grant); "b"'s goes on.
+    let mixed = t.dir.path().join("mixed.jsonl");
+    std::fs::write(
+        &mixed,
+        format!(
+            "{{\"url\":\"{csv}\",\"name\":\"none\"}}\n{{\"url\":\"{csv}\",\"name\":\"b\",\"grant\":\"b\"}}\n"
+        ),
+    )
+    .unwrap();
+    let mixed_out = t.dir.path().join("mixed");
+    let (code, _, err) = t
+        .run(&[
+            "batch",
+            "--input",
+            mixed.to_str().unwrap(),
+            "--out",
+            mixed_out.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 9, "{err}");
+    let manifest = std::fs::read_to_string(mixed_out.join("manifest.jsonl")).unwrap();
+    assert!(
+        manifest.contains("\"outcome\":\"done\"") && manifest.contains("--grant NAME"),
+        "{manifest}"
+    );
+
+    // No token in any output: printed, manifests, files.
+    for dir in [&out_dir, &mixed_out] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            t.printed.extend_from_slice(&std::fs::read(&p).unwrap());
+        }
+    }
+    t.assert_no_token_leaked();
 }

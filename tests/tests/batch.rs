@@ -1037,6 +1037,7 @@ async fn shards_sharing_a_directory_never_open_each_others_files() {
         interaction_id: None,
         file: Some("other-shards-item".into()),
         error: None,
+        grant: None,
     };
     fapi_host::batch::Manifest::open(&out)
         .unwrap()

@@ -39,6 +39,9 @@ pub struct Item {
     pub body: Option<Bytes>,
     /// Output file name in the output directory.
     pub name: String,
+    /// The grant its JSON line names (`"grant": "NAME"`), checked by the grant name rules;
+    /// None: the batch's default (`--grant`), if any.
+    pub grant: Option<String>,
 }
 
 /// A line that is not a usable item.
@@ -207,6 +210,7 @@ struct JsonLine {
     headers: BTreeMap<String, String>,
     body: Option<String>,
     name: Option<String>,
+    grant: Option<String>,
 }
 
 impl Input {
@@ -513,15 +517,18 @@ fn parse_line(
     index: u64,
     urls: &mut UrlParser,
 ) -> Result<(Item, bool), String> {
-    let (url, method, headers, body, name) = if line.starts_with('{') {
+    let (url, method, headers, body, name, grant) = if line.starts_with('{') {
         let j: JsonLine = serde_json::from_str(line).map_err(|e| json_problem(line, &e))?;
-        (j.url, j.method, j.headers, j.body, j.name)
+        (j.url, j.method, j.headers, j.body, j.name, j.grant)
     } else {
         if line.contains(char::is_whitespace) {
             return Err("a URL line must be one URL without spaces (or a JSON object)".into());
         }
-        (line.to_owned(), None, BTreeMap::new(), None, None)
+        (line.to_owned(), None, BTreeMap::new(), None, None, None)
     };
+    if let Some(g) = &grant {
+        crate::grants::check_grant_name(g).map_err(|e| format!("\"grant\": {e}"))?;
+    }
     let url = urls.parse(&url).map_err(|e| format!("not a URL ({e})"))?;
     if url.scheme() != "https" {
         return Err("only https URLs can be fetched".into());
@@ -554,6 +561,7 @@ fn parse_line(
         headers: map,
         body: body.map(Bytes::from),
         name,
+        grant,
     };
     Ok((item, named))
 }
@@ -579,6 +587,21 @@ mod tests {
             Some(&b"text/csv"[..])
         );
         assert_eq!(items[0].name, naming::default_name(&items[0].url));
+    }
+
+    #[test]
+    fn a_json_line_may_name_its_grant() {
+        let text = "{\"url\":\"https://h/1\",\"grant\":\"home-42\"}\nhttps://h/2\n{\"url\":\"https://h/3\",\"grant\":\"../x\"}\n{\"url\":\"https://h/4\",\"grant\":\"\"}\n";
+        let input = Input::parse(text);
+        let bad: Vec<u64> = input.bad.iter().map(|b| b.line).collect();
+        assert_eq!(bad, vec![3, 4], "{:#?}", input.bad);
+        assert!(
+            input.bad[0].message.contains("not a grant name"),
+            "{}",
+            input.bad[0]
+        );
+        let grants: Vec<Option<String>> = input.items().map(|i| i.grant).collect();
+        assert_eq!(grants, vec![Some("home-42".to_owned()), None]);
     }
 
     #[test]

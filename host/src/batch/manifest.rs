@@ -69,6 +69,10 @@ pub struct Record {
     pub file: Option<String>,
     /// Why it failed.
     pub error: Option<RecordError>,
+    /// The grant the item was fetched with (its JSON line's `grant`, else `--grant`): a name,
+    /// never a token. Absent without a grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 impl Record {
@@ -368,6 +372,7 @@ mod tests {
             interaction_id: None,
             file: Some(file.into()),
             error: None,
+            grant: None,
         }
     }
 

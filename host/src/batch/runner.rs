@@ -48,6 +48,10 @@ pub struct BatchOptions {
     pub fsync: bool,
     /// How progress is shown.
     pub display: Display,
+    /// The grant of the items whose JSON line names none (`--grant NAME`): fetched with
+    /// [`FapiClient::for_grant`] of the batch's client. None: such items use the batch's client
+    /// as it is (under profile `ib1`, they fail with the error naming `--grant`).
+    pub grant: Option<String>,
 }
 
 impl BatchOptions {
@@ -62,6 +66,7 @@ impl BatchOptions {
             retries: 3,
             fsync: false,
             display: Display::Quiet,
+            grant: None,
         }
     }
 }
@@ -123,6 +128,10 @@ struct Shared {
     /// token, or its discovery document is unusable): the batch stops starting items and ends
     /// with it, instead of asking the authorization server again for every item.
     fatal: std::sync::Mutex<Option<Error>>,
+    /// One client per grant the items name, made once ([`FapiClient::for_grant`]: the same
+    /// connection pool, a token source of its own), or why that grant cannot be used (unknown,
+    /// consent ended): its items then fail, and only they.
+    grants: std::sync::Mutex<HashMap<String, std::result::Result<FapiClient, String>>>,
 }
 
 /// Why writing one item's output failed.
@@ -148,6 +157,7 @@ impl Batch {
                 politeness: Politeness::default(),
                 limiter,
                 fatal: std::sync::Mutex::new(None),
+                grants: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -245,6 +255,7 @@ impl Batch {
                     kind: "input".into(),
                     message: bad.message.clone(),
                 }),
+                grant: None,
             };
             let _ = jobs.send(Job {
                 output: Output::Nothing,
@@ -430,13 +441,63 @@ fn error_kind(e: &Error) -> &'static str {
 }
 
 impl Shared {
+    /// The grant `item` is fetched with: its own, else the batch's default.
+    fn grant_of<'a>(&'a self, item: &'a Item) -> Option<&'a str> {
+        item.grant.as_deref().or(self.options.grant.as_deref())
+    }
+
+    /// The client of grant `name`, made on first use and kept for the batch, or why the grant
+    /// cannot be used.
+    fn grant_client(&self, name: &str) -> std::result::Result<FapiClient, String> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = grants.get(name) {
+            return slot.clone();
+        }
+        let slot = self.client.for_grant(name).map_err(|e| e.to_string());
+        grants.insert(name.to_owned(), slot.clone());
+        slot
+    }
+
+    /// Grant `name` cannot be used (`e`): its remaining items fail at once with this error.
+    fn grant_failed(&self, name: &str, e: &Error) {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        grants.insert(name.to_owned(), Err(e.to_string()));
+    }
+
+    /// The client `item` is fetched with.
+    fn client_for(&self, item: &Item) -> std::result::Result<FapiClient, String> {
+        match self.grant_of(item) {
+            Some(name) => self.grant_client(name),
+            None => Ok(self.client.clone()),
+        }
+    }
+
     /// Get the token the items will share, retrying connection failures like an item would.
+    /// With a default grant, that grant's token; a grant that cannot be used (unknown, consent
+    /// ended) fails its items, not the batch. Without one under a profile that needs grants,
+    /// nothing: each grant gets its token with its first item.
     async fn warm_up(&self) -> Result<()> {
+        let client = match self.options.grant.as_deref() {
+            Some(name) => match self.grant_client(name) {
+                Ok(c) => c,
+                Err(_) => return Ok(()),
+            },
+            None if self.client.settings().profile.needs_grant() => return Ok(()),
+            None => self.client.clone(),
+        };
         let mut tries = 0u32;
         loop {
             tries += 1;
-            match self.client.warm_token().await {
+            match client.warm_token().await {
                 Ok(()) => return Ok(()),
+                Err(e @ (Error::ConsentEnded(_) | Error::Grant(_)))
+                    if self.options.grant.is_some() =>
+                {
+                    if let Some(name) = self.options.grant.as_deref() {
+                        self.grant_failed(name, &e);
+                    }
+                    return Ok(());
+                }
                 Err(e)
                     if e.kind() == ErrorKind::Network
                         && !e.is_tls()
@@ -478,6 +539,7 @@ impl Shared {
                 kind: kind.into(),
                 message,
             }),
+            grant: self.grant_of(item).map(str::to_owned),
         }
     }
 
@@ -496,6 +558,10 @@ impl Shared {
         let origin = &item.url[..url::Position::BeforePath];
         let idempotent = retry::is_idempotent(&item.method);
         let client_options = &self.client.settings().client;
+        let client = match self.client_for(item) {
+            Ok(c) => c,
+            Err(message) => return Err(self.failed(item, "grant", message, None, 0, None, t0)),
+        };
         let mut attempts = 0u32;
         let mut tries = 0u32;
         loop {
@@ -513,11 +579,27 @@ impl Shared {
                 interaction_id: None,
                 timeout: None,
             };
-            let response = match self.client.send(request).await {
+            let response = match client.send(request).await {
                 Ok(r) => r,
                 Err(e) => {
                     attempts += 1;
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    // This item's grant cannot be used (consent ended, unknown, unusable file):
+                    // its items fail, the other grants' go on.
+                    if let (Some(name), Error::ConsentEnded(_) | Error::Grant(_)) =
+                        (self.grant_of(item), &e)
+                    {
+                        self.grant_failed(name, &e);
+                        return Err(self.failed(
+                            item,
+                            "grant",
+                            e.to_string(),
+                            None,
+                            attempts,
+                            None,
+                            t0,
+                        ));
+                    }
                     // The authorization server refused, or cannot be reached for the token every
                     // item needs: every other item would get the same answer, so stop here
                     // (the run says how to resume) rather than fail them one by one.
@@ -621,6 +703,7 @@ impl Shared {
                         interaction_id,
                         file: Some(item.name.clone()),
                         error: None,
+                        grant: self.grant_of(item).map(str::to_owned),
                     };
                     return Ok((output, record));
                 }

@@ -23,7 +23,8 @@ Running the same command again skips the items the manifest records as done and 
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BatchArgs {
     /// Input file ('-' for stdin): one https URL per line, or JSON lines
-    /// {"url", "method", "headers", "body", "name"}; blank lines and '#' comments are skipped.
+    /// {"url", "method", "headers", "body", "name", "grant"}; blank lines and '#' comments are
+    /// skipped.
     #[arg(long, value_name = "FILE|-", required = true)]
     pub input: Option<String>,
     /// Output directory; also holds manifest.jsonl.
@@ -60,8 +61,9 @@ pub struct BatchArgs {
     /// Sandbox grants and limits for the plugin.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    /// Every item is fetched with grant NAME's access token (a household's consent: fapi-host
-    /// grant add NAME), refreshed when due, once for all items. Required under profile "ib1".
+    /// The items whose JSON line names no "grant" are fetched with grant NAME's access token (a
+    /// household's consent: fapi-host grant add NAME), refreshed when due, once for all items.
+    /// Under profile "ib1" an item with neither fails.
     #[arg(long, value_name = "NAME")]
     pub grant: Option<String>,
     /// Instead of fetching: a view of what batches recorded.
@@ -142,10 +144,6 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     let guest_retries = settings.client.retries;
     settings.client.retries = 0;
     let (client, _) = FapiClient::from_settings(&settings)?;
-    let client = match &args.grant {
-        Some(name) => client.for_grant(name)?,
-        None => client,
-    };
     let options = BatchOptions {
         out: out.clone(),
         concurrency: args.concurrency.max(1),
@@ -155,9 +153,16 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
         retries: args.retries,
         fsync: args.fsync,
         display: Display::Auto,
+        // Each item's own grant, else this one; one client per grant, made once.
+        grant: args.grant.clone(),
     };
     let mut batch = Batch::new(client.clone(), options);
     if let Some(path) = &args.plugin {
+        // The plugin's own requests carry the batch's default grant (--grant).
+        let client = match &args.grant {
+            Some(name) => client.for_grant(name)?,
+            None => client,
+        };
         let sandbox =
             Sandbox::new(client.with_retries(guest_retries), args.sandbox.options()?).await?;
         let plugin = sandbox.load(path)?;
