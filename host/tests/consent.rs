@@ -171,6 +171,28 @@ impl Ib1 {
     }
 
     /// Every access and refresh token the authorization server issued.
+    /// The household withdraws its consent at the authorization server: `refresh` (the grant's
+    /// refresh token) revoked there (RFC 7009), as the consumer.
+    async fn withdraw(&self, refresh: &str) {
+        let consumer = self.fed.pki().client("consumer").unwrap();
+        let http = self.fed.pki().http_client(Some(consumer)).unwrap();
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair(
+                "client_id",
+                &fapi_federation::directory_url("fapi-dev-consumer"),
+            )
+            .append_pair("token", refresh)
+            .finish();
+        let resp = http
+            .post(format!("{}/revoke", self.fed.issuer_url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
     fn tokens(&self) -> Vec<String> {
         let t = self.fed.issued_tokens();
         assert!(!t.is_empty(), "a search for no token cannot fail");
@@ -555,23 +577,7 @@ async fn a_refresh_refused_with_invalid_grant_ends_the_grant() {
     assert_eq!(code, 0, "{err}");
     // The household withdraws its consent at the authorization server.
     let refresh = t.tokens()[1].clone();
-    let consumer = t.fed.pki().client("consumer").unwrap();
-    let http = t.fed.pki().http_client(Some(consumer)).unwrap();
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair(
-            "client_id",
-            &fapi_federation::directory_url("fapi-dev-consumer"),
-        )
-        .append_pair("token", &refresh)
-        .finish();
-    let resp = http
-        .post(format!("{}/revoke", t.fed.issuer_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    t.withdraw(&refresh).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let data = t.fed.data_url();
     let (code, _, err) = t.run(&["fetch", "--grant", "home", &data]).await;
@@ -645,33 +651,18 @@ async fn add_grant(t: &mut Ib1, name: &str) {
 
 #[tokio::test]
 async fn one_batch_over_many_grants_each_item_with_its_own() {
-    // 4 s tokens, refreshed from 2 s before they expire: all expired when the batch starts, so
-    // each grant is refreshed exactly once, and the new tokens outlive the batch.
-    let mut t = Ib1::start(Duration::from_secs(4), Duration::ZERO).await;
+    // 8 s tokens, refreshed from 4 s before they expire: all expired when the batch starts, so
+    // each grant is refreshed exactly once, and the new ones are fresh for 4 s, past the batch
+    // and its resumption even on a loaded machine.
+    let mut t = Ib1::start(Duration::from_secs(8), Duration::ZERO).await;
     // "gone": the household withdraws its consent (its refresh token revoked).
     add_grant(&mut t, "gone").await;
     let refresh = t.tokens()[1].clone();
-    let consumer = t.fed.pki().client("consumer").unwrap();
-    let http = t.fed.pki().http_client(Some(consumer)).unwrap();
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair(
-            "client_id",
-            &fapi_federation::directory_url("fapi-dev-consumer"),
-        )
-        .append_pair("token", &refresh)
-        .finish();
-    let resp = http
-        .post(format!("{}/revoke", t.fed.issuer_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    t.withdraw(&refresh).await;
     for name in ["a", "b", "c"] {
         add_grant(&mut t, name).await;
     }
-    tokio::time::sleep(Duration::from_millis(4200)).await;
+    tokio::time::sleep(Duration::from_millis(8200)).await;
     assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 0);
 
     // 4 items per good grant ("a"'s by --grant, no "grant" in the line), 1 of an unknown grant,
