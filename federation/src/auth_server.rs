@@ -182,7 +182,7 @@ fn no_store(status: StatusCode, body: impl IntoResponse) -> Response {
 
 /// Form parameters, refusing a malformed body and repeated parameters (RFC 6749 §3.2) with an
 /// `invalid_request` response.
-fn params(
+pub(crate) fn params(
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<Vec<(String, String)>, Box<Response>> {
     let Ok(Form(pairs)) = form else {

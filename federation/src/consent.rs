@@ -364,23 +364,10 @@ fn refused(error: &str, description: &str) -> Refused {
     Box::new(bad(error, description))
 }
 
-/// Form fields, a repeated one refused (RFC 6749 section 3.2).
+/// Form fields, a repeated one refused (RFC 6749 section 3.2): the authorization server's own
+/// reading of a form.
 fn fields(form: Result<Form<Vec<(String, String)>>, FormRejection>) -> Result<Fields, Refused> {
-    let Ok(Form(pairs)) = form else {
-        return Err(refused(
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    };
-    for (i, (name, _)) in pairs.iter().enumerate() {
-        if pairs[..i].iter().any(|(n, _)| n == name) {
-            return Err(refused(
-                "invalid_request",
-                &format!("parameter {name} is repeated"),
-            ));
-        }
-    }
-    Ok(Fields(pairs))
+    crate::auth_server::params(form).map(Fields)
 }
 
 struct Fields(Vec<(String, String)>);
