@@ -121,7 +121,10 @@ pub(crate) fn discovery_document(st: &AsState, fault: Option<&AsFault>) -> Value
         "issuer": issuer,
         "jwks_uri": swap(format!("{}/jwks", st.plain_origin)),
         "scopes_supported": SCOPES_SUPPORTED,
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": match fault {
+            Some(AsFault::GrantTypes(g)) => json!(g),
+            _ => json!(["client_credentials"]),
+        },
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": signing_algs(fault),
@@ -452,6 +455,7 @@ async fn token(
         x5t,
         jkt: jkt.clone(),
         revoked: false,
+        sub: None,
     };
     if let Ok(mut tokens) = st.shared.tokens.lock() {
         if tokens.len() > 100_000 {

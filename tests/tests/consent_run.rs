@@ -52,32 +52,7 @@ async fn run_with_a_grant_carries_the_households_token_and_no_output_holds_one()
     assert!(out.status.success(), "{}", text(&out.stderr));
     let url = text(&out.stdout).lines().next().unwrap().to_owned();
     outputs.push(("grant add".into(), [out.stdout, out.stderr].concat()));
-    let browser = fed.pki().http_client(None).unwrap();
-    let html = browser
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let request_uri = html
-        .split("name=\"request_uri\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap();
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("request_uri", request_uri)
-        .append_pair("decision", "approve")
-        .finish();
-    let resp = browser
-        .post(format!("{}/authorize", fed.issuer_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = fed.approve_consent(&url, "home").await.unwrap();
     let out = fapi_host(&config, &["grant", "complete", "home", &location]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     outputs.push(("grant complete".into(), [out.stdout, out.stderr].concat()));
