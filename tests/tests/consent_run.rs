@@ -74,6 +74,12 @@ async fn run_with_a_grant_carries_the_households_token_and_no_output_holds_one()
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout, data::csv(data::DEFAULT_ROWS).as_bytes());
+    // A grant needs no client_credentials: the server's not listing it is not warned about.
+    assert!(
+        !text(&out.stderr).contains("does not list `client_credentials`"),
+        "{}",
+        text(&out.stderr)
+    );
     outputs.push(("run --grant".into(), [out.stdout, out.stderr].concat()));
 
     // Without a grant, under ib1, the plugin gets no token: nothing is fetched.

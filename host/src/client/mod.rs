@@ -112,7 +112,8 @@ impl FapiClient {
             settings.client.clone(),
             client_auth,
         )
-        .with_dpop(Dpop::from_settings(&settings.auth)?);
+        .with_dpop(Dpop::from_settings(&settings.auth)?)
+        .grants_only(settings.profile.needs_grant());
         let client = FapiClient {
             inner: Arc::new(Inner {
                 http: Transport::One(http),
