@@ -612,7 +612,8 @@ pub(crate) fn introspection_answer(st: &AsState, token: &str) -> Value {
                 "active": true,
                 "scope": r.scope,
                 "client_id": r.client_id,
-                "sub": r.client_id,
+                // The household whose consent it carries (`ib1`), else the client.
+                "sub": r.sub.as_deref().unwrap_or(&r.client_id),
                 "token_type": if r.jkt.is_some() { "DPoP" } else { "Bearer" },
                 "exp": r.exp,
                 "iat": r.iat,

@@ -231,7 +231,7 @@ async fn authorize(
 struct Household(Option<String>);
 
 /// `/household.json`: `{"household": NAME}`, the household whose consent the token carries
-/// (`null` for a `client_credentials` token): a test tells the data of one household from
+/// (the client's id for a `client_credentials` token): a test tells the data of one household from
 /// another's by it.
 async fn household(Extension(h): Extension<Household>) -> Response {
     Json(json!({ "household": h.0 })).into_response()

@@ -337,7 +337,8 @@ impl Federation {
     }
 
     /// `https://127.0.0.1:<port>/household.json`: `{"household": NAME}`, the household whose
-    /// consent the request's token carries (`ib1`; `null` for a `client_credentials` token).
+    /// consent the request's token carries (`ib1`; the client's id for a `client_credentials`
+    /// token).
     pub fn household_url(&self) -> String {
         format!("{}/household.json", self.data_origin)
     }
