@@ -121,7 +121,10 @@ pub(crate) fn discovery_document(st: &AsState, fault: Option<&AsFault>) -> Value
         "issuer": issuer,
         "jwks_uri": swap(format!("{}/jwks", st.plain_origin)),
         "scopes_supported": SCOPES_SUPPORTED,
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": match fault {
+            Some(AsFault::GrantTypes(g)) => json!(g),
+            _ => json!(["client_credentials"]),
+        },
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": signing_algs(fault),
@@ -452,6 +455,7 @@ async fn token(
         x5t,
         jkt: jkt.clone(),
         revoked: false,
+        sub: None,
     };
     if let Ok(mut tokens) = st.shared.tokens.lock() {
         if tokens.len() > 100_000 {
@@ -608,7 +612,8 @@ pub(crate) fn introspection_answer(st: &AsState, token: &str) -> Value {
                 "active": true,
                 "scope": r.scope,
                 "client_id": r.client_id,
-                "sub": r.client_id,
+                // The household whose consent it carries (`ib1`), else the client.
+                "sub": r.sub.as_deref().unwrap_or(&r.client_id),
                 "token_type": if r.jkt.is_some() { "DPoP" } else { "Bearer" },
                 "exp": r.exp,
                 "iat": r.iat,

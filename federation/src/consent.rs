@@ -140,12 +140,15 @@ struct Code {
     used: bool,
     /// The grant it started (set when exchanged), revoked when the code is replayed.
     grant: Option<u64>,
+    /// The household that consented.
+    household: String,
 }
 
 struct Refresh {
     client_id: String,
     scope: String,
     grant: u64,
+    household: String,
     alive: bool,
 }
 
@@ -244,15 +247,17 @@ impl ConsentState {
         doc
     }
 
-    /// A new access token (bound to `x5t`) and refresh token for `grant`, recorded.
+    /// A new access token (bound to `x5t`, its `sub` the household) and refresh token for
+    /// `grant`, recorded.
     fn issue(
         &self,
         book: &mut Book,
-        grant: u64,
+        grant: (u64, &str),
         client_id: &str,
         scope: &str,
         x5t: String,
     ) -> Value {
+        let (grant, household) = grant;
         let access = random_token();
         let refresh = random_token();
         let iat = now_secs();
@@ -268,6 +273,7 @@ impl ConsentState {
                     x5t,
                     jkt: None,
                     revoked: false,
+                    sub: Some(household.to_owned()),
                 },
             );
         }
@@ -281,6 +287,7 @@ impl ConsentState {
                 client_id: client_id.to_owned(),
                 scope: scope.to_owned(),
                 grant,
+                household: household.to_owned(),
                 alive: true,
             },
         );
@@ -294,6 +301,22 @@ impl ConsentState {
             "scope": scope,
             "refresh_token": refresh,
         })
+    }
+
+    /// The household withdraws every consent it gave ([`crate::Federation::withdraw_consent`]):
+    /// each of its grants ends. Returns how many.
+    pub(crate) fn withdraw(&self, household: &str) -> usize {
+        let mut book = self.book();
+        let mut grants: Vec<u64> = (book.refresh.values())
+            .filter(|r| r.alive && r.household == household)
+            .map(|r| r.grant)
+            .collect();
+        grants.sort_unstable();
+        grants.dedup();
+        for g in &grants {
+            self.end_grant(&mut book, *g);
+        }
+        grants.len()
     }
 
     /// End a grant: its refresh tokens die and its access tokens are revoked.
@@ -550,6 +573,7 @@ async fn consent_page(State(st): St, Query(q): Query<Vec<(String, String)>>) -> 
          <code>{scope}</code>.</p>\n\
          <form method=\"post\" action=\"{ISSUER_PATH}/authorize\">\n\
          <input type=\"hidden\" name=\"request_uri\" value=\"{request_uri}\">\n\
+         <p><label>Household <input name=\"household\" value=\"household\"></label></p>\n\
          <button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\n\
          <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button>\n\
          </form></body></html>\n",
@@ -561,7 +585,7 @@ async fn consent_page(State(st): St, Query(q): Query<Vec<(String, String)>>) -> 
 }
 
 /// Percent-encode a query component (everything but RFC 3986 unreserved characters).
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -588,6 +612,17 @@ async fn decide(
         Some("deny") => false,
         _ => return error_page("decision must be approve or deny"),
     };
+    // Who consents: a household's name of 1 to 64 `A-Za-z0-9._-` (default "household"), the
+    // `sub` of the tokens the consent yields, and what `/household.json` answers with.
+    let household = f.get("household").unwrap_or("household").to_owned();
+    if household.is_empty()
+        || household.len() > 64
+        || !household
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return error_page("household must be 1 to 64 of A-Za-z0-9._-");
+    }
     let mut book = st.book();
     // Single use: taken out whatever the decision.
     let Some(p) = book
@@ -613,6 +648,7 @@ async fn decide(
                 expires: Instant::now() + st.options.code_ttl,
                 used: false,
                 grant: None,
+                household,
             },
         );
         format!("code={}", encode(&code))
@@ -703,13 +739,13 @@ async fn token(
             if !valid_verifier(verifier) || s256(verifier) != c.challenge {
                 return invalid_grant("code_verifier does not match the code_challenge (PKCE)");
             }
-            let scope = c.scope.clone();
+            let (scope, household) = (c.scope.clone(), c.household.clone());
             let grant = book.next_grant;
             book.next_grant += 1;
             if let Some(c) = book.codes.get_mut(&token_key(code)) {
                 c.grant = Some(grant);
             }
-            let body = st.issue(&mut book, grant, &client_id, &scope, x5t);
+            let body = st.issue(&mut book, (grant, &household), &client_id, &scope, x5t);
             no_store(StatusCode::OK, body)
         }
         Some("refresh_token") => {
@@ -730,8 +766,8 @@ async fn token(
             }
             // Rotation: the old one dies as the new one is issued.
             r.alive = false;
-            let (grant, scope) = (r.grant, r.scope.clone());
-            let body = st.issue(&mut book, grant, &client_id, &scope, x5t);
+            let (grant, scope, household) = (r.grant, r.scope.clone(), r.household.clone());
+            let body = st.issue(&mut book, (grant, &household), &client_id, &scope, x5t);
             no_store(StatusCode::OK, body)
         }
         Some(_) => bad(
@@ -812,6 +848,7 @@ async fn introspect(
             "exp": r.exp,
             "iat": r.iat,
             "iss": st.issuer,
+            "sub": r.sub,
             "cnf": { "x5t#S256": r.x5t },
         }),
         _ => json!({ "active": false }),

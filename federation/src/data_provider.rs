@@ -56,6 +56,7 @@ pub(crate) fn router(st: Arc<DpState>) -> Router {
         )
         .route("/sized", get(sized))
         .route("/items/{id}", get(item))
+        .route("/household.json", get(household))
         .route("/upload", post(upload).put(upload));
     if st.faults_enabled {
         r = r.route("/echo", get(echo));
@@ -68,7 +69,7 @@ pub(crate) fn router(st: Arc<DpState>) -> Router {
 async fn guard(
     State(st): St,
     Extension(conn): Extension<ConnInfo>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     bump(&st.shared.counters.dp_requests);
@@ -105,7 +106,8 @@ async fn guard(
         };
     let mut resp = match authorized {
         Err(denial) => denial.into_response(),
-        Ok(()) => {
+        Ok(sub) => {
+            req.extensions_mut().insert(Household(sub));
             if fault.is_none()
                 && let Some((f, times)) = query_fault
             {
@@ -157,7 +159,7 @@ async fn authorize(
     method: &str,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
-) -> Result<(), Denial> {
+) -> Result<Option<String>, Denial> {
     let Some(cert) = &conn.peer_cert else {
         return Err(Denial::NoCredentials);
     };
@@ -221,7 +223,18 @@ async fn authorize(
     if checked == Err(Denial::DpopBoundAsBearer) {
         bump(&st.shared.dpop.counters.bearer_refused);
     }
-    checked
+    checked.map(|()| answer.get("sub").and_then(Value::as_str).map(str::to_owned))
+}
+
+/// The household whose consent the request's token carries (its introspected `sub`), if any.
+#[derive(Clone)]
+struct Household(Option<String>);
+
+/// `/household.json`: `{"household": NAME}`, the household whose consent the token carries
+/// (the client's id for a `client_credentials` token): a test tells the data of one household from
+/// another's by it.
+async fn household(Extension(h): Extension<Household>) -> Response {
+    Json(json!({ "household": h.0 })).into_response()
 }
 
 /// RFC 6750 §2.1 `b64token`.

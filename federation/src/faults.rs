@@ -49,6 +49,8 @@ pub enum AsFault {
     DpopNonceAlways,
     /// Every token request with a DPoP proof is answered 400 `invalid_dpop_proof`.
     DpopProofRefused,
+    /// Discovery's `grant_types_supported` is this list.
+    GrantTypes(Vec<String>),
 }
 
 /// A fault of the data provider, applied after the request has been authorised. JSON form

@@ -336,6 +336,13 @@ impl Federation {
         format!("{}/consumption.json", self.data_origin)
     }
 
+    /// `https://127.0.0.1:<port>/household.json`: `{"household": NAME}`, the household whose
+    /// consent the request's token carries (`ib1`; the client's id for a `client_credentials`
+    /// token).
+    pub fn household_url(&self) -> String {
+        format!("{}/household.json", self.data_origin)
+    }
+
     /// `http://127.0.0.1:<admin_port>`.
     pub fn admin_url(&self) -> String {
         self.admin_url.clone()
@@ -429,6 +436,53 @@ impl Federation {
     /// Set or clear the fault applied to every data provider request.
     pub fn set_dp_fault(&self, f: Option<DpFault>) {
         self.shared.set_dp_fault(f);
+    }
+
+    /// The household's browser on the consent page at `url` (an authorization URL `fapi-host
+    /// grant add` printed): it approves as `household` (the `sub` of the tokens it yields, what
+    /// [`Federation::household_url`] answers) and returns the address it is sent back to (the
+    /// client's redirect URI with the code). `ib1` only.
+    pub async fn approve_consent(&self, url: &str, household: &str) -> Result<String, Error> {
+        let fail = |why: String| Error::HttpClient(format!("consent at {url}: {why}"));
+        let browser = self.pki.http_client(None)?;
+        let html = browser
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| fail(e.to_string()))?
+            .text()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let request_uri = html
+            .split("name=\"request_uri\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .ok_or_else(|| fail("no request_uri in the consent page".into()))?;
+        let form = format!(
+            "request_uri={}&decision=approve&household={}",
+            consent::encode(request_uri),
+            consent::encode(household)
+        );
+        let resp = browser
+            .post(format!("{}/authorize", self.issuer_url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        resp.headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| fail(format!("answered {} without a Location", resp.status())))
+    }
+
+    /// The household withdraws every consent it gave, at the authorization server: the grants
+    /// end (refresh tokens refused with `invalid_grant`, access tokens revoked). Returns how
+    /// many grants ended. `ib1` only (0 otherwise).
+    pub fn withdraw_consent(&self, household: &str) -> usize {
+        self.consent.as_ref().map_or(0, |c| c.withdraw(household))
     }
 
     /// Revoke every token issued so far and empty the data provider's introspection cache.

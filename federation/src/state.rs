@@ -120,6 +120,9 @@ pub(crate) struct TokenRecord {
     /// `cnf.jkt`: thumbprint of the DPoP key the token is bound to (a DPoP token request).
     pub jkt: Option<String>,
     pub revoked: bool,
+    /// `sub`: the household whose consent the token carries (`ib1`); `None` for a
+    /// `client_credentials` token.
+    pub sub: Option<String>,
 }
 
 /// Key of a token in the stores: its SHA-256.

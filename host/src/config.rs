@@ -73,12 +73,14 @@ struct FileProxy {
     route: Vec<FileRoute>,
 }
 
-/// `[[proxy.route]]`: `prefix = "/NAME/"`, `upstream = "https://..."`.
+/// `[[proxy.route]]`: `prefix = "/NAME/"`, `upstream = "https://..."`, optionally `grant =
+/// "NAME"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
     prefix: String,
     upstream: String,
+    grant: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -352,9 +354,9 @@ pub struct Settings {
     pub client: ClientOptions,
     /// The sandbox table.
     pub sandbox: SandboxSettings,
-    /// `[[proxy.route]]` tables of `fapi-host proxy`: (prefix, upstream), checked when the proxy
-    /// starts.
-    pub proxy_routes: Vec<(String, String)>,
+    /// `[[proxy.route]]` tables of `fapi-host proxy`: (prefix, upstream, grant), checked when
+    /// the proxy starts.
+    pub proxy_routes: Vec<(String, String, Option<String>)>,
     /// The file the settings came from, if any.
     pub source: Option<PathBuf>,
     /// `redirect_uri`: where the household's browser is sent back with the authorization code
@@ -646,7 +648,7 @@ impl Settings {
                 .proxy
                 .route
                 .into_iter()
-                .map(|r| (r.prefix, r.upstream))
+                .map(|r| (r.prefix, r.upstream, r.grant))
                 .collect(),
             source,
             redirect_uri: file.redirect_uri.map(check_redirect_uri).transpose()?,

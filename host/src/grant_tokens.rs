@@ -4,12 +4,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
 
 use crate::consent::{ConsentMetadata, consent_metadata, token_request};
 use crate::error::{Error, Result};
 use crate::grants::{Grant, GrantInfo, GrantState, GrantStore, now_secs};
-use crate::token::{BearerHeader, Lease};
+use crate::token::{BearerHeader, FORCED_REFRESH_MIN_AGE, Lease};
 
 /// The access token currently served for a grant.
 struct Current {
@@ -17,6 +19,9 @@ struct Current {
     /// When it is refreshed ([`GrantTokens::refresh_point`]).
     refresh_at: u64,
     generation: u64,
+    /// It replaced a token a resource server refused (`invalid_token`).
+    forced: bool,
+    obtained: Instant,
 }
 
 /// The token source of a client that uses a grant: the grant's access token, refreshed when due
@@ -31,6 +36,9 @@ pub(crate) struct GrantTokens {
     margin: Duration,
     meta: tokio::sync::Mutex<Option<Arc<ConsentMetadata>>>,
     current: std::sync::Mutex<Option<Current>>,
+    /// The SHA-256 of the last access token a resource server refused (`invalid_token`): while
+    /// the grant holds it, it is refreshed however long the token would still live.
+    refused: std::sync::Mutex<Option<[u8; 32]>>,
     /// Held while the grant is read or refreshed: one refresh at a time in this process.
     flight: tokio::sync::Mutex<()>,
     generation: AtomicU64,
@@ -67,6 +75,7 @@ impl GrantTokens {
             margin,
             meta: tokio::sync::Mutex::new(None),
             current: std::sync::Mutex::new(None),
+            refused: std::sync::Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
@@ -108,8 +117,16 @@ impl GrantTokens {
         now_secs() < self.refresh_point(info)
     }
 
+    /// Whether `grant` holds the access token a resource server refused last.
+    fn holds_refused(&self, grant: &Grant) -> bool {
+        let refused = *self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.is_some_and(|r| r == digest(grant.access.expose_secret()))
+    }
+
     /// A valid access token for one request: the one served (fresh: no I/O, no await on the lock
-    /// of the cache), else the grant's as stored, refreshed first when due.
+    /// of the cache), else the grant's as stored, refreshed first when due or when it is the one
+    /// a resource server refused ([`GrantTokens::invalidate`]). The other callers meanwhile wait
+    /// for this one and share its token: one refresh for all of them.
     pub(crate) async fn bearer(&self) -> Result<Lease> {
         if let Some(lease) = self.fresh_lease() {
             return Ok(lease);
@@ -120,12 +137,13 @@ impl GrantTokens {
         }
         let grant = self.store.load(&self.name)?;
         self.check(&grant)?;
-        let grant = if self.fresh(&grant.info) {
+        let refused = self.holds_refused(&grant);
+        let grant = if self.fresh(&grant.info) && !refused {
             grant
         } else {
             self.refresh(grant).await?
         };
-        self.serve(&grant)
+        self.serve(&grant, refused)
     }
 
     fn fresh_lease(&self) -> Option<Lease> {
@@ -138,7 +156,7 @@ impl GrantTokens {
             })
     }
 
-    fn serve(&self, grant: &Grant) -> Result<Lease> {
+    fn serve(&self, grant: &Grant, forced: bool) -> Result<Lease> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // Checked when the token was received; a file edited since may hold anything.
         let bearer = BearerHeader::from_token(grant.access.expose_secret()).ok_or_else(|| {
@@ -152,19 +170,33 @@ impl GrantTokens {
             bearer: bearer.clone(),
             refresh_at: self.refresh_point(&grant.info),
             generation,
+            forced,
+            obtained: Instant::now(),
         });
         Ok(Lease { bearer, generation })
     }
 
-    /// Forget the token of `generation` (a server refused it): the next request reads the grant
-    /// again. True when it was the one served.
+    /// A resource server refused the token of `generation` (`invalid_token`): forget it, and
+    /// have the next request refresh the grant even though the token has not expired (under the
+    /// grant's file lock: a process that finds the grant already holding another token uses
+    /// that one instead). True when the request may be sent again with the next token; false
+    /// when the refused token itself replaced a refused one less than
+    /// [`FORCED_REFRESH_MIN_AGE`] ago (the server refuses fresh tokens too: no loop of
+    /// refreshes).
     pub(crate) fn invalidate(&self, generation: u64) -> bool {
         let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|c| c.generation == generation) {
-            *slot = None;
-            true
-        } else {
-            false
+        match slot.as_ref() {
+            Some(c) if c.generation == generation => {
+                if c.forced && c.obtained.elapsed() < FORCED_REFRESH_MIN_AGE {
+                    return false;
+                }
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(digest(c.bearer.expose_token()));
+                *slot = None;
+                true
+            }
+            // Dropped already by another caller (its refresh serves this one too), or replaced.
+            _ => true,
         }
     }
 
@@ -192,7 +224,9 @@ impl GrantTokens {
         let mut grant = self.store.load(&self.name)?;
         self.check(&grant)?;
         let replaced = grant.access.expose_secret() != seen.access.expose_secret();
-        if self.fresh(&grant.info) || replaced && now_secs() < grant.info.access_expires_at {
+        let usable =
+            self.fresh(&grant.info) || replaced && now_secs() < grant.info.access_expires_at;
+        if usable && !self.holds_refused(&grant) {
             tracing::debug!(grant = %self.name, "the grant was refreshed by another process");
             drop(lock);
             return Ok(grant);
@@ -251,4 +285,9 @@ impl GrantTokens {
         drop(lock);
         Ok(grant)
     }
+}
+
+/// The SHA-256 of a token: what is kept of a refused one.
+fn digest(token: impl AsRef<[u8]>) -> [u8; 32] {
+    Sha256::digest(token.as_ref()).into()
 }

@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 const FORMAT: &str = "fapi-host-grant/1";
 /// The `format` of a pending grant's file (`grant add --no-listen`).
 const PENDING_FORMAT: &str = "fapi-host-pending-grant/1";
+/// A temporary file of the store older than this is left from a write a crash interrupted
+/// (a write takes milliseconds: a minute is far beyond a live one).
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(60);
 /// The largest grant file read (real ones are under 2 KiB).
 const MAX_FILE: u64 = 64 * 1024;
 
@@ -211,9 +214,52 @@ impl GrantStore {
             }
             Err(e) => return Err(io("read", dir, &e)),
         }
-        Ok(GrantStore {
+        let store = GrantStore {
             dir: dir.to_path_buf(),
-        })
+        };
+        store.sweep_stale_temporaries();
+        Ok(store)
+    }
+
+    /// Remove the temporary files of writes a crash interrupted ([`GrantStore::write_atomic`]'s
+    /// `.FILE.RANDOM.tmp`) once they are older than [`STALE_TEMPORARY`]: a write in progress
+    /// takes milliseconds, so its temporary file is never taken, and one of a grant whose lock
+    /// another process holds (a refresh in progress) is left to a later opening. Best effort: a
+    /// file that cannot be removed is logged at debug level and left.
+    fn sweep_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(grant) = file.to_str().and_then(temporary_of) else {
+                continue;
+            };
+            let path = entry.path();
+            let stale = fs::symlink_metadata(&path).is_ok_and(|m| {
+                m.file_type().is_file()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_TEMPORARY)
+            });
+            if !stale {
+                continue;
+            }
+            // A refresh of the grant in progress elsewhere holds its lock: not now.
+            let lock = File::open(self.lock_path(grant)).ok();
+            if lock.as_ref().is_some_and(|l| l.try_lock().is_err()) {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(file = %path.display(), "removed the temporary file of an interrupted write")
+                }
+                Err(e) => {
+                    tracing::debug!(file = %path.display(), "cannot remove a stale temporary file: {e}")
+                }
+            }
+        }
     }
 
     /// The store's directory.
@@ -433,6 +479,20 @@ impl GrantStore {
     }
 }
 
+/// The grant whose file `file` is a temporary of (`.NAME.json.HEX.tmp`, `.NAME.pending.HEX.tmp`,
+/// as [`GrantStore::write_atomic`] names them), if it is one.
+fn temporary_of(file: &str) -> Option<&str> {
+    let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (target, hex) = rest.rsplit_once('.')?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let name = target
+        .strip_suffix(".json")
+        .or_else(|| target.strip_suffix(".pending"))?;
+    check_grant_name(name).ok().map(|()| name)
+}
+
 fn io(what: &str, path: &Path, e: &std::io::Error) -> Error {
     Error::Grant(format!(
         "cannot {what} {}: {e} (check `grants_dir` and its permissions)",
@@ -568,6 +628,48 @@ mod tests {
         store.remove("home-1").expect("remove");
         let e = store.remove("home-1").expect_err("gone").to_string();
         assert!(e.contains("grant add home-1"), "{e}");
+    }
+
+    #[test]
+    fn stale_temporaries_of_interrupted_writes_are_swept_fresh_ones_kept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("g");
+        let store = GrantStore::open(&dir).expect("open");
+        store.save(&grant("g")).expect("save");
+        let plant = |name: &str, age: u64| {
+            let p = dir.join(name);
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .expect("plant");
+            let when = SystemTime::now() - std::time::Duration::from_secs(age);
+            f.set_modified(when).expect("mtime");
+            p
+        };
+        let old = plant(".g.json.0123456789abcdef.tmp", 120);
+        let old_pending = plant(".h.pending.fedcba9876543210.tmp", 3600);
+        let fresh = plant(".g.json.00000000000000ff.tmp", 1);
+        // Old, but not named as the store names its temporaries: not the store's to remove.
+        let others = [
+            plant(".g.json.tmp", 3600),
+            plant("notes.tmp", 3600),
+            plant(".g.json.xyz.tmp", 3600),
+        ];
+        // While another process refreshes "g" (its lock held), its temporaries are left.
+        let held = store.lock("g").expect("lock");
+        GrantStore::open(&dir).expect("open");
+        assert!(old.exists(), "the lock was held");
+        assert!(!old_pending.exists(), "no lock for h: swept");
+        drop(held);
+        GrantStore::open(&dir).expect("open");
+        assert!(!old.exists(), "stale: swept");
+        assert!(fresh.exists(), "a write in progress is never taken");
+        for p in &others {
+            assert!(p.exists(), "{}", p.display());
+        }
+        store.load("g").expect("the grant itself is untouched");
     }
 
     #[test]

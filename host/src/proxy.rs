@@ -50,28 +50,46 @@ use crate::sandbox::{Audit, AuditEvent};
 /// URL, and the headers the proxy drops (its key, framing, hop-by-hop).
 const MAX_HEAD: usize = MAX_HEADER_BYTES + (32 << 10);
 
-/// One route: requests under `prefix` go to `upstream`, the rest of the path appended.
+/// One route: requests under `prefix` go to `upstream`, the rest of the path appended, with the
+/// access token of `grant` when it names one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// The path prefix callers use, `/NAME/` (leading and trailing slash).
     pub prefix: String,
     /// The https URL the rest of the path is appended to (ending in `/`).
     pub upstream: url::Url,
+    /// The grant whose access token the route's requests carry (a household's consent), if
+    /// any; else the proxy's `--grant`, else the client's own token.
+    pub grant: Option<String>,
 }
+
+/// How a route's grant is named on the command line: `--route /NAME/=URL,grant=GRANT`.
+const GRANT_SUFFIX: &str = ",grant=";
 
 impl std::str::FromStr for Route {
     type Err = Error;
 
-    /// `/NAME/=https://provider.example/api/`.
+    /// `/NAME/=https://provider.example/api/`, optionally followed by `,grant=GRANT`.
     fn from_str(s: &str) -> Result<Route> {
         let bad = |why: &str| {
             Error::Config(format!(
-                "route {:?} {why}; write it as /NAME/=https://provider.example/path/",
+                "route {:?} {why}; write it as /NAME/=https://provider.example/path/ (with a \
+                 grant: /NAME/=https://provider.example/path/,grant=GRANT)",
                 bounded(s, crate::policy::MAX_QUOTED)
             ))
         };
-        let (prefix, upstream) = s.split_once('=').ok_or_else(|| bad("has no '='"))?;
-        Route::new(prefix, upstream).map_err(|e| bad(&e))
+        let (prefix, rest) = s.split_once('=').ok_or_else(|| bad("has no '='"))?;
+        let (upstream, grant) = match rest.rsplit_once(GRANT_SUFFIX) {
+            Some((u, g)) => (u, Some(g)),
+            None => (rest, None),
+        };
+        let mut route = Route::new(prefix, upstream).map_err(|e| bad(&e))?;
+        if let Some(g) = grant {
+            route = route
+                .with_grant(g)
+                .map_err(|e| bad(&format!("names a bad grant ({e})")))?;
+        }
+        Ok(route)
     }
 }
 
@@ -102,7 +120,15 @@ impl Route {
         Ok(Route {
             prefix: prefix.to_owned(),
             upstream,
+            grant: None,
         })
+    }
+
+    /// This route, its requests carrying grant `name`'s access token (the name checked).
+    pub fn with_grant(mut self, name: &str) -> Result<Route> {
+        crate::grants::check_grant_name(name)?;
+        self.grant = Some(name.to_owned());
+        Ok(self)
     }
 }
 
@@ -123,16 +149,19 @@ pub struct ProxyOptions {
     pub audit: Arc<Audit>,
 }
 
-/// What requests go out with: a client (identity, TLS, token cache) and the policy its routes
-/// are checked by.
+/// What requests go out with: a client (identity, TLS, token cache) per route, and the policy
+/// the routes are checked by.
 struct Upstream {
-    client: FapiClient,
+    /// The client the requests of each route (by index) go out with: the guarded client, with
+    /// the route's grant when it names one (one token source per grant, shared by its routes).
+    clients: Vec<FapiClient>,
     policy: Policy,
 }
 
 impl Upstream {
-    /// The client for guests' egress of `client`, and the policy of `routes` against its
-    /// authorization server (by name and address).
+    /// The client for guests' egress of `client`, one per route with the route's grant, and the
+    /// policy of `routes` against its authorization server (by name and address). A grant that
+    /// cannot be used (unknown, another issuer's, ended) is an error naming its route.
     async fn new(client: FapiClient, routes: &[Route]) -> Result<Upstream> {
         let issuer = url::Url::parse(&client.settings().issuer_url)
             .map_err(|e| Error::Config(format!("`issuer_url`: {e}")))?;
@@ -141,9 +170,31 @@ impl Upstream {
         let allow: Vec<String> = routes.iter().map(|r| r.upstream.to_string()).collect();
         let policy = Policy::new(&allow, &blocked)?;
         let limits = client.settings().sandbox.clone();
-        let (policy, client) =
+        let (policy, guarded) =
             crate::sandbox::guarded_egress(&client, policy, &blocked, &limits).await?;
-        Ok(Upstream { client, policy })
+        let mut grants: std::collections::HashMap<&str, FapiClient> =
+            std::collections::HashMap::new();
+        let mut clients = Vec::with_capacity(routes.len());
+        for route in routes {
+            let Some(name) = route.grant.as_deref() else {
+                clients.push(guarded.clone());
+                continue;
+            };
+            let granted = match grants.get(name) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = guarded.with_grant_of(
+                        &client
+                            .for_grant(name)
+                            .map_err(|e| Error::Config(format!("route {}: {e}", route.prefix)))?,
+                    );
+                    grants.insert(name, c.clone());
+                    c
+                }
+            };
+            clients.push(granted);
+        }
+        Ok(Upstream { clients, policy })
     }
 }
 
@@ -717,11 +768,11 @@ impl Proxy {
             );
         }
         let path = parts.uri.path();
-        let Some(route) = self
+        let Some(route_index) = self
             .options
             .routes
             .iter()
-            .find(|r| path.starts_with(&r.prefix))
+            .position(|r| path.starts_with(&r.prefix))
         else {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -738,6 +789,7 @@ impl Proxy {
                 ),
             );
         };
+        let route = &self.options.routes[route_index];
         // The route's upstream, its path extended by the rest of the caller's: only the path is
         // parsed (with dot segments resolved as in a whole URL), not the scheme and host again.
         let mut target = route.upstream.clone();
@@ -829,10 +881,11 @@ impl Proxy {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down");
         };
         let asked = std::time::Instant::now();
+        let client = &upstream.clients[route_index];
         let sent = match streamed {
-            None => upstream.client.send(request).await,
+            None => client.send(request).await,
             Some((body, fault)) => {
-                let sent = upstream.client.send_stream(request, body).await;
+                let sent = client.send_stream(request, body).await;
                 // The caller's body broke off before the upstream answered: say why to the
                 // caller (the upstream saw a broken request, never a short complete one).
                 match (&sent, fault.load(Ordering::Relaxed)) {
@@ -927,13 +980,23 @@ impl Proxy {
         match path {
             "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
             "/readyz" => {
-                let client = self.upstream().client.clone();
-                let limit = client.settings().client.timeout;
-                match tokio::time::timeout(limit, client.token_info()).await {
-                    Ok(Ok(_)) => json(StatusCode::OK, serde_json::json!({ "ready": true })),
+                let upstream = self.upstream();
+                let limit = upstream.clients[0].settings().client.timeout;
+                // A token for every route (each grant's, with grants).
+                let every_route = async {
+                    for (route, client) in self.options.routes.iter().zip(&upstream.clients) {
+                        client
+                            .warm_token()
+                            .await
+                            .map_err(|e| format!("route {}: {e}", route.prefix))?;
+                    }
+                    Ok::<(), String>(())
+                };
+                match tokio::time::timeout(limit, every_route).await {
+                    Ok(Ok(())) => json(StatusCode::OK, serde_json::json!({ "ready": true })),
                     Ok(Err(e)) => json(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({ "ready": false, "error": e.to_string() }),
+                        serde_json::json!({ "ready": false, "error": e }),
                     ),
                     Err(_) => json(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -943,7 +1006,7 @@ impl Proxy {
             }
             "/metrics" => {
                 let m = &self.metrics;
-                let client = self.upstream().client.clone();
+                let client = self.upstream().clients[0].clone();
                 m.token_requests
                     .set(i64::try_from(client.token_requests()).unwrap_or(i64::MAX));
                 let expiry = client.identity().not_after();
@@ -1013,8 +1076,7 @@ impl Proxy {
             | Error::Config(_)
             | Error::Credentials(_)
             | Error::Dpop(_)
-            | Error::Grant(_)
-            | Error::ConsentEnded(_) => {
+            | Error::Grant(_) => {
                 self.metrics.token_failures.inc();
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -1024,6 +1086,11 @@ impl Proxy {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 r
+            }
+            // The household's consent ended: no token will come until it is given again, so
+            // not 503 (which says "try later"), but 403, naming `grant add NAME`.
+            Error::ConsentEnded(_) => {
+                error_response(StatusCode::FORBIDDEN, "consent_ended", &message)
             }
             Error::Io(_) | Error::Component(_) => {
                 error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &message)
@@ -1161,10 +1228,14 @@ pub fn write_local_key(path: &std::path::Path, key: &str) -> Result<()> {
     })
 }
 
-/// The URL of a route as callers use it (for the start-up summary).
+/// The URL of a route as callers use it (for the start-up summary), with its grant's name.
 pub fn route_line(origin: &str, route: &Route) -> String {
+    let grant = match &route.grant {
+        Some(g) => format!("  (grant {g})"),
+        None => String::new(),
+    };
     format!(
-        "  {origin}{}  ->  {}",
+        "  {origin}{}  ->  {}{grant}",
         route.prefix,
         shown_url(route.upstream.as_str())
     )
@@ -1189,10 +1260,18 @@ mod tests {
             "/../=https://p.example/",
             "/a%2f/=https://p.example/",
             "no-equals",
+            "/d/=https://p.example/,grant=",
+            "/d/=https://p.example/,grant=../x",
         ] {
             let e = bad.parse::<Route>().expect_err(bad).to_string();
             assert!(e.contains("/NAME/=https://"), "{bad}: {e}");
         }
+        let r: Route = "/home-1/=https://provider.example/api/,grant=home-1"
+            .parse()
+            .expect("valid");
+        assert_eq!(r.upstream.as_str(), "https://provider.example/api/");
+        assert_eq!(r.grant.as_deref(), Some("home-1"));
+        assert_eq!(r.prefix, "/home-1/");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::client_auth::ClientAuthenticator;
 use crate::config::{ClientOptions, MAX_TOKEN_LIFETIME};
 use crate::discovery::{self, ServerMetadata};
 use crate::dpop::{self as dpop_header, Dpop};
-use crate::error::{Error, Result, Warning};
+use crate::error::{Error, Result, Warning, WarningKind};
 use crate::retry;
 
 /// What is known about the current token, without the token itself.
@@ -183,6 +183,9 @@ pub(crate) struct TokenManager {
     metadata: tokio::sync::Mutex<Option<Arc<ServerMetadata>>>,
     /// The discovery warnings logged so far: each is logged once, not at every discovery.
     warned: std::sync::Mutex<Vec<Warning>>,
+    /// Tokens come from grants only (profile `ib1`): a server that does not list
+    /// `client_credentials` is as expected, not worth a warning.
+    grants_only: bool,
     /// The token of this identity (issuer, client, certificate, scopes: one manager each). A
     /// synchronous lock, held only to look or swap, never across an await: the hot path of every
     /// request reads it without hashing, allocating or yielding.
@@ -243,6 +246,7 @@ impl TokenManager {
             client_auth,
             metadata: tokio::sync::Mutex::new(None),
             warned: std::sync::Mutex::new(Vec::new()),
+            grants_only: false,
             cache: std::sync::Mutex::new(None),
             acquiring: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -256,6 +260,13 @@ impl TokenManager {
     /// alone: a proof with every token request, `token_type` DPoP required.
     pub(crate) fn with_dpop(mut self, dpop: Option<Dpop>) -> TokenManager {
         self.dpop = dpop.map(Arc::new);
+        self
+    }
+
+    /// This manager under a profile whose tokens come from grants only (`ib1`): discovery does
+    /// not warn that the server omits `client_credentials`, which no request of it needs.
+    pub(crate) fn grants_only(mut self, yes: bool) -> TokenManager {
+        self.grants_only = yes;
         self
     }
 
@@ -300,6 +311,9 @@ impl TokenManager {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for w in warnings {
+            if self.grants_only && w.kind == WarningKind::ClientCredentialsNotListed {
+                continue;
+            }
             if !warned.contains(&w) {
                 tracing::warn!("{w}");
                 warned.push(w);

@@ -513,3 +513,27 @@ async fn fetch_refuses_the_headers_the_client_owns() {
     assert_eq!(code, 0, "{}", s(&err));
     assert!(s(&out).contains("mine"), "{}", s(&out));
 }
+
+/// Under the default profile, a server whose discovery does not list `client_credentials` is
+/// warned about at -v (under `ib1`, where grants need no such grant type, it is not:
+/// `consent_run::run_with_a_grant_carries_the_households_token_and_no_output_holds_one`).
+#[tokio::test]
+async fn a_server_not_listing_client_credentials_is_warned_about_under_open_energy() {
+    let f = Fed::start(FederationConfig::default()).await;
+    f.fed
+        .set_as_fault(Some(AsFault::GrantTypes(vec!["authorization_code".into()])));
+    let cfg = f.config.to_str().unwrap().to_owned();
+    let dir = f.dir.path().to_owned();
+    let data = f.fed.data_url();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        fapi_host(&["--config", &cfg, "-v", "fetch", &data], &dir)
+    })
+    .await
+    .unwrap();
+    let err = s(&err);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("does not list `client_credentials` in grant_types_supported"),
+        "{err}"
+    );
+}

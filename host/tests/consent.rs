@@ -793,3 +793,69 @@ async fn one_batch_over_many_grants_each_item_with_its_own() {
     }
     t.assert_no_token_leaked();
 }
+
+/// A refused access token (`invalid_token` from the data provider while the stored token has
+/// not expired) forces one refresh of the grant: once for 8 concurrent requests, once for two
+/// processes sharing the store; a token refused again right after it replaced a refused one
+/// goes back to the caller as the provider's 401, with no further refresh.
+#[tokio::test]
+async fn a_refused_access_token_forces_one_refresh_of_the_grant() {
+    // 120 s tokens: never due during the test, so every refresh is a forced one. Refreshes take
+    // 500 ms at the server, so that concurrent callers and processes overlap them.
+    let mut t = Ib1::start(Duration::from_secs(120), Duration::from_millis(500)).await;
+    add_grant(&mut t, "home").await;
+    let settings =
+        fapi_host::Settings::load(Some(Path::new(&t.config)), &fapi_host::Overrides::default())
+            .unwrap();
+    let home = fapi_host::FapiClient::from_settings(&settings)
+        .unwrap()
+        .0
+        .for_grant("home")
+        .unwrap();
+    let data = t.fed.data_url();
+    assert_eq!(home.get(&data).send().await.unwrap().status(), 200);
+    let refreshes = || t.fed.consent_counters().unwrap().refresh_requests;
+    assert_eq!(refreshes(), 0);
+
+    // The provider refuses every access token issued so far (refresh tokens live on).
+    t.fed.revoke_all_tokens();
+    let gets: Vec<_> = (0..8)
+        .map(|_| {
+            let c = home.clone();
+            let url = data.clone();
+            tokio::spawn(async move { c.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(g.await.unwrap(), 200);
+    }
+    assert_eq!(refreshes(), 1, "one refresh for 8 refused requests");
+    assert_eq!(home.grant_refreshes(), 1);
+
+    // Refused again at once: the token just replaced a refused one, so the 401 goes back to
+    // the caller; no refresh loop.
+    t.fed.revoke_all_tokens();
+    let refused = home.get(&data).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refreshes(), 1);
+
+    // Two processes sharing the store, each refused: one refresh between them (the second
+    // finds the grant refreshed under the lock and uses the new token).
+    t.fed.revoke_all_tokens();
+    let both = [0, 1].map(|_| {
+        let mut c = t.command(&["fetch", "--grant", "home", &data]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    });
+    for child in both {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        t.printed.extend_from_slice(&out.stdout);
+        t.printed.extend_from_slice(&out.stderr);
+        assert!(out.status.success(), "{}", s(&out.stderr));
+        assert!(s(&out.stdout).starts_with("postcode,"));
+    }
+    assert_eq!(refreshes(), 2, "one refresh for two processes");
+    t.assert_no_token_leaked();
+}

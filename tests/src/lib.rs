@@ -77,3 +77,77 @@ pub fn doc_blocks(doc: &str, lang: &str) -> Vec<String> {
 pub fn readme_blocks(lang: &str) -> Vec<String> {
     doc_blocks("README.md", lang)
 }
+
+/// A local federation of the `ib1` profile (the consent flow) on a fresh PKI, recording every
+/// token it issues; access tokens live `token_ttl`.
+pub async fn ib1_federation(token_ttl: std::time::Duration) -> fapi_federation::Federation {
+    let cfg = fapi_federation::FederationConfig {
+        ib1: Some(fapi_federation::Ib1Options::default()),
+        record_issued_tokens: true,
+        token_ttl,
+        ..fapi_federation::FederationConfig::default()
+    };
+    let pki = fapi_federation::Pki::generate().expect("a PKI");
+    fapi_federation::Federation::start(pki, cfg)
+        .await
+        .expect("the federation starts")
+}
+
+/// Have the client configuration `config` keep its grants in `grants/` beside it (so that a test
+/// knows where they are and its tokens never touch the user's store); returns that directory.
+pub fn use_local_grant_store(config: &std::path::Path) -> std::path::PathBuf {
+    let toml = std::fs::read_to_string(config).expect("the configuration");
+    std::fs::write(config, format!("grants_dir = \"grants\"\n{toml}")).expect("written");
+    config.parent().expect("a directory").join("grants")
+}
+
+/// Grant `name` as a household on another machine gives it: `fapi-host grant add NAME
+/// --no-listen`, the household `household` approving on the consent page, then `grant complete`
+/// with the address the browser ended on. Returns everything the two commands printed (for the
+/// tests' search for tokens).
+pub async fn add_grant(
+    fed: &fapi_federation::Federation,
+    config: &std::path::Path,
+    name: &str,
+    household: &str,
+) -> Vec<u8> {
+    let command = |args: Vec<String>| {
+        let mut c = std::process::Command::new(fapi_host_bin());
+        c.arg("--config").arg(config).args(args);
+        async move {
+            let out = tokio::task::spawn_blocking(move || c.output().expect("fapi-host runs"))
+                .await
+                .expect("joined");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        }
+    };
+    let add = command(vec![
+        "grant".into(),
+        "add".into(),
+        name.into(),
+        "--no-listen".into(),
+    ])
+    .await;
+    let url = String::from_utf8_lossy(&add.stdout)
+        .lines()
+        .next()
+        .expect("the authorization address")
+        .to_owned();
+    let location = fed
+        .approve_consent(&url, household)
+        .await
+        .expect("the household approves");
+    let complete = command(vec![
+        "grant".into(),
+        "complete".into(),
+        name.into(),
+        location,
+    ])
+    .await;
+    [add.stdout, add.stderr, complete.stdout, complete.stderr].concat()
+}

@@ -52,32 +52,7 @@ async fn run_with_a_grant_carries_the_households_token_and_no_output_holds_one()
     assert!(out.status.success(), "{}", text(&out.stderr));
     let url = text(&out.stdout).lines().next().unwrap().to_owned();
     outputs.push(("grant add".into(), [out.stdout, out.stderr].concat()));
-    let browser = fed.pki().http_client(None).unwrap();
-    let html = browser
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let request_uri = html
-        .split("name=\"request_uri\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap();
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("request_uri", request_uri)
-        .append_pair("decision", "approve")
-        .finish();
-    let resp = browser
-        .post(format!("{}/authorize", fed.issuer_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let location = fed.approve_consent(&url, "home").await.unwrap();
     let out = fapi_host(&config, &["grant", "complete", "home", &location]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     outputs.push(("grant complete".into(), [out.stdout, out.stderr].concat()));
@@ -99,6 +74,12 @@ async fn run_with_a_grant_carries_the_households_token_and_no_output_holds_one()
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout, data::csv(data::DEFAULT_ROWS).as_bytes());
+    // A grant needs no client_credentials: the server's not listing it is not warned about.
+    assert!(
+        !text(&out.stderr).contains("does not list `client_credentials`"),
+        "{}",
+        text(&out.stderr)
+    );
     outputs.push(("run --grant".into(), [out.stdout, out.stderr].concat()));
 
     // Without a grant, under ib1, the plugin gets no token: nothing is fetched.
@@ -112,9 +93,79 @@ async fn run_with_a_grant_carries_the_households_token_and_no_output_holds_one()
         [out.stdout, out.stderr].concat(),
     ));
 
+    assert_no_secret(&fed, &outputs);
+}
+
+/// `batch --plugin` over three grants: each item's processor makes its own requests with the
+/// item's grant (its line's, or `--grant`'s), not the batch's default: the processor's own
+/// fetch of `/household.json` answers with the household of the item's grant. No output holds a
+/// token.
+#[tokio::test]
+async fn a_batch_processors_own_requests_carry_each_items_grant() {
+    let fed = fapi_tests::ib1_federation(std::time::Duration::from_secs(120)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+    fapi_tests::use_local_grant_store(&config);
+    let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
+    for g in ["a", "b", "c"] {
+        let printed = fapi_tests::add_grant(&fed, &config, g, &format!("household-{g}")).await;
+        outputs.push((format!("grant add {g}"), printed));
+    }
+    // "refetch": the processor fetches the item's URL again itself and returns that body.
+    let url = fed.household_url();
+    let input = dir.path().join("households.jsonl");
+    std::fs::write(
+        &input,
+        format!(
+            "{{\"url\":\"{url}\",\"name\":\"refetch.a\",\"grant\":\"a\"}}\n\
+             {{\"url\":\"{url}\",\"name\":\"refetch.b\",\"grant\":\"b\"}}\n\
+             {{\"url\":\"{url}\",\"name\":\"refetch.c\"}}\n"
+        ),
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let allow = format!("{}/", fed.data_origin());
+    let out = fapi_host(
+        &config,
+        &[
+            "-vv",
+            "batch",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--grant",
+            "c",
+            "--plugin",
+            guests::TEST_PROCESSOR,
+            "--allow",
+            &allow,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    outputs.push(("batch --plugin".into(), [out.stdout, out.stderr].concat()));
+    for g in ["a", "b", "c"] {
+        let body = std::fs::read(out_dir.join(format!("refetch.{g}"))).unwrap();
+        assert_eq!(
+            text(&body),
+            format!("{{\"household\":\"household-{g}\"}}"),
+            "item {g}"
+        );
+        outputs.push((format!("output {g}"), body));
+    }
+    outputs.push((
+        "the manifest".into(),
+        std::fs::read(out_dir.join("manifest.jsonl")).unwrap(),
+    ));
+    assert_no_secret(&fed, &outputs);
+}
+
+/// No token the federation issued and no piece of the consumer's key in any of `outputs`.
+fn assert_no_secret(fed: &fapi_federation::Federation, outputs: &[(String, Vec<u8>)]) {
     let key = &fed.pki().client("consumer").unwrap().key_pem;
     let needles = Needles::new(&fed.issued_tokens(), key);
-    for (what, hay) in &outputs {
+    for (what, hay) in outputs {
         needles.assert_absent(what, hay);
     }
 }

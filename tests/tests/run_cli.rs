@@ -1635,3 +1635,95 @@ async fn the_proxy_works_under_dpop_and_refuses_a_callers_dpop_header() {
         }
     }
 }
+
+/// `proxy` under `ib1`, each route with its own grant (one on the command line, one in a
+/// `[[proxy.route]]` table): a caller reads each household's data on its route; the household of
+/// one withdraws its consent, and that route answers 403 `consent_ended` naming `grant add`,
+/// while the other goes on; a route without a grant is refused at start. No token in anything
+/// printed, answered or written but the grant store's own files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_sends_each_route_with_its_grant_and_an_ended_consent_fails_that_route_only() {
+    let s = setup_from(fapi_tests::ib1_federation(std::time::Duration::from_secs(120)).await);
+    let grants = fapi_tests::use_local_grant_store(&s.config);
+    for (grant, household) in [("home1", "household-1"), ("home2", "household-2")] {
+        let printed = fapi_tests::add_grant(&s.fed, &s.config, grant, household).await;
+        s.outputs
+            .lock()
+            .unwrap()
+            .push((format!("grant add {grant}"), printed));
+    }
+    let origin = s.fed.data_origin();
+
+    // Under ib1 a route without a grant is refused at start, naming the route and the fix.
+    let routes = [
+        format!("/home1/={origin}/,grant=home1"),
+        format!("/nobody/={origin}/"),
+    ];
+    let mut args: Vec<String> = ["proxy", "--listen", "127.0.0.1:0"].map(Into::into).into();
+    for r in routes {
+        args.extend(["--route".into(), r]);
+    }
+    let out = run(&s, args).await;
+    let err = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("route /nobody/ names no grant") && err.contains("--grant NAME"),
+        "{err}"
+    );
+
+    // home2's route in the configuration file, home1's on the command line.
+    let toml = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!(
+            "{toml}\n[[proxy.route]]\nprefix = \"/home2/\"\nupstream = \"{origin}/\"\ngrant = \"home2\"\n"
+        ),
+    )
+    .unwrap();
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/home1/={origin}/,grant=home1")])
+    });
+    let address = proxy.origin.trim_start_matches("http://").to_owned();
+    let get = |route: &str| {
+        let request = format!(
+            "GET /{route}/household.json HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            proxy.key
+        );
+        let answer = tokio::task::block_in_place(|| raw_exchange(&address, &request));
+        s.outputs.lock().unwrap().push((
+            format!("the answer on /{route}/"),
+            answer.clone().into_bytes(),
+        ));
+        answer
+    };
+    for (route, household) in [("home1", "household-1"), ("home2", "household-2")] {
+        let answer = get(route);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains(&format!("\"household\":\"{household}\"")),
+            "{route}: {answer}"
+        );
+    }
+
+    // household-2 withdraws its consent: its route fails clearly, home1's goes on.
+    assert_eq!(s.fed.withdraw_consent("household-2"), 1);
+    let answer = get("home2");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("\"error\":\"consent_ended\"") && answer.contains("run grant add home2"),
+        "{answer}"
+    );
+    let answer = get("home1");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"household\":\"household-1\""),
+        "{answer}"
+    );
+    s.stop_proxy_and_search(
+        proxy,
+        &[
+            &s.dir.path().join("proxy.key"),
+            &grants.join("home1.json"),
+            &grants.join("home2.json"),
+        ],
+    );
+}

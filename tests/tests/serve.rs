@@ -699,3 +699,52 @@ async fn what_cannot_be_served_is_refused_at_start_with_the_fix() {
     assert_eq!(out.status.code(), Some(8), "{err}");
     assert!(err.contains("fapi-host serve"), "{err}");
 }
+
+/// Under `ib1`, `serve --grant NAME`: the service's own requests carry the grant's access token
+/// (the federation issues no other kind), so it answers with the summary of the household's
+/// data; without `--grant` the command is refused at start, naming the flag. No token reaches a
+/// caller or the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ib1_the_services_requests_carry_its_grant_and_none_is_refused_at_start() {
+    let fed = fapi_tests::ib1_federation(Duration::from_secs(120)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fed.write_client_config(dir.path(), "consumer").unwrap();
+    fapi_tests::use_local_grant_store(&config);
+    let s = Setup {
+        fed,
+        dir,
+        config,
+        seen: Mutex::default(),
+    };
+    let printed = fapi_tests::add_grant(&s.fed, &s.config, "home", "household-1").await;
+    s.seen.lock().unwrap().push(("grant add".into(), printed));
+    let csv_url = format!("CSV_URL={}", s.fed.data_url());
+
+    let out = s.run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--env",
+        &csv_url,
+        guests::SERVE_SUMMARY,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("serve --grant NAME"), "{err}");
+
+    let served = tokio::task::block_in_place(|| {
+        Served::start(
+            &s,
+            "-vv",
+            guests::SERVE_SUMMARY,
+            &["--env", &csv_url, "--grant", "home"],
+        )
+    });
+    let a = get(&s, &served.addr, "/").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    for line in expected_summary_lines() {
+        assert!(a.body.lines().any(|l| l == line), "{line:?}: {}", a.body);
+    }
+    tokio::task::block_in_place(|| served.stop(&s));
+    s.assert_no_secrets();
+}

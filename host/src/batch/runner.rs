@@ -688,7 +688,9 @@ impl Shared {
                     t0,
                 ));
             }
-            match self.write_output(item, response).await {
+            // The processor's own requests carry the item's grant, as its fetch did.
+            let granted = self.grant_of(item).map(|_| &client);
+            match self.write_output(item, response, granted).await {
                 Ok((output, bytes, sha256)) => {
                     let record = Record {
                         outcome: Outcome::Done,
@@ -747,6 +749,7 @@ impl Shared {
         &self,
         item: &Item,
         mut response: FapiResponse,
+        granted: Option<&FapiClient>,
     ) -> std::result::Result<(Output, u64, String), WriteError> {
         let out = &self.options.out;
         let io = |e: std::io::Error| {
@@ -773,7 +776,10 @@ impl Shared {
                 url: item.url.to_string(),
                 name: item.name.clone(),
             };
-            let output = match sandbox.process(plugin, pi, response).await {
+            let output = match sandbox
+                .process_with_grant(plugin, pi, response, granted)
+                .await
+            {
                 Ok(ProcessOutcome::Output(b)) => b,
                 // Transient, like a body cut short without a processor: retried if allowed.
                 Ok(ProcessOutcome::BodyBroken(msg)) => {

@@ -158,11 +158,8 @@ pub(super) async fn run(cli: &Cli, args: &BatchArgs) -> Result<u8> {
     };
     let mut batch = Batch::new(client.clone(), options);
     if let Some(path) = &args.plugin {
-        // The plugin's own requests carry the batch's default grant (--grant).
-        let client = match &args.grant {
-            Some(name) => client.for_grant(name)?,
-            None => client,
-        };
+        // The plugin's own requests carry each item's grant (the batch hands it to each
+        // processor instance); the sandbox's own client carries none.
         let sandbox =
             Sandbox::new(client.with_retries(guest_retries), args.sandbox.options()?).await?;
         let plugin = sandbox.load(path)?;

@@ -21,13 +21,19 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "127.0.0.1:PORT|unix:PATH")]
     pub listen: String,
     /// A route: requests under /NAME/ go to the upstream URL, the rest of the path appended
-    /// (repeatable).
+    /// (repeatable). `,grant=GRANT` after the URL: the route's requests carry grant GRANT's
+    /// access token (a household's consent: fapi-host grant add GRANT).
     #[arg(
         long = "route",
-        value_name = "/NAME/=https://provider.example/path/",
+        value_name = "/NAME/=https://provider.example/path/[,grant=GRANT]",
         required = true
     )]
     pub routes: Vec<Route>,
+    /// The grant whose access token the requests of every route that names none carry (a
+    /// household's consent: fapi-host grant add NAME). Under profile "ib1" every route needs a
+    /// grant, its own or this one.
+    #[arg(long, value_name = "NAME")]
+    pub grant: Option<String>,
     /// Where to write the local key callers must send as `Authorization: Bearer KEY` (0600;
     /// default: proxy.key in the system's temporary directory, under a name with the port).
     #[arg(long, value_name = "FILE")]
@@ -57,15 +63,37 @@ pub struct ProxyArgs {
 pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
     let settings = cli.settings()?;
     let mut routes = Vec::new();
-    for (prefix, upstream) in &settings.proxy_routes {
-        routes.push(Route::new(prefix, upstream).map_err(|why| {
+    for (prefix, upstream, grant) in &settings.proxy_routes {
+        let route = Route::new(prefix, upstream).map_err(|why| {
             Error::Config(format!(
                 "[[proxy.route]] prefix = {prefix:?}, upstream = {upstream:?}: the route {why}"
             ))
-        })?);
+        })?;
+        routes.push(match grant {
+            Some(g) => route.with_grant(g).map_err(|e| {
+                Error::Config(format!("[[proxy.route]] prefix = {prefix:?}: grant {e}"))
+            })?,
+            None => route,
+        });
     }
     routes.extend(args.routes.iter().cloned());
+    if let Some(g) = &args.grant {
+        crate::grants::check_grant_name(g)?;
+        for r in routes.iter_mut().filter(|r| r.grant.is_none()) {
+            r.grant = Some(g.clone());
+        }
+    }
     let (client, _) = FapiClient::from_settings(&settings)?;
+    if let Some(r) = routes.iter().find(|r| r.grant.is_none()) {
+        let what = format!(
+            "route {} names no grant; give it one (--route {}=URL,grant=NAME, or grant = \"NAME\" \
+             in its [[proxy.route]] table), or give every route one with --grant NAME",
+            r.prefix, r.prefix
+        );
+        if let Some(e) = client.missing_grant(false, &what) {
+            return Err(e);
+        }
+    }
     let key = new_local_key();
     let options = ProxyOptions {
         routes: routes.clone(),

@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long the requests in flight may take to finish, seconds.
     #[arg(long, value_name = "S", default_value_t = 30)]
     pub drain_seconds: u64,
+    /// Every request the service makes carries grant NAME's access token (a household's
+    /// consent: fapi-host grant add NAME); the service cannot see or switch grants. Required
+    /// under profile "ib1".
+    #[arg(long, value_name = "NAME")]
+    pub grant: Option<String>,
     /// The component: it exports wasi:http/incoming-handler@0.2.12 (world
     /// openenergy:fapi/http-service of wit/fapi.wit).
     #[arg(value_name = "COMPONENT.wasm")]
@@ -53,6 +58,16 @@ pub(super) async fn run(cli: &Cli, args: &ServeArgs) -> Result<u8> {
     // Before anything slow, so that a wrong address is the first thing said.
     let listener = bind(args.listen).await?;
     let (client, _) = FapiClient::from_settings(&settings)?;
+    if let Some(e) = client.missing_grant(
+        args.grant.is_some(),
+        "name the grant the service's requests carry with serve --grant NAME",
+    ) {
+        return Err(e);
+    }
+    let client = match &args.grant {
+        Some(name) => client.for_grant(name)?,
+        None => client,
+    };
     let sandbox = Arc::new(Sandbox::new(client, options).await?);
     let plugin = sandbox.load(&args.component)?;
     let name = plugin.name().to_owned();

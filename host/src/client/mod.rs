@@ -112,7 +112,8 @@ impl FapiClient {
             settings.client.clone(),
             client_auth,
         )
-        .with_dpop(Dpop::from_settings(&settings.auth)?);
+        .with_dpop(Dpop::from_settings(&settings.auth)?)
+        .grants_only(settings.profile.needs_grant());
         let client = FapiClient {
             inner: Arc::new(Inner {
                 http: Transport::One(http),
@@ -227,7 +228,21 @@ impl FapiClient {
             inner.options.timeout,
             inner.options.token_refresh_margin,
         )?;
-        Ok(FapiClient {
+        Ok(self.carrying(Some(Arc::new(tokens))))
+    }
+
+    /// This client (its connections, guarded ones included, its options and identity) carrying
+    /// the grant of `granted` (a client of [`FapiClient::for_grant`] over the same identity):
+    /// the same token source, so that one refresh serves both. `fapi-host proxy` gives each
+    /// route's guarded client its grant this way, and `batch --plugin` each item's processor.
+    pub(crate) fn with_grant_of(&self, granted: &FapiClient) -> FapiClient {
+        self.carrying(granted.inner.grant.clone())
+    }
+
+    /// This client with `grant` as its token source (none: its own `client_credentials` token).
+    fn carrying(&self, grant: Option<Arc<GrantTokens>>) -> FapiClient {
+        let inner = &self.inner;
+        FapiClient {
             inner: Arc::new(Inner {
                 http: inner.http.clone(),
                 upload: inner.upload.clone(),
@@ -238,8 +253,19 @@ impl FapiClient {
                 identity: inner.identity.clone(),
                 settings: inner.settings.clone(),
                 missing_echo: inner.missing_echo.clone(),
-                grant: Some(Arc::new(tokens)),
+                grant,
             }),
+        }
+    }
+
+    /// The error for a command that would make requests without a grant under a profile that
+    /// needs one (`ib1`), naming `flag`; `None` when a grant is given or none is needed.
+    pub(crate) fn missing_grant(&self, given: bool, what: &str) -> Option<Error> {
+        (!given && self.inner.settings.profile.needs_grant()).then(|| {
+            Error::Grant(format!(
+                "under profile \"ib1\" every request needs a household's consent: {what} \
+                 (fapi-host grant list shows the grants; fapi-host grant add NAME makes one)"
+            ))
         })
     }
 

@@ -423,6 +423,18 @@ impl Sandbox {
         args: &[String],
         stdio: Stdio,
     ) -> Result<(Store<GuestState>, Option<CapturedOutput>)> {
+        self.store_sending_with(plugin, args, stdio, &self.guest_client)
+    }
+
+    /// [`Sandbox::store`], the guest's requests sent with `guest_client` (the sandbox's guest
+    /// client, or it with a grant: [`FapiClient::with_grant_of`]).
+    fn store_sending_with(
+        &self,
+        plugin: &Plugin,
+        args: &[String],
+        stdio: Stdio,
+        guest_client: &FapiClient,
+    ) -> Result<(Store<GuestState>, Option<CapturedOutput>)> {
         let mut b = WasiCtxBuilder::new();
         b.arg(&plugin.name);
         b.args(args);
@@ -459,7 +471,7 @@ impl Sandbox {
             }
         };
         let egress = Arc::new(egress::Egress::new(
-            self.guest_client.clone(),
+            guest_client.clone(),
             self.policy.clone(),
             self.audit.clone(),
             self.limits.clone(),

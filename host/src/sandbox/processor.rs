@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use super::bindings::exports::openenergy::fapi::processor::Item;
 use super::egress::BodyFailure;
 use super::{GuestState, Plugin, PluginKind, Sandbox, Stdio};
-use crate::client::FapiResponse;
+use crate::client::{FapiClient, FapiResponse};
 use crate::error::{Error, Result};
 
 /// What the batch tells a processor about an item.
@@ -74,6 +74,20 @@ impl Sandbox {
         item: ProcessItem,
         response: FapiResponse,
     ) -> Result<ProcessOutcome> {
+        self.process_with_grant(plugin, item, response, None).await
+    }
+
+    /// [`Sandbox::process`], the processor's own requests carrying the grant of `granted` (a
+    /// client of [`FapiClient::for_grant`] over the sandbox's identity: `batch --plugin` gives
+    /// each item's processor the item's grant) instead of the sandbox's. The processor cannot
+    /// see or switch grants.
+    pub async fn process_with_grant(
+        &self,
+        plugin: &Plugin,
+        item: ProcessItem,
+        response: FapiResponse,
+        granted: Option<&FapiClient>,
+    ) -> Result<ProcessOutcome> {
         let PluginKind::Processor(pre) = &plugin.kind else {
             return Err(Error::Component(format!(
                 "{} is {}, not a batch processor (it must export openenergy:fapi/processor)",
@@ -81,7 +95,15 @@ impl Sandbox {
                 plugin.kind_and_command()
             )));
         };
-        let (mut store, _) = self.store(plugin, &[], Stdio::Inherit)?;
+        let (mut store, _) = match granted {
+            Some(g) => self.store_sending_with(
+                plugin,
+                &[],
+                Stdio::Inherit,
+                &self.guest_client.with_grant_of(g),
+            )?,
+            None => self.store(plugin, &[], Stdio::Inherit)?,
+        };
         let headers = super::fetch::guest_headers(response.headers());
         let guest_item = Item {
             index: item.index,
