@@ -364,9 +364,18 @@ async fn ib1_consent_fetch_run_batch_and_revoke_with_oidc_provider() {
     };
     eprintln!("oidc-provider {}", t.oidc.version);
     // Three households consent, each in its own browser session.
-    for (name, login) in [("home-1", "alice"), ("home-2", "bob"), ("home-3", "carol")] {
+    for (name, login) in [("home-1", "alice"), ("home-2", "bob")] {
         t.add(name, login).await;
     }
+    // The third on a machine without the browser: --no-listen, then grant complete with the
+    // address the browser ended on.
+    let (code, out, err) = t.run(&["grant", "add", "home-3", "--no-listen"]).await;
+    assert_eq!(code, 0, "{err}");
+    let url = out.lines().next().unwrap().to_owned();
+    let location = t.consent(&url, "carol", true).await;
+    let (code, out, err) = t.run(&["grant", "complete", "home-3", &location]).await;
+    assert_eq!(code, 0, "{err}\n{}", t.oidc.log());
+    assert!(out.contains("grant home-3 stored"), "{out}");
     let log = t.oidc.log();
     let pars = t.oidc.events("par");
     assert_eq!(pars.len(), 3, "{log}");
