@@ -4,7 +4,7 @@
 // prints access (and refresh) tokens in its event log so that the tests can search for them.
 //
 //   node server.mjs --cert server.pem --key server.key --ca ca.pem --clients clients.json \
-//       [--port 0] [--mtls-port 0] [--token-ttl 300] [--ib1 [--refresh-ttl 3600]]
+//       [--port 0] [--mtls-port 0] [--token-ttl 300] [--ib1 [--refresh-ttl 3600] [--no-rotation]]
 //
 // - issuer https://127.0.0.1:<port> (plain TLS, no client certificate requested): discovery and the
 //   top-level endpoints, like the real directory's public host;
@@ -45,8 +45,9 @@
 // - PAR required, PKCE required (S256), certificate-bound tokens, devInteractions (login and
 //   consent forms) for the household; a refresh token with every code, not tied to the browser
 //   session, rotated on every use (the spent one consumed: presented again, it revokes the grant),
-//   lasting --refresh-ttl (default 3600) seconds; resource indicators off, so that a licence URL
-//   is a plain scope in the token;
+//   lasting --refresh-ttl (default 3600) seconds (with --no-rotation: never rotated, a refresh is
+//   answered with the same refresh token, as RFC 6749 section 6 allows); resource indicators off,
+//   so that a licence URL is a plain scope in the token;
 // - more events: "token_issued" gains grant_type, refresh_token and, for a refresh,
 //   spent_refresh_token (the one presented: printed, as the access tokens are, for the leak
 //   searches), "par" (client_id, status, error), "revocation" (client_id, status, token_type_hint).
@@ -75,6 +76,7 @@ const { values: opt } = parseArgs({
     'token-ttl': { type: 'string', default: process.env.OIDC_TOKEN_TTL ?? '300' },
     'refresh-ttl': { type: 'string', default: '3600' },
     ib1: { type: 'boolean', default: false },
+    'no-rotation': { type: 'boolean', default: false },
   },
 });
 const ib1 = opt.ib1;
@@ -197,7 +199,7 @@ const provider = new Provider(issuer, {
     // session, rotated on every use.
     issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
     expiresWithSession: async () => false,
-    rotateRefreshToken: () => true,
+    rotateRefreshToken: () => !opt['no-rotation'],
     // Login: any name; no claims (no ID token is asked for).
     findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   } : {}),

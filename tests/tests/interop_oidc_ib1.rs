@@ -53,6 +53,11 @@ struct Adding {
 
 impl Ib1 {
     async fn start(test: &str, token_ttl: u64) -> Option<Ib1> {
+        Ib1::start_with(test, token_ttl, &[]).await
+    }
+
+    /// [`Ib1::start`] with more arguments of `server.mjs --ib1` (`--no-rotation`).
+    async fn start_with(test: &str, token_ttl: u64, args: &[&str]) -> Option<Ib1> {
         prerequisites(test)?;
         fapi_tests::capture_logs();
         let pki = Pki::generate().unwrap();
@@ -69,8 +74,11 @@ impl Ib1 {
             { "client_id": fapi_federation::directory_url(&consumer.client_id), "scope": LICENCE },
             { "client_id": provider.client_id, "subject_dn": provider.subject_dn, "scope": "consumption:read" },
         ]);
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.push("--ib1".into());
         let oidc = tokio::task::spawn_blocking(move || {
-            OidcServer::start_with_args(&pki_dir, &clients, token_ttl, &["--ib1"])
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            OidcServer::start_with_args(&pki_dir, &clients, token_ttl, &args)
         })
         .await
         .unwrap();
@@ -682,6 +690,41 @@ async fn ib1_refresh_after_expiry_rotates_and_a_withdrawn_consent_ends_the_grant
         "no refresh of an ended grant"
     );
 
+    t.assert_no_token_leaked();
+}
+
+/// A server that does not rotate (RFC 6749 section 6: a new refresh token is optional):
+/// oidc-provider answers each refresh with the same refresh token, and the host keeps spending it.
+#[tokio::test]
+#[cfg_attr(
+    not(fapi_has_oidc_provider),
+    ignore = "needs node and `npm ci --prefix tests/oidc` (missing when this crate was built)"
+)]
+async fn ib1_a_refresh_token_that_is_not_rotated_is_kept_and_used_again() {
+    const TTL: u64 = 3;
+    let test = "ib1_a_refresh_token_that_is_not_rotated_is_kept_and_used_again";
+    let Some(mut t) = Ib1::start_with(test, TTL, &["--no-rotation"]).await else {
+        return;
+    };
+    t.add("home", "jo").await;
+    let got = Instant::now();
+    let first = t.stored_refresh_token("home");
+    let data_url = t.fed.data_url();
+    for round in 1..=2u32 {
+        let wait = Duration::from_millis(u64::from(round) * (TTL * 1000 + 300))
+            .saturating_sub(got.elapsed());
+        tokio::time::sleep(wait).await;
+        let (code, out, err) = t.run(&["-vv", "fetch", "--grant", "home", &data_url]).await;
+        assert_eq!(code, 0, "{err}\n{}", t.oidc.log());
+        assert!(out.starts_with("postcode,"));
+        let refreshes = t.issued("refresh_token");
+        assert_eq!(refreshes.len(), round as usize, "{}", t.oidc.log());
+        let last = refreshes.last().unwrap();
+        assert_eq!(last["refresh_token"], first.as_str(), "not rotated");
+        assert_eq!(last["spent_refresh_token"], first.as_str());
+        assert_eq!(t.stored_refresh_token("home"), first, "kept");
+    }
+    assert!(t.oidc.events("grant_error").is_empty(), "{}", t.oidc.log());
     t.assert_no_token_leaked();
 }
 
