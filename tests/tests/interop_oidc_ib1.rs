@@ -6,9 +6,11 @@
 //! `fapi-host` binary asks for each household's consent (`grant add`; this test is the household's
 //! browser: it follows the printed address through oidc-provider's own login and consent forms with
 //! form posts and a cookie jar, to the redirect back to the host), then `fetch --grant`,
-//! `run --grant`, a `batch` over three grants, refresh after expiry, `grant revoke` and a consent
-//! withdrawn at the server. The data comes from the federation's data provider, which introspects
-//! at oidc-provider and takes only tokens whose `client_id` is the calling certificate's Directory
+//! `run --grant`, a `batch` over three grants, refresh after expiry (rotated, and not rotated), two
+//! processes refreshing one grant, `grant revoke`, a consent withdrawn at the server, the refusals
+//! (a cancelled consent, `invalid_scope`, `invalid_client`), and `fapi-host dev --issuer URL
+//! --profile ib1`. The data comes from the federation's data provider, which introspects at
+//! oidc-provider and takes only tokens whose `client_id` is the calling certificate's Directory
 //! URL. Every access and refresh token oidc-provider issued is searched for in everything
 //! fapi-host printed or wrote (the grant files excepted).
 //!
