@@ -83,6 +83,15 @@ pub(crate) fn check_directory_url(answer: &Value, cert_der: &[u8]) -> Result<(),
     }
 }
 
+/// [`check_directory_url`] for a data provider that serves only `ib1` tokens (an external `ib1`
+/// issuer): the token must carry a `client_id`, and it must be a Directory URL.
+pub(crate) fn require_directory_url(answer: &Value, cert_der: &[u8]) -> Result<(), &'static str> {
+    match answer.get("client_id").and_then(Value::as_str) {
+        Some(id) if id.starts_with("https://") => check_directory_url(answer, cert_der),
+        _ => Err("the token's client_id is not a Directory URL (ib1)"),
+    }
+}
+
 /// Options of the `ib1` authorization server ([`crate::FederationConfig::ib1`]).
 #[derive(Clone, Debug)]
 pub struct Ib1Options {
@@ -872,5 +881,36 @@ mod tests {
         assert_eq!(escape("<a href=\"x\">"), "&lt;a href=&quot;x&quot;&gt;");
         assert!(acceptable_redirect("http://127.0.0.1:8080/callback"));
         assert!(!acceptable_redirect("http://example.org/callback"));
+    }
+
+    #[test]
+    fn an_ib1_only_data_provider_requires_the_certificates_directory_url() {
+        let pki = crate::Pki::generate().expect("a PKI");
+        let consumer = pki.client("consumer").expect("the consumer");
+        let cert = consumer.cert_der().expect("its certificate");
+        let url = directory_url(&consumer.client_id);
+        let with = |id: Value| serde_json::json!({ "active": true, "client_id": id });
+        // Its own Directory URL: accepted by both checks.
+        assert_eq!(
+            check_directory_url(&with(url.clone().into()), &cert),
+            Ok(())
+        );
+        assert_eq!(require_directory_url(&with(url.into()), &cert), Ok(()));
+        // Another member's: refused by both.
+        let other = with(directory_url("someone-else").into());
+        assert!(check_directory_url(&other, &cert).is_err());
+        assert!(require_directory_url(&other, &cert).is_err());
+        // A client id that is no URL, or none: the default profile's tokens pass the lenient
+        // check only.
+        for answer in [
+            with("fapi-dev-consumer".into()),
+            serde_json::json!({ "active": true }),
+        ] {
+            assert_eq!(check_directory_url(&answer, &cert), Ok(()));
+            assert_eq!(
+                require_directory_url(&answer, &cert),
+                Err("the token's client_id is not a Directory URL (ib1)")
+            );
+        }
     }
 }

@@ -40,6 +40,9 @@ pub(crate) struct DpState {
     pub default_redirect: String,
     /// `https://127.0.0.1:<port>`: a DPoP proof's `htu` is this and the request's path.
     pub origin: String,
+    /// Every token's `client_id` must be the Directory URL of the calling certificate (an
+    /// external `ib1` issuer; ours issues default-profile tokens too).
+    pub require_directory_url: bool,
 }
 
 type St = State<Arc<DpState>>;
@@ -219,7 +222,13 @@ async fn authorize(
         tracing::warn!("introspection failed: {e}");
         Denial::Unavailable
     })?;
-    let checked = check_answer(&answer, cert, now_secs(), proof_jkt.as_deref());
+    let checked = check_answer(&answer, cert, now_secs(), proof_jkt.as_deref()).and_then(|()| {
+        if st.require_directory_url {
+            crate::consent::require_directory_url(&answer, cert).map_err(Denial::InvalidToken)
+        } else {
+            Ok(())
+        }
+    });
     if checked == Err(Denial::DpopBoundAsBearer) {
         bump(&st.shared.dpop.counters.bearer_refused);
     }

@@ -157,20 +157,43 @@ pub(crate) fn write_dev_files(fed: &Federation, dir: &Path) -> Result<String, Er
     );
     if external {
         let summary = format!(
-            "fapi-host dev: local Open Energy-style data provider running (Ctrl-C to stop)\n\
+            "fapi-host dev: local {style} data provider running (Ctrl-C to stop)\n\
              \n  issuer (external) {issuer}\n  data (CSV)         {data}\n  data (JSON)        {json}\n  admin (HTTP)       {admin}\n\
              \n  files in {dir}: ca-bundle.pem, consumer.pem, consumer.key, fapi.toml, federation.json\n\
              \nThe data provider introspects at the external issuer as its provider client; the consumer\n\
-             ({client}, tls_client_auth, subject DN {dn}) must be registered there.\n\
-             \nFetch with fapi-host:\n  fapi-host --config {cfgq} fetch {data}\n",
+             ({client}) must be registered there.\n\
+             \n{how}\n",
+            style = if ib1 { "IB1" } else { "Open Energy-style" },
             issuer = fed.issuer_url(),
             data = fed.data_url(),
             json = fed.data_json_url(),
             admin = fed.admin_url(),
             dir = dir.display(),
-            cfgq = sh(&cfg),
-            client = consumer.client_id,
-            dn = consumer.subject_dn,
+            client = if ib1 {
+                format!(
+                    "client_id {}, tls_client_auth by that URI SAN",
+                    crate::directory_url(&consumer.client_id)
+                )
+            } else {
+                format!(
+                    "{}, tls_client_auth, subject DN {}",
+                    consumer.client_id, consumer.subject_dn
+                )
+            },
+            how = if ib1 {
+                format!(
+                    "Ask a household's consent, then fetch with it:\n  fapi-host --config {cfgq} grant add home\n  \
+                     fapi-host --config {cfgq} fetch --grant home {data}",
+                    cfgq = sh(&cfg),
+                    data = fed.data_url(),
+                )
+            } else {
+                format!(
+                    "Fetch with fapi-host:\n  fapi-host --config {} fetch {}",
+                    sh(&cfg),
+                    fed.data_url()
+                )
+            },
         );
         return Ok(summary);
     }

@@ -26,7 +26,8 @@ use crate::{Error, admin};
 /// An authorization server elsewhere that the data provider should use instead of ours.
 #[derive(Clone, Debug)]
 pub struct ExternalIssuer {
-    /// Its issuer URL (discovery is fetched from `<issuer_url>/.well-known/openid-configuration`).
+    /// Its issuer URL (discovery is fetched from `<issuer_url>/.well-known/openid-configuration`, or
+    /// on a 404 there from the RFC 8414 location, `/.well-known/oauth-authorization-server` + path).
     pub issuer_url: String,
     /// PEM of the CA(s) that issued its server certificate and its clients' certificates.
     pub ca_pem: String,
@@ -79,7 +80,11 @@ pub struct FederationConfig {
     /// The `ib1` profile (the consent flow, [`Ib1Options`]): the issuer becomes
     /// `https://127.0.0.1:PORT/accounts`, with PAR, a consent page, `authorization_code` and
     /// rotating `refresh_token` grants on the mTLS listener; what the default profile serves stays
-    /// as it is (the data provider still introspects at it). Default `None`.
+    /// as it is (the data provider still introspects at it). With
+    /// [`FederationConfig::external_issuer`] (an `ib1` authorization server elsewhere; the options
+    /// are then unused), the data provider refuses every token whose `client_id` is not the
+    /// Directory URL of the calling certificate, and client configurations say
+    /// `profile = "ib1"`. Default `None`.
     pub ib1: Option<Ib1Options>,
 }
 
@@ -117,6 +122,9 @@ pub struct Federation {
     tasks: Vec<JoinHandle<()>>,
     /// The `ib1` authorization server, when started with [`FederationConfig::ib1`].
     consent: Option<Arc<ConsentState>>,
+    /// [`FederationConfig::ib1`] was given (with an external issuer: the data provider requires
+    /// Directory URLs, and client configurations say `profile = "ib1"`).
+    ib1: bool,
 }
 
 impl Drop for Federation {
@@ -172,6 +180,7 @@ impl Federation {
             admin_url: String::new(),
             tasks: Vec::new(),
             consent: None,
+            ib1: cfg.ib1.is_some(),
         };
         let as_opts = ServeOpts {
             auto_date: true,
@@ -271,6 +280,7 @@ impl Federation {
             faults_enabled: cfg.faults_enabled,
             default_redirect: format!("{redirect_origin}/elsewhere"),
             origin: fed.data_origin.clone(),
+            require_directory_url: cfg.ib1.is_some() && cfg.external_issuer.is_some(),
         });
         let dp_cfg = tls::server_config(chain, key, Some(&trusted))?;
         let dp_opts = ServeOpts {
@@ -400,9 +410,10 @@ impl Federation {
         self.consent.as_ref().map(|c| c.counters())
     }
 
-    /// Whether the `ib1` authorization server runs ([`FederationConfig::ib1`]).
+    /// Whether the federation serves the `ib1` profile ([`FederationConfig::ib1`]): our consent
+    /// server runs, or the data provider takes an external `ib1` issuer's tokens.
     pub fn is_ib1(&self) -> bool {
-        self.consent.is_some()
+        self.ib1
     }
 
     /// Whether the token endpoint requires `private_key_jwt`, and with which rules.
@@ -545,7 +556,7 @@ impl Federation {
         } else {
             ""
         };
-        let toml = if self.consent.is_some() {
+        let toml = if self.ib1 {
             // ib1: the client id is the certificate's Directory URL; tokens come from grants.
             format!(
                 "# Written by fapi-federation for the local federation (profile ib1); paths are relative to this file.\n\

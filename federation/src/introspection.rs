@@ -187,13 +187,22 @@ impl Introspector {
                     issuer: self.issuer.clone(),
                     detail,
                 };
-                let url = format!("{}/.well-known/openid-configuration", self.issuer);
-                let doc: Value = self
-                    .http
-                    .get(url)
-                    .send()
-                    .await
-                    .and_then(reqwest::Response::error_for_status)
+                // The OpenID location, or on its 404 the RFC 8414 one (an issuer with a path:
+                // `/.well-known/oauth-authorization-server` between the origin and the path).
+                let get = |url: String| async move {
+                    self.http
+                        .get(url)
+                        .send()
+                        .await
+                        .map_err(|e| fail(e.without_url().to_string()))
+                };
+                let mut resp =
+                    get(format!("{}/.well-known/openid-configuration", self.issuer)).await?;
+                if resp.status() == StatusCode::NOT_FOUND {
+                    resp = get(oauth_metadata_url(&self.issuer)).await?;
+                }
+                let doc: Value = resp
+                    .error_for_status()
                     .map_err(|e| fail(e.without_url().to_string()))?
                     .bytes()
                     .await
@@ -270,6 +279,16 @@ impl Introspector {
     }
 }
 
+/// The RFC 8414 section 3 metadata URL of an issuer: `/.well-known/oauth-authorization-server`
+/// inserted between its origin and its path (`https://h/accounts` publishes at
+/// `https://h/.well-known/oauth-authorization-server/accounts`).
+pub(crate) fn oauth_metadata_url(issuer: &str) -> String {
+    let issuer = issuer.trim_end_matches('/');
+    let rest = issuer.strip_prefix("https://").unwrap_or(issuer);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    format!("https://{authority}/.well-known/oauth-authorization-server{path}")
+}
+
 /// An `application/x-www-form-urlencoded` body.
 pub(crate) fn form_body(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
@@ -293,6 +312,22 @@ pub(crate) fn form_body(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc_8414_location_goes_between_the_origin_and_the_path() {
+        assert_eq!(
+            oauth_metadata_url("https://127.0.0.1:8443/accounts"),
+            "https://127.0.0.1:8443/.well-known/oauth-authorization-server/accounts"
+        );
+        assert_eq!(
+            oauth_metadata_url("https://h.example/a/b/"),
+            "https://h.example/.well-known/oauth-authorization-server/a/b"
+        );
+        assert_eq!(
+            oauth_metadata_url("https://h.example"),
+            "https://h.example/.well-known/oauth-authorization-server"
+        );
+    }
 
     fn good(cert: &[u8]) -> Value {
         json!({ "active": true, "exp": 2000, "iat": 1000, "scope": "consumption:read x",

@@ -1,9 +1,10 @@
-// panva's oidc-provider configured as an Open Energy-style directory, for fapi-host's interop tests
-// (tests/tests/interop_oidc.rs). Test fixture only: it listens on 127.0.0.1, keeps everything in
-// memory and prints access tokens in its event log so that the tests can search for them.
+// panva's oidc-provider configured as an Open Energy-style directory, or with --ib1 as an IB1 Trust
+// Framework authorization server, for fapi-host's interop tests (tests/tests/interop_oidc.rs,
+// interop_oidc_ib1.rs). Test fixture only: it listens on 127.0.0.1, keeps everything in memory and
+// prints access (and refresh) tokens in its event log so that the tests can search for them.
 //
 //   node server.mjs --cert server.pem --key server.key --ca ca.pem --clients clients.json \
-//       [--port 0] [--mtls-port 0] [--token-ttl 300]
+//       [--port 0] [--mtls-port 0] [--token-ttl 300] [--ib1 [--refresh-ttl 3600] [--no-rotation]]
 //
 // - issuer https://127.0.0.1:<port> (plain TLS, no client certificate requested): discovery and the
 //   top-level endpoints, like the real directory's public host;
@@ -29,6 +30,27 @@
 // "server_error", "sync". Everything else (oidc-provider's notices) goes to stderr.
 // Exits when stdin closes, on SIGTERM or on SIGINT; a line "sync ID" on stdin is answered by
 // {"event":"sync","id":"ID"} after every earlier event.
+//
+// --ib1: the IB1 Trust Framework profile (consent: tests/tests/interop_oidc_ib1.rs) instead:
+// - one listener, TLS 1.3 only, a client certificate requested (verified against --ca) but not
+//   required (the household's browser has none); issuer https://127.0.0.1:<port>/accounts, the
+//   provider mounted under /accounts, its metadata at the RFC 8414 location
+//   /.well-known/oauth-authorization-server/accounts (with mtls_endpoint_aliases equal to the
+//   top-level endpoints); the OpenID location /accounts/.well-known/openid-configuration answers 404;
+// - a --clients entry whose client_id is an https URL is a consumer registered with that Directory
+//   URL as its id: tls_client_auth by the certificate's URI SAN (tls_client_auth_san_uri = client_id),
+//   authorization_code and refresh_token, a native client (any loopback redirect port, RFC 8252
+//   7.3: redirect_uris [http://127.0.0.1/callback]); other entries are as above (the data
+//   provider's introspection client);
+// - PAR required, PKCE required (S256), certificate-bound tokens, devInteractions (login and
+//   consent forms) for the household; a refresh token with every code, not tied to the browser
+//   session, rotated on every use (the spent one consumed: presented again, it revokes the grant),
+//   lasting --refresh-ttl (default 3600) seconds (with --no-rotation: never rotated, a refresh is
+//   answered with the same refresh token, as RFC 6749 section 6 allows); resource indicators off,
+//   so that a licence URL is a plain scope in the token;
+// - more events: "token_issued" gains grant_type, refresh_token and, for a refresh,
+//   spent_refresh_token (the one presented: printed, as the access tokens are, for the leak
+//   searches), "par" (client_id, status, error), "revocation" (client_id, status, token_type_hint).
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -52,8 +74,13 @@ const { values: opt } = parseArgs({
     port: { type: 'string', default: process.env.OIDC_PORT ?? '0' },
     'mtls-port': { type: 'string', default: process.env.OIDC_MTLS_PORT ?? '0' },
     'token-ttl': { type: 'string', default: process.env.OIDC_TOKEN_TTL ?? '300' },
+    'refresh-ttl': { type: 'string', default: '3600' },
+    ib1: { type: 'boolean', default: false },
+    'no-rotation': { type: 'boolean', default: false },
   },
 });
+const ib1 = opt.ib1;
+const refreshTtl = Number.parseInt(opt['refresh-ttl'], 10);
 for (const required of ['cert', 'key', 'ca', 'clients']) {
   if (!opt[required]) {
     console.error(`server.mjs: --${required} FILE is required`);
@@ -65,6 +92,10 @@ if (!(tokenTtl > 0)) {
   console.error('server.mjs: --token-ttl must be a positive number of seconds');
   process.exit(2);
 }
+if (!(refreshTtl > 0)) {
+  console.error('server.mjs: --refresh-ttl must be a positive number of seconds');
+  process.exit(2);
+}
 
 const emit = (event) => process.stdout.write(`${JSON.stringify({ ...event, time_ms: Date.now() })}\n`);
 
@@ -72,7 +103,7 @@ const tls = {
   cert: fs.readFileSync(opt.cert),
   key: fs.readFileSync(opt.key),
   ca: fs.readFileSync(opt.ca),
-  minVersion: 'TLSv1.2',
+  minVersion: ib1 ? 'TLSv1.3' : 'TLSv1.2',
 };
 // The application is attached once the issuer (which needs the port) is known.
 let app = (req, res) => {
@@ -88,7 +119,7 @@ const serve = (listener) => (req, res) => {
   app(req, res);
 };
 // Plain TLS: no CertificateRequest at all.
-const plain = https.createServer({ ...tls }, serve('plain'));
+const plain = ib1 ? undefined : https.createServer({ ...tls }, serve('plain'));
 // mTLS: a certificate is requested and verified against --ca; a missing or unverified one is left
 // to oidc-provider (certificateAuthorized below), so that the client gets an OAuth error.
 const mtls = https.createServer({ ...tls, requestCert: true, rejectUnauthorized: false }, serve('mtls'));
@@ -97,9 +128,11 @@ const listen = (server, port) => new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(Number.parseInt(port, 10) || 0, '127.0.0.1', () => resolve(server.address().port));
 });
-const plainPort = await listen(plain, opt.port);
-const mtlsPort = await listen(mtls, opt['mtls-port']);
-const issuer = `https://127.0.0.1:${plainPort}`;
+const plainPort = ib1 ? undefined : await listen(plain, opt.port);
+const mtlsPort = await listen(mtls, ib1 ? opt.port : opt['mtls-port']);
+// ib1: one listener; the provider is mounted under this path of it.
+const mount = '/accounts';
+const issuer = ib1 ? `https://127.0.0.1:${mtlsPort}${mount}` : `https://127.0.0.1:${plainPort}`;
 const mtlsOrigin = `https://127.0.0.1:${mtlsPort}`;
 
 // RFC 4514 string of a subject: Node gives the RDNs first to last, one per line.
@@ -113,7 +146,20 @@ const clientAuth = (c) => (c.jwks
     token_endpoint_auth_signing_alg: c.token_endpoint_auth_signing_alg ?? 'ES256',
   }
   : { token_endpoint_auth_method: 'tls_client_auth', tls_client_auth_subject_dn: c.subject_dn });
-const clients = JSON.parse(fs.readFileSync(opt.clients, 'utf8')).map((c) => ({
+// ib1: a consumer registered under its Directory URL, authenticated by the certificate's URI SAN.
+const consent = (c) => ({
+  client_id: c.client_id,
+  token_endpoint_auth_method: 'tls_client_auth',
+  tls_client_auth_san_uri: c.client_id,
+  tls_client_certificate_bound_access_tokens: true,
+  application_type: 'native',
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  redirect_uris: ['http://127.0.0.1/callback'],
+  scope: c.scope || undefined,
+  id_token_signed_response_alg: 'ES256',
+});
+const clients = JSON.parse(fs.readFileSync(opt.clients, 'utf8')).map((c) => (ib1 && c.client_id.startsWith('https://') ? consent(c) : {
   client_id: c.client_id,
   ...clientAuth(c),
   tls_client_certificate_bound_access_tokens: true,
@@ -146,9 +192,24 @@ const provider = new Provider(issuer, {
   // FAPI 2.0 section 5.4.1: never HS256 or RS256 for client assertions.
   ...(privateKeyJwt ? { enabledJWA: { clientAuthSigningAlgValues: ['PS256', 'ES256', 'EdDSA'] } } : {}),
   jwks: { keys: [jwk] },
-  ttl: { ClientCredentials: tokenTtl },
+  ttl: { ClientCredentials: tokenTtl, ...(ib1 ? { AccessToken: tokenTtl, RefreshToken: refreshTtl } : {}) },
+  ...(ib1 ? {
+    pkce: { required: () => true },
+    // Every code yields a refresh token (not only with offline_access), not tied to the browser
+    // session, rotated on every use.
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    expiresWithSession: async () => false,
+    rotateRefreshToken: () => !opt['no-rotation'],
+    // Login: any name; no claims (no ID token is asked for).
+    findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+  } : {}),
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: ib1 },
+    ...(ib1 ? {
+      pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: true },
+      // Off: with resource indicators, a scope that is not an OpenID one leaves the access token.
+      resourceIndicators: { enabled: false },
+    } : {}),
     introspection: { enabled: true },
     revocation: { enabled: true },
     clientCredentials: { enabled: true },
@@ -164,16 +225,29 @@ const provider = new Provider(issuer, {
       certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
       certificateSubjectMatches: (ctx, property, expected) => {
         const cert = peer(ctx);
-        return property === 'tls_client_auth_subject_dn' && !!cert && rfc4514(cert.subject) === expected;
+        if (!cert) return false;
+        if (property === 'tls_client_auth_san_uri') {
+          // The certificate's single URI SAN (IB1: the Directory URL).
+          const uris = (cert.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('URI:'));
+          return uris.length === 1 && uris[0] === `URI:${expected}`;
+        }
+        return property === 'tls_client_auth_subject_dn' && rfc4514(cert.subject) === expected;
       },
     },
   },
   discovery: {
-    mtls_endpoint_aliases: {
-      token_endpoint: `${mtlsOrigin}/token`,
-      introspection_endpoint: `${mtlsOrigin}/token/introspection`,
-      revocation_endpoint: `${mtlsOrigin}/token/revocation`,
-    },
+    mtls_endpoint_aliases: ib1
+      ? {
+        token_endpoint: `${issuer}/token`,
+        introspection_endpoint: `${issuer}/token/introspection`,
+        revocation_endpoint: `${issuer}/token/revocation`,
+        pushed_authorization_request_endpoint: `${issuer}/request`,
+      }
+      : {
+        token_endpoint: `${mtlsOrigin}/token`,
+        introspection_endpoint: `${mtlsOrigin}/token/introspection`,
+        revocation_endpoint: `${mtlsOrigin}/token/revocation`,
+      },
   },
 });
 
@@ -187,6 +261,11 @@ provider.on('grant.success', (ctx) => {
     scope: body.scope,
     expires_in: body.expires_in,
     access_token: body.access_token,
+    ...(ib1 ? {
+      grant_type: ctx.oidc.params?.grant_type,
+      refresh_token: body.refresh_token ?? null,
+      spent_refresh_token: ctx.oidc.params?.refresh_token ?? null,
+    } : {}),
     'x5t#S256': cert ? crypto.hash('sha256', cert.raw, 'base64url') : null,
     client_auth: ctx.oidc.client?.clientAuthMethod,
     client_assertion: ctx.oidc.params?.client_assertion ?? null,
@@ -211,6 +290,16 @@ provider.use(async (ctx, next) => {
   if (ctx.oidc?.route === 'introspection' && ctx.status === 200) {
     emit({
       event: 'introspection', listener: ctx.req.fapiListener, client_id: ctx.oidc.client?.clientId, active: ctx.body?.active,
+    });
+  }
+  if (ctx.oidc?.route === 'pushed_authorization_request') {
+    emit({
+      event: 'par', client_id: ctx.oidc.client?.clientId ?? null, status: ctx.status, error: ctx.body?.error ?? null,
+    });
+  }
+  if (ctx.oidc?.route === 'revocation') {
+    emit({
+      event: 'revocation', client_id: ctx.oidc.client?.clientId ?? null, status: ctx.status, token_type_hint: ctx.oidc.params?.token_type_hint ?? null,
     });
   }
 });
@@ -243,11 +332,35 @@ if (dpop) {
   });
 }
 
-app = provider.callback();
+const callback = provider.callback();
+// ib1: the provider sees paths below the mount (req.originalUrl keeps the whole one, from which it
+// builds its URLs); the RFC 8414 location is answered by its discovery route, the OpenID one is not.
+const wellKnown = `/.well-known/oauth-authorization-server${mount}`;
+app = ib1
+  ? (req, res) => {
+    const [path, query] = req.url.split(/\?(.*)/s);
+    const notFound = () => {
+      res.statusCode = 404;
+      res.end();
+    };
+    if (path === wellKnown) {
+      req.originalUrl = `${mount}/.well-known/openid-configuration`;
+      req.url = '/.well-known/openid-configuration';
+    } else if (path === `${mount}/.well-known/openid-configuration`) {
+      return notFound();
+    } else if (path.startsWith(`${mount}/`)) {
+      req.originalUrl = req.url;
+      req.url = path.slice(mount.length) + (query ? `?${query}` : '');
+    } else {
+      return notFound();
+    }
+    return callback(req, res);
+  }
+  : callback;
 emit({ event: 'ready', issuer, mtls_origin: mtlsOrigin, oidc_provider: version, token_ttl: tokenTtl });
 
 const stop = () => {
-  plain.close();
+  plain?.close();
   mtls.close();
   process.exit(0);
 };

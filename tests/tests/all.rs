@@ -12,6 +12,7 @@ mod dpop;
 mod guests_built;
 mod hostile;
 mod interop_oidc;
+mod interop_oidc_ib1;
 mod plugins_lang;
 mod run_cli;
 mod sandbox;

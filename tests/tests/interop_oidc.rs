@@ -26,7 +26,7 @@ fn oidc_dir() -> PathBuf {
 }
 
 /// `None` (with a message) when node or the npm packages are missing, unless FAPI_REQUIRE_INTEROP=1.
-fn prerequisites(test: &str) -> Option<()> {
+pub(super) fn prerequisites(test: &str) -> Option<()> {
     let node = Command::new("node")
         .arg("--version")
         .output()
@@ -48,14 +48,14 @@ fn prerequisites(test: &str) -> Option<()> {
 }
 
 /// The oidc-provider server (a child process); killed by PID and reaped when dropped.
-struct OidcServer {
+pub(super) struct OidcServer {
     child: Child,
     stdin: Mutex<(ChildStdin, u64)>,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
-    issuer: String,
+    pub(super) issuer: String,
     mtls_origin: String,
-    version: String,
+    pub(super) version: String,
 }
 
 impl Drop for OidcServer {
@@ -67,7 +67,7 @@ impl Drop for OidcServer {
 
 impl OidcServer {
     /// `out` ended with exit status `code`; if not, its stderr and the provider's log say why.
-    fn assert_exit(&self, out: &Output, code: i32) {
+    pub(super) fn assert_exit(&self, out: &Output, code: i32) {
         assert_eq!(
             out.status.code(),
             Some(code),
@@ -78,6 +78,16 @@ impl OidcServer {
     }
 
     fn start(pki_dir: &Path, clients: &Value, token_ttl: u64) -> OidcServer {
+        OidcServer::start_with_args(pki_dir, clients, token_ttl, &[])
+    }
+
+    /// [`OidcServer::start`] with more arguments of `server.mjs` (`--ib1`, `--refresh-ttl N`).
+    pub(super) fn start_with_args(
+        pki_dir: &Path,
+        clients: &Value,
+        token_ttl: u64,
+        args: &[&str],
+    ) -> OidcServer {
         let clients_file = pki_dir.join("oidc-clients.json");
         std::fs::write(&clients_file, clients.to_string()).unwrap();
         let mut child = Command::new("node")
@@ -92,6 +102,7 @@ impl OidcServer {
             .arg(&clients_file)
             .arg("--token-ttl")
             .arg(token_ttl.to_string())
+            .args(args)
             .current_dir(oidc_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -177,7 +188,7 @@ impl OidcServer {
     }
 
     /// The events named `name` so far (after a [`OidcServer::sync`]).
-    fn events(&self, name: &str) -> Vec<Value> {
+    pub(super) fn events(&self, name: &str) -> Vec<Value> {
         self.sync();
         self.events
             .lock()
@@ -189,7 +200,7 @@ impl OidcServer {
     }
 
     /// Tokens issued (from the event log), in order.
-    fn tokens(&self) -> Vec<Value> {
+    pub(super) fn tokens(&self) -> Vec<Value> {
         self.events("token_issued")
     }
 
@@ -201,14 +212,14 @@ impl OidcServer {
     }
 
     /// Requests seen on one listener ("plain" or "mtls") for one path.
-    fn requests(&self, listener: &str, path: &str) -> Vec<Value> {
+    pub(super) fn requests(&self, listener: &str, path: &str) -> Vec<Value> {
         self.events("request")
             .into_iter()
             .filter(|e| e["listener"] == listener && e["path"] == path)
             .collect()
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         let events = self.events.lock().unwrap();
         let lines: Vec<String> = events.iter().map(Value::to_string).collect();
         format!(
@@ -383,14 +394,14 @@ impl Env {
     }
 }
 
-fn cache() -> String {
+pub(super) fn cache() -> String {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("wasmtime-cache")
         .display()
         .to_string()
 }
 
-fn text(b: &[u8]) -> String {
+pub(super) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -843,13 +854,6 @@ async fn dev_command_points_the_data_provider_at_an_external_issuer() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let pid = child.id();
     let out = child.stdout.take().unwrap();
     let mut guard = Kill(child);
@@ -919,6 +923,16 @@ async fn dev_command_points_the_data_provider_at_an_external_issuer() {
     // The reader thread ends at the end of the output, which the exit closed: every line.
     let rest: Vec<String> = rx.iter().collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+/// A child process (`fapi-host dev`) killed by its PID and reaped when dropped.
+pub(super) struct Kill(pub(super) Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Without `--issuer`, the issuer's options are usage errors.

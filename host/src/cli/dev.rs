@@ -71,13 +71,15 @@ pub struct DevArgs {
     pub accept_token_endpoint_aud: bool,
     /// The federation's profile: open-energy (client_credentials), or ib1 (a household's consent:
     /// PAR, a consent page, authorization codes with PKCE, rotating refresh tokens, under the
-    /// issuer https://127.0.0.1:PORT/accounts).
+    /// issuer https://127.0.0.1:PORT/accounts). With --issuer, an ib1 authorization server
+    /// elsewhere: the data provider then takes only tokens whose client_id is the calling
+    /// certificate's Directory URL, and fapi.toml says profile = "ib1".
     #[arg(
         long,
         default_value = "open-energy",
         value_name = "PROFILE",
         value_parser = ["open-energy", "ib1"],
-        conflicts_with_all = ["issuer", "auth"]
+        conflicts_with = "auth"
     )]
     pub profile: String,
 }
