@@ -49,6 +49,11 @@ impl Ib1 {
         )
         .await
         .unwrap();
+        Ib1::with(fed)
+    }
+
+    /// The consumer's configuration against `fed`, an `ib1` federation.
+    fn with(fed: Federation) -> Ib1 {
         let dir = tempfile::tempdir().unwrap();
         let path = fed.write_client_config(dir.path(), "consumer").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -858,4 +863,77 @@ async fn a_refused_access_token_forces_one_refresh_of_the_grant() {
     }
     assert_eq!(refreshes(), 2, "one refresh for two processes");
     t.assert_no_token_leaked();
+}
+
+/// Refresh tokens are bound to the Directory URL (the client id), access tokens to a certificate:
+/// a renewed certificate (a new key, the same Directory URL) keeps its grants. Its first request
+/// carries the old certificate's access token, which the provider refuses (`invalid_token`); that
+/// forces one refresh over the new certificate, and the data arrives in the same command.
+#[tokio::test]
+async fn a_renewed_certificate_with_the_same_directory_url_keeps_its_grants() {
+    let mut t = Ib1::start(Duration::from_secs(300), Duration::ZERO).await;
+    add_grant(&mut t, "home").await;
+    let data = t.fed.data_url();
+    let (code, _, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+    assert_eq!(code, 0, "{err}");
+    let before = t.fed.consent_counters().unwrap().refresh_requests;
+
+    let old = t.fed.pki().client("consumer").unwrap();
+    let mut spec = fapi_federation::ClientSpec::new(&old.client_id);
+    spec.name = "consumer".into();
+    spec.uri_san = Some(fapi_federation::directory_url(&old.client_id));
+    let renewed = t.fed.pki().issue_client(spec).unwrap();
+    assert_ne!(renewed.cert_pem, old.cert_pem);
+    std::fs::write(t.dir.path().join("consumer.pem"), &renewed.cert_pem).unwrap();
+    std::fs::write(t.dir.path().join("consumer.key"), &renewed.key_pem).unwrap();
+
+    let (code, out, err) = t.run(&["fetch", "--grant", "home", &data]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("postcode"), "{out}");
+    assert_eq!(
+        t.fed.consent_counters().unwrap().refresh_requests,
+        before + 1,
+        "one refresh, over the new certificate"
+    );
+    // The grant is the same one: no new consent was asked.
+    assert_eq!(t.fed.consent_counters().unwrap().approved, 1);
+    t.assert_no_token_leaked();
+}
+
+/// A code exchanged after its lifetime: the authorization server refuses it (`invalid_grant`),
+/// `grant complete` says so and how to start again, and nothing is stored.
+#[tokio::test]
+async fn a_code_past_its_lifetime_is_a_clear_error_and_nothing_is_stored() {
+    logs();
+    let fed = Federation::start(
+        Pki::generate().unwrap(),
+        FederationConfig {
+            ib1: Some(Ib1Options {
+                code_ttl: Duration::from_secs(1),
+                ..Ib1Options::default()
+            }),
+            record_issued_tokens: true,
+            ..FederationConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut t = Ib1::with(fed);
+    let (code, out, err) = t.run(&["grant", "add", "late", "--no-listen"]).await;
+    assert_eq!(code, 0, "{err}");
+    let url = out.lines().next().unwrap().to_owned();
+    let location = t.consent(&url, "approve").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, _, err) = t.run(&["grant", "complete", "late", &location]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("invalid_grant") && err.contains("grant add late"),
+        "{err}"
+    );
+    assert_eq!(t.fed.consent_counters().unwrap().code_exchanges, 1);
+    assert!(!t.grants().join("late.json").exists());
+    assert!(
+        t.fed.issued_tokens().is_empty(),
+        "no token for a stale code"
+    );
 }
