@@ -593,19 +593,6 @@ async fn consent_page(State(st): St, Query(q): Query<Vec<(String, String)>>) -> 
     .into_response()
 }
 
-/// Percent-encode a query component (everything but RFC 3986 unreserved characters).
-pub(crate) fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 async fn decide(
     State(st): St,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
@@ -644,39 +631,42 @@ async fn decide(
              from the application",
         );
     };
-    let mut query = if approve {
-        st.count(|c| c.approved += 1);
-        let code = random_token();
-        book.codes.insert(
-            token_key(&code),
-            Code {
-                client_id: p.client_id,
-                redirect_uri: p.redirect_uri.clone(),
-                scope: p.scope,
-                challenge: p.challenge,
-                expires: Instant::now() + st.options.code_ttl,
-                used: false,
-                grant: None,
-                household,
-            },
-        );
-        format!("code={}", encode(&code))
-    } else {
-        st.count(|c| c.denied += 1);
-        "error=access_denied&error_description=the%20household%20declined".to_owned()
+    // The redirect URI's own query kept, the answer's parameters appended (RFC 6749 4.1.2).
+    let Ok(mut location) = url::Url::parse(&p.redirect_uri) else {
+        return error_page("the redirect_uri cannot be used");
     };
-    if let Some(state) = &p.state {
-        query.push_str(&format!("&state={}", encode(state)));
+    {
+        let mut query = location.query_pairs_mut();
+        if approve {
+            st.count(|c| c.approved += 1);
+            let code = random_token();
+            query.append_pair("code", &code);
+            book.codes.insert(
+                token_key(&code),
+                Code {
+                    client_id: p.client_id,
+                    redirect_uri: p.redirect_uri.clone(),
+                    scope: p.scope,
+                    challenge: p.challenge,
+                    expires: Instant::now() + st.options.code_ttl,
+                    used: false,
+                    grant: None,
+                    household,
+                },
+            );
+        } else {
+            st.count(|c| c.denied += 1);
+            query
+                .append_pair("error", "access_denied")
+                .append_pair("error_description", "the household declined");
+        }
+        if let Some(state) = &p.state {
+            query.append_pair("state", state);
+        }
+        query.append_pair("iss", &st.issuer);
     }
-    query.push_str(&format!("&iss={}", encode(&st.issuer)));
-    let sep = if p.redirect_uri.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let location = format!("{}{sep}{query}", p.redirect_uri);
     let mut resp = StatusCode::SEE_OTHER.into_response();
-    match HeaderValue::from_str(&location) {
+    match HeaderValue::from_str(location.as_str()) {
         Ok(v) => {
             resp.headers_mut().insert(header::LOCATION, v);
             resp
@@ -870,14 +860,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pkce_and_encoding() {
+    fn pkce_escape_and_redirects() {
         // RFC 7636 appendix B.
         assert_eq!(
             s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         assert!(!valid_verifier("short"));
-        assert_eq!(encode("a b&c"), "a%20b%26c");
         assert_eq!(escape("<a href=\"x\">"), "&lt;a href=&quot;x&quot;&gt;");
         assert!(acceptable_redirect("http://127.0.0.1:8080/callback"));
         assert!(!acceptable_redirect("http://example.org/callback"));

@@ -470,11 +470,11 @@ impl Federation {
             .nth(1)
             .and_then(|r| r.split('"').next())
             .ok_or_else(|| fail("no request_uri in the consent page".into()))?;
-        let form = format!(
-            "request_uri={}&decision=approve&household={}",
-            consent::encode(request_uri),
-            consent::encode(household)
-        );
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("request_uri", request_uri)
+            .append_pair("decision", "approve")
+            .append_pair("household", household)
+            .finish();
         let resp = browser
             .post(format!("{}/authorize", self.issuer_url()))
             .header("content-type", "application/x-www-form-urlencoded")

@@ -14,24 +14,15 @@ use crate::support::{get, http, id, start};
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
+/// A query or form value, encoded.
 fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 async fn post(client: &reqwest::Client, url: &str, pairs: &[(&str, &str)]) -> (StatusCode, Value) {
-    let body = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&");
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
     let resp = client
         .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
