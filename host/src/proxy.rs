@@ -861,6 +861,8 @@ impl Proxy {
         // Small bodies are held whole, so that the client may replay or retry their request;
         // the others go on as they arrive, memory flat.
         let (request, streamed) = match length {
+            // No body (a GET, say): nothing to wait for.
+            Some(0) => (request(None), None),
             Some(n) if n <= COLLECT_MAX => {
                 let body = match read_whole(body, timeout).await {
                     Ok(b) => b,
