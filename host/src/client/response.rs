@@ -30,6 +30,10 @@ pub enum AuthProblem {
 
 impl AuthProblem {
     pub(super) fn of(status: StatusCode, headers: &HeaderMap) -> Option<AuthProblem> {
+        // Only these answers carry a problem: the challenges of a success are not read.
+        if !matches!(status.as_u16(), 400 | 401 | 403) {
+            return None;
+        }
         // A DPoP resource server's challenges are DPoP ones (RFC 9449 section 7.1).
         let challenge =
             www_authenticate::bearer(headers).or_else(|| www_authenticate::dpop(headers));
