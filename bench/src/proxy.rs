@@ -33,7 +33,7 @@ impl ProxyChild {
         use std::io::BufRead as _;
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("proxy.key");
-        let mut child = std::process::Command::new(fapi_host_bin())
+        let mut child = child_command(fapi_host_bin())
             .arg("--config")
             .arg(config)
             .args(["proxy", "--listen", "127.0.0.1:0", "--route", route])
@@ -76,6 +76,22 @@ impl ProxyChild {
 impl Drop for ProxyChild {
     fn drop(&mut self) {
         stop(&mut self.child);
+    }
+}
+
+/// The command for a child process of the bench's: `program` itself, or under the command that
+/// `FAPI_BENCH_CHILD_WRAPPER` names (words split at spaces: `valgrind --tool=callgrind ...`), which
+/// `bench/scripts/proxy-instructions.sh` uses to count the proxies' instructions.
+pub fn child_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let wrapper = std::env::var("FAPI_BENCH_CHILD_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        None => std::process::Command::new(program),
+        Some(first) => {
+            let mut command = std::process::Command::new(first);
+            command.args(words).arg(program);
+            command
+        }
     }
 }
 

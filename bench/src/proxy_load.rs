@@ -31,7 +31,7 @@ impl Bare {
         std::fs::write(&cert, &consumer.cert_pem).unwrap();
         std::fs::write(&key, &consumer.key_pem).unwrap();
         std::fs::write(&ca, b.fed.pki().ca_pem()).unwrap();
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        let mut child = crate::proxy::child_command(std::env::current_exe().unwrap())
             .arg("bare-proxy")
             .arg("--cert")
             .arg(&cert)
@@ -62,8 +62,7 @@ impl Bare {
 
 impl Drop for Bare {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::proxy::stop(&mut self.child);
     }
 }
 
