@@ -147,14 +147,19 @@ pub struct ProxyOptions {
     pub caller_timeout: std::time::Duration,
     /// Where each request's audit record goes (the log at `-v`, and a file with `--audit`).
     pub audit: Arc<Audit>,
+    /// Threads serving connections, each with a runtime and upstream connections of its own
+    /// (at least one).
+    pub threads: usize,
 }
 
 /// What requests go out with: a client (identity, TLS, token cache) per route, and the policy
 /// the routes are checked by.
 struct Upstream {
-    /// The client the requests of each route (by index) go out with: the guarded client, with
-    /// the route's grant when it names one (one token source per grant, shared by its routes).
-    clients: Vec<FapiClient>,
+    /// Per serving thread, the client the requests of each route (by index) go out with: the
+    /// guarded client, with the route's grant when it names one (one token source per grant,
+    /// shared by its routes and the threads; one token cache for all). Each thread has its own
+    /// connections to the providers, so that a request never waits on another thread's.
+    clients: Vec<Vec<FapiClient>>,
     policy: Policy,
 }
 
@@ -162,38 +167,48 @@ impl Upstream {
     /// The client for guests' egress of `client`, one per route with the route's grant, and the
     /// policy of `routes` against its authorization server (by name and address). A grant that
     /// cannot be used (unknown, another issuer's, ended) is an error naming its route.
-    async fn new(client: FapiClient, routes: &[Route]) -> Result<Upstream> {
+    async fn new(client: FapiClient, routes: &[Route], threads: usize) -> Result<Upstream> {
         let issuer = url::Url::parse(&client.settings().issuer_url)
             .map_err(|e| Error::Config(format!("`issuer_url`: {e}")))?;
         let mut blocked = vec![issuer];
         blocked.extend(client.server_metadata().await?.endpoints());
         let allow: Vec<String> = routes.iter().map(|r| r.upstream.to_string()).collect();
-        let policy = Policy::new(&allow, &blocked)?;
         let limits = client.settings().sandbox.clone();
-        let (policy, guarded) =
-            crate::sandbox::guarded_egress(&client, policy, &blocked, &limits).await?;
+        // One token source per grant, for every thread.
         let mut grants: std::collections::HashMap<&str, FapiClient> =
             std::collections::HashMap::new();
-        let mut clients = Vec::with_capacity(routes.len());
         for route in routes {
-            let Some(name) = route.grant.as_deref() else {
-                clients.push(guarded.clone());
-                continue;
-            };
-            let granted = match grants.get(name) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = guarded.with_grant_of(
-                        &client
-                            .for_grant(name)
-                            .map_err(|e| Error::Config(format!("route {}: {e}", route.prefix)))?,
-                    );
-                    grants.insert(name, c.clone());
-                    c
-                }
-            };
-            clients.push(granted);
+            if let Some(name) = route.grant.as_deref()
+                && !grants.contains_key(name)
+            {
+                let granted = client
+                    .for_grant(name)
+                    .map_err(|e| Error::Config(format!("route {}: {e}", route.prefix)))?;
+                grants.insert(name, granted);
+            }
         }
+        let mut policy = None;
+        let mut clients = Vec::with_capacity(threads.max(1));
+        for _ in 0..threads.max(1) {
+            let (checked, guarded) = crate::sandbox::guarded_egress(
+                &client,
+                Policy::new(&allow, &blocked)?,
+                &blocked,
+                &limits,
+            )
+            .await?;
+            policy.get_or_insert(checked);
+            clients.push(
+                routes
+                    .iter()
+                    .map(|route| match route.grant.as_deref() {
+                        Some(name) => guarded.with_grant_of(&grants[name]),
+                        None => guarded.clone(),
+                    })
+                    .collect(),
+            );
+        }
+        let policy = policy.ok_or_else(|| Error::Config("no serving thread".into()))?;
         Ok(Upstream { clients, policy })
     }
 }
@@ -437,6 +452,23 @@ impl std::fmt::Display for Caller {
     }
 }
 
+/// An accepted connection, out of the accepting runtime's reactor so that the thread serving it
+/// registers it with its own.
+enum Accepted {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Accepted {
+    /// The stream, registered with the current runtime.
+    fn register(self) -> std::io::Result<Box<dyn Io>> {
+        Ok(match self {
+            Accepted::Tcp(s) => Box::new(tokio::net::TcpStream::from_std(s)?),
+            Accepted::Unix(s) => Box::new(tokio::net::UnixStream::from_std(s)?),
+        })
+    }
+}
+
 /// A connection's byte stream, whichever listener it came from.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
@@ -493,11 +525,11 @@ impl Listener {
     }
 
     /// The next connection and who made it.
-    async fn accept(&self) -> std::io::Result<(Box<dyn Io>, Caller)> {
+    async fn accept(&self) -> std::io::Result<(Accepted, Caller)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
-                Ok((Box::new(s), Caller::Tcp(peer)))
+                Ok((Accepted::Tcp(s.into_std()?), Caller::Tcp(peer)))
             }
             Listener::Unix(l, _, owner) => {
                 let (s, _) = l.accept().await?;
@@ -513,7 +545,7 @@ impl Listener {
                         Caller::Stranger(format!("the caller's credentials are unknown ({e})"))
                     }
                 };
-                Ok((Box::new(s), caller))
+                Ok((Accepted::Unix(s.into_std()?), caller))
             }
         }
     }
@@ -560,6 +592,57 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// The threads that serve connections, each running a single-threaded runtime (as nginx runs a
+/// worker process per core): a connection, its requests and their upstream connections stay on
+/// one thread, with no hand-over between threads per request.
+struct ServingThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    joins: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ServingThreads {
+    fn start(n: usize) -> Result<ServingThreads> {
+        let mut threads = ServingThreads {
+            handles: Vec::new(),
+            stop: Vec::new(),
+            joins: Vec::new(),
+        };
+        for i in 0..n.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Io(format!("cannot start a serving thread's runtime: {e}")))?;
+            threads.handles.push(runtime.handle().clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            threads.stop.push(tx);
+            let join = std::thread::Builder::new()
+                .name(format!("fapi-proxy-{i}"))
+                .spawn(move || {
+                    // Runs the connections spawned onto it until told to stop.
+                    runtime.block_on(async {
+                        let _ = rx.await;
+                    });
+                })
+                .map_err(|e| Error::Io(format!("cannot start a serving thread: {e}")))?;
+            threads.joins.push(join);
+        }
+        Ok(threads)
+    }
+
+    /// Stop the threads (their connections have ended) and wait for them.
+    async fn stop(self) {
+        drop(self.stop);
+        let joins = self.joins;
+        let _ = tokio::task::spawn_blocking(move || {
+            for j in joins {
+                let _ = j.join();
+            }
+        })
+        .await;
+    }
+}
+
 impl Proxy {
     /// A proxy sending through `client`. Discovery runs now: every upstream is an allow-list
     /// entry of the guests' policy, so that an upstream on the authorization server (by name or
@@ -572,7 +655,7 @@ impl Proxy {
                     .into(),
             ));
         }
-        let upstream = Upstream::new(client, &options.routes).await?;
+        let upstream = Upstream::new(client, &options.routes, options.threads).await?;
         let in_flight = Semaphore::new(options.max_concurrent_requests.max(1));
         let route_labels = (options.routes.iter().map(|r| r.prefix.as_str()))
             .chain(["none"])
@@ -611,7 +694,7 @@ impl Proxy {
             client.identity().subject().to_owned(),
             client.identity().not_after(),
         );
-        let fresh = Upstream::new(client, &self.options.routes).await?;
+        let fresh = Upstream::new(client, &self.options.routes, self.options.threads).await?;
         *self.upstream.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         Ok(identity)
     }
@@ -625,7 +708,9 @@ impl Proxy {
     ) -> Result<()> {
         let _ = self.origin.set(listener.origin());
         let (stop_tx, stop_rx) = watch::channel(false);
+        let threads = ServingThreads::start(self.options.threads)?;
         let mut connections = tokio::task::JoinSet::new();
+        let mut next = 0;
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -642,29 +727,55 @@ impl Proxy {
             let this = self.clone();
             let stop = stop_rx.clone();
             let caller_timeout = self.options.caller_timeout;
-            connections.spawn(async move {
-                let caller = Arc::new(caller);
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    let caller = caller.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, &caller).await) }
-                });
-                // A head larger than the headers the policy passes (plus a request line) is
-                // refused before it is buffered whole.
-                crate::local_http::serve_connection(io, service, caller_timeout, MAX_HEAD, stop)
+            // Connections go round the serving threads; all of a connection's work (its
+            // requests, their upstream connections) stays on its thread.
+            let thread = next % threads.handles.len();
+            next = next.wrapping_add(1);
+            connections.spawn_on(
+                async move {
+                    let io = match io.register() {
+                        Ok(io) => io,
+                        Err(e) => {
+                            tracing::warn!("proxy: taking a connection failed: {e}");
+                            return;
+                        }
+                    };
+                    let caller = Arc::new(caller);
+                    let service = hyper::service::service_fn(move |req| {
+                        let this = this.clone();
+                        let caller = caller.clone();
+                        async move { Ok::<_, Infallible>(this.handle(req, &caller, thread).await) }
+                    });
+                    // A head larger than the headers the policy passes (plus a request line) is
+                    // refused before it is buffered whole.
+                    crate::local_http::serve_connection(
+                        io,
+                        service,
+                        caller_timeout,
+                        MAX_HEAD,
+                        stop,
+                    )
                     .await;
-            });
+                },
+                &threads.handles[thread],
+            );
             // Reap finished connections as we go.
             while connections.try_join_next().is_some() {}
         }
         drop(listener);
         let _ = stop_tx.send(true);
         while connections.join_next().await.is_some() {}
+        threads.stop().await;
         Ok(())
     }
 
     /// One caller's request.
-    async fn handle(&self, req: Request<Incoming>, caller: &Caller) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        caller: &Caller,
+        thread: usize,
+    ) -> Response<ProxyBody> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
         let route = (self.options.routes.iter())
@@ -680,7 +791,7 @@ impl Proxy {
         };
         let response = match caller {
             Caller::Stranger(why) => error_response(StatusCode::FORBIDDEN, "not_the_owner", why),
-            _ => (self.forward(req, matches!(caller, Caller::Owner), recording)).await,
+            _ => (self.forward(req, matches!(caller, Caller::Owner), recording, thread)).await,
         };
         self.metrics
             .requests
@@ -735,6 +846,7 @@ impl Proxy {
         req: Request<Incoming>,
         trusted: bool,
         recording: bool,
+        thread: usize,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         // The caller's key: required over TCP, compared in constant time, never passed on.
@@ -883,7 +995,7 @@ impl Proxy {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "stopping", "shutting down");
         };
         let asked = std::time::Instant::now();
-        let client = &upstream.clients[route_index];
+        let client = &upstream.clients[thread][route_index];
         let sent = match streamed {
             None => client.send(request).await,
             Some((body, fault)) => {
@@ -983,10 +1095,10 @@ impl Proxy {
             "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
             "/readyz" => {
                 let upstream = self.upstream();
-                let limit = upstream.clients[0].settings().client.timeout;
+                let limit = upstream.clients[0][0].settings().client.timeout;
                 // A token for every route (each grant's, with grants).
                 let every_route = async {
-                    for (route, client) in self.options.routes.iter().zip(&upstream.clients) {
+                    for (route, client) in self.options.routes.iter().zip(&upstream.clients[0]) {
                         client
                             .warm_token()
                             .await
@@ -1008,7 +1120,7 @@ impl Proxy {
             }
             "/metrics" => {
                 let m = &self.metrics;
-                let client = self.upstream().clients[0].clone();
+                let client = self.upstream().clients[0][0].clone();
                 m.token_requests
                     .set(i64::try_from(client.token_requests()).unwrap_or(i64::MAX));
                 let expiry = client.identity().not_after();

@@ -1367,6 +1367,62 @@ async fn sigterm_lets_the_proxys_requests_in_flight_finish() {
     s.fed.set_dp_fault(None);
 }
 
+/// `--threads N`: connections go round N serving threads, each with a runtime and upstream
+/// connections of its own, and one token cache for all: 12 callers at once, each on its own
+/// connection, all get their whole answer, and the authorization server issues one token.
+/// `--threads 0` is refused, naming the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(fapi_has_curl_and_python_requests), ignore = "needs curl")]
+async fn the_proxys_serving_threads_share_one_token_and_serve_every_connection() {
+    let s = setup().await;
+    let route = format!("/energy/={}/", s.fed.data_origin());
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start_with(
+            &s,
+            "127.0.0.1:0",
+            std::slice::from_ref(&route),
+            &["--threads", "3"],
+        )
+    });
+    let url = format!("{}/energy/sized?bytes=20000", proxy.origin);
+    let curls: Vec<std::process::Child> = (0..12)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-H"])
+                .args([&proxy.bearer(), &url])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in curls {
+        let out = c.wait_with_output().unwrap();
+        let text = text(&out.stdout);
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        assert_eq!(status, "200", "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(body.len(), 20000);
+    }
+    assert_eq!(
+        s.fed.counters().token_requests,
+        1,
+        "one token for every thread"
+    );
+    let out = Command::new(fapi_tests::fapi_host_bin())
+        .arg("--config")
+        .arg(&s.config)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--route", &route])
+        .args(["--threads", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--threads"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// While the authorization server refuses, the proxy goes on with the token it has until that
 /// expires (a failed refresh keeps a valid token in use), then answers 503 with `Retry-After`:
 /// never a request with an expired token, never one without.
