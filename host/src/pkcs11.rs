@@ -458,6 +458,9 @@ impl KeyKind {
 // ---------------------------------------------------------------------------------------------
 // Sessions
 
+/// Held while a key connects to its token (see [`TokenKey::connect`]).
+static MODULES: Mutex<()> = Mutex::new(());
+
 /// One key in one token: the module, how to find the token and key again, the PIN, and the
 /// sessions.
 struct TokenKey {
@@ -526,10 +529,27 @@ impl TokenKey {
     /// tokens present.
     fn find_slot(&self) -> std::result::Result<(Option<Slot>, Vec<String>), OpError> {
         let module = self.module.display();
-        let slots = self
-            .ctx
-            .get_slots_with_token()
-            .map_err(|e| self.fail(format!("{module}: listing the slots failed: {e}"), true))?;
+        let slots = match self.ctx.get_slots_with_token() {
+            // Another key of this module finalised it to find a returned token (the module's
+            // state is the process's): initialise it again.
+            Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {
+                match self
+                    .ctx
+                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                {
+                    Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+                    Err(e) => {
+                        return Err(self.fail(
+                            format!("{module}: initialising the module again failed: {e}"),
+                            true,
+                        ));
+                    }
+                }
+                self.ctx.get_slots_with_token()
+            }
+            other => other,
+        }
+        .map_err(|e| self.fail(format!("{module}: listing the slots failed: {e}"), true))?;
         let mut present = Vec::new();
         let mut found = None;
         for slot in slots {
@@ -570,6 +590,9 @@ impl TokenKey {
         let module = self.module.display();
         let token = self.uri.token_name();
         report(Step::Token, None);
+        // One connection at a time in the process: finalising a module (below) ends the sessions
+        // of every key of it, and must not happen while another key looks for its token.
+        let _module = MODULES.lock().unwrap_or_else(|p| p.into_inner());
         let (mut found, mut present) = self.find_slot()?;
         if found.is_none() && self.lost.load(Ordering::Relaxed) {
             // The token was lost while in use. Some modules (SoftHSM) see a token that comes back
