@@ -253,6 +253,9 @@ enum What {
         /// Concurrency levels (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         concurrency: Vec<usize>,
+        /// The proxy's `--threads` (default: the proxy's own, one per CPU).
+        #[arg(long, value_name = "N")]
+        proxy_threads: Option<u16>,
     },
     /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
     Memory {
@@ -317,7 +320,8 @@ async fn main() {
         What::ProxyLoad {
             requests,
             concurrency,
-        } => proxy_load::run(requests, &concurrency).await,
+            proxy_threads,
+        } => proxy_load::run(requests, &concurrency, proxy_threads).await,
         What::ExecPeak { .. } => unreachable!("handled above"),
         What::Loop { which, requests } => profile::run(which, requests).await,
         What::Lang {

@@ -305,7 +305,7 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-pub async fn run(requests: usize, levels: &[usize]) {
+pub async fn run(requests: usize, levels: &[usize], proxy_threads: Option<u16>) {
     let b = Bench::start().await;
     let cfg_dir = tempfile::tempdir().unwrap();
     let config = b
@@ -316,7 +316,12 @@ pub async fn run(requests: usize, levels: &[usize]) {
     let upstream_port: u16 = origin.rsplit(':').next().unwrap().parse().unwrap();
     let client = b.client();
     let route = format!("/data/={origin}/");
-    let proxy = tokio::task::block_in_place(|| ProxyChild::start(&config, &route, &[]));
+    let threads = proxy_threads.map(|n| n.to_string());
+    let flags: Vec<&str> = match &threads {
+        Some(n) => vec!["--threads", n],
+        None => Vec::new(),
+    };
+    let proxy = tokio::task::block_in_place(|| ProxyChild::start(&config, &route, &flags));
     let token = client.danger_reveal_token().await.unwrap();
     let nginx = tokio::task::block_in_place(|| Nginx::start(&b, upstream_port, token.as_str()));
     let bare = tokio::task::block_in_place(|| Bare::start(&b, &format!("{origin}/"), &token));
