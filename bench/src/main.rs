@@ -253,7 +253,7 @@ enum What {
         /// Concurrency levels (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         concurrency: Vec<usize>,
-        /// The proxy's `--threads` (default: the proxy's own, one per CPU).
+        /// The proxy's `--threads` (default: the proxy's own, 1).
         #[arg(long, value_name = "N")]
         proxy_threads: Option<u16>,
     },

@@ -45,10 +45,12 @@ pub struct ProxyArgs {
     /// Requests sent on at once; more wait (default 64).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_concurrent_requests: usize,
-    /// Threads serving connections, each with its own runtime and upstream connections (default:
-    /// one per CPU). A connection stays on one thread.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub threads: Option<u16>,
+    /// Threads serving connections, each with its own runtime and upstream connections (default
+    /// 1, as nginx's `worker_processes`: on a machine its callers share, one thread serves many
+    /// ready connections per wake-up; give more for a machine of its own). A connection stays on
+    /// one thread.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
     /// An admin listener (a loopback address): /healthz, /readyz (a token can be had) and
     /// /metrics (Prometheus). Off by default.
     #[arg(long, value_name = "127.0.0.1:PORT")]
@@ -105,10 +107,7 @@ pub async fn run(cli: &Cli, args: &ProxyArgs) -> Result<u8> {
         max_request_body: args.max_request_body_mib.saturating_mul(1 << 20),
         max_concurrent_requests: args.max_concurrent_requests,
         caller_timeout: std::time::Duration::from_secs(args.caller_timeout_seconds),
-        threads: args.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            usize::from,
-        ),
+        threads: usize::from(args.threads),
         audit: Arc::new(match &args.audit {
             Some(path) => Audit::to_file(path)?,
             None => Audit::log_only(),
