@@ -525,6 +525,23 @@ impl TokenKey {
         OpError { message, lost }
     }
 
+    /// Initialise the module after it was finalised (by this key or another of the module).
+    fn initialize_again(&self) -> std::result::Result<(), OpError> {
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(e) => Err(self.fail(
+                format!(
+                    "{}: initialising the module again failed: {e}",
+                    self.module.display()
+                ),
+                true,
+            )),
+        }
+    }
+
     /// The slot of the token the URI names (the first that matches), and the labels of the
     /// tokens present.
     fn find_slot(&self) -> std::result::Result<(Option<Slot>, Vec<String>), OpError> {
@@ -533,18 +550,7 @@ impl TokenKey {
             // Another key of this module finalised it to find a returned token (the module's
             // state is the process's): initialise it again.
             Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {
-                match self
-                    .ctx
-                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-                {
-                    Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-                    Err(e) => {
-                        return Err(self.fail(
-                            format!("{module}: initialising the module again failed: {e}"),
-                            true,
-                        ));
-                    }
-                }
+                self.initialize_again()?;
                 self.ctx.get_slots_with_token()
             }
             other => other,
@@ -599,18 +605,7 @@ impl TokenKey {
             // only when initialised again: finalise and initialise the module, then look again.
             // Other keys of the module lose their sessions and log in again the same way.
             let _ = self.ctx.clone().finalize();
-            match self
-                .ctx
-                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            {
-                Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-                Err(e) => {
-                    return Err(self.fail(
-                        format!("{module}: initialising the module again failed: {e}"),
-                        true,
-                    ));
-                }
-            }
+            self.initialize_again()?;
             (found, present) = self.find_slot()?;
         }
         let slot = found.ok_or_else(|| {
