@@ -181,7 +181,7 @@ enum What {
         #[arg(long)]
         no_markdown: bool,
     },
-    /// The bare reverse proxy (hyper + reqwest, nothing else) `proxy-load` runs as a process
+    /// The bare reverse proxy (the proxy's HTTP stack, nothing else) `proxy-load` runs as a process
     /// (bearer in FAPI_BENCH_BEARER).
     #[command(hide = true)]
     BareProxy {
@@ -256,6 +256,9 @@ enum What {
         /// The proxy's `--threads` (default: the proxy's own, 1).
         #[arg(long, value_name = "N")]
         proxy_threads: Option<u16>,
+        /// nginx's `worker_processes` (default: one per CPU, as `auto`).
+        #[arg(long, value_name = "N")]
+        nginx_workers: Option<usize>,
     },
     /// Peak memory of `fapi-host run` while a guest streams a response of growing size.
     Memory {
@@ -321,7 +324,8 @@ async fn main() {
             requests,
             concurrency,
             proxy_threads,
-        } => proxy_load::run(requests, &concurrency, proxy_threads).await,
+            nginx_workers,
+        } => proxy_load::run(requests, &concurrency, proxy_threads, nginx_workers).await,
         What::ExecPeak { .. } => unreachable!("handled above"),
         What::Loop { which, requests } => profile::run(which, requests).await,
         What::Lang {

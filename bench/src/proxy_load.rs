@@ -11,7 +11,7 @@ use fapi_host::FapiClient;
 use crate::proxy::{Conn, ProxyChild, stop};
 use crate::setup::{Bench, fapi_get};
 
-/// `fapi-bench bare-proxy` as a child of ours: hyper + reqwest forwarding, nothing else.
+/// `fapi-bench bare-proxy` as a child of ours: the proxy's HTTP stack forwarding, nothing else.
 struct Bare {
     child: std::process::Child,
     addr: String,
@@ -76,7 +76,7 @@ struct Nginx {
 
 impl Nginx {
     /// nginx in front of the data provider at `upstream_port`, or why it cannot run.
-    fn start(b: &Bench, upstream_port: u16, token: &str) -> Result<Nginx, String> {
+    fn start(b: &Bench, upstream_port: u16, token: &str, workers: usize) -> Result<Nginx, String> {
         use std::os::unix::fs::OpenOptionsExt as _;
         if std::process::Command::new("nginx")
             .arg("-v")
@@ -96,13 +96,13 @@ impl Nginx {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let s = &b.settings;
-        // Two workers: the proxy's runtime has two threads on this machine's two cores. When
+        // `workers` worker processes (default: one per CPU, as `worker_processes auto`). When
         // started by root, the workers run as nginx's default unprivileged user (the key is read
         // by the master before they start). No access log: the proxy writes none per request at
         // its default level either. Responses are buffered in memory only. Callers' connections are
         // kept however many requests they carry, as the proxy does.
         let conf = format!(
-            "worker_processes 2;
+            "worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -305,7 +305,12 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-pub async fn run(requests: usize, levels: &[usize], proxy_threads: Option<u16>) {
+pub async fn run(
+    requests: usize,
+    levels: &[usize],
+    proxy_threads: Option<u16>,
+    nginx_workers: Option<usize>,
+) {
     let b = Bench::start().await;
     let cfg_dir = tempfile::tempdir().unwrap();
     let config = b
@@ -323,7 +328,12 @@ pub async fn run(requests: usize, levels: &[usize], proxy_threads: Option<u16>) 
     };
     let proxy = tokio::task::block_in_place(|| ProxyChild::start(&config, &route, &flags));
     let token = client.danger_reveal_token().await.unwrap();
-    let nginx = tokio::task::block_in_place(|| Nginx::start(&b, upstream_port, token.as_str()));
+    let nginx = tokio::task::block_in_place(|| {
+        let workers = nginx_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        Nginx::start(&b, upstream_port, token.as_str(), workers)
+    });
     let bare = tokio::task::block_in_place(|| Bare::start(&b, &format!("{origin}/"), &token));
     drop(token);
     let nginx = match nginx {
@@ -389,7 +399,7 @@ pub async fn run(requests: usize, levels: &[usize], proxy_threads: Option<u16>) 
         };
         print("fapi-host proxy", &via_proxy);
         print(
-            "hyper + reqwest forwarding, nothing else (the stack's floor)",
+            "the proxy's HTTP stack forwarding, nothing else (the floor)",
             &via_bare,
         );
         print("FapiClient in process", &direct);

@@ -240,6 +240,23 @@ impl Error {
         }
     }
 
+    /// Classify the failure of a request sent on hyper's client directly as
+    /// [`Error::from_reqwest`] does: refused by the guard, timed out connecting, TLS, or the
+    /// network.
+    pub(crate) fn from_direct(context: &str, err: &hyper_util::client::legacy::Error) -> Error {
+        if let Some(denied) = find_in_chain::<crate::net::AddressDenied>(err) {
+            return Error::Denied(format!("{context}: {denied}"));
+        }
+        let chain = error_chain(err);
+        if find_in_chain::<crate::client::ConnectTimeout>(err).is_some() {
+            Error::Timeout(format!("{context}: timed out ({chain})"))
+        } else if let Some(tls) = rustls_error(err) {
+            tls_failure(context, &chain, tls)
+        } else {
+            Error::Network(format!("{context}: {chain}"))
+        }
+    }
+
     /// Classify the failure of a handshake made without reqwest (`check`'s look at the
     /// authorization server's TLS) as [`Error::from_reqwest`] does.
     #[cfg_attr(not(feature = "sandbox"), allow(dead_code))]

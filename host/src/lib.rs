@@ -128,6 +128,22 @@ pub use retry::{is_idempotent, is_retryable_status};
 pub use tls::fapi_provider;
 pub use token::{FORCED_REFRESH_MIN_AGE, TokenInfo};
 
+/// The transport `fapi-host proxy` forwards on, for `fapi-bench bare-proxy` (the floor of what
+/// the proxy costs on its own stack). Not a stable API.
+#[doc(hidden)]
+pub mod forwarding {
+    pub use crate::client::direct::{Body, BoxError, Direct};
+
+    /// The proxy's HTTP/1.1 client over `tls`, with the default options and no name table.
+    pub fn client(tls: rustls::ClientConfig) -> Direct {
+        Direct::new(
+            std::sync::Arc::new(tls),
+            &crate::ClientOptions::default(),
+            crate::net::Resolver::new(crate::ResolveOverrides::new()),
+        )
+    }
+}
+
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers of everything that
 /// comes from outside the host, each a pure function of its input.
 #[doc(hidden)]

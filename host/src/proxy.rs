@@ -195,6 +195,7 @@ impl Upstream {
                 Policy::new(&allow, &blocked)?,
                 &blocked,
                 &limits,
+                true,
             )
             .await?;
             policy.get_or_insert(checked);
@@ -486,6 +487,14 @@ impl Listener {
             .await
             .map(Listener::Tcp)
             .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))
+    }
+
+    /// The address a TCP listener listens on (`None` for a Unix socket).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(..) => None,
+        }
     }
 
     /// Bind a Unix socket at `path` (a stale socket there is replaced), readable and writable by

@@ -652,17 +652,13 @@ async fn an_allow_entry_reaching_the_authorization_server_under_another_name_is_
     eprintln!("{refused} allow entries naming the authorization server refused at start");
 }
 
-/// A name whose address changes after start (DNS rebinding, a record changed) to one of the
-/// authorization server's is refused when the host connects, through both guest interfaces and a
-/// batch processor's requests: `denied` with the reason, nothing sent, nothing reached the server.
-/// `localhost` resolves to the server's real address here, under which its certificate is valid:
-/// without the check, the requests would get answers.
-#[tokio::test]
-async fn a_name_that_turns_into_the_authorization_servers_address_is_refused_when_connecting() {
-    let _serial = SERIAL.lock().await;
-    let audit = Audit::new();
+/// A sandbox environment whose client resolves `localhost` and `rebind.test` through a table in
+/// which, at start, neither has an address (the start-up check cannot place them), both allowed
+/// on the authorization server's port; the table, to give them one, and that port.
+async fn with_names_of_no_address(
+    options: SandboxOptions,
+) -> (SandboxEnv, fapi_host::ResolveOverrides, u16) {
     let table = fapi_host::ResolveOverrides::new();
-    // At start, neither name has an address: the start-up check cannot place them.
     table.insert("localhost", vec![]);
     table.insert("rebind.test", vec![]);
     let port = std::sync::Arc::new(std::sync::OnceLock::new());
@@ -678,13 +674,27 @@ async fn a_name_that_turns_into_the_authorization_servers_address_is_refused_whe
                 format!("https://rebind.test:{p}/"),
             ];
         },
-        SandboxOptions {
-            audit: Some(audit.path()),
-            ..SandboxOptions::default()
-        },
+        options,
     )
     .await;
     let port = *port.get().unwrap();
+    (env, table, port)
+}
+
+/// A name whose address changes after start (DNS rebinding, a record changed) to one of the
+/// authorization server's is refused when the host connects, through both guest interfaces and a
+/// batch processor's requests: `denied` with the reason, nothing sent, nothing reached the server.
+/// `localhost` resolves to the server's real address here, under which its certificate is valid:
+/// without the check, the requests would get answers.
+#[tokio::test]
+async fn a_name_that_turns_into_the_authorization_servers_address_is_refused_when_connecting() {
+    let _serial = SERIAL.lock().await;
+    let audit = Audit::new();
+    let (env, table, port) = with_names_of_no_address(SandboxOptions {
+        audit: Some(audit.path()),
+        ..SandboxOptions::default()
+    })
+    .await;
     env.client.danger_reveal_token().await.unwrap();
     // A batch processor's sandbox over the same client, made while the names had no address.
     let processors = std::sync::Arc::new(
@@ -776,6 +786,90 @@ async fn a_name_that_turns_into_the_authorization_servers_address_is_refused_whe
     assert_eq!(denials, 4, "{records}");
     let outs: Vec<&RunOutcome> = outs.iter().collect();
     no_secrets(&env, &outs, &audit).await;
+}
+
+/// The proxy's connections (hyper's client over rustls, not reqwest's) keep the same guard: a
+/// route whose name turns into the authorization server's address after start is refused when
+/// the proxy connects (403 `denied`, naming the address), and nothing reaches the server, while
+/// the other routes go on. `localhost` resolves to the server's real address, under which its
+/// certificate is valid: without the check, the request would get an answer.
+#[tokio::test]
+async fn a_proxy_route_whose_name_turns_into_the_authorization_servers_address_is_refused() {
+    use fapi_host::proxy::{Listener, Proxy, ProxyOptions, Route};
+    let _serial = SERIAL.lock().await;
+    let (env, table, port) = with_names_of_no_address(SandboxOptions::default()).await;
+    let data = url::Url::parse(&env.fed.data_json_url()).unwrap();
+    let (data_dir, data_file) = data.as_str().rsplit_once('/').unwrap();
+    let key = fapi_host::proxy::new_local_key();
+    let routes = vec![
+        Route::new("/data/", &format!("{data_dir}/")).unwrap(),
+        Route::new("/l/", &format!("https://localhost:{port}/")).unwrap(),
+        Route::new("/r/", &format!("https://rebind.test:{port}/")).unwrap(),
+    ];
+    let options = ProxyOptions {
+        routes,
+        local_key: key.clone(),
+        max_request_body: 1 << 20,
+        max_concurrent_requests: 16,
+        caller_timeout: Duration::from_secs(10),
+        audit: std::sync::Arc::new(fapi_host::sandbox::Audit::log_only()),
+        threads: 1,
+    };
+    let proxy = std::sync::Arc::new(Proxy::new(env.client.clone(), options).await.unwrap());
+    let listener = Listener::tcp("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(proxy.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let get = |path: String| {
+        let key = key.clone();
+        async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            sock.write_all(head.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            sock.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    // The data provider first, so that it has introspected the token already.
+    let answer = get(format!("/data/{data_file}")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Now the names go to the authorization server.
+    table.insert("localhost", vec!["127.0.0.1".parse().unwrap()]);
+    table.insert(
+        "rebind.test",
+        vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+    );
+    let before = env.fed.counters();
+    for path in ["/l/.well-known/openid-configuration", "/r/token"] {
+        let answer = get(path.to_owned()).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["error"], "denied", "{path}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(":{port}"))
+                && message.contains("an address of the authorization server"),
+            "{path}: {message}"
+        );
+    }
+    let after = env.fed.counters();
+    assert_eq!(
+        (after.discovery_requests, after.token_requests),
+        (before.discovery_requests, before.token_requests),
+        "nothing reached the authorization server"
+    );
+    // The other route goes on.
+    let answer = get(format!("/data/{data_file}")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
 }
 
 /// A denial suggests an allow entry only when that entry could not reach the authorization

@@ -69,13 +69,19 @@ pub(super) fn check_interaction_echo(
     }
 }
 
-pub(super) fn log_request(req: &reqwest::Request, interaction_id: Option<&str>, attempt: u32) {
+pub(super) fn log_request(
+    method: &http::Method,
+    url: &url::Url,
+    headers: &HeaderMap,
+    interaction_id: Option<&str>,
+    attempt: u32,
+) {
     tracing::info!(
-        method = %req.method(), url = %shown_url(req.url().as_str()), attempt,
+        method = %method, url = %shown_url(url.as_str()), attempt,
         interaction_id = interaction_id.unwrap_or("-"),
         "request"
     );
-    tracing::debug!(headers = %RedactedHeaders(req.headers()), "request headers");
+    tracing::debug!(headers = %RedactedHeaders(headers), "request headers");
 }
 
 /// Headers for logs: `Authorization` and other credentials are shown as `[redacted]`.

@@ -25,15 +25,21 @@ use crate::tls;
 use crate::token::{TokenInfo, TokenManager};
 use crate::www_authenticate;
 
+pub(crate) mod direct;
 mod log;
 mod request;
 mod response;
 
+pub(crate) use direct::ConnectTimeout;
 pub use log::RedactedHeaders;
 use log::{MissingEcho, check_interaction_echo, log_request};
 pub use request::{FapiRequest, RequestBuilder, StreamedBody, parse_header};
 use request::{check_headers, check_url};
+use response::Received;
 pub use response::{AuthProblem, FapiResponse};
+
+/// The `User-Agent` of a request that has none.
+const USER_AGENT: &str = concat!("fapi-host/", env!("CARGO_PKG_VERSION"));
 
 /// The interaction id header (FAPI 1.0 part 1 section 6.2.2).
 pub const INTERACTION_ID: &str = "x-fapi-interaction-id";
@@ -116,8 +122,8 @@ impl FapiClient {
         .grants_only(settings.profile.needs_grant());
         let client = FapiClient {
             inner: Arc::new(Inner {
-                http: Transport::One(http),
-                upload: Transport::One(upload),
+                http: Transport::One(Sender::Reqwest(http)),
+                upload: Transport::One(Sender::Reqwest(upload)),
                 tls: Arc::new(config),
                 auth_server,
                 tokens: Arc::new(tokens),
@@ -166,6 +172,20 @@ impl FapiClient {
         addresses: Arc<AuthorizationServerAddresses>,
         shared: Vec<(String, u16)>,
     ) -> Result<FapiClient> {
+        self.guarded(ports, addresses, shared, false)
+    }
+
+    /// [`FapiClient::for_guests`], its requests sent on hyper's HTTP/1.1 client over rustls
+    /// directly (`direct`) or through reqwest. `fapi-host proxy` forwards on the former: the
+    /// same identity, TLS configuration, name resolution, guard, timeouts and pool size, with
+    /// less work per request.
+    pub(crate) fn guarded(
+        &self,
+        ports: &[u16],
+        addresses: Arc<AuthorizationServerAddresses>,
+        shared: Vec<(String, u16)>,
+        direct: bool,
+    ) -> Result<FapiClient> {
         let inner = &self.inner;
         let base = Resolver::new(inner.options.resolve.clone());
         let mut clients = Vec::with_capacity(ports.len());
@@ -177,6 +197,17 @@ impl FapiClient {
                 .map(|(n, _)| n.clone())
                 .collect();
             let resolver = base.guarding(port, addresses.clone(), Arc::new(names));
+            if direct {
+                // One pool for both: the read timeout is the response's own here.
+                let sender = Sender::Direct(direct::Direct::new(
+                    inner.tls.clone(),
+                    &inner.options,
+                    resolver,
+                ));
+                clients.push((port, sender.clone()));
+                uploads.push((port, sender));
+                continue;
+            }
             let http = tls::http_client_from(
                 ClientConfig::clone(&inner.tls),
                 &inner.options,
@@ -184,8 +215,8 @@ impl FapiClient {
             )?;
             let upload =
                 tls::upload_client_from(ClientConfig::clone(&inner.tls), &inner.options, resolver)?;
-            clients.push((port, http));
-            uploads.push((port, upload));
+            clients.push((port, Sender::Reqwest(http)));
+            uploads.push((port, Sender::Reqwest(upload)));
         }
         Ok(FapiClient {
             inner: Arc::new(Inner {
@@ -490,36 +521,39 @@ impl FapiClient {
                     inner.tokens.bearer().await?
                 }
             };
-            let mut builder = http
-                .request(request.method.clone(), url.clone())
-                .headers(request.headers.clone())
-                .header(http::header::AUTHORIZATION, lease.bearer.header());
+            let mut headers = request.headers.clone();
+            headers.insert(http::header::AUTHORIZATION, lease.bearer.header());
             if let Some(dpop) = inner.tokens.dpop() {
                 // The one `DPoP` header (callers cannot give one: DPOP-01), a fresh proof per
                 // attempt, bound to this token (`ath`).
                 let proof = dpop.proof(&request.method, &url, Some(lease.bearer.expose_token()))?;
-                builder = builder.header(dpop::DPOP, proof.into_value());
+                headers.insert(dpop::DPOP, proof.into_value());
             }
             if let Some(id) = &interaction_id {
-                builder = builder.header(INTERACTION_ID, id.as_str());
+                headers.insert(
+                    INTERACTION_ID,
+                    http::HeaderValue::from_str(id).map_err(|e| {
+                        Error::InvalidRequest(format!("{}: interaction id: {e}", what(&url)))
+                    })?,
+                );
             }
-            if let Some(body) = &request.body {
-                builder = builder.body(body.clone());
-            }
+            let mut stream = None;
             if let Some(body) = streamed.take() {
                 if let Some(n) = body.length {
-                    builder = builder.header(http::header::CONTENT_LENGTH, n);
+                    headers.insert(http::header::CONTENT_LENGTH, n.into());
                 }
                 let progress = progress.clone();
-                let stream = futures_util::StreamExt::inspect(body.stream, move |_| {
+                stream = Some(futures_util::StreamExt::inspect(body.stream, move |_| {
                     progress.store(millis_since(started), Ordering::Relaxed);
-                });
-                builder = builder.body(reqwest::Body::wrap_stream(stream));
+                }));
             }
-            let req = builder
-                .build()
-                .map_err(|e| Error::InvalidRequest(format!("{}: {e}", what(&url))))?;
-            log_request(&req, interaction_id.as_deref(), attempts);
+            log_request(
+                &request.method,
+                &url,
+                &headers,
+                interaction_id.as_deref(),
+                attempts,
+            );
             let timeout = match deadline {
                 Some(d) => inner
                     .options
@@ -527,21 +561,81 @@ impl FapiClient {
                     .min(d.saturating_duration_since(Instant::now())),
                 None => inner.options.timeout,
             };
-            let t0 = Instant::now();
-            let answered = if replayable {
-                tokio::time::timeout(timeout, http.execute(req)).await.ok()
-            } else {
-                head_after_body(http.execute(req), timeout, deadline, &progress, started).await
+            let no_response = || {
+                let e = format!("{}: no response within {timeout:?}", what(&url));
+                (Error::Timeout(e), true)
             };
-            let sent = match answered {
-                Some(r) => r.map_err(|e| {
-                    let transient = e.is_connect() || e.is_timeout() || e.is_request();
-                    (Error::from_reqwest(&what(&url), e), transient)
-                }),
-                None => Err((
-                    Error::Timeout(format!("{}: no response within {timeout:?}", what(&url))),
-                    true,
-                )),
+            let wait = HeadWait {
+                whole: replayable,
+                timeout,
+                deadline,
+                progress: &progress,
+                started,
+            };
+            let t0 = Instant::now();
+            let sent = match http {
+                Sender::Reqwest(client) => {
+                    let mut builder = client
+                        .request(request.method.clone(), url.clone())
+                        .headers(headers);
+                    if let Some(body) = &request.body {
+                        builder = builder.body(body.clone());
+                    }
+                    if let Some(stream) = stream {
+                        builder = builder.body(reqwest::Body::wrap_stream(stream));
+                    }
+                    let req = builder
+                        .build()
+                        .map_err(|e| Error::InvalidRequest(format!("{}: {e}", what(&url))))?;
+                    let answered = wait.head(client.execute(req)).await;
+                    match answered {
+                        Some(r) => r.map(Received::Reqwest).map_err(|e| {
+                            let transient = e.is_connect() || e.is_timeout() || e.is_request();
+                            (Error::from_reqwest(&what(&url), e), transient)
+                        }),
+                        None => Err(no_response()),
+                    }
+                }
+                Sender::Direct(client) => {
+                    use http_body_util::BodyExt as _;
+                    // As reqwest's client adds them.
+                    if !headers.contains_key(http::header::USER_AGENT) {
+                        headers.insert(
+                            http::header::USER_AGENT,
+                            http::HeaderValue::from_static(USER_AGENT),
+                        );
+                    }
+                    if !headers.contains_key(http::header::ACCEPT) {
+                        headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+                    }
+                    let body: direct::Body = match (&request.body, stream) {
+                        (_, Some(stream)) => http_body_util::StreamBody::new(
+                            futures_util::TryStreamExt::map_ok(stream, hyper::body::Frame::data),
+                        )
+                        .boxed_unsync(),
+                        (Some(body), None) => http_body_util::Full::new(body.clone())
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                        (None, None) => http_body_util::Empty::new()
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    };
+                    let uri: http::Uri = url
+                        .as_str()
+                        .parse()
+                        .map_err(|e| Error::InvalidRequest(format!("{}: {e}", what(&url))))?;
+                    let mut req = http::Request::new(body);
+                    *req.method_mut() = request.method.clone();
+                    *req.uri_mut() = uri;
+                    *req.headers_mut() = headers;
+                    let answered = wait.head(client.request(req)).await;
+                    match answered {
+                        Some(r) => r
+                            .map(|r| Received::Direct(r, inner.options.timeout))
+                            .map_err(|e| (Error::from_direct(&what(&url), &e), true)),
+                        None => Err(no_response()),
+                    }
+                }
             };
             let response = match sent {
                 Ok(r) => r,
@@ -657,8 +751,11 @@ impl FapiClient {
                 attempts,
                 elapsed: started.elapsed(),
                 problem,
+                idle: match &response {
+                    Received::Direct(_, idle) => Some(*idle),
+                    Received::Reqwest(_) => (!replayable).then_some(inner.options.timeout),
+                },
                 inner: response,
-                idle: (!replayable).then_some(inner.options.timeout),
             });
         }
     }
@@ -675,6 +772,29 @@ fn demands_nonce(headers: &http::HeaderMap) -> bool {
 
 fn millis_since(t0: Instant) -> u64 {
     u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long a request's response head is waited for.
+struct HeadWait<'a> {
+    /// The request's body was sent whole (or there was none).
+    whole: bool,
+    timeout: Duration,
+    deadline: Option<Instant>,
+    progress: &'a AtomicU64,
+    started: Instant,
+}
+
+impl HeadWait<'_> {
+    /// The response head within `timeout` (a whole body), or as [`head_after_body`] bounds it
+    /// (a streamed one); `None` when it did not come.
+    async fn head<F: std::future::Future>(&self, response: F) -> Option<F::Output> {
+        if self.whole {
+            tokio::time::timeout(self.timeout, response).await.ok()
+        } else {
+            let (timeout, deadline) = (self.timeout, self.deadline);
+            head_after_body(response, timeout, deadline, self.progress, self.started).await
+        }
+    }
 }
 
 /// The response head of a request with a streamed body, or `None` once nothing has moved for
@@ -709,12 +829,19 @@ async fn head_after_body<F: std::future::Future>(
 /// The HTTP clients requests go out through: one, or (for guests) one per port.
 #[derive(Clone)]
 enum Transport {
-    One(reqwest::Client),
-    PerPort(Arc<Vec<(u16, reqwest::Client)>>),
+    One(Sender),
+    PerPort(Arc<Vec<(u16, Sender)>>),
+}
+
+/// An HTTP client: reqwest, or hyper's directly (`fapi-host proxy`'s).
+#[derive(Clone)]
+enum Sender {
+    Reqwest(reqwest::Client),
+    Direct(direct::Direct),
 }
 
 impl Transport {
-    fn for_url(&self, url: &url::Url) -> Result<&reqwest::Client> {
+    fn for_url(&self, url: &url::Url) -> Result<&Sender> {
         match self {
             Transport::One(c) => Ok(c),
             Transport::PerPort(clients) => {

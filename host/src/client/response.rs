@@ -100,7 +100,7 @@ pub struct FapiResponse {
     pub(super) attempts: u32,
     pub(super) elapsed: Duration,
     pub(super) problem: Option<AuthProblem>,
-    pub(super) inner: reqwest::Response,
+    pub(super) inner: Received,
     /// The longest wait for a chunk of the body, when the transport has no read timeout of its
     /// own (the answer to a streamed body).
     pub(super) idle: Option<Duration>,
@@ -118,7 +118,10 @@ impl FapiResponse {
     /// Take the headers out of the response (leaving it none), for a caller that passes them on
     /// and streams the body: no copy of the map.
     pub fn take_headers(&mut self) -> HeaderMap {
-        std::mem::take(self.inner.headers_mut())
+        std::mem::take(match &mut self.inner {
+            Received::Reqwest(r) => r.headers_mut(),
+            Received::Direct(r, _) => r.headers_mut(),
+        })
     }
     /// The URL requested.
     pub fn url(&self) -> &url::Url {
@@ -143,30 +146,55 @@ impl FapiResponse {
     /// The next chunk of the body, or None at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
         let url = &self.url;
-        let next = self.inner.chunk();
-        let next = match self.idle {
-            Some(idle) => tokio::time::timeout(idle, next)
-                .await
-                .map_err(|_| stalled(url))?,
-            None => next.await,
-        };
-        next.map_err(|e| body_error(url, e))
+        match &mut self.inner {
+            Received::Reqwest(r) => {
+                let next = r.chunk();
+                let next = match self.idle {
+                    Some(idle) => tokio::time::timeout(idle, next)
+                        .await
+                        .map_err(|_| stalled(url))?,
+                    None => next.await,
+                };
+                next.map_err(|e| body_error(url, e))
+            }
+            Received::Direct(r, idle) => {
+                use http_body_util::BodyExt as _;
+                loop {
+                    let frame = tokio::time::timeout(*idle, r.body_mut().frame())
+                        .await
+                        .map_err(|_| stalled(url))?;
+                    match frame {
+                        None => return Ok(None),
+                        Some(Err(e)) => return Err(broken_body(url, &e)),
+                        // Trailers are not passed on (nor are they by reqwest).
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                return Ok(Some(data));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
     /// The body as a stream of chunks.
     pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes>> + Send + 'static {
         use futures_util::StreamExt as _;
-        if self.idle.is_some() {
-            // One chunk at a time, each within `idle`; the first error ends it.
-            return futures_util::stream::try_unfold(self, |mut r| async move {
-                Ok(r.chunk().await?.map(|chunk| (chunk, r)))
-            })
-            .left_stream();
+        if self.idle.is_none()
+            && let Received::Reqwest(r) = self.inner
+        {
+            // reqwest's own read timeout bounds each chunk.
+            let url = self.url;
+            return r
+                .bytes_stream()
+                .map(move |r| r.map_err(|e| body_error(&url, e)))
+                .right_stream();
         }
-        let url = self.url;
-        self.inner
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| body_error(&url, e)))
-            .right_stream()
+        // One chunk at a time, each within `idle`; the first error ends it.
+        futures_util::stream::try_unfold(self, |mut r| async move {
+            Ok(r.chunk().await?.map(|chunk| (chunk, r)))
+        })
+        .left_stream()
     }
 
     /// The whole body, up to `limit` bytes.
@@ -214,6 +242,40 @@ impl FapiResponse {
             Error::InvalidRequest(format!("the body of {url} is not the JSON expected ({e})"))
         })
     }
+}
+
+/// A response's head and the body still to come: from reqwest, or from hyper directly with the
+/// longest wait for each chunk of the body.
+#[derive(Debug)]
+pub(super) enum Received {
+    Reqwest(reqwest::Response),
+    Direct(http::Response<hyper::body::Incoming>, Duration),
+}
+
+impl Received {
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            Received::Reqwest(r) => r.status(),
+            Received::Direct(r, _) => r.status(),
+        }
+    }
+
+    pub(super) fn headers(&self) -> &HeaderMap {
+        match self {
+            Received::Reqwest(r) => r.headers(),
+            Received::Direct(r, _) => r.headers(),
+        }
+    }
+}
+
+/// [`body_error`] for a body read by hyper directly: it has no timeout of its own (the wait for
+/// each chunk is bounded by the caller), so the connection was cut or reset.
+fn broken_body(url: &url::Url, e: &hyper::Error) -> Error {
+    Error::Network(format!(
+        "reading the body of {}: the connection ended before the whole body arrived ({})",
+        shown_url(url.as_str()),
+        crate::error::error_chain(e)
+    ))
 }
 
 fn stalled(url: &url::Url) -> Error {

@@ -387,12 +387,14 @@ impl Egress {
 /// Resolve the authorization server's hosts, refuse an allow entry that reaches one of its
 /// addresses and ports (a configuration error naming both), and build the client guests send
 /// through, which refuses such an address when it connects. Returns the policy, now also
-/// comparing IP addresses in URLs with the authorization server's, and that client.
+/// comparing IP addresses in URLs with the authorization server's, and that client (sending on
+/// hyper's client directly when `direct`, as `fapi-host proxy` does; through reqwest otherwise).
 pub(crate) async fn guarded(
     client: &FapiClient,
     policy: Policy,
     authorization_server: &[url::Url],
     limits: &SandboxSettings,
+    direct: bool,
 ) -> crate::error::Result<(Policy, FapiClient)> {
     let resolver = crate::net::Resolver::new(client.settings().client.resolve.clone());
     let (addresses, unresolved) =
@@ -444,7 +446,7 @@ pub(crate) async fn guarded(
         .filter(|(name, port, _)| policy.is_shared(name, *port))
         .map(|(name, port, _)| (name.to_owned(), port))
         .collect();
-    let guests = client.for_guests(&policy.allowed_ports(), addresses, shared)?;
+    let guests = client.guarded(&policy.allowed_ports(), addresses, shared, direct)?;
     Ok((policy, guests))
 }
 

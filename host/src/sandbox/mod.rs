@@ -284,7 +284,7 @@ impl Sandbox {
                 let mut blocked = vec![issuer];
                 blocked.extend(m.endpoints());
                 let policy = Policy::new(&allow, &blocked)?;
-                egress::guarded(&client, policy, &blocked, &limits).await?
+                egress::guarded(&client, policy, &blocked, &limits, false).await?
             }
             Err(e) => {
                 // Validate the entries anyway, then fail closed.
