@@ -256,6 +256,10 @@ enum What {
         /// The proxy's `--threads` (default: the proxy's own, 1).
         #[arg(long, value_name = "N")]
         proxy_threads: Option<u16>,
+        /// Rounds per concurrency: the paths measured one after the other in each, medians
+        /// reported (nginx first in every other round).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// nginx's `worker_processes` (default: one per CPU, as `auto`).
         #[arg(long, value_name = "N")]
         nginx_workers: Option<usize>,
@@ -323,9 +327,10 @@ async fn main() {
         What::ProxyLoad {
             requests,
             concurrency,
+            rounds,
             proxy_threads,
             nginx_workers,
-        } => proxy_load::run(requests, &concurrency, proxy_threads, nginx_workers).await,
+        } => proxy_load::run(requests, &concurrency, rounds, proxy_threads, nginx_workers).await,
         What::ExecPeak { .. } => unreachable!("handled above"),
         What::Loop { which, requests } => profile::run(which, requests).await,
         What::Lang {

@@ -305,12 +305,24 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 pub async fn run(
     requests: usize,
     levels: &[usize],
+    rounds: usize,
     proxy_threads: Option<u16>,
     nginx_workers: Option<usize>,
 ) {
+    let rounds = rounds.max(1);
     let b = Bench::start().await;
     let cfg_dir = tempfile::tempdir().unwrap();
     let config = b
@@ -348,12 +360,22 @@ pub async fn run(
     let len = fapi_federation::data::csv_len(fapi_federation::data::DEFAULT_ROWS);
     let proxy_headers = vec![("authorization".to_owned(), proxy.bearer.clone())];
     println!(
-        "\n## Load: GET {path} ({len} bytes) at concurrency {levels:?}, {requests} requests a row\n"
+        "\n## Load: GET {path} ({len} bytes) at concurrency {levels:?}, {requests} requests a row, \
+         {rounds} round(s)\n"
     );
+    if rounds > 1 {
+        println!(
+            "Each figure is the median of the rounds; a ratio to nginx is the median of each \
+             round's ratio (the paths run one after the other in a round, nginx first in every \
+             other round), with its lowest and highest in brackets.\n"
+        );
+    }
     println!(
         "| concurrency | path | req/s | p50 | p99 | CPU per request of the proxy process | req/s vs nginx | p99 vs nginx |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    // The middle process whose CPU time a row reports.
+    let pids = [Some(proxy.pid()), Some(bare.child.id()), None];
     for &c in levels {
         // Warm-up of every path at this concurrency (connections, the token, introspection).
         let warm = (c * 20).min(requests);
@@ -363,48 +385,80 @@ pub async fn run(
             over_http(&n.addr, path, &[], c, warm, len).await;
         }
         over_http(&bare.addr, path, &[], c, warm, len).await;
-        let cpu0 = cpu_of(proxy.pid());
-        let mut via_proxy = over_http(&proxy.addr, path, &proxy_headers, c, requests, len).await;
-        via_proxy.cpu_per_request = Some((cpu_of(proxy.pid()) - cpu0) / requests as u32);
-        let direct = in_process(&client, &url, c, requests).await;
-        let cpu0 = cpu_of(bare.child.id());
-        let mut via_bare = over_http(&bare.addr, path, &[], c, requests, len).await;
-        via_bare.cpu_per_request = Some((cpu_of(bare.child.id()) - cpu0) / requests as u32);
-        let via_nginx = match &nginx {
-            Some(n) => {
-                let cpu0 = cpu_of(n.child.id());
-                let mut r = over_http(&n.addr, path, &[], c, requests, len).await;
-                r.cpu_per_request = Some((cpu_of(n.child.id()) - cpu0) / requests as u32);
-                Some(r)
+        // Per path (the proxy, the floor, FapiClient, nginx), one row a round.
+        let mut rows: [Vec<Row>; 4] = Default::default();
+        let nginx_row = || async {
+            let n = nginx.as_ref()?;
+            let cpu0 = cpu_of(n.child.id());
+            let mut r = over_http(&n.addr, path, &[], c, requests, len).await;
+            r.cpu_per_request = Some((cpu_of(n.child.id()) - cpu0) / requests as u32);
+            Some(r)
+        };
+        for round in 0..rounds {
+            if round % 2 == 1
+                && let Some(r) = nginx_row().await
+            {
+                rows[3].push(r);
             }
-            None => None,
-        };
-        let print = |name: &str, r: &Row| {
-            let (rate, p99) = match &via_nginx {
-                Some(n) => (
-                    format!("{:.2}", r.per_second / n.per_second),
-                    format!("{:.2}", r.p99.as_secs_f64() / n.p99.as_secs_f64()),
-                ),
-                None => ("-".into(), "-".into()),
-            };
-            let cpu = r
-                .cpu_per_request
-                .map_or("-".into(), |d| format!("{} µs", d.as_micros()));
-            println!(
-                "| {c} | {name} | {:.0} | {} | {} | {cpu} | {rate} | {p99} |",
-                r.per_second,
-                ms(r.p50),
-                ms(r.p99)
-            );
-        };
-        print("fapi-host proxy", &via_proxy);
-        print(
+            for (i, pid) in pids.iter().enumerate() {
+                let cpu0 = pid.map(cpu_of);
+                let mut r = match i {
+                    0 => over_http(&proxy.addr, path, &proxy_headers, c, requests, len).await,
+                    1 => over_http(&bare.addr, path, &[], c, requests, len).await,
+                    _ => in_process(&client, &url, c, requests).await,
+                };
+                if let (Some(pid), Some(cpu0)) = (pid, cpu0) {
+                    r.cpu_per_request = Some((cpu_of(*pid) - cpu0) / requests as u32);
+                }
+                rows[i].push(r);
+            }
+            if round % 2 == 0
+                && let Some(r) = nginx_row().await
+            {
+                rows[3].push(r);
+            }
+        }
+        let names = [
+            "fapi-host proxy",
             "the proxy's HTTP stack forwarding, nothing else (the floor)",
-            &via_bare,
-        );
-        print("FapiClient in process", &direct);
-        if let Some(n) = &via_nginx {
-            print("nginx", n);
+            "FapiClient in process",
+            "nginx",
+        ];
+        for (name, path_rows) in names.iter().zip(&rows) {
+            if path_rows.is_empty() {
+                continue;
+            }
+            let ratio = |f: fn(&Row) -> f64| {
+                if rows[3].is_empty() {
+                    return "-".to_owned();
+                }
+                let mut r: Vec<f64> = path_rows
+                    .iter()
+                    .zip(&rows[3])
+                    .map(|(a, n)| f(a) / f(n))
+                    .collect();
+                let m = median(&mut r);
+                if r.len() > 1 {
+                    format!("{m:.2} [{:.2}-{:.2}]", r[0], r[r.len() - 1])
+                } else {
+                    format!("{m:.2}")
+                }
+            };
+            let of = |f: fn(&Row) -> f64| median(&mut path_rows.iter().map(f).collect::<Vec<_>>());
+            let cpu = if path_rows[0].cpu_per_request.is_some() {
+                let us = of(|r| r.cpu_per_request.unwrap_or_default().as_secs_f64() * 1e6);
+                format!("{us:.0} µs")
+            } else {
+                "-".into()
+            };
+            println!(
+                "| {c} | {name} | {:.0} | {} | {} | {cpu} | {} | {} |",
+                of(|r| r.per_second),
+                ms(Duration::from_secs_f64(of(|r| r.p50.as_secs_f64()))),
+                ms(Duration::from_secs_f64(of(|r| r.p99.as_secs_f64()))),
+                ratio(|r| r.per_second),
+                ratio(|r| r.p99.as_secs_f64()),
+            );
         }
     }
     drop(nginx);

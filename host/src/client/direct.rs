@@ -148,9 +148,9 @@ impl Connector {
         let host = (host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))).unwrap_or(host);
         let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
         let tcp = tower_service::Service::call(&mut self.tcp, uri).await?;
-        Ok(Stream(
-            self.tls.connect(server_name, tcp.into_inner()).await?,
-        ))
+        // rustls reads 4 KiB at a time: the buffer under it takes what has arrived in one read.
+        let tcp = tokio::io::BufReader::with_capacity(READ_BUFFER, tcp.into_inner());
+        Ok(Stream(self.tls.connect(server_name, tcp).await?))
     }
 }
 
@@ -179,7 +179,10 @@ impl tower_service::Service<Name> for Names {
 
 /// A TLS connection to a data provider.
 #[derive(Debug)]
-pub struct Stream(TlsStream<TcpStream>);
+pub struct Stream(TlsStream<tokio::io::BufReader<TcpStream>>);
+
+/// The read buffer under each connection's TLS: two TLS records of the largest size.
+const READ_BUFFER: usize = 2 * (16 * 1024 + 256);
 
 impl Connection for Stream {
     fn connected(&self) -> Connected {
