@@ -991,16 +991,7 @@ async fn the_proxy_answers_what_the_caller_can_act_on() {
         fapi_federation::DpFault::TruncatedBody,
     ] {
         s.fed.set_dp_fault(Some(fault.clone()));
-        let out = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-H", &bearer])
-            .arg(&item)
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success() && text(&out.stderr).contains("curl: ("),
-            "{fault:?}: curl took a cut body for a whole one: {}",
-            text(&out.stderr)
-        );
+        curl_fails_on_a_cut_body(&bearer, &item, &format!("{fault:?}"));
     }
     s.fed.set_dp_fault(None);
     let (status, body) = tokio::task::block_in_place(|| {
@@ -1008,6 +999,63 @@ async fn the_proxy_answers_what_the_caller_can_act_on() {
     });
     assert_eq!(status, 502, "{body}");
     assert!(body.contains(r#""error":"upstream_unreachable""#), "{body}");
+    s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key")]);
+}
+
+/// curl, sent through the proxy to `url` with `header`, fails: the body it got was cut (`what`
+/// says how the provider cut it); it never takes a short body for a whole one.
+fn curl_fails_on_a_cut_body(header: &str, url: &str, what: &str) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-H", header, url])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("curl: ("),
+        "{what}: curl took a cut body for a whole one: {}",
+        text(&out.stderr)
+    );
+}
+
+/// A provider that does not answer within `timeout_seconds` is a 504 naming the cause; one whose
+/// body stops for longer than that between chunks reaches the caller cut (curl fails), never as a
+/// short success; the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_answers_504_for_a_stalled_provider_and_cuts_a_stalled_body() {
+    let s = setup().await;
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config.push_str("\n[client]\ntimeout_seconds = 1\nretries = 0\n");
+    std::fs::write(&s.config, config).unwrap();
+    let proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::start(&s, &[format!("/data/={}/", s.fed.data_origin())])
+    });
+    let bearer = proxy.bearer();
+    let csv = format!("{}/data/consumption.csv", proxy.origin);
+    s.fed.set_dp_fault(Some(fapi_federation::DpFault::SlowHead(
+        std::time::Duration::from_secs(3),
+    )));
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &csv]));
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains(r#""error":"timeout""#) && body.contains("no response within"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    s.fed.set_dp_fault(Some(fapi_federation::DpFault::SlowBody(
+        std::time::Duration::from_secs(3),
+    )));
+    curl_fails_on_a_cut_body(&bearer, &csv, "a stalled body");
+    s.fed.set_dp_fault(None);
+    let (status, body) = tokio::task::block_in_place(|| proxy.curl(&["-H", &bearer, &csv]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body.len() as u64,
+        fapi_federation::data::csv_len(fapi_federation::data::DEFAULT_ROWS)
+    );
     s.stop_proxy_and_search(proxy, &[&s.dir.path().join("proxy.key")]);
 }
 
