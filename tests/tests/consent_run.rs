@@ -1,5 +1,5 @@
 //! `fapi-host run --grant` (the IB1 profile): every request of the plugin carries the grant's
-//! access token; without a grant the plugin gets no token; no output holds a token.
+//! access token; without a grant the plugin is not started; no output holds a token.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -82,10 +82,17 @@ async fn run_with_a_grant_carries_the_households_token_and_no_output_holds_one()
     );
     outputs.push(("run --grant".into(), [out.stdout, out.stderr].concat()));
 
-    // Without a grant, under ib1, the plugin gets no token: nothing is fetched.
+    // Without a grant, under ib1, the plugin is not started: refused with what to give, nothing
+    // fetched.
     let before = fed.counters().dp_requests;
     let out = fapi_host(&config, &["run", guests::FETCH, "--", &data_url]).await;
     assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("run --grant NAME")
+            && text(&out.stderr).contains("grant add NAME"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     assert_eq!(fed.counters().dp_requests, before);
     outputs.push((

@@ -158,6 +158,13 @@ pub(super) async fn run(cli: &Cli, args: &RunArgs) -> Result<u8> {
     args.sandbox.apply(&mut settings.sandbox)?;
     let options = args.sandbox.options()?;
     let (client, _) = FapiClient::from_settings(&settings)?;
+    // Refused before the plugin starts, not at its first request.
+    if let Some(e) = client.missing_grant(
+        args.grant.is_some(),
+        "name the grant the plugin's requests carry with run --grant NAME",
+    ) {
+        return Err(e);
+    }
     let client = match &args.grant {
         Some(name) => client.for_grant(name)?,
         None => client,
