@@ -1213,6 +1213,7 @@ impl Proxy {
             // The household's consent ended: no token will come until it is given again, so
             // not 503 (which says "try later"), but 403, naming `grant add NAME`.
             Error::ConsentEnded(_) => {
+                self.metrics.token_failures.inc();
                 error_response(StatusCode::FORBIDDEN, "consent_ended", &message)
             }
             Error::Io(_) | Error::Component(_) => {

@@ -1784,8 +1784,18 @@ async fn the_proxy_sends_each_route_with_its_grant_and_an_ended_consent_fails_th
         ),
     )
     .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let proxy = tokio::task::block_in_place(|| {
-        ProxyProcess::start(&s, &[format!("/home1/={origin}/,grant=home1")])
+        ProxyProcess::start_with(
+            &s,
+            "127.0.0.1:0",
+            &[format!("/home1/={origin}/,grant=home1")],
+            &["--admin", &admin],
+        )
     });
     let address = proxy.origin.trim_start_matches("http://").to_owned();
     let get = |route: &str| {
@@ -1821,6 +1831,22 @@ async fn the_proxy_sends_each_route_with_its_grant_and_an_ended_consent_fails_th
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.contains("\"household\":\"household-1\""),
         "{answer}"
+    );
+    // The admin listener counts the ended consent among the token failures, and is not ready
+    // while a route can have no token, naming it.
+    let admin_get = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        tokio::task::block_in_place(|| raw_exchange(&admin, &request))
+    };
+    let metrics = admin_get("/metrics");
+    assert!(
+        metrics.contains("fapi_proxy_token_failures_total 1"),
+        "{metrics}"
+    );
+    let ready = admin_get("/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.contains("/home2/"),
+        "{ready}"
     );
     s.stop_proxy_and_search(
         proxy,
