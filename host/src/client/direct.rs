@@ -36,7 +36,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body: whole, or streamed as it arrives.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// An HTTP/1.1 client over mTLS: a pool of connections, each made by [`Connector`]. Cheap to
+/// An HTTP/1.1 client over mTLS: a pool of connections, each made by `Connector`. Cheap to
 /// clone (the clones share the pool). Its connections are driven on the runtime that made them.
 #[derive(Clone)]
 pub struct Direct {
