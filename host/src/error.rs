@@ -6,7 +6,7 @@
 use std::fmt;
 
 /// Everything that can go wrong in the host. More cases may come (a match needs a `_` arm).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The configuration (file, environment or flags) is missing a setting or has a bad value.

@@ -194,6 +194,11 @@ pub(crate) struct TokenManager {
     /// a valid token wait for it and share its result; while a still-valid token is refreshed,
     /// the other callers do not wait (they find it taken and serve the current token).
     acquiring: tokio::sync::Mutex<()>,
+    /// Token requests sent for callers without a valid token that have ended, and the last of
+    /// them that failed (its number, its error): the callers that were waiting while it was in
+    /// flight get its error, instead of each sending another after it, one at a time.
+    ended: AtomicU64,
+    last_failure: std::sync::Mutex<Option<(u64, Error)>>,
     generation: AtomicU64,
     requests: AtomicU64,
     /// The next token stored replaces one refused with `invalid_token`.
@@ -249,6 +254,8 @@ impl TokenManager {
             grants_only: false,
             cache: std::sync::Mutex::new(None),
             acquiring: tokio::sync::Mutex::new(()),
+            ended: AtomicU64::new(0),
+            last_failure: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             next_is_forced: std::sync::atomic::AtomicBool::new(false),
@@ -360,7 +367,8 @@ impl TokenManager {
     /// expired, the caller that takes `acquiring` refreshes it, and every other caller serves it
     /// meanwhile without waiting; a refresh that fails leaves it in use until it expires (tried
     /// again after `retry_every`). Without a valid token, callers wait for the one token request
-    /// in flight (or send it): whoever waited finds the new token in the cache.
+    /// in flight (or send it): whoever waited finds the new token in the cache, or, when it
+    /// failed, gets its error (the next caller to come sends a new one).
     async fn acquire<T>(&self, f: impl Fn(&Cached) -> T) -> Result<T> {
         match self.find(&f) {
             Found::Fresh(value) => return Ok(value),
@@ -373,15 +381,33 @@ impl TokenManager {
             }
             Found::Missing => {}
         }
+        let waited_from = self.ended.load(Ordering::Acquire);
         let acquiring = self.acquiring.lock().await;
         match self.find(&f) {
             Found::Fresh(value) => Ok(value),
             Found::Stale { generation, .. } => self.refresh(acquiring, generation, &f).await,
             Found::Missing => {
-                let new = self.request_new().await?;
-                Ok(self.store_new(new, &f))
+                // A token request that ended while this caller waited failed: its error, now.
+                if let Some((n, error)) = &*self.failures()
+                    && *n > waited_from
+                {
+                    return Err(error.clone());
+                }
+                let result = self.request_new().await;
+                let n = self.ended.fetch_add(1, Ordering::AcqRel) + 1;
+                match result {
+                    Ok(new) => Ok(self.store_new(new, &f)),
+                    Err(error) => {
+                        *self.failures() = Some((n, error.clone()));
+                        Err(error)
+                    }
+                }
             }
         }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Option<(u64, Error)>> {
+        self.last_failure.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A new token whatever the cache holds (`acquiring` taken: one token request at a time).

@@ -77,6 +77,41 @@ async fn concurrent_first_use_makes_one_token_request() {
     assert_eq!(f.fed.counters().token_requests, 1);
 }
 
+/// Callers that wait while the token request fails get its error at once: one token request for
+/// all of them, not one each after it, one at a time (each taking the whole timeout here: the
+/// token endpoint does not answer within it). The next caller sends a new one.
+#[tokio::test]
+async fn callers_waiting_on_a_failed_token_request_share_its_error() {
+    let f = Fed::start(FederationConfig::default()).await;
+    let mut settings = f.settings();
+    settings.client.timeout = Duration::from_secs(1);
+    settings.client.retries = 0;
+    let client = FapiClient::from_settings(&settings).unwrap().0;
+    client.server_metadata().await.unwrap();
+    f.fed
+        .set_as_fault(Some(AsFault::SlowToken(Duration::from_secs(3))));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = client.clone();
+        let url = f.fed.data_json_url();
+        tasks.push(tokio::spawn(async move { c.get(url).send().await }));
+    }
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("no token"), "{err}");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the callers waited {took:?}");
+    assert_eq!(f.fed.counters().token_requests, 1);
+    assert_eq!(f.fed.counters().dp_requests, 0);
+    // The next caller tries again, and gets a token once the endpoint answers.
+    f.fed.set_as_fault(None);
+    let r = client.get(f.fed.data_json_url()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(f.fed.counters().token_requests, 2);
+}
+
 #[tokio::test]
 async fn issuer_mismatch_stops_before_any_token_request() {
     let f = Fed::start(FederationConfig::default()).await;
