@@ -695,6 +695,15 @@ async fn token(
         }
         _ => {}
     }
+    // The token endpoint failing as a whole (`set_as_fault`), as the client_credentials one does.
+    if let Some(crate::faults::AsFault::TokenEndpointStatus(code)) = st.shared.as_fault() {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (
+            status,
+            Html("<html><body><h1>Internal error</h1></body></html>"),
+        )
+            .into_response();
+    }
     let (client_id, x5t) = match authenticate(&conn, &f) {
         Ok(v) => v,
         Err(r) => return *r,

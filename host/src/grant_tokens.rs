@@ -11,7 +11,9 @@ use sha2::{Digest as _, Sha256};
 use crate::consent::{ConsentMetadata, consent_metadata, token_request};
 use crate::error::{Error, Result};
 use crate::grants::{Grant, GrantInfo, GrantState, GrantStore, now_secs};
-use crate::token::{BearerHeader, FORCED_REFRESH_MIN_AGE, Lease};
+use crate::token::{
+    BearerHeader, FORCED_REFRESH_MIN_AGE, Lease, REFRESH_RETRY_MAX, REFRESH_RETRY_MIN,
+};
 
 /// The access token currently served for a grant.
 struct Current {
@@ -41,6 +43,10 @@ pub(crate) struct GrantTokens {
     refused: std::sync::Mutex<Option<[u8; 32]>>,
     /// Held while the grant is read or refreshed: one refresh at a time in this process.
     flight: tokio::sync::Mutex<()>,
+    /// Refreshes that ended, and the last that failed (its number, its error): callers that
+    /// waited while it was in flight get its error instead of each refreshing after it.
+    ended: AtomicU64,
+    last_failure: std::sync::Mutex<Option<(u64, Error)>>,
     generation: AtomicU64,
     refreshes: AtomicU64,
 }
@@ -77,6 +83,8 @@ impl GrantTokens {
             current: std::sync::Mutex::new(None),
             refused: std::sync::Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
+            ended: AtomicU64::new(0),
+            last_failure: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
         };
@@ -131,19 +139,66 @@ impl GrantTokens {
         if let Some(lease) = self.fresh_lease() {
             return Ok(lease);
         }
+        let waited_from = self.ended.load(Ordering::Acquire);
         let _flight = self.flight.lock().await;
         if let Some(lease) = self.fresh_lease() {
             return Ok(lease);
         }
+        // A refresh that ended while this caller waited failed: its error, now, not another
+        // refresh after it.
+        if let Some((n, error)) = &*self.failures()
+            && *n > waited_from
+        {
+            return Err(error.clone());
+        }
         let grant = self.store.load(&self.name)?;
         self.check(&grant)?;
         let refused = self.holds_refused(&grant);
-        let grant = if self.fresh(&grant.info) && !refused {
-            grant
-        } else {
-            self.refresh(grant).await?
+        if self.fresh(&grant.info) && !refused {
+            return self.serve(&grant, refused);
+        }
+        let valid_until = grant.info.access_expires_at;
+        let refreshed = self.refresh(grant).await;
+        let n = self.ended.fetch_add(1, Ordering::AcqRel) + 1;
+        let error = match refreshed {
+            Ok(grant) => return self.serve(&grant, refused),
+            Err(e) => e,
         };
-        self.serve(&grant, refused)
+        // The server down, or refusing for another reason than the consent's end, while the
+        // current token is still valid (and not refused): it serves until it expires, a refresh
+        // tried again after a while.
+        if !refused && !matches!(error, Error::ConsentEnded(_)) && now_secs() < valid_until {
+            let grant = self.store.load(&self.name)?;
+            self.check(&grant)?;
+            if now_secs() < grant.info.access_expires_at && !self.holds_refused(&grant) {
+                let lease = self.serve(&grant, false)?;
+                let retry = (self.margin / 4).clamp(REFRESH_RETRY_MIN, REFRESH_RETRY_MAX);
+                let retry_at =
+                    (now_secs() + retry.as_secs().max(1)).min(grant.info.access_expires_at);
+                if let Some(c) = self
+                    .current
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
+                    c.refresh_at = retry_at;
+                }
+                tracing::warn!(
+                    grant = %self.name,
+                    error = %error,
+                    expires_in_s = grant.info.access_expires_at.saturating_sub(now_secs()),
+                    "refreshing the grant's access token failed; the current token is used \
+                     until it expires and a refresh is tried again"
+                );
+                return Ok(lease);
+            }
+        }
+        *self.failures() = Some((n, error.clone()));
+        Err(error)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Option<(u64, Error)>> {
+        self.last_failure.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn fresh_lease(&self) -> Option<Lease> {

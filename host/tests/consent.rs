@@ -99,6 +99,16 @@ impl Ib1 {
 
     /// Start `grant add` with these arguments; wait for the authorization URL (the first line of
     /// stdout).
+    /// A client of the configuration `grant add` writes to.
+    fn client(&self) -> fapi_host::FapiClient {
+        let settings = fapi_host::Settings::load(
+            Some(Path::new(&self.config)),
+            &fapi_host::Overrides::default(),
+        )
+        .unwrap();
+        fapi_host::FapiClient::from_settings(&settings).unwrap().0
+    }
+
     async fn start_add(&self, args: &[&str]) -> Running {
         let mut c = self.command(args);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -610,10 +620,7 @@ async fn for_grant_refreshes_once_for_many_concurrent_requests() {
     let (code, _, err) = t.finish(add).await;
     assert_eq!(code, 0, "{err}");
 
-    let settings =
-        fapi_host::Settings::load(Some(Path::new(&t.config)), &fapi_host::Overrides::default())
-            .unwrap();
-    let (client, _) = fapi_host::FapiClient::from_settings(&settings).unwrap();
+    let client = t.client();
     assert_eq!(
         client.settings().client_id,
         fapi_federation::directory_url("fapi-dev-consumer"),
@@ -643,6 +650,47 @@ async fn for_grant_refreshes_once_for_many_concurrent_requests() {
     for token in t.tokens() {
         assert!(!debug.contains(&token));
     }
+}
+
+/// A refresh that fails while the grant's access token is still valid (the token endpoint
+/// answers 500) keeps that token in use, without another refresh attempt for each request; once
+/// it has expired, requests fail with the server's answer and are not sent with the expired
+/// token; when the endpoint answers again, the grant is refreshed and used.
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_grants_valid_token_until_it_expires() {
+    // Tokens live 6 s, refreshed from 3 s (half their lifetime) on; times in whole seconds.
+    let mut t = Ib1::start(Duration::from_secs(6), Duration::ZERO).await;
+    add_grant(&mut t, "home").await;
+    let added = std::time::Instant::now();
+    let home = t.client().for_grant("home").unwrap();
+    let get = || async { home.get(t.fed.data_url()).send().await };
+    assert_eq!(get().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(3600).saturating_sub(added.elapsed())).await;
+    t.fed
+        .set_as_fault(Some(fapi_federation::AsFault::TokenEndpointStatus(500)));
+    for _ in 0..5 {
+        assert_eq!(get().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        home.grant_refreshes(),
+        1,
+        "one attempt, then the token serves"
+    );
+    assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 1);
+    // Past its expiry: refused before anything is sent to the provider.
+    tokio::time::sleep(Duration::from_millis(7200).saturating_sub(added.elapsed())).await;
+    let sent = t.fed.counters().dp_requests;
+    let e = get().await.unwrap_err();
+    assert!(e.to_string().contains("home"), "{e}");
+    assert_eq!(
+        t.fed.counters().dp_requests,
+        sent,
+        "an expired token was sent"
+    );
+    t.fed.set_as_fault(None);
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(t.fed.consent_counters().unwrap().refresh_requests, 3);
+    t.assert_no_token_leaked();
 }
 
 /// `grant add NAME`, approved by the household.
@@ -809,14 +857,7 @@ async fn a_refused_access_token_forces_one_refresh_of_the_grant() {
     // 500 ms at the server, so that concurrent callers and processes overlap them.
     let mut t = Ib1::start(Duration::from_secs(120), Duration::from_millis(500)).await;
     add_grant(&mut t, "home").await;
-    let settings =
-        fapi_host::Settings::load(Some(Path::new(&t.config)), &fapi_host::Overrides::default())
-            .unwrap();
-    let home = fapi_host::FapiClient::from_settings(&settings)
-        .unwrap()
-        .0
-        .for_grant("home")
-        .unwrap();
+    let home = t.client().for_grant("home").unwrap();
     let data = t.fed.data_url();
     assert_eq!(home.get(&data).send().await.unwrap().status(), 200);
     let refreshes = || t.fed.consent_counters().unwrap().refresh_requests;
