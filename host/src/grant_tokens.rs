@@ -12,7 +12,7 @@ use crate::consent::{ConsentMetadata, consent_metadata, token_request};
 use crate::error::{Error, Result};
 use crate::grants::{Grant, GrantInfo, GrantState, GrantStore, now_secs};
 use crate::token::{
-    BearerHeader, FORCED_REFRESH_MIN_AGE, Lease, REFRESH_RETRY_MAX, REFRESH_RETRY_MIN,
+    BearerHeader, FORCED_REFRESH_MIN_AGE, Flights, Lease, REFRESH_RETRY_MAX, REFRESH_RETRY_MIN,
 };
 
 /// The access token currently served for a grant.
@@ -43,10 +43,8 @@ pub(crate) struct GrantTokens {
     refused: std::sync::Mutex<Option<[u8; 32]>>,
     /// Held while the grant is read or refreshed: one refresh at a time in this process.
     flight: tokio::sync::Mutex<()>,
-    /// Refreshes that ended, and the last that failed (its number, its error): callers that
-    /// waited while it was in flight get its error instead of each refreshing after it.
-    ended: AtomicU64,
-    last_failure: std::sync::Mutex<Option<(u64, Error)>>,
+    /// The refreshes: callers that waited while one failed get its error.
+    flights: Flights,
     generation: AtomicU64,
     refreshes: AtomicU64,
 }
@@ -83,8 +81,7 @@ impl GrantTokens {
             current: std::sync::Mutex::new(None),
             refused: std::sync::Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
-            ended: AtomicU64::new(0),
-            last_failure: std::sync::Mutex::new(None),
+            flights: Flights::default(),
             generation: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
         };
@@ -139,18 +136,12 @@ impl GrantTokens {
         if let Some(lease) = self.fresh_lease() {
             return Ok(lease);
         }
-        let waited_from = self.ended.load(Ordering::Acquire);
+        let waited_from = self.flights.mark();
         let _flight = self.flight.lock().await;
         if let Some(lease) = self.fresh_lease() {
             return Ok(lease);
         }
-        // A refresh that ended while this caller waited failed: its error, now, not another
-        // refresh after it.
-        if let Some((n, error)) = &*self.failures()
-            && *n > waited_from
-        {
-            return Err(error.clone());
-        }
+        self.flights.failed_since(waited_from)?;
         let grant = self.store.load(&self.name)?;
         self.check(&grant)?;
         let refused = self.holds_refused(&grant);
@@ -158,9 +149,7 @@ impl GrantTokens {
             return self.serve(&grant, refused);
         }
         let valid_until = grant.info.access_expires_at;
-        let refreshed = self.refresh(grant).await;
-        let n = self.ended.fetch_add(1, Ordering::AcqRel) + 1;
-        let error = match refreshed {
+        let error = match self.refresh(grant).await {
             Ok(grant) => return self.serve(&grant, refused),
             Err(e) => e,
         };
@@ -170,35 +159,22 @@ impl GrantTokens {
         if !refused && !matches!(error, Error::ConsentEnded(_)) && now_secs() < valid_until {
             let grant = self.store.load(&self.name)?;
             self.check(&grant)?;
-            if now_secs() < grant.info.access_expires_at && !self.holds_refused(&grant) {
-                let lease = self.serve(&grant, false)?;
+            let expires = grant.info.access_expires_at;
+            if now_secs() < expires && !self.holds_refused(&grant) {
                 let retry = (self.margin / 4).clamp(REFRESH_RETRY_MIN, REFRESH_RETRY_MAX);
-                let retry_at =
-                    (now_secs() + retry.as_secs().max(1)).min(grant.info.access_expires_at);
-                if let Some(c) = self
-                    .current
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_mut()
-                {
-                    c.refresh_at = retry_at;
-                }
+                let retry_at = (now_secs() + retry.as_secs().max(1)).min(expires);
                 tracing::warn!(
                     grant = %self.name,
                     error = %error,
-                    expires_in_s = grant.info.access_expires_at.saturating_sub(now_secs()),
+                    expires_in_s = expires.saturating_sub(now_secs()),
                     "refreshing the grant's access token failed; the current token is used \
                      until it expires and a refresh is tried again"
                 );
-                return Ok(lease);
+                self.flights.ended(Ok(()))?;
+                return self.serve_until(&grant, false, retry_at);
             }
         }
-        *self.failures() = Some((n, error.clone()));
-        Err(error)
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, Option<(u64, Error)>> {
-        self.last_failure.lock().unwrap_or_else(|p| p.into_inner())
+        self.flights.ended(Err(error))
     }
 
     fn fresh_lease(&self) -> Option<Lease> {
@@ -212,6 +188,11 @@ impl GrantTokens {
     }
 
     fn serve(&self, grant: &Grant, forced: bool) -> Result<Lease> {
+        self.serve_until(grant, forced, self.refresh_point(&grant.info))
+    }
+
+    /// Serve `grant`'s access token until `refresh_at` (seconds since the epoch).
+    fn serve_until(&self, grant: &Grant, forced: bool, refresh_at: u64) -> Result<Lease> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // Checked when the token was received; a file edited since may hold anything.
         let bearer = BearerHeader::from_token(grant.access.expose_secret()).ok_or_else(|| {
@@ -223,7 +204,7 @@ impl GrantTokens {
         })?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Current {
             bearer: bearer.clone(),
-            refresh_at: self.refresh_point(&grant.info),
+            refresh_at,
             generation,
             forced,
             obtained: Instant::now(),

@@ -131,6 +131,45 @@ impl Cached {
     }
 }
 
+/// The outcomes of the requests one at a time behind a lock (a token request, a grant's
+/// refresh), for the callers that waited for the lock: one that finds a request ended in failure
+/// while it waited gets that error at once, instead of sending another after it (callers queued
+/// behind a server that does not answer would otherwise each wait a whole timeout, one after
+/// another). A caller that comes later sends a new request.
+#[derive(Debug, Default)]
+pub(crate) struct Flights {
+    ended: AtomicU64,
+    last_failure: std::sync::Mutex<Option<(u64, Error)>>,
+}
+
+impl Flights {
+    /// Taken before waiting for the lock.
+    pub(crate) fn mark(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// The error of a request that ended in failure after `mark` (the lock held).
+    pub(crate) fn failed_since(&self, mark: u64) -> Result<()> {
+        match &*self.failures() {
+            Some((n, error)) if *n > mark => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Record how a request ended (the lock held), and pass its result on.
+    pub(crate) fn ended<T>(&self, result: Result<T>) -> Result<T> {
+        let n = self.ended.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Err(error) = &result {
+            *self.failures() = Some((n, error.clone()));
+        }
+        result
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Option<(u64, Error)>> {
+        self.last_failure.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// What the cache holds for a caller that missed the hot path.
 enum Found<T> {
     /// A token to serve as it is.
@@ -194,11 +233,9 @@ pub(crate) struct TokenManager {
     /// a valid token wait for it and share its result; while a still-valid token is refreshed,
     /// the other callers do not wait (they find it taken and serve the current token).
     acquiring: tokio::sync::Mutex<()>,
-    /// Token requests sent for callers without a valid token that have ended, and the last of
-    /// them that failed (its number, its error): the callers that were waiting while it was in
-    /// flight get its error, instead of each sending another after it, one at a time.
-    ended: AtomicU64,
-    last_failure: std::sync::Mutex<Option<(u64, Error)>>,
+    /// The token requests sent for callers without a valid token: those that waited while one
+    /// failed get its error.
+    flights: Flights,
     generation: AtomicU64,
     requests: AtomicU64,
     /// The next token stored replaces one refused with `invalid_token`.
@@ -254,8 +291,7 @@ impl TokenManager {
             grants_only: false,
             cache: std::sync::Mutex::new(None),
             acquiring: tokio::sync::Mutex::new(()),
-            ended: AtomicU64::new(0),
-            last_failure: std::sync::Mutex::new(None),
+            flights: Flights::default(),
             generation: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             next_is_forced: std::sync::atomic::AtomicBool::new(false),
@@ -381,33 +417,17 @@ impl TokenManager {
             }
             Found::Missing => {}
         }
-        let waited_from = self.ended.load(Ordering::Acquire);
+        let waited_from = self.flights.mark();
         let acquiring = self.acquiring.lock().await;
         match self.find(&f) {
             Found::Fresh(value) => Ok(value),
             Found::Stale { generation, .. } => self.refresh(acquiring, generation, &f).await,
             Found::Missing => {
-                // A token request that ended while this caller waited failed: its error, now.
-                if let Some((n, error)) = &*self.failures()
-                    && *n > waited_from
-                {
-                    return Err(error.clone());
-                }
-                let result = self.request_new().await;
-                let n = self.ended.fetch_add(1, Ordering::AcqRel) + 1;
-                match result {
-                    Ok(new) => Ok(self.store_new(new, &f)),
-                    Err(error) => {
-                        *self.failures() = Some((n, error.clone()));
-                        Err(error)
-                    }
-                }
+                self.flights.failed_since(waited_from)?;
+                let new = self.flights.ended(self.request_new().await)?;
+                Ok(self.store_new(new, &f))
             }
         }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, Option<(u64, Error)>> {
-        self.last_failure.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A new token whatever the cache holds (`acquiring` taken: one token request at a time).
