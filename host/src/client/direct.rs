@@ -78,6 +78,51 @@ impl Direct {
     }
 }
 
+/// The `User-Agent` of a request that has none.
+const USER_AGENT: &str = concat!("fapi-host/", env!("CARGO_PKG_VERSION"));
+
+/// The request of `method` to `url` with `headers`, plus the `User-Agent` and `Accept: */*` when
+/// they are absent (as reqwest's client adds them), and a body: `stream` as it comes, else
+/// `whole`, else none.
+pub(crate) fn request<S>(
+    method: &http::Method,
+    url: &url::Url,
+    mut headers: http::HeaderMap,
+    whole: &Option<Bytes>,
+    stream: Option<S>,
+) -> Result<http::Request<Body>, http::uri::InvalidUri>
+where
+    S: futures_util::Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
+{
+    use http::header::{ACCEPT, USER_AGENT as UA};
+    use http_body_util::BodyExt as _;
+    let uri: http::Uri = url.as_str().parse()?;
+    if !headers.contains_key(UA) {
+        headers.insert(UA, http::HeaderValue::from_static(USER_AGENT));
+    }
+    if !headers.contains_key(ACCEPT) {
+        headers.insert(ACCEPT, http::HeaderValue::from_static("*/*"));
+    }
+    let body: Body = match (whole, stream) {
+        (_, Some(stream)) => http_body_util::StreamBody::new(futures_util::TryStreamExt::map_ok(
+            stream,
+            hyper::body::Frame::data,
+        ))
+        .boxed_unsync(),
+        (Some(whole), None) => http_body_util::Full::new(whole.clone())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        (None, None) => http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    };
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
 /// Makes a connection: TCP by hyper's `HttpConnector` (as reqwest's: an IP address in the URL
 /// taken as it is, a name resolved by the client's [`Resolver`], each address tried in turn, no
 /// Nagle delay, TCP keep-alive probes after 15 s idle every 15 s, 3 of them), then TLS with the

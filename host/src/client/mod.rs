@@ -38,9 +38,6 @@ use request::{check_headers, check_url};
 use response::Received;
 pub use response::{AuthProblem, FapiResponse};
 
-/// The `User-Agent` of a request that has none.
-const USER_AGENT: &str = concat!("fapi-host/", env!("CARGO_PKG_VERSION"));
-
 /// The interaction id header (FAPI 1.0 part 1 section 6.2.2).
 pub const INTERACTION_ID: &str = "x-fapi-interaction-id";
 
@@ -597,41 +594,13 @@ impl FapiClient {
                     }
                 }
                 Sender::Direct(client) => {
-                    use http_body_util::BodyExt as _;
-                    // As reqwest's client adds them.
-                    if !headers.contains_key(http::header::USER_AGENT) {
-                        headers.insert(
-                            http::header::USER_AGENT,
-                            http::HeaderValue::from_static(USER_AGENT),
-                        );
-                    }
-                    if !headers.contains_key(http::header::ACCEPT) {
-                        headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
-                    }
-                    let body: direct::Body = match (&request.body, stream) {
-                        (_, Some(stream)) => http_body_util::StreamBody::new(
-                            futures_util::TryStreamExt::map_ok(stream, hyper::body::Frame::data),
-                        )
-                        .boxed_unsync(),
-                        (Some(body), None) => http_body_util::Full::new(body.clone())
-                            .map_err(|never| match never {})
-                            .boxed_unsync(),
-                        (None, None) => http_body_util::Empty::new()
-                            .map_err(|never| match never {})
-                            .boxed_unsync(),
-                    };
-                    let uri: http::Uri = url
-                        .as_str()
-                        .parse()
-                        .map_err(|e| Error::InvalidRequest(format!("{}: {e}", what(&url))))?;
-                    let mut req = http::Request::new(body);
-                    *req.method_mut() = request.method.clone();
-                    *req.uri_mut() = uri;
-                    *req.headers_mut() = headers;
+                    let req =
+                        direct::request(&request.method, &url, headers, &request.body, stream)
+                            .map_err(|e| Error::InvalidRequest(format!("{}: {e}", what(&url))))?;
                     let answered = wait.head(client.request(req)).await;
                     match answered {
                         Some(r) => r
-                            .map(|r| Received::Direct(r, inner.options.timeout))
+                            .map(Received::Direct)
                             .map_err(|e| (Error::from_direct(&what(&url), &e), true)),
                         None => Err(no_response()),
                     }
@@ -751,9 +720,10 @@ impl FapiClient {
                 attempts,
                 elapsed: started.elapsed(),
                 problem,
+                // reqwest's clients for whole bodies have a read timeout of their own.
                 idle: match &response {
-                    Received::Direct(_, idle) => Some(*idle),
-                    Received::Reqwest(_) => (!replayable).then_some(inner.options.timeout),
+                    Received::Reqwest(_) if replayable => None,
+                    _ => Some(inner.options.timeout),
                 },
                 inner: response,
             });

@@ -120,7 +120,7 @@ impl FapiResponse {
     pub fn take_headers(&mut self) -> HeaderMap {
         std::mem::take(match &mut self.inner {
             Received::Reqwest(r) => r.headers_mut(),
-            Received::Direct(r, _) => r.headers_mut(),
+            Received::Direct(r) => r.headers_mut(),
         })
     }
     /// The URL requested.
@@ -145,36 +145,26 @@ impl FapiResponse {
     }
     /// The next chunk of the body, or None at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
-        let url = &self.url;
+        use http_body_util::BodyExt as _;
+        let (url, idle) = (&self.url, self.idle);
         match &mut self.inner {
-            Received::Reqwest(r) => {
-                let next = r.chunk();
-                let next = match self.idle {
-                    Some(idle) => tokio::time::timeout(idle, next)
-                        .await
-                        .map_err(|_| stalled(url))?,
-                    None => next.await,
-                };
-                next.map_err(|e| body_error(url, e))
-            }
-            Received::Direct(r, idle) => {
-                use http_body_util::BodyExt as _;
-                loop {
-                    let frame = tokio::time::timeout(*idle, r.body_mut().frame())
-                        .await
-                        .map_err(|_| stalled(url))?;
-                    match frame {
-                        None => return Ok(None),
-                        Some(Err(e)) => return Err(broken_body(url, &e)),
-                        // Trailers are not passed on (nor are they by reqwest).
-                        Some(Ok(frame)) => {
-                            if let Ok(data) = frame.into_data() {
-                                return Ok(Some(data));
-                            }
+            Received::Reqwest(r) => within(idle, r.chunk())
+                .await
+                .ok_or_else(|| stalled(url))?
+                .map_err(|e| body_error(url, e)),
+            Received::Direct(r) => loop {
+                match within(idle, r.body_mut().frame()).await {
+                    None => return Err(stalled(url)),
+                    Some(None) => return Ok(None),
+                    Some(Some(Err(e))) => return Err(broken_body(url, &e)),
+                    // Trailers are not passed on (nor are they by reqwest).
+                    Some(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Ok(Some(data));
                         }
                     }
                 }
-            }
+            },
         }
     }
     /// The body as a stream of chunks.
@@ -244,26 +234,26 @@ impl FapiResponse {
     }
 }
 
-/// A response's head and the body still to come: from reqwest, or from hyper directly with the
-/// longest wait for each chunk of the body.
+/// A response's head and the body still to come: from reqwest, or from hyper directly (whose
+/// body has no read timeout of its own: [`FapiResponse::idle`] is always set for it).
 #[derive(Debug)]
 pub(super) enum Received {
     Reqwest(reqwest::Response),
-    Direct(http::Response<hyper::body::Incoming>, Duration),
+    Direct(http::Response<hyper::body::Incoming>),
 }
 
 impl Received {
     pub(super) fn status(&self) -> StatusCode {
         match self {
             Received::Reqwest(r) => r.status(),
-            Received::Direct(r, _) => r.status(),
+            Received::Direct(r) => r.status(),
         }
     }
 
     pub(super) fn headers(&self) -> &HeaderMap {
         match self {
             Received::Reqwest(r) => r.headers(),
-            Received::Direct(r, _) => r.headers(),
+            Received::Direct(r) => r.headers(),
         }
     }
 }
@@ -276,6 +266,14 @@ fn broken_body(url: &url::Url, e: &hyper::Error) -> Error {
         shown_url(url.as_str()),
         crate::error::error_chain(e)
     ))
+}
+
+/// `next`, within `idle` when there is one; `None` when it did not come in time.
+async fn within<F: std::future::Future>(idle: Option<Duration>, next: F) -> Option<F::Output> {
+    match idle {
+        Some(idle) => tokio::time::timeout(idle, next).await.ok(),
+        None => Some(next.await),
+    }
 }
 
 fn stalled(url: &url::Url) -> Error {
