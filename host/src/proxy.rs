@@ -187,18 +187,22 @@ impl Upstream {
                 grants.insert(name, granted);
             }
         }
-        let mut policy = None;
+        // The authorization server's addresses and the routes' names resolved once; then each
+        // thread gets connections of its own.
+        let (policy, guarded) = crate::sandbox::guarded_egress(
+            &client,
+            Policy::new(&allow, &blocked)?,
+            &blocked,
+            &limits,
+            true,
+        )
+        .await?;
         let mut clients = Vec::with_capacity(threads.max(1));
-        for _ in 0..threads.max(1) {
-            let (checked, guarded) = crate::sandbox::guarded_egress(
-                &client,
-                Policy::new(&allow, &blocked)?,
-                &blocked,
-                &limits,
-                true,
-            )
-            .await?;
-            policy.get_or_insert(checked);
+        for thread in 0..threads.max(1) {
+            let guarded = match thread {
+                0 => guarded.clone(),
+                _ => guarded.with_own_connections(),
+            };
             clients.push(
                 routes
                     .iter()
@@ -209,7 +213,6 @@ impl Upstream {
                     .collect(),
             );
         }
-        let policy = policy.ok_or_else(|| Error::Config("no serving thread".into()))?;
         Ok(Upstream { clients, policy })
     }
 }

@@ -39,8 +39,12 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// An HTTP/1.1 client over mTLS: a pool of connections, each made by `Connector`. Cheap to
 /// clone (the clones share the pool). Its connections are driven on the runtime that made them.
 #[derive(Clone)]
-pub struct Direct {
+pub struct Direct(Arc<Pooled>);
+
+/// A pool and the connector that fills it.
+struct Pooled {
     client: hyper_util::client::legacy::Client<Connector, Body>,
+    connector: Connector,
 }
 
 impl std::fmt::Debug for Direct {
@@ -62,11 +66,20 @@ impl Direct {
             resolver,
             options.connect_timeout,
         );
+        Direct::pooling(connector)
+    }
+
+    /// The same client with a pool of its own: connections made the same way, none shared.
+    pub(crate) fn with_own_pool(&self) -> Direct {
+        Direct::pooling(self.0.connector.clone())
+    }
+
+    fn pooling(connector: Connector) -> Direct {
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .pool_timer(TokioTimer::new())
-            .build(connector);
-        Direct { client }
+            .build(connector.clone());
+        Direct(Arc::new(Pooled { client, connector }))
     }
 
     /// Send `request` (an absolute `https` URI); the response's head.
@@ -74,7 +87,7 @@ impl Direct {
         &self,
         request: http::Request<Body>,
     ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(request)
+        self.0.client.request(request)
     }
 }
 

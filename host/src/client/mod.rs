@@ -48,6 +48,7 @@ pub struct FapiClient {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     http: Transport,
     /// The same connections' twins without reqwest's read timeout, for streamed request bodies
@@ -229,6 +230,38 @@ impl FapiClient {
                 grant: inner.grant.clone(),
             }),
         })
+    }
+
+    /// This client with connections of its own: each direct sender's pool is its own (reqwest's
+    /// clients are shared as they are). `fapi-host proxy` gives one to each serving thread, so
+    /// that a thread's requests never wait on another's connections; identity, policy, name
+    /// resolution and tokens stay shared.
+    pub(crate) fn with_own_connections(&self) -> FapiClient {
+        let own = |s: &Sender| match s {
+            Sender::Direct(d) => Sender::Direct(d.with_own_pool()),
+            Sender::Reqwest(_) => s.clone(),
+        };
+        let transport = |t: &Transport| match t {
+            Transport::One(s) => Transport::One(own(s)),
+            Transport::PerPort(all) => {
+                Transport::PerPort(Arc::new(all.iter().map(|(p, s)| (*p, own(s))).collect()))
+            }
+        };
+        let inner = &self.inner;
+        let http = transport(&inner.http);
+        // Direct senders serve uploads from the same pool ([`FapiClient::guarded`]).
+        let upload = if http.is_direct() {
+            http.clone()
+        } else {
+            transport(&inner.upload)
+        };
+        FapiClient {
+            inner: Arc::new(Inner {
+                http,
+                upload,
+                ..Inner::clone(inner)
+            }),
+        }
     }
 
     /// This client, carrying the access token of grant `name` of the grant store (`grants_dir`)
@@ -811,6 +844,14 @@ enum Sender {
 }
 
 impl Transport {
+    /// Whether its requests go out on hyper's client directly.
+    fn is_direct(&self) -> bool {
+        match self {
+            Transport::One(s) => matches!(s, Sender::Direct(_)),
+            Transport::PerPort(all) => all.iter().any(|(_, s)| matches!(s, Sender::Direct(_))),
+        }
+    }
+
     fn for_url(&self, url: &url::Url) -> Result<&Sender> {
         match self {
             Transport::One(c) => Ok(c),
