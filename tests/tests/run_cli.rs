@@ -108,6 +108,15 @@ async fn run(s: &Setup, args: Vec<String>) -> Output {
     out
 }
 
+/// The body a curl run with `-w "\n%{http_code}"` printed, once it ended with a 200.
+fn ok_body(curl: std::process::Child) -> String {
+    let out = curl.wait_with_output().unwrap();
+    let text = text(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{}", String::from_utf8_lossy(&out.stderr));
+    body.to_owned()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -1404,11 +1413,7 @@ async fn sigterm_lets_the_proxys_requests_in_flight_finish() {
         .arg(proxy.child.id().to_string())
         .status();
     for c in curls {
-        let out = c.wait_with_output().unwrap();
-        let text = text(&out.stdout);
-        let (body, status) = text.rsplit_once('\n').unwrap();
-        assert_eq!(status, "200", "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(body.len(), 65536, "a request in flight was cut");
+        assert_eq!(ok_body(c).len(), 65536, "a request in flight was cut");
     }
     let status = tokio::task::block_in_place(|| proxy.child.wait().unwrap());
     assert_eq!(status.code(), Some(0), "the proxy's exit");
@@ -1445,11 +1450,7 @@ async fn the_proxys_serving_threads_share_one_token_and_serve_every_connection()
         })
         .collect();
     for c in curls {
-        let out = c.wait_with_output().unwrap();
-        let text = text(&out.stdout);
-        let (body, status) = text.rsplit_once('\n').unwrap();
-        assert_eq!(status, "200", "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(body.len(), 20000);
+        assert_eq!(ok_body(c).len(), 20000);
     }
     assert_eq!(
         s.fed.counters().token_requests,
